@@ -1,0 +1,45 @@
+# TokenToll. `make run` serves the shipped config.toml on 127.0.0.1:8080; `make test` runs the suite.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+CONFIG ?= config.toml
+
+.PHONY: run test bench lock check clean
+
+$(VENV)/.python-ok:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "TokenToll needs Python 3.11 or newer (set PYTHON=python3.11)")'
+	$(PYTHON) -m venv $(VENV)
+	@touch $@
+
+$(VENV)/.runtime-installed: requirements.lock $(VENV)/.python-ok
+	$(PY) -m pip install --quiet -r requirements.lock
+	@touch $@
+
+$(VENV)/.test-installed: requirements-test.lock $(VENV)/.runtime-installed
+	$(PY) -m pip install --quiet -r requirements-test.lock
+	@touch $@
+
+run: $(VENV)/.runtime-installed
+	$(PY) gateway.py --config $(CONFIG)
+
+check: $(VENV)/.runtime-installed
+	$(PY) gateway.py --config $(CONFIG) --check
+
+test: $(VENV)/.test-installed
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(VENV)/.test-installed
+	$(PY) bench/run.py $(BENCH_ARGS)
+
+# Re-pin everything from the direct dependencies in pyproject.toml (needs the package registry).
+lock:
+	rm -rf /tmp/tokentoll-lock && $(PYTHON) -m venv /tmp/tokentoll-lock
+	/tmp/tokentoll-lock/bin/pip install --quiet .
+	{ echo "# Runtime dependencies with every transitive pin. Regenerate with 'make lock'."; \
+	  /tmp/tokentoll-lock/bin/pip freeze --exclude-editable | grep -iv '^tokentoll'; } > requirements.lock
+	/tmp/tokentoll-lock/bin/pip install --quiet '.[test]'
+	{ echo "# Runtime and test dependencies with every transitive pin. Regenerate with 'make lock'."; \
+	  /tmp/tokentoll-lock/bin/pip freeze --exclude-editable | grep -iv '^tokentoll'; } > requirements-test.lock
+
+clean:
+	rm -rf $(VENV) .pytest_cache bench/out

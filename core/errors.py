@@ -1,0 +1,78 @@
+"""Every failure the gateway answers with, as an exception class that carries its HTTP status and code.
+Adapters render these in the caller's dialect; nothing else decides a status."""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.headers = headers or {}
+
+
+class BadRequest(GatewayError):
+    status, code = 400, "invalid_request"
+
+
+class InvalidJSON(BadRequest):
+    code = "invalid_json"
+
+
+class ModelNotFound(GatewayError):
+    status, code = 404, "model_not_found"
+
+
+class RouteNotFound(GatewayError):
+    status, code = 404, "unknown_url"
+
+
+class MethodNotAllowed(GatewayError):
+    status, code = 405, "method_not_allowed"
+
+
+class BodyTooLarge(GatewayError):
+    status, code = 413, "request_too_large"
+
+
+class UpstreamError(GatewayError):
+    """The upstream failed in a way the client cannot fix; safe to retry."""
+
+    status, code = 502, "upstream_error"
+    kind = "error"  # the `kind` label of tokentoll_upstream_errors_total
+
+
+class UpstreamConnectError(UpstreamError):
+    code, kind = "upstream_connect_error", "connect"
+
+
+class UpstreamClosed(UpstreamError):
+    code, kind = "upstream_closed", "closed"
+
+
+class UpstreamBadStatus(UpstreamError):
+    code, kind = "upstream_bad_status", "status"
+
+
+class UpstreamTimeout(UpstreamError):
+    status, code = 504, "upstream_timeout"
+
+    def __init__(self, phase: str, seconds: float) -> None:
+        super().__init__(f"the upstream did not answer in time ({phase} timeout of {seconds:g}s)")
+        self.kind = f"timeout_{phase}"
+
+
+class UpstreamClientError(GatewayError):
+    """The upstream refused the request itself (4xx/429): its status and body are passed on."""
+
+    code = "upstream_rejected"
+    kind = "status"
+
+    def __init__(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+        super().__init__(f"the upstream answered {status}", headers=headers)
+        self.status = status
+        self.body = body

@@ -1,0 +1,44 @@
+"""Prometheus metrics for /metrics: requests, durations, time to first byte, gateway overhead,
+tokens, open streams and upstream errors. One registry per app, so tests can run several."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "tokentoll_requests", "Requests answered, by route, model and HTTP status.",
+            ["route", "model", "status"], registry=r)
+        self.duration = Histogram(
+            "tokentoll_request_duration_seconds", "Time from request to the last byte of the answer.",
+            ["route"], buckets=LATENCY_BUCKETS, registry=r)
+        self.ttfb = Histogram(
+            "tokentoll_time_to_first_byte_seconds", "Time from request to the first byte of the answer.",
+            ["route"], buckets=LATENCY_BUCKETS, registry=r)
+        self.overhead = Histogram(
+            "tokentoll_gateway_overhead_seconds",
+            "Time spent in the gateway itself: total time minus time waiting on the upstream.",
+            ["route"], buckets=OVERHEAD_BUCKETS, registry=r)
+        self.tokens = Counter(
+            "tokentoll_tokens", "Tokens metered, by model, kind (input, output) and usage source.",
+            ["model", "kind", "source"], registry=r)
+        self.open_streams = Gauge(
+            "tokentoll_open_streams", "Streaming responses currently open.", registry=r)
+        self.upstream_errors = Counter(
+            "tokentoll_upstream_errors", "Upstream failures, by provider and kind.",
+            ["provider", "kind"], registry=r)
+        self.client_disconnects = Counter(
+            "tokentoll_client_disconnects", "Requests whose client left before the answer was complete.",
+            ["route"], registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

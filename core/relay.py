@@ -1,0 +1,380 @@
+"""The relay: a plain ASGI handler that reads a client's request, sends it to the model's upstream and
+passes the answer back event by event, metering tokens per chunk; every request ends in one usage record."""
+
+from __future__ import annotations
+
+import asyncio
+from time import perf_counter
+from typing import Any
+
+import orjson
+
+from adapters import openai
+from billing.metering import NO_USAGE, Meter, UsageRecord
+from core import sse
+from core.config import Model, Settings
+from core.errors import (
+    BadRequest,
+    BodyTooLarge,
+    GatewayError,
+    InvalidJSON,
+    MethodNotAllowed,
+    ModelNotFound,
+    UpstreamBadStatus,
+    UpstreamClientError,
+    UpstreamClosed,
+    UpstreamError,
+)
+from core.metrics import Metrics
+from core.requestlog import RequestLog
+from core.upstream import UpstreamResponse, Upstreams
+
+Scope = dict[str, Any]
+Receive = Any
+Send = Any
+
+STREAM_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+JSON_HEADERS = [(b"content-type", b"application/json")]
+PASSED_ON_HEADERS = ("retry-after", "retry-after-ms")
+CLIENT_GONE_STATUS = 499  # nginx's convention, for the log and metrics only
+
+
+class ClientGone(Exception):
+    """The client disconnected before the request body was complete."""
+
+
+class Exchange:
+    """The state of one request as it moves through the relay."""
+
+    __slots__ = ("request_id", "id_headers", "route", "endpoint", "model", "status", "started", "stream",
+                 "t0", "t_first", "upstream_wait", "client_gone", "meter", "usage_charged", "error_code",
+                 "upstream_error_kind", "finished")
+
+    def __init__(self, request_id: str, route: str, endpoint: str, t0: float) -> None:
+        self.request_id = request_id
+        rid = request_id.encode()
+        self.id_headers = [(b"x-tt-request-id", rid), (b"x-request-id", rid)]
+        self.route = route
+        self.endpoint = endpoint
+        self.model: Model | None = None
+        self.status = 0
+        self.started = False  # response headers sent
+        self.stream = False
+        self.t0 = t0
+        self.t_first = 0.0
+        self.upstream_wait = 0.0
+        self.client_gone = False
+        self.meter: Meter | None = None
+        self.usage_charged = False  # the upstream accepted the request: usage is owed
+        self.error_code = ""
+        self.upstream_error_kind = ""
+        self.finished = False
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            if not value.isdigit():
+                raise BadRequest("invalid Content-Length header")
+            if int(value) > limit:
+                raise BodyTooLarge(f"the request body is larger than the limit of {limit} bytes")
+            break
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone()
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge(f"the request body is larger than the limit of {limit} bytes")
+            parts.append(chunk)
+        if not message.get("more_body", False):
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+class Relay:
+    def __init__(self, settings: Settings, upstreams: Upstreams, metrics: Metrics, log: RequestLog) -> None:
+        self.settings = settings
+        self.upstreams = upstreams
+        self.metrics = metrics
+        self.log = log
+
+    async def __call__(self, endpoint: str, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        x = Exchange(request_id, scope["path"], endpoint, perf_counter())
+        watch: asyncio.Future[Any] | None = None
+        task = asyncio.current_task()
+        assert task is not None
+
+        def on_disconnect(fut: asyncio.Future[Any]) -> None:
+            if not fut.cancelled() and not x.finished:
+                x.client_gone = True
+                task.cancel()
+
+        try:
+            if scope["method"] != "POST":
+                raise MethodNotAllowed(f"{scope['method']} is not allowed here; use POST", headers={"allow": "POST"})
+            body = await read_body(scope, receive, self.settings.server.max_body_bytes)
+            watch = asyncio.ensure_future(receive())
+            watch.add_done_callback(on_disconnect)
+            await self._exchange(x, body, send)
+        except GatewayError as err:
+            await self._fail(x, err, send)
+        except ClientGone:
+            x.client_gone = True
+        except asyncio.CancelledError:
+            if not x.client_gone:
+                raise
+            task.uncancel()
+        finally:
+            x.finished = True
+            if watch is not None:
+                watch.remove_done_callback(on_disconnect)
+                watch.cancel()
+            self._finish(x, perf_counter())
+
+    # -- the exchange ---------------------------------------------------------------------
+
+    async def _exchange(self, x: Exchange, raw: bytes, send: Send) -> None:
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidJSON(f"the request body is not valid JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise BadRequest("the request body must be a JSON object")
+        name = body.get("model")
+        if not isinstance(name, str) or not name:
+            raise BadRequest("'model' is required and must be a string", param="model")
+        model = self.settings.models.get(name)
+        if model is None:
+            raise ModelNotFound(f"the model {name!r} does not exist; GET /v1/models lists the models served here",
+                                param="model")
+        x.model = model
+        try:
+            prepared = openai.prepare(x.endpoint, body, model.upstream_model, model.max_output_tokens)
+        except openai.InvalidRequest as exc:
+            raise BadRequest(str(exc), param=exc.param) from None
+        x.stream = prepared.stream
+        x.meter = Meter(prepared.prompt_estimate)
+        t = perf_counter()
+        try:
+            x.usage_charged = True  # from here on the upstream may be doing work for us
+            resp = await self.upstreams.open(model.provider, openai.UPSTREAM_PATHS[x.endpoint],
+                                             prepared.upstream_body, prepared.stream)
+        finally:
+            x.upstream_wait += perf_counter() - t
+        try:
+            if resp.status != 200:
+                await self._upstream_refused(x, resp)
+            if prepared.stream:
+                await self._relay_stream(x, resp, prepared.include_usage, send)
+            else:
+                await self._relay_body(x, resp, send)
+        finally:
+            resp.close()
+
+    async def _upstream_refused(self, x: Exchange, resp: UpstreamResponse) -> None:
+        t = perf_counter()
+        try:
+            raw = await resp.read()
+        finally:
+            x.upstream_wait += perf_counter() - t
+        x.usage_charged = False  # a refused request costs nothing
+        status = resp.status
+        if status in (401, 403, 407) or status >= 500 or status < 400:
+            detail = _upstream_message(raw)
+            raise UpstreamBadStatus(f"the upstream provider answered {status}" + (f": {detail}" if detail else ""))
+        headers = {k: resp.headers[k] for k in PASSED_ON_HEADERS if k in resp.headers}
+        raise UpstreamClientError(status, raw, headers)
+
+    async def _relay_body(self, x: Exchange, resp: UpstreamResponse, send: Send) -> None:
+        t = perf_counter()
+        try:
+            raw = await resp.read()
+        finally:
+            x.upstream_wait += perf_counter() - t
+        assert x.meter is not None
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise UpstreamBadStatus("the upstream answered 200 with a body that is not JSON") from None
+        openai.meter_response(x.endpoint, obj, x.meter)
+        ctype = resp.headers.get("content-type", "application/json").encode()
+        x.status = 200
+        x.started = True
+        x.t_first = perf_counter()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", ctype), *x.id_headers]})
+        x.finished = True  # from here a disconnect is the normal end of the exchange
+        await send({"type": "http.response.body", "body": raw})
+
+    async def _relay_stream(self, x: Exchange, resp: UpstreamResponse, include_usage: bool, send: Send) -> None:
+        """Each upstream event goes to the client as soon as it is complete. The response starts
+        only with the first event, so an upstream that fails before it still gets a real status."""
+        meter = x.meter
+        assert meter is not None
+        endpoint = x.endpoint
+        decoder = sse.SSEDecoder()
+        complete = False
+        sequence = 0
+        self.metrics.open_streams.inc()
+        try:
+            chunks = resp.chunks().__aiter__()
+            while True:
+                t = perf_counter()
+                try:
+                    chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    chunk = b""
+                finally:
+                    x.upstream_wait += perf_counter() - t
+                events = decoder.feed(chunk) if chunk else decoder.finish()
+                out: list[bytes] = []
+                for ev in events:
+                    if ev.has_data:
+                        sequence += 1
+                        if ev.data == b"[DONE]":
+                            complete = True
+                            out.append(b"data: [DONE]\n\n")
+                            continue
+                        flags = openai.meter_stream_event(endpoint, ev.data, meter)
+                        if flags & openai.TERMINAL:
+                            complete = True
+                        if flags & openai.UPSTREAM_ERROR:
+                            x.error_code = "upstream_stream_error"
+                            self._count_upstream_error(x, UpstreamClosed("in-band error"), "stream_error")
+                        if flags & openai.USAGE_ONLY and not include_usage:
+                            continue
+                        out.append(sse.encode(ev.data, ev.event))
+                    elif ev.comment:
+                        out.append(sse.encode_comment(ev.comment))
+                if out:
+                    if not x.started:
+                        await self._start_stream(x, send)
+                    await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
+                if not chunk:
+                    break
+            if not complete:
+                raise UpstreamClosed("the upstream ended the stream before it was complete")
+        except UpstreamError as err:
+            if not x.started:
+                raise
+            self._count_upstream_error(x, err)
+            x.error_code = err.code
+            await send({"type": "http.response.body", "more_body": True,
+                        "body": openai.stream_error_event(endpoint, err.message, err.code, x.request_id, sequence)})
+        finally:
+            self.metrics.open_streams.dec()
+        if not x.started:  # an upstream that sent nothing but comments
+            await self._start_stream(x, send)
+        x.finished = True
+        await send({"type": "http.response.body", "body": b""})
+
+    async def _start_stream(self, x: Exchange, send: Send) -> None:
+        x.started = True
+        x.status = 200
+        x.t_first = perf_counter()
+        await send({"type": "http.response.start", "status": 200, "headers": [*STREAM_HEADERS, *x.id_headers]})
+
+    # -- errors and the end of a request --------------------------------------------------
+
+    async def _fail(self, x: Exchange, err: GatewayError, send: Send) -> None:
+        if isinstance(err, (UpstreamError, UpstreamClientError)):
+            self._count_upstream_error(x, err)
+        x.error_code = err.code
+        if x.started:
+            return
+        body = None
+        if isinstance(err, UpstreamClientError):
+            body = _passable_error(err.body)
+            if body is None:
+                detail = _upstream_message(err.body)
+                body = openai.error_body(err.status, f"the upstream answered {err.status}" +
+                                         (f": {detail}" if detail else ""), err.code, None, x.request_id)
+        if body is None:
+            body = openai.error_body(err.status, err.message, err.code, err.param, x.request_id)
+        headers = [*JSON_HEADERS, *x.id_headers, *((k.encode(), v.encode()) for k, v in err.headers.items())]
+        x.status = err.status
+        x.started = True
+        x.t_first = perf_counter()
+        await send({"type": "http.response.start", "status": err.status, "headers": headers})
+        x.finished = True
+        await send({"type": "http.response.body", "body": body})
+
+    def _count_upstream_error(self, x: Exchange, err: GatewayError, kind: str = "") -> None:
+        if not kind:
+            kind = getattr(err, "kind", "error")
+            if isinstance(err, UpstreamClientError):
+                kind = f"status_{err.status}"
+        x.upstream_error_kind = kind
+        provider = x.model.provider.name if x.model else "-"
+        self.metrics.upstream_errors.labels(provider, kind).inc()
+
+    def _finish(self, x: Exchange, now: float) -> None:
+        record: UsageRecord = x.meter.record() if x.meter is not None and x.usage_charged else NO_USAGE
+        status = x.status if x.started else CLIENT_GONE_STATUS if x.client_gone else 500
+        model = x.model.name if x.model else "-"
+        total = now - x.t0
+        overhead = max(total - x.upstream_wait, 0.0)
+        m = self.metrics
+        m.requests.labels(x.route, model, str(status)).inc()
+        m.duration.labels(x.route).observe(total)
+        m.overhead.labels(x.route).observe(overhead)
+        if x.started:
+            m.ttfb.labels(x.route).observe(x.t_first - x.t0)
+        if x.client_gone:
+            m.client_disconnects.labels(x.route).inc()
+        usage = record.usage
+        if usage.in_total:
+            m.tokens.labels(model, "input", record.source).inc(usage.in_total)
+        if usage.out_total:
+            m.tokens.labels(model, "output", record.source).inc(usage.out_total)
+        self.log.write({
+            "request_id": x.request_id,
+            "route": x.route,
+            "model": model,
+            "provider": x.model.provider.name if x.model else None,
+            "status": status,
+            "stream": x.stream,
+            "input_tokens": usage.in_total,
+            "output_tokens": usage.out_total,
+            "cache_read_tokens": usage.cache_read,
+            "cache_write_tokens": usage.cache_write,
+            "reasoning_tokens": usage.reasoning,
+            "usage_source": record.source,
+            "duration_ms": round(total * 1000, 3),
+            "ttfb_ms": round((x.t_first - x.t0) * 1000, 3) if x.started else None,
+            "upstream_ms": round(x.upstream_wait * 1000, 3),
+            "overhead_ms": round(overhead * 1000, 3),
+            "client_disconnected": x.client_gone,
+            "error": x.error_code or None,
+            "upstream_error": x.upstream_error_kind or None,
+        })
+
+
+def _upstream_message(raw: bytes) -> str:
+    """The upstream's own error message, shortened, for the client's benefit; never request content."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return raw[:200].decode("utf-8", "replace").strip()
+    err = obj.get("error") if isinstance(obj, dict) else None
+    msg = err.get("message") if isinstance(err, dict) else err if isinstance(err, str) else None
+    return msg[:300] if isinstance(msg, str) else ""
+
+
+def _passable_error(raw: bytes) -> bytes | None:
+    """An upstream 4xx body already in the OpenAI error shape is passed on as it is."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(obj, dict) and isinstance(obj.get("error"), dict) and isinstance(obj["error"].get("message"), str):
+        return raw
+    return None

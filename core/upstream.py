@@ -1,0 +1,129 @@
+"""Connections to upstream providers: one shared aiohttp session with keep-alive pooling, per-provider
+timeouts (connect, first byte, idle gap, total), and only the provider's own credentials sent."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+import aiohttp
+
+from core.config import Provider, Settings
+from core.errors import UpstreamClosed, UpstreamConnectError, UpstreamTimeout
+
+USER_AGENT = "TokenToll/0.1"
+
+
+class UpstreamResponse(Protocol):
+    status: int
+    headers: dict[str, str]
+
+    async def read(self) -> bytes: ...
+
+    def chunks(self) -> AsyncIterator[bytes]: ...
+
+    def close(self) -> None: ...
+
+
+class HttpResponse:
+    """An aiohttp response read under the provider's idle and total deadlines."""
+
+    __slots__ = ("_resp", "_timeouts", "_deadline", "status", "headers")
+
+    def __init__(self, resp: aiohttp.ClientResponse, provider: Provider, deadline: float) -> None:
+        self._resp = resp
+        self._timeouts = provider.timeouts
+        self._deadline = deadline
+        self.status = resp.status
+        self.headers = {k.lower(): v for k, v in resp.headers.items()}
+
+    async def read(self) -> bytes:
+        try:
+            async with asyncio.timeout_at(self._deadline):
+                return await self._resp.read()
+        except TimeoutError:
+            raise UpstreamTimeout("total", self._timeouts.total) from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamClosed(f"the upstream connection failed while reading: {type(exc).__name__}") from None
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """Raw body chunks as they arrive; raises UpstreamTimeout or UpstreamClosed."""
+        loop = asyncio.get_running_loop()
+        idle = self._timeouts.idle
+        content = self._resp.content
+        try:
+            async with asyncio.timeout(None) as timer:
+                while True:
+                    timer.reschedule(min(loop.time() + idle, self._deadline))
+                    chunk = await content.readany()
+                    if not chunk:
+                        return
+                    yield chunk
+        except TimeoutError:
+            if loop.time() >= self._deadline - 0.001:
+                raise UpstreamTimeout("total", self._timeouts.total) from None
+            raise UpstreamTimeout("idle", idle) from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamClosed(f"the upstream connection broke mid-stream: {type(exc).__name__}") from None
+
+    def close(self) -> None:
+        """Drop the connection (not back to the pool): the upstream sees the close at once."""
+        self._resp.close()
+
+
+class Upstreams:
+    """Opens requests to providers; built-in providers are answered in-process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=self._settings.server.upstream_pool_size, keepalive_timeout=60, enable_cleanup_closed=True
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=None),
+            auto_decompress=True,
+            skip_auto_headers=("User-Agent",),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def open(self, provider: Provider, path: str, body: bytes, stream: bool) -> UpstreamResponse:
+        """Send the request; returns once the upstream's status and headers have arrived."""
+        if provider.builtin:
+            from core import demo
+
+            return await demo.open(provider, path, body, stream)
+        assert self._session is not None, "Upstreams.start() was not awaited"
+        t = provider.timeouts
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + t.total
+        headers = {
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream" if stream else "application/json",
+            "User-Agent": USER_AGENT,
+        }
+        if stream:  # a compressed event stream may be buffered by the encoder: ask for none
+            headers["Accept-Encoding"] = "identity"
+        if provider.api_key:
+            headers["Authorization"] = "Bearer " + provider.api_key
+        timeout = aiohttp.ClientTimeout(total=None, connect=t.connect, sock_connect=t.connect)
+        try:
+            async with asyncio.timeout_at(min(loop.time() + t.connect + t.first_byte, deadline)):
+                resp = await self._session.post(provider.base_url + path, data=body, headers=headers, timeout=timeout)
+        except aiohttp.ConnectionTimeoutError:  # a TimeoutError too: must come first
+            raise UpstreamTimeout("connect", t.connect) from None
+        except TimeoutError:
+            raise UpstreamTimeout("first_byte", t.first_byte) from None
+        except aiohttp.ClientConnectorError as exc:
+            raise UpstreamConnectError(f"cannot connect to the upstream provider {provider.name!r}: {exc.strerror or type(exc).__name__}") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamClosed(f"the upstream closed the connection before answering: {type(exc).__name__}") from None
+        return HttpResponse(resp, provider, deadline)

@@ -1,0 +1,73 @@
+"""TokenToll: the composition root and command line.
+Reads config.toml, builds the gateway and serves it with hypercorn on uvloop."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import socket
+import sys
+
+import uvloop
+from hypercorn.asyncio import serve
+from hypercorn.config import Config as HypercornConfig
+
+from core.app import Gateway
+from core.config import CONFIG_ENV, ConfigError, Settings, config_path, load
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="gateway.py", description="TokenToll LLM API gateway")
+    p.add_argument("--config", help=f"path to config.toml (default: ${CONFIG_ENV}, else ./config.toml)")
+    p.add_argument("--host", help="listen address (overrides server.host)")
+    p.add_argument("--port", type=int, help="listen port, 0 for any free port (overrides server.port)")
+    p.add_argument("--check", action="store_true", help="validate the config and exit")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    path = config_path(args.config)
+    try:
+        settings = load(path)
+    except ConfigError as exc:
+        print(f"tokentoll: config error: {exc}", file=sys.stderr)
+        return 2
+    if args.check:
+        print(f"tokentoll: {path} is valid ({len(settings.providers)} providers, {len(settings.models)} models)")
+        return 0
+    host = args.host or settings.server.host
+    port = settings.server.port if args.port is None else args.port
+    try:
+        sock = socket.create_server((host, port), backlog=4096)
+    except OSError as exc:
+        print(f"tokentoll: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
+        return 1
+    bound = sock.getsockname()
+    print(f"tokentoll: serving http://{host}:{bound[1]} ({len(settings.models)} models from {path})",
+          file=sys.stderr, flush=True)
+    uvloop.run(run_server(settings, sock))
+    return 0
+
+
+def hypercorn_config(sock: socket.socket) -> HypercornConfig:
+    hc = HypercornConfig()
+    hc.bind = [f"fd://{sock.fileno()}"]
+    hc.accesslog = None  # the gateway writes its own request log
+    hc.errorlog = "-"
+    hc.keep_alive_timeout = 75
+    hc.graceful_timeout = 10
+    return hc
+
+
+async def run_server(settings: Settings, sock: socket.socket) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await serve(Gateway(settings), hypercorn_config(sock), shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
