@@ -1,0 +1,213 @@
+"""Shared fixtures: the mock upstream (a real HTTP server) and the gateway itself, started as
+`python gateway.py` under hypercorn on a free loopback port, exactly as an operator runs it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.mock_upstream import MockUpstream  # noqa: E402
+
+UPSTREAM_KEY = "upstream-secret-key"
+CLIENT_KEY = "sk-client-key-never-forwarded"
+
+
+class GatewayProcess:
+    """A running gateway: its port, its request log, and a way to read what it wrote."""
+
+    def __init__(self, config: Path, log_path: Path, env: dict[str, str]) -> None:
+        self.log_path = log_path
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "gateway.py"), "--config", str(config), "--port", "0"],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        assert self.proc.stderr is not None
+        self.stderr_lines: list[str] = []
+        first = self.proc.stderr.readline().decode()
+        self.stderr_lines.append(first)
+        if "serving http://" not in first:
+            rest = self.proc.stderr.read().decode()
+            raise RuntimeError(f"gateway did not start: {first}{rest}")
+        self.url = first.split("serving ")[1].split()[0]
+        self._drain = threading.Thread(target=self._read_stderr, daemon=True)
+        self._drain.start()
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr_lines.append(line.decode(errors="replace"))
+
+    @property
+    def base_url(self) -> str:
+        return self.url + "/v1"
+
+    def log_entries(self) -> list[dict[str, Any]]:
+        if not self.log_path.exists():
+            return []
+        return [orjson.loads(line) for line in self.log_path.read_bytes().splitlines() if line.strip()]
+
+    def log_entry(self, request_id: str, timeout: float = 5.0) -> dict[str, Any]:
+        """The request's log line, written when the request ends (just after its last byte)."""
+        found = wait_for(lambda: next((e for e in self.log_entries() if e["request_id"] == request_id), None),
+                         timeout, f"log line for {request_id}")
+        return found
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def wait_for(probe: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Wait until probe() returns something truthy (a condition, bounded in time)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def gateway_config(upstream_url: str, log_path: Path, extra: str = "") -> str:
+    return f"""
+[server]
+host = "127.0.0.1"
+port = 0
+max_body_bytes = 65536
+request_log = "{log_path}"
+
+[providers.demo]
+format = "openai"
+builtin = "demo"
+
+[providers.mock]
+format = "openai"
+base_url = "{upstream_url}"
+api_key_env = "TT_TEST_UPSTREAM_KEY"
+timeouts = {{ connect = 2, first_byte = 5, idle = 5, total = 60 }}
+
+[providers.mock-short]
+format = "openai"
+base_url = "{upstream_url}"
+api_key_env = "TT_TEST_UPSTREAM_KEY"
+timeouts = {{ connect = 1, first_byte = 0.5, idle = 0.5, total = 10 }}
+
+[providers.nowhere]
+format = "openai"
+base_url = "http://127.0.0.1:9/v1"
+timeouts = {{ connect = 1, first_byte = 1, idle = 1, total = 5 }}
+
+[models.demo-echo]
+provider = "demo"
+upstream_model = "echo"
+max_output_tokens = 64
+price = {{ input = "0.50", output = "1.50" }}
+
+[models.mock-ok]
+provider = "mock"
+upstream_model = "ok"
+price = {{ input = "1", output = "2" }}
+
+[models."vendor/model-x"]
+provider = "mock"
+upstream_model = "ok"
+
+[models.mock-no-usage]
+provider = "mock"
+upstream_model = "no-usage"
+
+[models.mock-slow]
+provider = "mock"
+upstream_model = "slow"
+
+[models.mock-die]
+provider = "mock"
+upstream_model = "die"
+
+[models.mock-eof]
+provider = "mock"
+upstream_model = "eof"
+
+[models.mock-awkward]
+provider = "mock"
+upstream_model = "awkward"
+
+[models.mock-500]
+provider = "mock"
+upstream_model = "status-500"
+
+[models.mock-429]
+provider = "mock"
+upstream_model = "status-429"
+
+[models.mock-400]
+provider = "mock"
+upstream_model = "status-400"
+
+[models.mock-401]
+provider = "mock"
+upstream_model = "status-401"
+
+[models.mock-not-json]
+provider = "mock"
+upstream_model = "not-json"
+
+[models.mock-hang]
+provider = "mock-short"
+upstream_model = "hang"
+
+[models.mock-stall]
+provider = "mock-short"
+upstream_model = "stall"
+
+[models.unreachable]
+provider = "nowhere"
+upstream_model = "x"
+{extra}
+"""
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[MockUpstream]:
+    mock = MockUpstream().start()
+    yield mock
+    mock.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(upstream: MockUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    tmp = tmp_path_factory.mktemp("gateway")
+    log_path = tmp / "requests.log"
+    config = tmp / "config.toml"
+    config.write_text(gateway_config(upstream.base_url, log_path))
+    env = {**os.environ, "TT_TEST_UPSTREAM_KEY": UPSTREAM_KEY}
+    env.pop("TOKENTOLL_CONFIG", None)
+    gw = GatewayProcess(config, log_path, env)
+    yield gw
+    gw.stop()
+    errors = [line for line in gw.stderr_lines if "Traceback" in line or "Error" in line]
+    assert not errors, "the gateway wrote errors to stderr:\n" + "".join(gw.stderr_lines)
+
+
+@pytest.fixture()
+def client(gateway: GatewayProcess) -> Any:
+    from openai import OpenAI
+
+    return OpenAI(base_url=gateway.base_url, api_key=CLIENT_KEY, max_retries=0, timeout=20)

@@ -1,0 +1,167 @@
+"""A scripted OpenAI-format upstream: a real aiohttp server on loopback, run in a thread.
+The upstream model name in each request picks a behaviour (normal answers come from the demo provider)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from core import demo
+from core.config import Provider, Timeouts
+
+DEMO = Provider("mock", "openai", "", "", Timeouts(), "demo", 0.0)
+
+# An event stream written in the awkward ways real servers do: CRLF line ends, comments,
+# a keep-alive, an `id:` line, a multi-byte character, then cut into pieces at odd offsets.
+AWKWARD_TEXTS = ["Hé", "llo", " wörld", " 🌍", " end"]
+
+
+def awkward_stream() -> bytes:
+    head = '{"id":"c1","object":"chat.completion.chunk","created":1,"model":"awkward","choices":[{"index":0,'
+    parts = [b": keep-alive\r\n\r\n"]
+    parts.append(("data: " + head + '"delta":{"role":"assistant","content":""},"finish_reason":null}]}\r\n\r\n').encode())
+    for i, text in enumerate(AWKWARD_TEXTS):
+        data = head + '"delta":{"content":' + orjson.dumps(text).decode() + '},"finish_reason":null}]}'
+        if i == 2:
+            parts.append(("id: 7\r\ndata: " + data + "\r\n\r\n").encode())
+        elif i == 3:
+            parts.append(("data:" + data + "\n\n").encode())  # no space after the colon, LF only
+        else:
+            parts.append(("data: " + data + "\r\n\r\n").encode())
+        if i == 1:
+            parts.append(b":\r\n\r\n")
+    parts.append(("data: " + head + '"delta":{},"finish_reason":"stop"}]}\r\n\r\n').encode())
+    parts.append(b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"awkward","choices":[],'
+                 b'"usage":{"prompt_tokens":5,"completion_tokens":6,"total_tokens":11}}\r\n\r\n')
+    parts.append(b"data: [DONE]\r\n\r\n")
+    return b"".join(parts)
+
+
+def awkward_pieces() -> list[bytes]:
+    """Cuts in the middle of 'data:', of a CRLF, of a UTF-8 character and of a JSON string."""
+    raw = awkward_stream()
+    cuts = sorted({3, raw.index(b"\r\n") + 1, raw.index("é".encode()) + 1, raw.index("🌍".encode()) + 2,
+                   raw.index(b"data:", 40) + 2, raw.index(b"wr") if b"wr" in raw else 50, len(raw) // 2,
+                   len(raw) - 5})
+    pieces, last = [], 0
+    for c in cuts:
+        pieces.append(raw[last:c])
+        last = c
+    pieces.append(raw[last:])
+    return [p for p in pieces if p]
+
+
+class MockUpstream:
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.stream_closed = threading.Event()  # a slow stream saw its client (the gateway) leave
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._runner: web.AppRunner | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> MockUpstream:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("mock upstream did not start")
+        return self
+
+    def stop(self) -> None:
+        async def shutdown() -> None:
+            assert self._runner is not None
+            await self._runner.cleanup()
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/{tail:.*}", self.handle)
+        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
+        self._loop.run_until_complete(self._runner.setup())
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        self._loop.run_until_complete(site.start())
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._ready.set()
+        self._loop.run_forever()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def last_request(self, model: str) -> dict[str, Any]:
+        return next(r for r in reversed(self.requests) if r["body"].get("model") == model)
+
+    # -- behaviours -----------------------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        body = orjson.loads(raw)
+        self.requests.append({"path": request.path, "headers": dict(request.headers), "body": body})
+        behaviour = body.get("model", "ok")
+        if behaviour.startswith("status-"):
+            status = int(behaviour.split("-")[1])
+            headers = {"Retry-After": "7"} if status == 429 else {}
+            err = {"error": {"message": f"mock says {status}", "type": "mock_error", "param": None, "code": "mock"}}
+            return web.Response(status=status, body=orjson.dumps(err), content_type="application/json",
+                                headers=headers)
+        if behaviour == "hang":
+            await asyncio.sleep(30)
+        if behaviour == "not-json":
+            return web.Response(status=200, body=b"<html>oops</html>", content_type="text/html")
+        path = request.path[len("/v1"):]
+        answer = await demo.open(DEMO, path, raw, bool(body.get("stream")))
+        if not body.get("stream"):
+            return web.Response(status=200, body=await answer.read(), content_type="application/json")
+        events = [e async for e in answer.chunks()]
+        if behaviour == "no-usage":
+            events = [e for e in events if b'"choices":[]' not in e]
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        if behaviour == "awkward":
+            for piece in awkward_pieces():
+                await resp.write(piece)
+                await asyncio.sleep(0.005)  # let each piece leave as its own TCP segment
+            await resp.write_eof()
+            return resp
+        if behaviour == "slow":
+            return await self._slow(request, resp, events[0])
+        if behaviour in ("die", "eof", "stall"):
+            for e in events[:3]:
+                await resp.write(e)
+            if behaviour == "die":
+                request.transport.abort()  # type: ignore[union-attr]
+                return resp
+            if behaviour == "stall":
+                await asyncio.sleep(30)
+            await resp.write_eof()
+            return resp
+        for e in events:
+            await resp.write(e)
+        await resp.write_eof()
+        return resp
+
+    async def _slow(self, request: web.Request, resp: web.StreamResponse, first: bytes) -> web.StreamResponse:
+        """A long stream, one chunk every 20 ms, that notices when its reader goes away."""
+        head = first.split(b'"choices"')[0]
+        try:
+            await resp.write(first)
+            for i in range(1500):
+                await resp.write(head + b'"choices":[{"index":0,"delta":{"content":" tick"},"finish_reason":null}]}\n\n')
+                await asyncio.sleep(0.02)
+                if request.transport is None or request.transport.is_closing():
+                    break
+        except (ConnectionResetError, ConnectionError, RuntimeError):
+            pass
+        finally:
+            self.stream_closed.set()
+        return resp
