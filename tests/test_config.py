@@ -1,0 +1,84 @@
+"""Configuration: valid files load with exact decimal prices; every error names its key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from core.config import ConfigError, load, parse
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def base() -> dict:
+    return {
+        "providers": {"up": {"format": "openai", "base_url": "http://127.0.0.1:1/v1", "api_key_env": "K"}},
+        "models": {"m": {"provider": "up", "price": {"input": Decimal("0.15"), "output": "0.6"}}},
+    }
+
+
+def test_shipped_config_is_valid() -> None:
+    settings = load(ROOT / "config.toml", environ={})
+    assert "demo-echo" in settings.models and settings.server.port == 8080
+    assert settings.models["demo-echo"].prices.input == Decimal("0.50")
+
+
+def test_prices_are_exact_decimals() -> None:
+    s = parse(base(), {"K": "secret"})
+    assert s.models["m"].prices.input == Decimal("0.15") and s.models["m"].prices.output == Decimal("0.6")
+    assert s.models["m"].upstream_model == "m" and s.providers["up"].api_key == "secret"
+
+
+@pytest.mark.parametrize("mutate, key", [
+    (lambda c: c["models"]["m"].update(provider="ghost"), "models.m.provider"),
+    (lambda c: c["providers"]["up"].update(format="soap"), "providers.up.format"),
+    (lambda c: c["providers"]["up"].update(base_url="ftp://x"), "providers.up.base_url"),
+    (lambda c: c["providers"]["up"].update(timeouts={"idle": -1}), "providers.up.timeouts.idle"),
+    (lambda c: c["providers"]["up"].update(colour="red"), "providers.up.colour"),
+    (lambda c: c["models"]["m"]["price"].update(input="cheap"), "models.m.price.input"),
+    (lambda c: c["models"]["m"]["price"].update(output="-1"), "models.m.price.output"),
+    (lambda c: c["models"]["m"].update(max_output_tokens=0), "models.m.max_output_tokens"),
+    (lambda c: c.update(server={"port": "80"}), "server.port"),
+    (lambda c: c.update(models={}), "models"),
+])
+def test_errors_name_the_key(mutate, key: str) -> None:
+    cfg = base()
+    mutate(cfg)
+    with pytest.raises(ConfigError) as err:
+        parse(cfg, {"K": "secret"})
+    assert str(err.value).startswith(key), str(err.value)
+
+
+def test_missing_key_variable_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"providers.up.api_key_env: environment variable K is not set"):
+        parse(base(), {})
+
+
+def test_cli_stops_with_the_key_in_the_message(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[providers.p]\nbuiltin = "demo"\n[models.x]\nprovider = "p"\nmax_output_tokens = "many"\n')
+    run = subprocess.run([sys.executable, str(ROOT / "gateway.py"), "--config", str(bad)], capture_output=True,
+                         text=True, cwd=ROOT, timeout=60)
+    assert run.returncode == 2
+    assert "config error: models.x.max_output_tokens: must be an integer" in run.stderr
+
+
+def test_config_chosen_by_environment(tmp_path: Path) -> None:
+    good = tmp_path / "alt.toml"
+    good.write_text('[providers.p]\nbuiltin = "demo"\n[models.only-here]\nprovider = "p"\n')
+    run = subprocess.run([sys.executable, str(ROOT / "gateway.py"), "--check"], capture_output=True, text=True,
+                         cwd=ROOT, env={"TOKENTOLL_CONFIG": str(good), "PATH": "/usr/bin:/bin"}, timeout=60)
+    assert run.returncode == 0 and str(good) in run.stdout and "1 models" in run.stdout
+
+
+def test_unreadable_and_invalid_toml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load(tmp_path / "missing.toml")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[server\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load(broken)

@@ -1,0 +1,97 @@
+"""The OpenAI adapter's pure functions: request preparation, usage normalization, stream metering."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from adapters import openai
+from billing.metering import Meter, Usage, count_text
+
+
+def test_prepare_forces_upstream_usage_but_remembers_the_client_choice() -> None:
+    body = {"model": "pub", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    p = openai.prepare("chat", body, "up-model", 100)
+    sent = orjson.loads(p.upstream_body)
+    assert sent["model"] == "up-model" and sent["stream_options"] == {"include_usage": True}
+    assert p.stream and not p.include_usage
+    body["stream_options"] = {"include_usage": True}
+    assert openai.prepare("chat", body, "up-model", 100).include_usage
+
+
+def test_max_output_is_the_request_limit_capped_by_the_model() -> None:
+    msgs = [{"role": "user", "content": "hi"}]
+    assert openai.prepare("chat", {"messages": msgs}, "m", 4096).max_output == 4096
+    assert openai.prepare("chat", {"messages": msgs, "max_tokens": 10}, "m", 4096).max_output == 10
+    assert openai.prepare("chat", {"messages": msgs, "max_completion_tokens": 9999}, "m", 4096).max_output == 4096
+    assert openai.prepare("responses", {"input": "x", "max_output_tokens": 7}, "m", 50).max_output == 7
+    with pytest.raises(openai.InvalidRequest) as err:
+        openai.prepare("chat", {"messages": msgs, "max_tokens": -1}, "m", 4096)
+    assert err.value.param == "max_tokens"
+
+
+@pytest.mark.parametrize("endpoint, body, param", [
+    ("chat", {"messages": []}, "messages"),
+    ("chat", {"messages": ["x"]}, "messages"),
+    ("chat", {"messages": [{"role": "user", "content": "x"}], "stream": 1}, "stream"),
+    ("chat", {"messages": [{"role": "user", "content": "x"}], "stream_options": "yes"}, "stream_options"),
+    ("embeddings", {}, "input"),
+    ("embeddings", {"input": {"a": 1}}, "input"),
+    ("embeddings", {"input": "x", "stream": True}, "stream"),
+    ("completions", {}, "prompt"),
+    ("responses", {"input": 5}, "input"),
+])
+def test_invalid_requests_name_the_param(endpoint: str, body: dict, param: str) -> None:
+    with pytest.raises(openai.InvalidRequest) as err:
+        openai.prepare(endpoint, body, "m", 10)
+    assert err.value.param == param
+
+
+def test_prompt_estimate_counts_text_framing_and_images() -> None:
+    text = "The quick brown fox"
+    plain = openai.estimate_prompt("chat", {"messages": [{"role": "user", "content": text}]})
+    assert plain == 3 + count_text("user") + count_text(text) + 3
+    with_image = openai.estimate_prompt("chat", {"messages": [{"role": "user", "content": [
+        {"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": "data:,", "detail": "low"}}]}]})
+    assert with_image == plain + 85
+    assert openai.estimate_prompt("embeddings", {"input": [[1, 2, 3], [4]]}) == 4
+
+
+def test_usage_normalization_of_real_payloads() -> None:
+    chat = {"prompt_tokens": 2006, "completion_tokens": 300, "total_tokens": 2306,
+            "prompt_tokens_details": {"cached_tokens": 1920, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 128}}
+    assert openai.normalize_usage(chat) == Usage(2006, 300, 1920, 0, 128)
+    responses = {"input_tokens": 36, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 87,
+                 "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 123}
+    assert openai.normalize_usage(responses) == Usage(36, 87, 0, 0, 0)
+    assert openai.normalize_usage({"prompt_tokens": 0, "completion_tokens": 0}) == Usage(0, 0)
+    assert openai.normalize_usage(None) is None
+    assert openai.normalize_usage({"prompt_tokens": "many", "completion_tokens": -3}) == Usage(0, 0)
+
+
+def test_stream_event_flags_and_counting() -> None:
+    m = Meter(10)
+    chunk = b'{"choices":[{"index":0,"delta":{"content":"Hello world"}}]}'
+    assert openai.meter_stream_event("chat", chunk, m) == 0
+    tool = b'{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\\"a\\":1}"}}]}}]}'
+    openai.meter_stream_event("chat", tool, m)
+    assert m.output_observed == count_text("Hello world") + count_text('{"a":1}')
+    usage_only = b'{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2}}'
+    assert openai.meter_stream_event("chat", usage_only, m) == openai.USAGE_ONLY
+    assert m.record().source == "upstream" and m.record().usage == Usage(5, 2)
+    assert openai.meter_stream_event("chat", b'{"error":{"message":"x"}}', m) & openai.UPSTREAM_ERROR
+    assert openai.meter_stream_event("responses", b'{"type":"response.completed","response":{}}', m) \
+        == openai.TERMINAL
+    assert openai.meter_stream_event("chat", b"not json", m) == 0
+
+
+def test_error_shapes() -> None:
+    body = orjson.loads(openai.error_body(404, "no such model", "model_not_found", "model", "req_1"))
+    assert body == {"error": {"message": "no such model", "type": "invalid_request_error", "param": "model",
+                              "code": "model_not_found", "request_id": "req_1"}}
+    chat = openai.stream_error_event("chat", "gone", "upstream_closed", "req_1", 3)
+    assert chat.startswith(b"data: {\"error\":") and chat.endswith(b"\n\n")
+    resp = openai.stream_error_event("responses", "gone", "upstream_closed", "req_1", 3)
+    data = orjson.loads(resp.split(b"data: ")[1])
+    assert resp.startswith(b"event: error\n") and data["type"] == "error" and data["error"]["code"] == "upstream_closed"
