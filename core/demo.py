@@ -44,7 +44,7 @@ class DemoResponse:
         self._events = []
 
 
-async def open(provider: Provider, path: str, body: bytes, stream: bool) -> DemoResponse:
+async def answer(provider: Provider, path: str, body: bytes, stream: bool) -> DemoResponse:
     req = orjson.loads(body)
     endpoint = next(e for e, p in openai.UPSTREAM_PATHS.items() if p == path)
     created = int(time.time())

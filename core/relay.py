@@ -4,6 +4,7 @@ passes the answer back event by event, metering tokens per chunk; every request 
 from __future__ import annotations
 
 import asyncio
+import logging
 from time import perf_counter
 from typing import Any
 
@@ -40,6 +41,7 @@ STREAM_HEADERS = [
 ]
 JSON_HEADERS = [(b"content-type", b"application/json")]
 PASSED_ON_HEADERS = ("retry-after", "retry-after-ms")
+log = logging.getLogger("tokentoll.relay")
 CLIENT_GONE_STATUS = 499  # nginx's convention, for the log and metrics only
 
 
@@ -132,6 +134,10 @@ class Relay:
             if not x.client_gone:
                 raise
             task.uncancel()
+        except Exception:  # a bug: answer in the caller's dialect, keep the trace (never the body) in the log
+            log.exception("internal error in request %s", x.request_id)
+            await self._fail(x, GatewayError("internal error in the gateway; quote the request id to the operator"),
+                             send)
         finally:
             x.finished = True
             if watch is not None:
@@ -172,6 +178,8 @@ class Relay:
         try:
             if resp.status != 200:
                 await self._upstream_refused(x, resp)
+            if prepared.stream and "json" in resp.headers.get("content-type", ""):
+                await self._not_a_stream(x, resp)
             if prepared.stream:
                 await self._relay_stream(x, resp, prepared.include_usage, send)
             else:
@@ -180,11 +188,7 @@ class Relay:
             resp.close()
 
     async def _upstream_refused(self, x: Exchange, resp: UpstreamResponse) -> None:
-        t = perf_counter()
-        try:
-            raw = await resp.read()
-        finally:
-            x.upstream_wait += perf_counter() - t
+        raw = await _read_timed(x, resp)
         x.usage_charged = False  # a refused request costs nothing
         status = resp.status
         if status in (401, 403, 407) or status >= 500 or status < 400:
@@ -193,12 +197,16 @@ class Relay:
         headers = {k: resp.headers[k] for k in PASSED_ON_HEADERS if k in resp.headers}
         raise UpstreamClientError(status, raw, headers)
 
+    async def _not_a_stream(self, x: Exchange, resp: UpstreamResponse) -> None:
+        """Some upstreams answer a stream request with a JSON error and status 200."""
+        raw = await _read_timed(x, resp)
+        x.usage_charged = False
+        detail = _upstream_message(raw)
+        raise UpstreamBadStatus("the upstream answered JSON instead of an event stream" +
+                                (f": {detail}" if detail else ""))
+
     async def _relay_body(self, x: Exchange, resp: UpstreamResponse, send: Send) -> None:
-        t = perf_counter()
-        try:
-            raw = await resp.read()
-        finally:
-            x.upstream_wait += perf_counter() - t
+        raw = await _read_timed(x, resp)
         assert x.meter is not None
         try:
             obj = orjson.loads(raw)
@@ -356,6 +364,15 @@ class Relay:
             "error": x.error_code or None,
             "upstream_error": x.upstream_error_kind or None,
         })
+
+
+async def _read_timed(x: Exchange, resp: UpstreamResponse) -> bytes:
+    """The whole upstream body; the wait counts as upstream time, not gateway overhead."""
+    t = perf_counter()
+    try:
+        return await resp.read()
+    finally:
+        x.upstream_wait += perf_counter() - t
 
 
 def _upstream_message(raw: bytes) -> str:

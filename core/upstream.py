@@ -9,6 +9,7 @@ from typing import Protocol
 
 import aiohttp
 
+from core import demo
 from core.config import Provider, Settings
 from core.errors import UpstreamClosed, UpstreamConnectError, UpstreamTimeout
 
@@ -98,9 +99,7 @@ class Upstreams:
     async def open(self, provider: Provider, path: str, body: bytes, stream: bool) -> UpstreamResponse:
         """Send the request; returns once the upstream's status and headers have arrived."""
         if provider.builtin:
-            from core import demo
-
-            return await demo.open(provider, path, body, stream)
+            return await demo.answer(provider, path, body, stream)
         assert self._session is not None, "Upstreams.start() was not awaited"
         t = provider.timeouts
         loop = asyncio.get_running_loop()

@@ -169,6 +169,10 @@ upstream_model = "status-401"
 provider = "mock"
 upstream_model = "not-json"
 
+[models.mock-json-for-stream]
+provider = "mock"
+upstream_model = "json-for-stream"
+
 [models.mock-hang]
 provider = "mock-short"
 upstream_model = "hang"

@@ -77,6 +77,10 @@ class MockUpstream:
         async def shutdown() -> None:
             assert self._runner is not None
             await self._runner.cleanup()
+            pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in pending:  # handlers still sleeping in the hang/stall behaviours
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
         asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -116,10 +120,13 @@ class MockUpstream:
                                 headers=headers)
         if behaviour == "hang":
             await asyncio.sleep(30)
+        if behaviour == "json-for-stream":
+            return web.Response(status=200, body=b'{"error":{"message":"streaming is off today"}}',
+                                content_type="application/json")
         if behaviour == "not-json":
             return web.Response(status=200, body=b"<html>oops</html>", content_type="text/html")
         path = request.path[len("/v1"):]
-        answer = await demo.open(DEMO, path, raw, bool(body.get("stream")))
+        answer = await demo.answer(DEMO, path, raw, bool(body.get("stream")))
         if not body.get("stream"):
             return web.Response(status=200, body=await answer.read(), content_type="application/json")
         events = [e async for e in answer.chunks()]

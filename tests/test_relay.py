@@ -177,6 +177,22 @@ def test_upstream_not_json_is_502(client: openai.OpenAI) -> None:
     assert err.value.status_code == 502
 
 
+def test_json_answer_to_a_stream_request_is_502(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.InternalServerError) as err:
+        list(client.chat.completions.create(model="mock-json-for-stream", messages=MSG, stream=True))
+    assert err.value.status_code == 502 and "streaming is off today" in err.value.message
+
+
+def test_client_leaving_before_the_answer_records_the_estimate(gateway: GatewayProcess) -> None:
+    impatient = openai.OpenAI(base_url=gateway.base_url, api_key="k", max_retries=0, timeout=0.2)
+    with pytest.raises(openai.APITimeoutError):
+        impatient.chat.completions.create(model="mock-hang", messages=MSG)
+    entry = wait_for(lambda: next((e for e in gateway.log_entries()
+                                   if e["model"] == "mock-hang" and e["client_disconnected"]), None), 5, "log")
+    assert entry["status"] == 499 and entry["usage_source"] == "estimate"
+    assert entry["input_tokens"] > 0 and entry["output_tokens"] == 0
+
+
 def test_malformed_json_and_wrong_method(gateway: GatewayProcess) -> None:
     r = httpx.post(gateway.base_url + "/chat/completions", content=b'{"model": "mock-ok", "messages": [',
                    headers={"content-type": "application/json"})
