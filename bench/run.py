@@ -1,0 +1,782 @@
+"""TokenToll benchmark (`make bench`): owns the mock upstream (nginx with canned OpenAI answers), the gateway under
+test (one process) and the load (wrk, plus an aiohttp client for time to first byte); records results in RESULTS.md."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+OUT = BENCH / "out"
+NGINX_PREFIX = OUT / "nginx"
+RESULTS = BENCH / "RESULTS.md"
+REQUEST_LOG = OUT / "requests.jsonl"
+GATEWAY_LOG = OUT / "gateway.log"
+GATEWAY_CONFIG = OUT / "gateway.toml"
+ECHO_MODULE = Path("/usr/lib/nginx/modules/ngx_http_echo_module.so")  # Debian's libnginx-mod-http-echo
+
+GATEWAY_PATH = "/v1/chat/completions"
+UPSTREAM_MODEL = "mock-gpt-1"
+CHUNKS = 50
+PACE_MS = 1
+PROMPT_TOKENS = 31
+WORDS = "The quick brown fox jumps over the lazy dog while a gateway in between counts every token".split()
+
+TARGET_ADDED_P50_MS = 1.0
+TARGET_REQS_PER_S = 1200.0
+TARGET_STREAMS_PER_S = 250.0
+TARGET_RSS_GROWTH = 0.10
+
+
+class BenchError(Exception):
+    """Something that makes the figures untrustworthy: the run stops and says why."""
+
+
+@dataclass(frozen=True)
+class Route:
+    """One canned answer: where nginx serves it, and the gateway model (and provider) that leads there."""
+
+    name: str
+    path: str
+    stream: bool
+
+    @property
+    def model(self) -> str:
+        return f"bench-{self.name}"
+
+    @property
+    def request_file(self) -> Path:
+        return OUT / f"request-{self.name}.json"
+
+
+CHAT = Route("chat", "/json/v1/chat/completions", stream=False)
+STREAM = Route("stream", "/sse/v1/chat/completions", stream=True)  # a static file: arrives in one read
+PACED = Route("paced", "/paced/v1/chat/completions", stream=True)  # one event per PACE_MS, as providers send
+FIRST = Route("first", "/first/v1/chat/completions", stream=True)  # the first event PACE_MS before the rest
+ROUTES = (CHAT, STREAM, PACED, FIRST)
+
+
+# -- canned bodies -----------------------------------------------------------------------------
+
+
+def compact(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def usage() -> dict[str, Any]:
+    return {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": CHUNKS, "total_tokens": PROMPT_TOKENS + CHUNKS,
+            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
+                                          "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}}
+
+
+def words() -> list[str]:
+    return [" " + WORDS[i % len(WORDS)] for i in range(CHUNKS)]
+
+
+def chat_answer() -> bytes:
+    message = {"role": "assistant", "content": "".join(words()).strip(), "refusal": None}
+    return compact({"id": "chatcmpl-bench0000000000000000000001", "object": "chat.completion", "created": 1764400000,
+                    "model": UPSTREAM_MODEL, "system_fingerprint": "fp_bench01",
+                    "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}],
+                    "usage": usage()}) + b"\n"
+
+
+def stream_events() -> list[bytes]:
+    """50 content chunks, a finish chunk, the usage-only chunk (`choices: []`) and [DONE], as OpenAI sends them."""
+    base = {"id": "chatcmpl-bench0000000000000000000002", "object": "chat.completion.chunk", "created": 1764400000,
+            "model": UPSTREAM_MODEL, "system_fingerprint": "fp_bench01"}
+    chunks = []
+    for i, word in enumerate(words()):
+        delta = {"role": "assistant", "content": word} if i == 0 else {"content": word}
+        chunks.append({**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}],
+                       "usage": None})
+    chunks.append({**base, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}],
+                   "usage": None})
+    chunks.append({**base, "choices": [], "usage": usage()})
+    return [b"data: " + compact(c) + b"\n\n" for c in chunks] + [b"data: [DONE]\n\n"]
+
+
+def echo_directives(parts: list[list[bytes]]) -> str:
+    """nginx echo-module lines that write the events of each part, flush them, and wait PACE_MS before the next."""
+    lines = []
+    for i, events in enumerate(parts):
+        for event in events:
+            text = event.decode().replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n")
+            if "$" in text:
+                raise BenchError("an event contains '$', which nginx would read as a variable")
+            lines.append(f"            echo -n '{text}';")
+        lines.append("            echo_flush;" + (f" echo_sleep {PACE_MS / 1000:g};" if i < len(parts) - 1 else ""))
+    return "\n".join(lines)
+
+
+def request_body(route: Route) -> bytes:
+    body: dict[str, Any] = {
+        "model": route.model,
+        "messages": [{"role": "system", "content": "You are a concise assistant."},
+                     {"role": "user", "content": "Write one sentence about a fox and a dog, fifty words at most."}],
+        "max_tokens": 256,
+        "temperature": 0.7,
+    }
+    if route.stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    return compact(body)
+
+
+def sse_data(raw: bytes) -> list[bytes]:
+    """The data payloads of an event stream, in order (the canned streams use single-line events)."""
+    return [block[6:] for block in raw.split(b"\n\n") if block.startswith(b"data: ")]
+
+
+def check_answer(route: Route, raw: bytes, where: str) -> None:
+    if route.stream:
+        check_stream_answer(raw, where)
+        return
+    obj = json.loads(raw)
+    if obj.get("object") != "chat.completion" or obj.get("usage", {}).get("completion_tokens") != CHUNKS:
+        raise BenchError(f"{where}: the non-stream answer is not the canned chat completion: {raw[:200]!r}")
+
+
+def check_stream_answer(raw: bytes, where: str) -> None:
+    data = sse_data(raw)
+    if len(data) != CHUNKS + 3 or data[-1] != b"[DONE]":
+        raise BenchError(f"{where}: expected {CHUNKS + 3} events ending in [DONE], got {len(data)}")
+    chunks = [json.loads(d) for d in data[:-1]]
+    deltas = [c["choices"][0]["delta"].get("content") for c in chunks[:CHUNKS]]
+    if deltas != words() or chunks[CHUNKS]["choices"][0]["finish_reason"] != "stop":
+        raise BenchError(f"{where}: the content chunks or the finish chunk are not the canned ones")
+    if chunks[-1]["choices"] != [] or chunks[-1]["usage"]["completion_tokens"] != CHUNKS:
+        raise BenchError(f"{where}: the last chunk before [DONE] is not the usage-only chunk")
+
+
+# -- tools and processes -----------------------------------------------------------------------
+
+
+def find_binary(name: str) -> str | None:
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/local/sbin")
+
+
+def run_quiet(cmd: list[str]) -> bool:
+    return subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT).returncode == 0
+
+
+def ensure_tools() -> None:
+    """nginx, its echo module and wrk from Debian's packages, installed only if missing; apt-get update only
+    if the install fails."""
+    needs: dict[str, Callable[[], bool]] = {
+        "nginx": lambda: find_binary("nginx") is not None,
+        "libnginx-mod-http-echo": ECHO_MODULE.exists,
+        "wrk": lambda: find_binary("wrk") is not None,
+    }
+    missing = [pkg for pkg, present in needs.items() if not present()]
+    if not missing:
+        return
+    step(f"installing {' '.join(missing)} with apt-get")
+    os.environ.setdefault("DEBIAN_FRONTEND", "noninteractive")
+    install = ["apt-get", "install", "-y", "-q", *missing]
+    installed = run_quiet(install) or (run_quiet(["apt-get", "update", "-q"]) and run_quiet(install))
+    still = [pkg for pkg in missing if not needs[pkg]()]
+    if not installed or still:
+        raise BenchError(f"could not install {' '.join(still or missing)} (apt-get install -y {' '.join(missing)})")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_get_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def wait_until(check: Callable[[], bool], proc: subprocess.Popen[bytes], what: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if proc.poll() is not None:
+            raise BenchError(f"{what} exited with status {proc.returncode} while starting")
+        if time.monotonic() > deadline:
+            raise BenchError(f"{what} was not ready after {timeout:.0f} s")
+        time.sleep(0.05)
+
+
+def stop_process(proc: subprocess.Popen[bytes], sig: signal.Signals, grace: float) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def write_nginx_files(port: int) -> None:
+    (NGINX_PREFIX / "tmp").mkdir(parents=True, exist_ok=True)
+    for route, body in ((CHAT, chat_answer()), (STREAM, b"".join(stream_events()))):
+        file = NGINX_PREFIX / "www" / route.path.lstrip("/")
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_bytes(body)
+    conf = (BENCH / "nginx.conf.tmpl").read_text()
+    events = stream_events()
+    for name, value in (("PORT", str(port)), ("PREFIX", str(NGINX_PREFIX)), ("ECHO_MODULE", str(ECHO_MODULE)),
+                        ("PACED_EVENTS", echo_directives([[e] for e in events])),
+                        ("FIRST_EVENTS", echo_directives([events[:1], events[1:]]))):
+        conf = conf.replace(f"@{name}@", value)
+    (NGINX_PREFIX / "nginx.conf").write_text(conf)
+    (NGINX_PREFIX / "error.log").write_text("")
+
+
+def start_nginx(stack: ExitStack) -> str:
+    """The mock upstream on a free loopback port; returns its base URL."""
+    nginx = find_binary("nginx") or "nginx"
+    for _attempt in range(3):  # the free port may be taken before nginx binds it
+        port = free_port()
+        write_nginx_files(port)
+        proc = subprocess.Popen([nginx, "-p", f"{NGINX_PREFIX}/", "-c", "nginx.conf", "-e", "error.log"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stack.callback(stop_process, proc, signal.SIGTERM, 5)
+        try:  # the status page is ours alone: a stranger on the same port would not answer it
+            wait_until(partial(http_get_ok, f"http://127.0.0.1:{port}/nginx_status"), proc, "nginx", 5)
+            return f"http://127.0.0.1:{port}"
+        except BenchError:
+            stop_process(proc, signal.SIGTERM, 5)
+    raise BenchError(f"nginx did not start; see {NGINX_PREFIX / 'error.log'}")
+
+
+def write_gateway_config(nginx: str) -> None:
+    parts = [f'# Written by bench/run.py for one benchmark run.\n[server]\nhost = "127.0.0.1"\nport = 0\n'
+             f'request_log = "{REQUEST_LOG}"\n']
+    for route in ROUTES:
+        parts.append(f'[providers.mock-{route.name}]\nformat = "openai"\n'
+                     f'base_url = "{nginx}{route.path.removesuffix("/chat/completions")}"\n'
+                     'timeouts = { connect = 5, first_byte = 30, idle = 30, total = 120 }\n')
+        parts.append(f'[models.{route.model}]\nprovider = "mock-{route.name}"\nupstream_model = "{UPSTREAM_MODEL}"\n'
+                     'price = { input = "0.50", output = "1.50" }\n')
+    GATEWAY_CONFIG.write_text("\n".join(parts))
+
+
+def gateway_port_from_log() -> int | None:
+    match = re.search(rb"tokentoll: serving http://127\.0\.0\.1:(\d+)", GATEWAY_LOG.read_bytes())
+    return int(match.group(1)) if match else None
+
+
+def start_gateway(stack: ExitStack) -> tuple[subprocess.Popen[bytes], str]:
+    """One gateway process (one hypercorn worker), started as `make run` starts it; returns it and its base URL."""
+    venv_python = ROOT / ".venv" / "bin" / "python"
+    python = str(venv_python) if venv_python.exists() else sys.executable
+    REQUEST_LOG.unlink(missing_ok=True)
+    with open(GATEWAY_LOG, "wb") as log:
+        proc = subprocess.Popen([python, "gateway.py", "--config", str(GATEWAY_CONFIG), "--port", "0"],
+                                cwd=ROOT, stdout=log, stderr=log)
+    stack.callback(stop_process, proc, signal.SIGTERM, 15)
+    wait_until(lambda: gateway_port_from_log() is not None, proc, "the gateway", 30)
+    url = f"http://127.0.0.1:{gateway_port_from_log()}"
+    wait_until(partial(http_get_ok, url + "/readyz"), proc, "the gateway", 30)
+    return proc, url
+
+
+# -- /proc readings ----------------------------------------------------------------------------
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise BenchError(f"no VmRSS for pid {pid}")
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and kernel CPU seconds the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick  # utime, stime
+
+
+class RssSampler(threading.Thread):
+    """Reads the gateway's VmRSS every `interval` seconds and keeps the highest."""
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.interval = interval
+        self.peak_kib = rss_kib(pid)
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval):
+            try:
+                self.peak_kib = max(self.peak_kib, rss_kib(self.pid))
+            except (OSError, BenchError):
+                return
+
+    def stop(self) -> int:
+        self._stop_event.set()
+        self.join()
+        return self.peak_kib
+
+
+def nginx_accepts(nginx: str) -> int:
+    """The "accepts" counter of nginx's stub_status page (this request's own connection included)."""
+    with urllib.request.urlopen(nginx + "/nginx_status", timeout=2) as resp:
+        return int(resp.read().decode().split("\n")[2].split()[0])
+
+
+# -- load --------------------------------------------------------------------------------------
+
+
+@dataclass
+class WrkResult:
+    requests: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    gateway_cpu: float = 0.0  # share of one core the gateway used during the run
+    gateway_sys: float = 0.0  # the part of gateway_cpu spent in the kernel
+    upstream_connects: int = 0  # connections the gateway opened to nginx during the run
+
+    @property
+    def per_second(self) -> float:
+        return self.requests / self.seconds
+
+
+def run_wrk(label: str, url: str, route: Route, conns: int, seconds: float) -> WrkResult:
+    """One wrk run (two threads, or one for a single connection); any socket error or non-2xx/3xx answer
+    stops the benchmark."""
+    cmd = ["wrk", f"-t{min(conns, 2)}", f"-c{conns}", f"-d{seconds:g}s", "--timeout", "10s", "--latency",
+           "-s", str(BENCH / "post.lua"), url, "--", str(route.request_file)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
+    output = proc.stdout + proc.stderr
+    (OUT / f"wrk-{label}.txt").write_text(" ".join(cmd) + "\n\n" + output)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_JSON ")), None)
+    if proc.returncode != 0 or line is None:
+        raise BenchError(f"wrk {label} failed (exit {proc.returncode}):\n{output}")
+    r = json.loads(line.removeprefix("BENCH_JSON "))
+    errors = {k: r[k] for k in ("non_2xx_3xx", "connect_errors", "read_errors", "write_errors", "timeouts") if r[k]}
+    if errors or r["requests"] == 0:
+        raise BenchError(f"wrk {label}: {errors or 'no requests completed'}\n{output}")
+    return WrkResult(r["requests"], r["duration_us"] / 1e6, r["latency_p50_us"] / 1000, r["latency_p99_us"] / 1000)
+
+
+@dataclass
+class Target:
+    """The gateway under load: its URL, its process (for CPU readings) and nginx (for connection counts)."""
+
+    url: str
+    pid: int
+    nginx: str
+
+
+def run_wrk_on_gateway(label: str, gw: Target, route: Route, conns: int, seconds: float) -> WrkResult:
+    accepts0, (user0, sys0), t0 = nginx_accepts(gw.nginx), cpu_seconds(gw.pid), time.monotonic()
+    result = run_wrk(label, gw.url + GATEWAY_PATH, route, conns, seconds)
+    (user1, sys1), wall = cpu_seconds(gw.pid), time.monotonic() - t0
+    result.gateway_cpu = (user1 - user0 + sys1 - sys0) / wall
+    result.gateway_sys = (sys1 - sys0) / wall
+    result.upstream_connects = nginx_accepts(gw.nginx) - accepts0 - 1  # less the status request's own
+    return result
+
+
+async def post_read(session: aiohttp.ClientSession, url: str, body: bytes) -> tuple[int, bytes]:
+    async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as resp:
+        return resp.status, await resp.read()
+
+
+async def verify(nginx: str, gateway: str | None) -> None:
+    """The canned answers are what they should be, straight from nginx and, if given, through the gateway
+    (event for event the same as nginx's)."""
+    async with aiohttp.ClientSession() as session:
+        for route in ROUTES:
+            status, direct = await post_read(session, nginx + route.path, request_body(route))
+            if status != 200:
+                raise BenchError(f"nginx answered {status} on POST {route.path}")
+            check_answer(route, direct, f"nginx {route.path}")
+            if gateway is None:
+                continue
+            for _ in range(5):  # a few, so that the idle RSS is that of a gateway that has served requests
+                status, relayed = await post_read(session, gateway + GATEWAY_PATH, request_body(route))
+                if status != 200:
+                    raise BenchError(f"the gateway answered {status} for {route.model}: {relayed[:300]!r}")
+                check_answer(route, relayed, f"gateway, model {route.model}")
+                same = sse_data(relayed) == sse_data(direct) if route.stream else relayed == direct
+                if not same:
+                    raise BenchError(f"the gateway's answer for {route.model} differs from the upstream's")
+
+
+async def first_byte_times(url: str, body: bytes, count: int, warmup: int) -> list[float]:
+    """Milliseconds from sending each stream request to its first body byte, one request at a time;
+    each stream is read to its end and must finish with [DONE]."""
+    samples: list[float] = []
+    headers = {"Content-Type": "application/json"}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:
+        for i in range(warmup + count):
+            t0 = time.perf_counter()
+            async with session.post(url, data=body, headers=headers) as resp:
+                first = await resp.content.readany()
+                t1 = time.perf_counter()
+                tail = first
+                while chunk := await resp.content.readany():
+                    tail = tail[-64:] + chunk
+                if resp.status != 200 or not tail.endswith(b"data: [DONE]\n\n"):
+                    raise BenchError(f"TTFB client: status {resp.status}, stream tail {tail[-64:]!r}")
+            if i >= warmup:
+                samples.append((t1 - t0) * 1000)
+    return samples
+
+
+def percentile(samples: list[float], p: int) -> float:
+    return statistics.quantiles(samples, n=100, method="inclusive")[p - 1]
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    seconds: float
+    conns: int
+    ttfb_requests: int
+    settle_s: float
+
+
+@dataclass
+class Figures:
+    conns: int
+    reqs_direct: WrkResult
+    reqs_gateway: WrkResult
+    lat_direct: WrkResult
+    lat_gateway: WrkResult
+    streams_direct: WrkResult
+    streams_gateway: WrkResult
+    paced_direct: WrkResult
+    paced_gateway: WrkResult
+    ttfb_direct: list[float]
+    ttfb_gateway: list[float]
+    rss_cold_kib: int
+    rss_idle_kib: int
+    rss_peak_kib: int
+    rss_after_kib: int
+    settle_s: float
+    notes: list[str]
+
+
+def step(text: str) -> None:
+    print(f"bench: {text}", flush=True)
+
+
+def measure(plan: Plan, nginx: str, stack: ExitStack) -> Figures:
+    for route in ROUTES:
+        route.request_file.write_bytes(request_body(route))
+    asyncio.run(verify(nginx, None))
+    write_gateway_config(nginx)
+    proc, url = start_gateway(stack)
+    gw = Target(url, proc.pid, nginx)
+    rss_cold = rss_kib(gw.pid)
+    asyncio.run(verify(nginx, gw.url))
+    time.sleep(2)
+    rss_idle = rss_kib(gw.pid)
+    sampler = RssSampler(gw.pid)
+    sampler.start()
+    s, c, warmup = plan.seconds, plan.conns, min(2.0, plan.seconds)
+    try:
+        step(f"non-stream throughput, {c} connections, {s:g} s each side")
+        run_wrk("warmup-chat", gw.url + GATEWAY_PATH, CHAT, c, warmup)
+        reqs = (run_wrk(f"chat-direct-c{c}", nginx + CHAT.path, CHAT, c, s),
+                run_wrk_on_gateway(f"chat-gateway-c{c}", gw, CHAT, c, s))
+        step("non-stream latency, 1 connection")
+        lat = (run_wrk("chat-direct-c1", nginx + CHAT.path, CHAT, 1, s),
+               run_wrk_on_gateway("chat-gateway-c1", gw, CHAT, 1, s))
+        step(f"{CHUNKS}-chunk stream throughput, {c} connections")
+        run_wrk("warmup-stream", gw.url + GATEWAY_PATH, STREAM, c, warmup)
+        streams = (run_wrk(f"stream-direct-c{c}", nginx + STREAM.path, STREAM, c, s),
+                   run_wrk_on_gateway(f"stream-gateway-c{c}", gw, STREAM, c, s))
+        step(f"{CHUNKS}-chunk streams paced {PACE_MS} ms per event, {c} connections")
+        paced = (run_wrk(f"paced-direct-c{c}", nginx + PACED.path, PACED, c, s),
+                 run_wrk_on_gateway(f"paced-gateway-c{c}", gw, PACED, c, s))
+        step(f"stream time to first byte, 1 connection, {plan.ttfb_requests} streams each side")
+        body = request_body(FIRST)
+        ttfb = (asyncio.run(first_byte_times(nginx + FIRST.path, body, plan.ttfb_requests, 50)),
+                asyncio.run(first_byte_times(gw.url + GATEWAY_PATH, body, plan.ttfb_requests, 50)))
+    finally:
+        rss_peak = sampler.stop()
+    step(f"letting the gateway settle for {plan.settle_s:g} s")
+    time.sleep(plan.settle_s)
+    if proc.poll() is not None:
+        raise BenchError(f"the gateway exited with status {proc.returncode}; see {GATEWAY_LOG}")
+    rss_after = rss_kib(gw.pid)
+    check_gateway_log()
+    check_nginx_log()
+    notes = [check_request_log(allowed_cut=5 * c + 1),  # wrk cuts off up to c requests when each of 5 runs ends
+             connection_note(c, (reqs[1], lat[1], streams[1], paced[1])),
+             f"a paced stream takes {1000 * c / paced[0].per_second:.0f} ms straight from nginx (timer granularity), "
+             "so the direct paced figure is bounded by the pacing, not by nginx"]
+    return Figures(c, *reqs, *lat, *streams, *paced, *ttfb, rss_cold, rss_idle, rss_peak, rss_after,
+                   plan.settle_s, notes)
+
+
+def check_request_log(allowed_cut: int) -> str:
+    """Every request the gateway logged must have succeeded; only those wrk cut off when a run ended may not."""
+    statuses: Counter[int] = Counter()
+    cut, failed = 0, []
+    for line in REQUEST_LOG.read_bytes().splitlines():
+        entry = json.loads(line)
+        statuses[entry["status"]] += 1
+        if entry["client_disconnected"] or entry["status"] == 499:
+            cut += 1
+        elif entry["status"] != 200 or entry["error"] or entry["upstream_error"] or entry["usage_source"] != "upstream":
+            failed.append(entry)
+    if failed or cut > allowed_cut:
+        sample = "\n".join(json.dumps(e) for e in failed[:5])
+        raise BenchError(f"the request log has {len(failed)} failed requests and {cut} cut off "
+                         f"(at most {allowed_cut} expected):\n{sample}")
+    shown = ", ".join(f"{n} x {s}" for s, n in sorted(statuses.items()))
+    return (f"request log: {sum(statuses.values())} requests ({shown}), all with upstream usage; "
+            f"{cut} cut off by wrk at the end of a run")
+
+
+def check_gateway_log() -> None:
+    text = GATEWAY_LOG.read_text(errors="replace")
+    if "Traceback" in text or "[ERROR]" in text:
+        raise BenchError(f"the gateway logged errors; see {GATEWAY_LOG}:\n{text[-3000:]}")
+
+
+def check_nginx_log() -> None:
+    text = (NGINX_PREFIX / "error.log").read_text(errors="replace")
+    bad = [ln for ln in text.splitlines() if re.search(r"\[(error|crit|alert|emerg)\]", ln)]
+    if bad:
+        raise BenchError("nginx logged errors (a wrong upstream path from the gateway?):\n" + "\n".join(bad[:10]))
+
+
+def connection_note(conns: int, runs: tuple[WrkResult, ...]) -> str:
+    counts = ", ".join(str(r.upstream_connects) for r in runs)
+    return (f"new upstream connections the gateway opened during its measured runs (non-stream c={conns}, c=1, "
+            f"streams, paced streams): {counts}")
+
+
+# -- the table ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    metric: str
+    direct: str = ""
+    gateway: str = ""
+    ratio: str = ""
+    target: str = ""
+    result: str = ""
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def ratio(gateway: float, direct: float) -> str:
+    if not direct:
+        return "-"
+    r = gateway / direct
+    return f"{r:.0f}" if r >= 100 else f"{r:#.3g}"
+
+
+def ms(value: float) -> str:
+    return f"{value:.3f} ms"
+
+
+def mib(kib: int) -> str:
+    return f"{kib / 1024:.1f} MiB"
+
+
+def cpu_per_request(r: WrkResult) -> str:
+    kernel = r.gateway_sys / r.gateway_cpu if r.gateway_cpu else 0.0
+    return f"{r.gateway_cpu * 1000 / r.per_second:.2f} ms ({r.gateway_cpu:.0%} of a core, {kernel:.0%} in the kernel)"
+
+
+def rate_row(metric: str, direct: WrkResult, gateway: WrkResult, target: float | None = None) -> Row:
+    row = Row(metric, f"{direct.per_second:,.0f}", f"{gateway.per_second:,.0f}",
+              ratio(gateway.per_second, direct.per_second))
+    if target is not None:
+        row.target, row.result = f">= {target:,.0f}", verdict(gateway.per_second >= target)
+    return row
+
+
+def rows(f: Figures) -> list[Row]:
+    t_d50, t_g50 = percentile(f.ttfb_direct, 50), percentile(f.ttfb_gateway, 50)
+    t_d99, t_g99 = percentile(f.ttfb_direct, 99), percentile(f.ttfb_gateway, 99)
+    added_p50 = f.lat_gateway.p50_ms - f.lat_direct.p50_ms
+    growth = (f.rss_after_kib - f.rss_idle_kib) / f.rss_idle_kib
+    return [
+        rate_row(f"non-stream req/s, c={f.conns}", f.reqs_direct, f.reqs_gateway, TARGET_REQS_PER_S),
+        Row("non-stream latency p50, c=1", ms(f.lat_direct.p50_ms), ms(f.lat_gateway.p50_ms),
+            ratio(f.lat_gateway.p50_ms, f.lat_direct.p50_ms)),
+        Row("non-stream latency p99, c=1", ms(f.lat_direct.p99_ms), ms(f.lat_gateway.p99_ms),
+            ratio(f.lat_gateway.p99_ms, f.lat_direct.p99_ms)),
+        Row("added latency p50, c=1", "", ms(added_p50), "", f"<= {TARGET_ADDED_P50_MS:g} ms",
+            verdict(added_p50 <= TARGET_ADDED_P50_MS)),
+        Row("added latency p99, c=1", "", ms(f.lat_gateway.p99_ms - f.lat_direct.p99_ms)),
+        rate_row(f"streams/s ({CHUNKS} chunks), c={f.conns}", f.streams_direct, f.streams_gateway,
+                 TARGET_STREAMS_PER_S),
+        rate_row(f"streams/s, paced {PACE_MS} ms per event, c={f.conns}", f.paced_direct, f.paced_gateway),
+        Row("stream TTFB p50, c=1", ms(t_d50), ms(t_g50), ratio(t_g50, t_d50)),
+        Row("stream TTFB p99, c=1", ms(t_d99), ms(t_g99), ratio(t_g99, t_d99)),
+        Row("added TTFB p50 / p99, c=1", "", f"{ms(t_g50 - t_d50)} / {ms(t_g99 - t_d99)}"),
+        Row("gateway RSS at start / idle (warm)", "", f"{mib(f.rss_cold_kib)} / {mib(f.rss_idle_kib)}"),
+        Row("gateway RSS peak under load", "", f"{mib(f.rss_peak_kib)} ({f.rss_peak_kib / f.rss_idle_kib - 1:+.1%})"),
+        Row(f"gateway RSS after load (+{f.settle_s:g} s)", "", f"{mib(f.rss_after_kib)} ({growth:+.1%})", "",
+            f"<= +{TARGET_RSS_GROWTH:.0%} vs idle", verdict(growth <= TARGET_RSS_GROWTH)),
+        Row(f"gateway CPU per non-stream request, c={f.conns}", "", cpu_per_request(f.reqs_gateway)),
+        Row(f"gateway CPU per stream, c={f.conns}", "", cpu_per_request(f.streams_gateway)),
+        Row(f"gateway CPU per paced stream, c={f.conns}", "", cpu_per_request(f.paced_gateway)),
+    ]
+
+
+def markdown_table(table: list[Row]) -> str:
+    header = Row("metric", "direct (nginx)", "gateway", "gateway/direct", "target", "result")
+    cells = [[r.metric, r.direct, r.gateway, r.ratio, r.target, r.result] for r in [header, *table]]
+    widths = [max(len(c[i]) for c in cells) for i in range(6)]
+    lines = ["| " + " | ".join(c[i].ljust(widths[i]) for i in range(6)) + " |" for c in cells]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+# -- RESULTS.md --------------------------------------------------------------------------------
+
+
+RESULTS_HEADER = f"""# Benchmark results
+
+Each section is one run of `make bench` (bench/run.py), appended by the script itself: the same requests
+sent straight to a mock upstream (nginx serving canned OpenAI answers) and through one gateway process,
+on one machine, with wrk and nginx sharing its cores. "Added" figures are gateway minus direct.
+"streams/s" streams come from a static file, so the gateway reads all {CHUNKS} events at once; "paced"
+streams are written event by event with a {PACE_MS} ms sleep between, as a provider streams, so the gateway
+reads and relays each event on its own (the direct paced figure is bounded by that pacing).
+Time to first byte (TTFB) is measured on streams whose first event comes alone, {PACE_MS} ms before the rest.
+Targets: added p50 latency <= 1 ms at concurrency 1, >= 1200 non-stream requests/s, >= 250 streams/s,
+RSS after load within 10% of idle. Compare runs only on like machines.
+"""
+
+
+def command_line(argv: list[str]) -> str:
+    if os.environ.get("MAKELEVEL"):
+        return "make bench" + (f" BENCH_ARGS='{' '.join(argv)}'" if argv else "")
+    return " ".join(["python bench/run.py", *argv])
+
+
+def tool_version(cmd: list[str]) -> str:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    text = (proc.stdout + proc.stderr).strip().splitlines()
+    return text[0] if text else "?"
+
+
+def machine_facts() -> str:
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.machine())
+    commit = tool_version(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
+    nginx = tool_version([find_binary("nginx") or "nginx", "-v"]).removeprefix("nginx version: ")
+    wrk = tool_version(["wrk", "-v"]).split(" [")[0]
+    return (f"nproc {len(os.sched_getaffinity(0))} ({cpu}), Linux {platform.release()}, "
+            f"Python {platform.python_version()}, {nginx}, {wrk}; gateway at commit {commit} "
+            "(plus any uncommitted changes)")
+
+
+def record(table: str, plan: Plan, quick: bool, argv: list[str], notes: list[str]) -> None:
+    if not RESULTS.exists():
+        RESULTS.write_text(RESULTS_HEADER)
+    today = subprocess.run(["date", "-u", "+%F"], capture_output=True, text=True).stdout.strip()
+    lines = [
+        "",
+        f"## {today}{' (quick smoke run)' if quick else ''}",
+        "",
+        f"- command: `{command_line(argv)}`",
+        f"- machine: {machine_facts()}",
+        f"- load: wrk {plan.seconds:g} s per run (-t2 -c{plan.conns} for throughput, -t1 -c1 for latency); "
+        f"{plan.ttfb_requests} sequential streams per side for time to first byte (aiohttp client)",
+        *(f"- {n}" for n in notes),
+        "",
+        table,
+        "",
+    ]
+    with RESULTS.open("a") as f:
+        f.write("\n".join(lines))
+
+
+# -- main --------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="bench/run.py", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="a short smoke run: 3 s per wrk run, fewer TTFB requests")
+    p.add_argument("--duration", type=float, help="seconds per wrk run (default 10, or 3 with --quick)")
+    p.add_argument("--connections", type=int, default=32, help="wrk connections for the throughput runs")
+    p.add_argument("--no-record", action="store_true", help="do not append the results to bench/RESULTS.md")
+    return p.parse_args(argv)
+
+
+def plan_from(args: argparse.Namespace) -> Plan:
+    seconds = args.duration if args.duration else 3.0 if args.quick else 10.0
+    if seconds <= 0 or args.connections < 1:
+        raise SystemExit("bench/run.py: --duration and --connections must be positive")
+    return Plan(seconds, args.connections, 300 if args.quick else 2000, 2.0 if args.quick else 5.0)
+
+
+def on_sigterm(_signum: int, _frame: object) -> None:
+    print("\nbench: terminated; stopping nginx and the gateway", file=sys.stderr, flush=True)
+    raise SystemExit(143)  # unwinds through the ExitStack that stops nginx and the gateway
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    plan = plan_from(args)
+    signal.signal(signal.SIGTERM, on_sigterm)
+    OUT.mkdir(parents=True, exist_ok=True)
+    try:
+        ensure_tools()
+        with ExitStack() as stack:
+            step("starting nginx (mock upstream)")
+            figures = measure(plan, start_nginx(stack), stack)
+            step("stopping the gateway and nginx")
+    except BenchError as exc:
+        print(f"\nBENCH FAILED: {exc}", file=sys.stderr)
+        return 1
+    table = markdown_table(rows(figures))
+    print(f"\n{table}\n")
+    for note in figures.notes:
+        print(f"note: {note}")
+    if not args.no_record:
+        record(table, plan, args.quick, argv, figures.notes)
+        print(f"\nbench: appended to {RESULTS.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
