@@ -58,7 +58,8 @@ def hypercorn_config(sock: socket.socket) -> HypercornConfig:
     hc = HypercornConfig()
     hc.bind = [f"fd://{sock.fileno()}"]
     hc.accesslog = None  # the gateway writes its own request log
-    hc.errorlog = "-"
+    hc.errorlog = logging.getLogger("hypercorn.error")  # through our handler: one line per message
+    hc.include_server_header = False
     hc.keep_alive_timeout = 75
     hc.graceful_timeout = 10
     return hc

@@ -22,6 +22,10 @@ BASE64_CHARS_PER_TOKEN = 4  # audio and files we cannot tokenize: 3 raw bytes pe
 UsageSource = Literal["upstream", "observed", "estimate", "none"]
 
 _encoding: tiktoken.Encoding | None = None
+# Stream deltas are mostly a word or two: their counts are memoized (exact, bounded, cleared when full).
+SHORT_TEXT_CHARS = 24
+SHORT_CACHE_SIZE = 65536
+_short_counts: dict[str, int] = {}
 
 
 def encoding() -> tiktoken.Encoding:
@@ -35,8 +39,16 @@ def count_text(text: str) -> int:
     """Tokens in a piece of text. Special-token strings count as ordinary text."""
     if not text:
         return 0
-    if len(text) > TOKENIZE_LIMIT_CHARS:
-        return -(-len(text) // CHARS_PER_TOKEN)
+    n = len(text)
+    if n <= SHORT_TEXT_CHARS:
+        cached = _short_counts.get(text)
+        if cached is None:
+            if len(_short_counts) >= SHORT_CACHE_SIZE:
+                _short_counts.clear()
+            cached = _short_counts[text] = len(encoding().encode_ordinary(text))
+        return cached
+    if n > TOKENIZE_LIMIT_CHARS:
+        return -(-n // CHARS_PER_TOKEN)
     return len(encoding().encode_ordinary(text))
 
 

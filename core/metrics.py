@@ -3,6 +3,8 @@ tokens, open streams and upstream errors. One registry per app, so tests can run
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -14,6 +16,7 @@ class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self) -> None:
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "tokentoll_requests", "Requests answered, by route, model and HTTP status.",
@@ -39,6 +42,14 @@ class Metrics:
         self.client_disconnects = Counter(
             "tokentoll_client_disconnects", "Requests whose client left before the answer was complete.",
             ["route"], registry=r)
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """metric.labels(*labels), memoized: the hot path skips prometheus_client's lock and checks."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -218,7 +218,7 @@ class Relay:
         x.started = True
         x.t_first = perf_counter()
         await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", ctype), *x.id_headers]})
+                    "headers": [(b"content-type", ctype), (b"content-length", b"%d" % len(raw)), *x.id_headers]})
         x.finished = True  # from here a disconnect is the normal end of the exchange
         await send({"type": "http.response.body", "body": raw})
 
@@ -307,7 +307,8 @@ class Relay:
                                          (f": {detail}" if detail else ""), err.code, None, x.request_id)
         if body is None:
             body = openai.error_body(err.status, err.message, err.code, err.param, x.request_id)
-        headers = [*JSON_HEADERS, *x.id_headers, *((k.encode(), v.encode()) for k, v in err.headers.items())]
+        headers = [*JSON_HEADERS, (b"content-length", b"%d" % len(body)), *x.id_headers,
+                   *((k.encode(), v.encode()) for k, v in err.headers.items())]
         x.status = err.status
         x.started = True
         x.t_first = perf_counter()
@@ -322,7 +323,7 @@ class Relay:
                 kind = f"status_{err.status}"
         x.upstream_error_kind = kind
         provider = x.model.provider.name if x.model else "-"
-        self.metrics.upstream_errors.labels(provider, kind).inc()
+        self.metrics.child(self.metrics.upstream_errors, provider, kind).inc()
 
     def _finish(self, x: Exchange, now: float) -> None:
         record: UsageRecord = x.meter.record() if x.meter is not None and x.usage_charged else NO_USAGE
@@ -331,18 +332,18 @@ class Relay:
         total = now - x.t0
         overhead = max(total - x.upstream_wait, 0.0)
         m = self.metrics
-        m.requests.labels(x.route, model, str(status)).inc()
-        m.duration.labels(x.route).observe(total)
-        m.overhead.labels(x.route).observe(overhead)
+        m.child(m.requests, x.route, model, str(status)).inc()
+        m.child(m.duration, x.route).observe(total)
+        m.child(m.overhead, x.route).observe(overhead)
         if x.started:
-            m.ttfb.labels(x.route).observe(x.t_first - x.t0)
+            m.child(m.ttfb, x.route).observe(x.t_first - x.t0)
         if x.client_gone:
-            m.client_disconnects.labels(x.route).inc()
+            m.child(m.client_disconnects, x.route).inc()
         usage = record.usage
         if usage.in_total:
-            m.tokens.labels(model, "input", record.source).inc(usage.in_total)
+            m.child(m.tokens, model, "input", record.source).inc(usage.in_total)
         if usage.out_total:
-            m.tokens.labels(model, "output", record.source).inc(usage.out_total)
+            m.child(m.tokens, model, "output", record.source).inc(usage.out_total)
         self.log.write({
             "request_id": x.request_id,
             "route": x.route,

@@ -3,6 +3,7 @@ It never holds a key, a prompt or a completion: callers pass only the fields lis
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
 from typing import IO, Any
@@ -11,7 +12,10 @@ import orjson
 
 
 class RequestLog:
+    """Lines are written once per event-loop turn: under load one write carries many of them."""
+
     def __init__(self, target: str) -> None:
+        self._pending: list[bytes] = []
         self._out: IO[bytes] | None
         if target == "":
             self._out = None
@@ -24,9 +28,23 @@ class RequestLog:
         if self._out is None:
             return
         entry["ts"] = round(time.time(), 3)
-        self._out.write(orjson.dumps(entry) + b"\n")
+        if not self._pending:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:  # no loop: write at once
+                self._pending.append(orjson.dumps(entry) + b"\n")
+                self.flush()
+                return
+        self._pending.append(orjson.dumps(entry) + b"\n")
+
+    def flush(self) -> None:
+        if self._out is None or not self._pending:
+            return
+        lines, self._pending = self._pending, []
+        self._out.write(b"".join(lines))
         self._out.flush()
 
     def close(self) -> None:
+        self.flush()
         if self._out is not None and self._out is not sys.stdout.buffer:
             self._out.close()

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import aiohttp
+import yarl
 
 from core import demo
-from core.config import Provider, Settings
+from core.config import Provider, Settings, Timeouts
 from core.errors import UpstreamClosed, UpstreamConnectError, UpstreamTimeout
 
 USER_AGENT = "TokenToll/0.1"
@@ -28,7 +29,8 @@ class UpstreamResponse(Protocol):
 
 
 class HttpResponse:
-    """An aiohttp response read under the provider's idle and total deadlines."""
+    """An aiohttp response. A non-stream body is read under aiohttp's own timeouts (set in open());
+    a stream is read under the provider's idle and total deadlines."""
 
     __slots__ = ("_resp", "_timeouts", "_deadline", "status", "headers")
 
@@ -41,10 +43,9 @@ class HttpResponse:
 
     async def read(self) -> bytes:
         try:
-            async with asyncio.timeout_at(self._deadline):
-                return await self._resp.read()
-        except TimeoutError:
-            raise UpstreamTimeout("total", self._timeouts.total) from None
+            return await self._resp.read()
+        except TimeoutError as exc:
+            raise _timeout_error(exc, self._timeouts, "total") from None
         except aiohttp.ClientError as exc:
             raise UpstreamClosed(f"the upstream connection failed while reading: {type(exc).__name__}") from None
 
@@ -79,6 +80,7 @@ class Upstreams:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._session: aiohttp.ClientSession | None = None
+        self._plans: dict[tuple[str, str, bool], RequestPlan] = {}
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -104,25 +106,56 @@ class Upstreams:
         t = provider.timeouts
         loop = asyncio.get_running_loop()
         deadline = loop.time() + t.total
-        headers = {
-            "Content-Type": "application/json",
-            "Accept": "text/event-stream" if stream else "application/json",
-            "User-Agent": USER_AGENT,
-        }
-        if stream:  # a compressed event stream may be buffered by the encoder: ask for none
-            headers["Accept-Encoding"] = "identity"
-        if provider.api_key:
-            headers["Authorization"] = "Bearer " + provider.api_key
-        timeout = aiohttp.ClientTimeout(total=None, connect=t.connect, sock_connect=t.connect)
+        plan = self._plan(provider, path, stream)
         try:
-            async with asyncio.timeout_at(min(loop.time() + t.connect + t.first_byte, deadline)):
-                resp = await self._session.post(provider.base_url + path, data=body, headers=headers, timeout=timeout)
-        except aiohttp.ConnectionTimeoutError:  # a TimeoutError too: must come first
-            raise UpstreamTimeout("connect", t.connect) from None
-        except TimeoutError:
-            raise UpstreamTimeout("first_byte", t.first_byte) from None
+            if stream:  # first_byte here; idle and total are enforced chunk by chunk in chunks()
+                async with asyncio.timeout_at(min(loop.time() + t.connect + t.first_byte, deadline)):
+                    resp = await self._session.post(plan.url, data=body, headers=plan.headers, timeout=plan.timeout)
+            else:  # aiohttp's own timers: connect, first byte (socket read) and total
+                resp = await self._session.post(plan.url, data=body, headers=plan.headers, timeout=plan.timeout)
+        except TimeoutError as exc:
+            raise _timeout_error(exc, t, "first_byte" if stream else "total") from None
         except aiohttp.ClientConnectorError as exc:
-            raise UpstreamConnectError(f"cannot connect to the upstream provider {provider.name!r}: {exc.strerror or type(exc).__name__}") from None
+            raise UpstreamConnectError(f"cannot connect to the upstream provider {provider.name!r}: "
+                                       f"{exc.strerror or type(exc).__name__}") from None
         except aiohttp.ClientError as exc:
             raise UpstreamClosed(f"the upstream closed the connection before answering: {type(exc).__name__}") from None
         return HttpResponse(resp, provider, deadline)
+
+    def _plan(self, provider: Provider, path: str, stream: bool) -> RequestPlan:
+        """URL, headers and timeouts for one kind of request, built once and reused."""
+        key = (provider.name, path, stream)
+        plan = self._plans.get(key)
+        if plan is None:
+            t = provider.timeouts
+            headers = {
+                "Content-Type": "application/json",
+                "Accept": "text/event-stream" if stream else "application/json",
+                "User-Agent": USER_AGENT,
+            }
+            if stream:  # a compressed event stream may be held back by the encoder: ask for none
+                headers["Accept-Encoding"] = "identity"
+            if provider.api_key:
+                headers["Authorization"] = "Bearer " + provider.api_key
+            if stream:
+                timeout = aiohttp.ClientTimeout(total=None, connect=t.connect, sock_connect=t.connect)
+            else:
+                timeout = aiohttp.ClientTimeout(total=t.total, sock_connect=t.connect, sock_read=t.first_byte)
+            plan = self._plans[key] = RequestPlan(yarl.URL(provider.base_url + path, encoded=True), headers, timeout)
+        return plan
+
+
+class RequestPlan(NamedTuple):
+    url: yarl.URL
+    headers: dict[str, str]
+    timeout: aiohttp.ClientTimeout
+
+
+def _timeout_error(exc: TimeoutError, t: Timeouts, plain: str) -> UpstreamTimeout:
+    """Which of the provider's timeouts fired. aiohttp names its connect and socket-read timeouts;
+    a plain TimeoutError is the timer the caller names (ours on a stream, aiohttp's total otherwise)."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return UpstreamTimeout("connect", t.connect)
+    if isinstance(exc, aiohttp.ServerTimeoutError):
+        return UpstreamTimeout("first_byte", t.first_byte)
+    return UpstreamTimeout(plain, getattr(t, plain))
