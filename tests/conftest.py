@@ -109,6 +109,12 @@ base_url = "{upstream_url}"
 api_key_env = "TT_TEST_UPSTREAM_KEY"
 timeouts = {{ connect = 1, first_byte = 0.5, idle = 0.5, total = 10 }}
 
+[providers.mock-total]
+format = "openai"
+base_url = "{upstream_url}"
+api_key_env = "TT_TEST_UPSTREAM_KEY"
+timeouts = {{ connect = 1, first_byte = 5, idle = 5, total = 0.6 }}
+
 [providers.nowhere]
 format = "openai"
 base_url = "http://127.0.0.1:9/v1"
@@ -180,6 +186,10 @@ upstream_model = "hang"
 [models.mock-stall]
 provider = "mock-short"
 upstream_model = "stall"
+
+[models.mock-endless]
+provider = "mock-total"
+upstream_model = "slow"
 
 [models.unreachable]
 provider = "nowhere"

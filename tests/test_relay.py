@@ -265,6 +265,15 @@ def test_idle_timeout_mid_stream_is_an_in_band_error(client: openai.OpenAI) -> N
     assert err.value.body["code"] == "upstream_timeout"  # type: ignore[index]
 
 
+def test_total_timeout_ends_a_stream_that_never_ends(client: openai.OpenAI) -> None:
+    received = []
+    with pytest.raises(openai.APIError) as err:
+        for chunk in client.chat.completions.create(model="mock-endless", messages=MSG, stream=True):
+            received.append(chunk)
+    assert len(received) > 3  # chunks flowed until the total deadline
+    assert err.value.body["code"] == "upstream_timeout" and "total timeout" in err.value.message  # type: ignore[index]
+
+
 def test_responses_stream_dying_raises(client: openai.OpenAI, upstream: MockUpstream) -> None:
     with pytest.raises(openai.APIError):
         list(client.responses.create(model="mock-die", input="hello there you", stream=True))
