@@ -1,5 +1,6 @@
 """TokenToll benchmark (`make bench`): owns the mock upstream (nginx with canned OpenAI answers), the gateway under
-test (one process) and the load (wrk, plus an aiohttp client for time to first byte); records results in RESULTS.md."""
+test (one process), the stack floor (bench/stack_floor.py, a featureless relay on the same stack) and the load (wrk,
+plus an aiohttp client for time to first byte); records results in RESULTS.md."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ RESULTS = BENCH / "RESULTS.md"
 REQUEST_LOG = OUT / "requests.jsonl"
 GATEWAY_LOG = OUT / "gateway.log"
 GATEWAY_CONFIG = OUT / "gateway.toml"
+FLOOR_LOG = OUT / "stack-floor.log"
 ECHO_MODULE = Path("/usr/lib/nginx/modules/ngx_http_echo_module.so")  # Debian's libnginx-mod-http-echo
 
 GATEWAY_PATH = "/v1/chat/completions"
@@ -211,9 +213,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def http_get_ok(url: str) -> bool:
+def http_get_ok(url: str, body: bytes | None = None) -> bool:
+    """A 200 answer to a GET, or to a POST of `body` if given."""
+    headers = {} if body is None else {"Content-Type": "application/json"}
     try:
-        with urllib.request.urlopen(url, timeout=1) as resp:
+        with urllib.request.urlopen(urllib.request.Request(url, body, headers), timeout=1) as resp:
             return bool(resp.status == 200)
     except (urllib.error.URLError, OSError):
         return False
@@ -284,24 +288,62 @@ def write_gateway_config(nginx: str) -> None:
     GATEWAY_CONFIG.write_text("\n".join(parts))
 
 
-def gateway_port_from_log() -> int | None:
-    match = re.search(rb"tokentoll: serving http://127\.0\.0\.1:(\d+)", GATEWAY_LOG.read_bytes())
+@dataclass(frozen=True)
+class Target:
+    """One side of the comparison: nginx itself, or a relay in front of it whose process is watched (CPU,
+    and the connections it opens to nginx)."""
+
+    name: str  # in labels and file names
+    title: str  # in messages
+    url: str
+    nginx: str
+    proc: subprocess.Popen[bytes] | None = None  # None: nginx itself
+    log: Path | None = None  # the relay's stdout and stderr
+    path: str | None = None  # the one path the relay serves; None: each route at nginx's own path
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "nginx is not watched"
+        return self.proc.pid
+
+    def url_for(self, route: Route) -> str:
+        return self.url + (self.path or route.path)
+
+
+def port_from_log(log: Path, name: str) -> int | None:
+    """The port in the "NAME: serving http://127.0.0.1:PORT" line that the gateway and the stack floor print."""
+    match = re.search(re.escape(name.encode()) + rb": serving http://127\.0\.0\.1:(\d+)", log.read_bytes())
     return int(match.group(1)) if match else None
 
 
-def start_gateway(stack: ExitStack) -> tuple[subprocess.Popen[bytes], str]:
-    """One gateway process (one hypercorn worker), started as `make run` starts it; returns it and its base URL."""
+def start_server(stack: ExitStack, args: list[str], log_path: Path, name: str,
+                 what: str) -> tuple[subprocess.Popen[bytes], str]:
+    """A Python server process from the venv, logging to `log_path`; returns it and its base URL once it has
+    printed its port (stopped with SIGTERM when the stack closes)."""
     venv_python = ROOT / ".venv" / "bin" / "python"
     python = str(venv_python) if venv_python.exists() else sys.executable
-    REQUEST_LOG.unlink(missing_ok=True)
-    with open(GATEWAY_LOG, "wb") as log:
-        proc = subprocess.Popen([python, "gateway.py", "--config", str(GATEWAY_CONFIG), "--port", "0"],
-                                cwd=ROOT, stdout=log, stderr=log)
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([python, *args], cwd=ROOT, stdout=log, stderr=log)
     stack.callback(stop_process, proc, signal.SIGTERM, 15)
-    wait_until(lambda: gateway_port_from_log() is not None, proc, "the gateway", 30)
-    url = f"http://127.0.0.1:{gateway_port_from_log()}"
+    wait_until(lambda: port_from_log(log_path, name) is not None, proc, what, 30)
+    return proc, f"http://127.0.0.1:{port_from_log(log_path, name)}"
+
+
+def start_gateway(stack: ExitStack, nginx: str) -> Target:
+    """One gateway process (one hypercorn worker), started as `make run` starts it."""
+    REQUEST_LOG.unlink(missing_ok=True)
+    args = ["gateway.py", "--config", str(GATEWAY_CONFIG), "--port", "0"]
+    proc, url = start_server(stack, args, GATEWAY_LOG, "tokentoll", "the gateway")
     wait_until(partial(http_get_ok, url + "/readyz"), proc, "the gateway", 30)
-    return proc, url
+    return Target("gateway", "the gateway", url, nginx, proc, GATEWAY_LOG, GATEWAY_PATH)
+
+
+def start_floor(stack: ExitStack, nginx: str) -> Target:
+    """The stack floor in front of nginx; it serves every route at nginx's own path."""
+    proc, url = start_server(stack, [str(BENCH / "stack_floor.py"), nginx, "0"], FLOOR_LOG, "stack-floor",
+                             "the stack floor")
+    wait_until(partial(http_get_ok, url + CHAT.path, request_body(CHAT)), proc, "the stack floor", 30)
+    return Target("floor", "the stack floor", url, nginx, proc, FLOOR_LOG)
 
 
 # -- /proc readings ----------------------------------------------------------------------------
@@ -359,9 +401,9 @@ class WrkResult:
     seconds: float
     p50_ms: float
     p99_ms: float
-    gateway_cpu: float = 0.0  # share of one core the gateway used during the run
-    gateway_sys: float = 0.0  # the part of gateway_cpu spent in the kernel
-    upstream_connects: int = 0  # connections the gateway opened to nginx during the run
+    cpu: float = 0.0  # share of one core the relay (gateway or stack floor) used during the run
+    cpu_sys: float = 0.0  # the part of cpu spent in the kernel
+    upstream_connects: int = 0  # connections the relay opened to nginx during the run
 
     @property
     def per_second(self) -> float:
@@ -386,23 +428,29 @@ def run_wrk(label: str, url: str, route: Route, conns: int, seconds: float) -> W
     return WrkResult(r["requests"], r["duration_us"] / 1e6, r["latency_p50_us"] / 1000, r["latency_p99_us"] / 1000)
 
 
-@dataclass
-class Target:
-    """The gateway under load: its URL, its process (for CPU readings) and nginx (for connection counts)."""
-
-    url: str
-    pid: int
-    nginx: str
-
-
-def run_wrk_on_gateway(label: str, gw: Target, route: Route, conns: int, seconds: float) -> WrkResult:
-    accepts0, (user0, sys0), t0 = nginx_accepts(gw.nginx), cpu_seconds(gw.pid), time.monotonic()
-    result = run_wrk(label, gw.url + GATEWAY_PATH, route, conns, seconds)
-    (user1, sys1), wall = cpu_seconds(gw.pid), time.monotonic() - t0
-    result.gateway_cpu = (user1 - user0 + sys1 - sys0) / wall
-    result.gateway_sys = (sys1 - sys0) / wall
-    result.upstream_connects = nginx_accepts(gw.nginx) - accepts0 - 1  # less the status request's own
+def run_on(target: Target, what: str, route: Route, conns: int, seconds: float) -> WrkResult:
+    """One measured wrk run against a target; for a relay, also its CPU use and the connections it opened."""
+    label, url = f"{what}-{target.name}-c{conns}", target.url_for(route)
+    if target.proc is None:
+        return run_wrk(label, url, route, conns, seconds)
+    pid = target.pid
+    accepts0, (user0, sys0), t0 = nginx_accepts(target.nginx), cpu_seconds(pid), time.monotonic()
+    result = run_wrk(label, url, route, conns, seconds)
+    (user1, sys1), wall = cpu_seconds(pid), time.monotonic() - t0
+    result.cpu = (user1 - user0 + sys1 - sys0) / wall
+    result.cpu_sys = (sys1 - sys0) / wall
+    result.upstream_connects = nginx_accepts(target.nginx) - accepts0 - 1  # less the status request's own
     return result
+
+
+def run_each(targets: tuple[Target, ...], what: str, route: Route, conns: int,
+             seconds: float) -> tuple[WrkResult, ...]:
+    return tuple(run_on(t, what, route, conns, seconds) for t in targets)
+
+
+def warm_up(relays: tuple[Target, ...], route: Route, conns: int, seconds: float) -> None:
+    for t in relays:
+        run_wrk(f"warmup-{route.name}-{t.name}", t.url_for(route), route, conns, seconds)
 
 
 async def post_read(session: aiohttp.ClientSession, url: str, body: bytes) -> tuple[int, bytes]:
@@ -410,25 +458,24 @@ async def post_read(session: aiohttp.ClientSession, url: str, body: bytes) -> tu
         return resp.status, await resp.read()
 
 
-async def verify(nginx: str, gateway: str | None) -> None:
-    """The canned answers are what they should be, straight from nginx and, if given, through the gateway
-    (event for event the same as nginx's)."""
+async def verify(nginx: str, relays: tuple[Target, ...] = ()) -> None:
+    """The canned answers are what they should be, straight from nginx and through each relay (event for event
+    the same as nginx's)."""
     async with aiohttp.ClientSession() as session:
         for route in ROUTES:
             status, direct = await post_read(session, nginx + route.path, request_body(route))
             if status != 200:
                 raise BenchError(f"nginx answered {status} on POST {route.path}")
             check_answer(route, direct, f"nginx {route.path}")
-            if gateway is None:
-                continue
-            for _ in range(5):  # a few, so that the idle RSS is that of a gateway that has served requests
-                status, relayed = await post_read(session, gateway + GATEWAY_PATH, request_body(route))
-                if status != 200:
-                    raise BenchError(f"the gateway answered {status} for {route.model}: {relayed[:300]!r}")
-                check_answer(route, relayed, f"gateway, model {route.model}")
-                same = sse_data(relayed) == sse_data(direct) if route.stream else relayed == direct
-                if not same:
-                    raise BenchError(f"the gateway's answer for {route.model} differs from the upstream's")
+            for relay in relays:
+                for _ in range(5):  # a few, so that the idle RSS is that of a relay that has served requests
+                    status, relayed = await post_read(session, relay.url_for(route), request_body(route))
+                    if status != 200:
+                        raise BenchError(f"{relay.title} answered {status} for {route.model}: {relayed[:300]!r}")
+                    check_answer(route, relayed, f"{relay.title}, model {route.model}")
+                    same = sse_data(relayed) == sse_data(direct) if route.stream else relayed == direct
+                    if not same:
+                        raise BenchError(f"{relay.title}'s answer for {route.model} differs from the upstream's")
 
 
 async def first_byte_times(url: str, body: bytes, count: int, warmup: int) -> list[float]:
@@ -468,22 +515,28 @@ class Plan:
 
 
 @dataclass
+class Side:
+    """One target's figures, from the same runs as the other targets'."""
+
+    reqs: WrkResult  # non-stream, plan.conns connections
+    lat: WrkResult  # non-stream, one connection
+    streams: WrkResult
+    paced: WrkResult
+    ttfb: list[float]
+
+
+@dataclass
 class Figures:
     conns: int
-    reqs_direct: WrkResult
-    reqs_gateway: WrkResult
-    lat_direct: WrkResult
-    lat_gateway: WrkResult
-    streams_direct: WrkResult
-    streams_gateway: WrkResult
-    paced_direct: WrkResult
-    paced_gateway: WrkResult
-    ttfb_direct: list[float]
-    ttfb_gateway: list[float]
+    direct: Side
+    floor: Side
+    gateway: Side
     rss_cold_kib: int
     rss_idle_kib: int
     rss_peak_kib: int
     rss_after_kib: int
+    floor_rss_cold_kib: int
+    floor_rss_idle_kib: int
     settle_s: float
     notes: list[str]
 
@@ -495,51 +548,64 @@ def step(text: str) -> None:
 def measure(plan: Plan, nginx: str, stack: ExitStack) -> Figures:
     for route in ROUTES:
         route.request_file.write_bytes(request_body(route))
-    asyncio.run(verify(nginx, None))
+    asyncio.run(verify(nginx))
     write_gateway_config(nginx)
-    proc, url = start_gateway(stack)
-    gw = Target(url, proc.pid, nginx)
+    gw = start_gateway(stack, nginx)
     rss_cold = rss_kib(gw.pid)
-    asyncio.run(verify(nginx, gw.url))
+    floor = start_floor(stack, nginx)
+    floor_rss_cold = rss_kib(floor.pid)
+    asyncio.run(verify(nginx, (floor, gw)))
     time.sleep(2)
-    rss_idle = rss_kib(gw.pid)
+    rss_idle, floor_rss_idle = rss_kib(gw.pid), rss_kib(floor.pid)
     sampler = RssSampler(gw.pid)
     sampler.start()
-    s, c, warmup = plan.seconds, plan.conns, min(2.0, plan.seconds)
     try:
-        step(f"non-stream throughput, {c} connections, {s:g} s each side")
-        run_wrk("warmup-chat", gw.url + GATEWAY_PATH, CHAT, c, warmup)
-        reqs = (run_wrk(f"chat-direct-c{c}", nginx + CHAT.path, CHAT, c, s),
-                run_wrk_on_gateway(f"chat-gateway-c{c}", gw, CHAT, c, s))
-        step("non-stream latency, 1 connection")
-        lat = (run_wrk("chat-direct-c1", nginx + CHAT.path, CHAT, 1, s),
-               run_wrk_on_gateway("chat-gateway-c1", gw, CHAT, 1, s))
-        step(f"{CHUNKS}-chunk stream throughput, {c} connections")
-        run_wrk("warmup-stream", gw.url + GATEWAY_PATH, STREAM, c, warmup)
-        streams = (run_wrk(f"stream-direct-c{c}", nginx + STREAM.path, STREAM, c, s),
-                   run_wrk_on_gateway(f"stream-gateway-c{c}", gw, STREAM, c, s))
-        step(f"{CHUNKS}-chunk streams paced {PACE_MS} ms per event, {c} connections")
-        paced = (run_wrk(f"paced-direct-c{c}", nginx + PACED.path, PACED, c, s),
-                 run_wrk_on_gateway(f"paced-gateway-c{c}", gw, PACED, c, s))
-        step(f"stream time to first byte, 1 connection, {plan.ttfb_requests} streams each side")
-        body = request_body(FIRST)
-        ttfb = (asyncio.run(first_byte_times(nginx + FIRST.path, body, plan.ttfb_requests, 50)),
-                asyncio.run(first_byte_times(gw.url + GATEWAY_PATH, body, plan.ttfb_requests, 50)))
+        direct, floor_side, gateway = load(plan, (Target("direct", "nginx", nginx, nginx), floor, gw))
     finally:
         rss_peak = sampler.stop()
     step(f"letting the gateway settle for {plan.settle_s:g} s")
     time.sleep(plan.settle_s)
-    if proc.poll() is not None:
-        raise BenchError(f"the gateway exited with status {proc.returncode}; see {GATEWAY_LOG}")
+    for relay in (gw, floor):
+        check_relay(relay)
     rss_after = rss_kib(gw.pid)
-    check_gateway_log()
     check_nginx_log()
+    c = plan.conns
     notes = [check_request_log(allowed_cut=5 * c + 1),  # wrk cuts off up to c requests when each of 5 runs ends
-             connection_note(c, (reqs[1], lat[1], streams[1], paced[1])),
-             f"a paced stream takes {1000 * c / paced[0].per_second:.0f} ms straight from nginx (timer granularity), "
-             "so the direct paced figure is bounded by the pacing, not by nginx"]
-    return Figures(c, *reqs, *lat, *streams, *paced, *ttfb, rss_cold, rss_idle, rss_peak, rss_after,
-                   plan.settle_s, notes)
+             connection_note(c, {"gateway": gateway, "stack floor": floor_side}),
+             f"a paced stream takes {1000 * c / direct.paced.per_second:.0f} ms straight from nginx (timer "
+             "granularity), so the direct paced figure is bounded by the pacing, not by nginx"]
+    return Figures(c, direct, floor_side, gateway, rss_cold, rss_idle, rss_peak, rss_after, floor_rss_cold,
+                   floor_rss_idle, plan.settle_s, notes)
+
+
+def load(plan: Plan, targets: tuple[Target, ...]) -> list[Side]:
+    """The same runs against every target, one measurement at a time, the targets in turn."""
+    s, c, warmup = plan.seconds, plan.conns, min(2.0, plan.seconds)
+    relays = tuple(t for t in targets if t.proc is not None)
+    step(f"non-stream throughput, {c} connections, {s:g} s each target")
+    warm_up(relays, CHAT, c, warmup)
+    reqs = run_each(targets, "chat", CHAT, c, s)
+    step("non-stream latency, 1 connection")
+    lat = run_each(targets, "chat", CHAT, 1, s)
+    step(f"{CHUNKS}-chunk stream throughput, {c} connections")
+    warm_up(relays, STREAM, c, warmup)
+    streams = run_each(targets, "stream", STREAM, c, s)
+    step(f"{CHUNKS}-chunk streams paced {PACE_MS} ms per event, {c} connections")
+    paced = run_each(targets, "paced", PACED, c, s)
+    step(f"stream time to first byte, 1 connection, {plan.ttfb_requests} streams each target")
+    body = request_body(FIRST)
+    ttfb = [asyncio.run(first_byte_times(t.url_for(FIRST), body, plan.ttfb_requests, 50)) for t in targets]
+    return [Side(*runs) for runs in zip(reqs, lat, streams, paced, ttfb)]
+
+
+def check_relay(relay: Target) -> None:
+    """The relay is still running and logged no errors."""
+    assert relay.proc is not None and relay.log is not None
+    if relay.proc.poll() is not None:
+        raise BenchError(f"{relay.title} exited with status {relay.proc.returncode}; see {relay.log}")
+    text = relay.log.read_text(errors="replace")
+    if "Traceback" in text or "[ERROR]" in text:
+        raise BenchError(f"{relay.title} logged errors; see {relay.log}:\n{text[-3000:]}")
 
 
 def check_request_log(allowed_cut: int) -> str:
@@ -562,22 +628,17 @@ def check_request_log(allowed_cut: int) -> str:
             f"{cut} cut off by wrk at the end of a run")
 
 
-def check_gateway_log() -> None:
-    text = GATEWAY_LOG.read_text(errors="replace")
-    if "Traceback" in text or "[ERROR]" in text:
-        raise BenchError(f"the gateway logged errors; see {GATEWAY_LOG}:\n{text[-3000:]}")
-
-
 def check_nginx_log() -> None:
     text = (NGINX_PREFIX / "error.log").read_text(errors="replace")
     bad = [ln for ln in text.splitlines() if re.search(r"\[(error|crit|alert|emerg)\]", ln)]
     if bad:
-        raise BenchError("nginx logged errors (a wrong upstream path from the gateway?):\n" + "\n".join(bad[:10]))
+        raise BenchError("nginx logged errors (a wrong upstream path from a relay?):\n" + "\n".join(bad[:10]))
 
 
-def connection_note(conns: int, runs: tuple[WrkResult, ...]) -> str:
-    counts = ", ".join(str(r.upstream_connects) for r in runs)
-    return (f"new upstream connections the gateway opened during its measured runs (non-stream c={conns}, c=1, "
+def connection_note(conns: int, relays: dict[str, Side]) -> str:
+    counts = "; ".join(f"{name} {', '.join(str(r.upstream_connects) for r in (s.reqs, s.lat, s.streams, s.paced))}"
+                       for name, s in relays.items())
+    return (f"new upstream connections opened during the measured runs (non-stream c={conns}, c=1, "
             f"streams, paced streams): {counts}")
 
 
@@ -588,20 +649,25 @@ def connection_note(conns: int, runs: tuple[WrkResult, ...]) -> str:
 class Row:
     metric: str
     direct: str = ""
+    floor: str = ""
     gateway: str = ""
-    ratio: str = ""
+    vs_direct: str = ""
+    vs_floor: str = ""
     target: str = ""
     result: str = ""
+
+
+Three = tuple[float, float, float]  # direct, stack floor, gateway
 
 
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
-def ratio(gateway: float, direct: float) -> str:
-    if not direct:
+def ratio(gateway: float, base: float) -> str:
+    if not base:
         return "-"
-    r = gateway / direct
+    r = gateway / base
     return f"{r:.0f}" if r >= 100 else f"{r:#.3g}"
 
 
@@ -614,53 +680,73 @@ def mib(kib: int) -> str:
 
 
 def cpu_per_request(r: WrkResult) -> str:
-    kernel = r.gateway_sys / r.gateway_cpu if r.gateway_cpu else 0.0
-    return f"{r.gateway_cpu * 1000 / r.per_second:.2f} ms ({r.gateway_cpu:.0%} of a core, {kernel:.0%} in the kernel)"
+    kernel = r.cpu_sys / r.cpu if r.cpu else 0.0
+    return f"{r.cpu * 1000 / r.per_second:.2f} ms ({r.cpu:.0%} of a core, {kernel:.0%} in the kernel)"
 
 
-def rate_row(metric: str, direct: WrkResult, gateway: WrkResult, target: float | None = None) -> Row:
-    row = Row(metric, f"{direct.per_second:,.0f}", f"{gateway.per_second:,.0f}",
-              ratio(gateway.per_second, direct.per_second))
+def across(f: Figures, get: Callable[[Side], float]) -> Three:
+    return get(f.direct), get(f.floor), get(f.gateway)
+
+
+def value_row(metric: str, values: Three, fmt: Callable[[float], str]) -> Row:
+    direct, floor, gateway = values
+    return Row(metric, fmt(direct), fmt(floor), fmt(gateway), ratio(gateway, direct), ratio(gateway, floor))
+
+
+def rate_row(metric: str, rates: Three, target: float | None = None) -> Row:
+    row = value_row(metric, rates, lambda v: f"{v:,.0f}")
     if target is not None:
-        row.target, row.result = f">= {target:,.0f}", verdict(gateway.per_second >= target)
+        row.target, row.result = f">= {target:,.0f}", verdict(rates[2] >= target)
     return row
 
 
+def added_row(metric: str, *pairs: Three) -> Row:
+    """Floor and gateway minus direct, for each (direct, floor, gateway) given, joined with " / "."""
+    return Row(metric, floor=" / ".join(ms(p[1] - p[0]) for p in pairs),
+               gateway=" / ".join(ms(p[2] - p[0]) for p in pairs))
+
+
 def rows(f: Figures) -> list[Row]:
-    t_d50, t_g50 = percentile(f.ttfb_direct, 50), percentile(f.ttfb_gateway, 50)
-    t_d99, t_g99 = percentile(f.ttfb_direct, 99), percentile(f.ttfb_gateway, 99)
-    added_p50 = f.lat_gateway.p50_ms - f.lat_direct.p50_ms
+    lat50, lat99 = across(f, lambda s: s.lat.p50_ms), across(f, lambda s: s.lat.p99_ms)
+    ttfb50, ttfb99 = across(f, lambda s: percentile(s.ttfb, 50)), across(f, lambda s: percentile(s.ttfb, 99))
+    added_p50 = lat50[2] - lat50[0]
     growth = (f.rss_after_kib - f.rss_idle_kib) / f.rss_idle_kib
     return [
-        rate_row(f"non-stream req/s, c={f.conns}", f.reqs_direct, f.reqs_gateway, TARGET_REQS_PER_S),
-        Row("non-stream latency p50, c=1", ms(f.lat_direct.p50_ms), ms(f.lat_gateway.p50_ms),
-            ratio(f.lat_gateway.p50_ms, f.lat_direct.p50_ms)),
-        Row("non-stream latency p99, c=1", ms(f.lat_direct.p99_ms), ms(f.lat_gateway.p99_ms),
-            ratio(f.lat_gateway.p99_ms, f.lat_direct.p99_ms)),
-        Row("added latency p50, c=1", "", ms(added_p50), "", f"<= {TARGET_ADDED_P50_MS:g} ms",
-            verdict(added_p50 <= TARGET_ADDED_P50_MS)),
-        Row("added latency p99, c=1", "", ms(f.lat_gateway.p99_ms - f.lat_direct.p99_ms)),
-        rate_row(f"streams/s ({CHUNKS} chunks), c={f.conns}", f.streams_direct, f.streams_gateway,
+        rate_row(f"non-stream req/s, c={f.conns}", across(f, lambda s: s.reqs.per_second), TARGET_REQS_PER_S),
+        value_row("non-stream latency p50, c=1", lat50, ms),
+        value_row("non-stream latency p99, c=1", lat99, ms),
+        Row("added latency p50, c=1", floor=ms(lat50[1] - lat50[0]), gateway=ms(added_p50),
+            target=f"<= {TARGET_ADDED_P50_MS:g} ms", result=verdict(added_p50 <= TARGET_ADDED_P50_MS)),
+        Row("added latency p50 vs floor, c=1", gateway=ms(lat50[2] - lat50[1])),
+        added_row("added latency p99, c=1", lat99),
+        rate_row(f"streams/s ({CHUNKS} chunks), c={f.conns}", across(f, lambda s: s.streams.per_second),
                  TARGET_STREAMS_PER_S),
-        rate_row(f"streams/s, paced {PACE_MS} ms per event, c={f.conns}", f.paced_direct, f.paced_gateway),
-        Row("stream TTFB p50, c=1", ms(t_d50), ms(t_g50), ratio(t_g50, t_d50)),
-        Row("stream TTFB p99, c=1", ms(t_d99), ms(t_g99), ratio(t_g99, t_d99)),
-        Row("added TTFB p50 / p99, c=1", "", f"{ms(t_g50 - t_d50)} / {ms(t_g99 - t_d99)}"),
-        Row("gateway RSS at start / idle (warm)", "", f"{mib(f.rss_cold_kib)} / {mib(f.rss_idle_kib)}"),
-        Row("gateway RSS peak under load", "", f"{mib(f.rss_peak_kib)} ({f.rss_peak_kib / f.rss_idle_kib - 1:+.1%})"),
-        Row(f"gateway RSS after load (+{f.settle_s:g} s)", "", f"{mib(f.rss_after_kib)} ({growth:+.1%})", "",
-            f"<= +{TARGET_RSS_GROWTH:.0%} vs idle", verdict(growth <= TARGET_RSS_GROWTH)),
-        Row(f"gateway CPU per non-stream request, c={f.conns}", "", cpu_per_request(f.reqs_gateway)),
-        Row(f"gateway CPU per stream, c={f.conns}", "", cpu_per_request(f.streams_gateway)),
-        Row(f"gateway CPU per paced stream, c={f.conns}", "", cpu_per_request(f.paced_gateway)),
+        rate_row(f"streams/s, paced {PACE_MS} ms per event, c={f.conns}", across(f, lambda s: s.paced.per_second)),
+        value_row("stream TTFB p50, c=1", ttfb50, ms),
+        value_row("stream TTFB p99, c=1", ttfb99, ms),
+        added_row("added TTFB p50 / p99, c=1", ttfb50, ttfb99),
+        Row("RSS at start / idle (warm)", floor=f"{mib(f.floor_rss_cold_kib)} / {mib(f.floor_rss_idle_kib)}",
+            gateway=f"{mib(f.rss_cold_kib)} / {mib(f.rss_idle_kib)}"),
+        Row("gateway RSS peak under load",
+            gateway=f"{mib(f.rss_peak_kib)} ({f.rss_peak_kib / f.rss_idle_kib - 1:+.1%})"),
+        Row(f"gateway RSS after load (+{f.settle_s:g} s)", gateway=f"{mib(f.rss_after_kib)} ({growth:+.1%})",
+            target=f"<= +{TARGET_RSS_GROWTH:.0%} vs idle", result=verdict(growth <= TARGET_RSS_GROWTH)),
+        cpu_row(f"CPU per non-stream request, c={f.conns}", f.floor.reqs, f.gateway.reqs),
+        cpu_row(f"CPU per stream, c={f.conns}", f.floor.streams, f.gateway.streams),
+        cpu_row(f"CPU per paced stream, c={f.conns}", f.floor.paced, f.gateway.paced),
     ]
 
 
+def cpu_row(metric: str, floor: WrkResult, gateway: WrkResult) -> Row:
+    return Row(metric, floor=cpu_per_request(floor), gateway=cpu_per_request(gateway))
+
+
 def markdown_table(table: list[Row]) -> str:
-    header = Row("metric", "direct (nginx)", "gateway", "gateway/direct", "target", "result")
-    cells = [[r.metric, r.direct, r.gateway, r.ratio, r.target, r.result] for r in [header, *table]]
-    widths = [max(len(c[i]) for c in cells) for i in range(6)]
-    lines = ["| " + " | ".join(c[i].ljust(widths[i]) for i in range(6)) + " |" for c in cells]
+    header = Row("metric", "direct (nginx)", "stack floor", "gateway", "gateway/direct", "gateway/floor", "target",
+                 "result")
+    cells = [astuple(r) for r in [header, *table]]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(cells[0]))]
+    lines = ["| " + " | ".join(c[i].ljust(w) for i, w in enumerate(widths)) + " |" for c in cells]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
 
@@ -677,6 +763,10 @@ on one machine, with wrk and nginx sharing its cores. "Added" figures are gatewa
 streams are written event by event with a {PACE_MS} ms sleep between, as a provider streams, so the gateway
 reads and relays each event on its own (the direct paced figure is bounded by that pacing).
 Time to first byte (TTFB) is measured on streams whose first event comes alone, {PACE_MS} ms before the rest.
+Runs with a "stack floor" column also sent the same load through bench/stack_floor.py, a featureless relay on
+the gateway's own stack (hypercorn on uvloop, one worker, aiohttp keep-alive upstream, no parsing): the floor
+that stack allows, to show how much of the gateway's cost is the stack's own. In its column "added" figures are
+floor minus direct; "vs floor" is gateway minus floor.
 Targets: added p50 latency <= 1 ms at concurrency 1, >= 1200 non-stream requests/s, >= 250 streams/s,
 RSS after load within 10% of idle. Compare runs only on like machines.
 """
@@ -749,8 +839,8 @@ def plan_from(args: argparse.Namespace) -> Plan:
 
 
 def on_sigterm(_signum: int, _frame: object) -> None:
-    print("\nbench: terminated; stopping nginx and the gateway", file=sys.stderr, flush=True)
-    raise SystemExit(143)  # unwinds through the ExitStack that stops nginx and the gateway
+    print("\nbench: terminated; stopping nginx, the gateway and the stack floor", file=sys.stderr, flush=True)
+    raise SystemExit(143)  # unwinds through the ExitStack that stops the processes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -764,7 +854,7 @@ def main(argv: list[str] | None = None) -> int:
         with ExitStack() as stack:
             step("starting nginx (mock upstream)")
             figures = measure(plan, start_nginx(stack), stack)
-            step("stopping the gateway and nginx")
+            step("stopping the gateway, the stack floor and nginx")
     except BenchError as exc:
         print(f"\nBENCH FAILED: {exc}", file=sys.stderr)
         return 1

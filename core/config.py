@@ -10,6 +10,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from billing.pricing import PriceError, TokenPrices, usd_to_units
+
 CONFIG_ENV = "TOKENTOLL_CONFIG"
 FORMATS = ("openai",)
 BUILTINS = ("demo",)
@@ -41,22 +43,12 @@ class Provider:
 
 
 @dataclass(frozen=True)
-class Prices:
-    """USD per 1M tokens, exact decimals as written in the file."""
-
-    input: Decimal = Decimal(0)
-    output: Decimal = Decimal(0)
-    cache_read: Decimal = Decimal(0)
-    cache_write: Decimal = Decimal(0)
-
-
-@dataclass(frozen=True)
 class Model:
     name: str
     provider: Provider
     upstream_model: str
     max_output_tokens: int
-    prices: Prices
+    prices: TokenPrices  # nano-dollars per 1M tokens, converted exactly from the file's USD
     owned_by: str
     created: int
 
@@ -174,13 +166,16 @@ def _model(name: str, t: dict[str, Any], providers: dict[str, Provider]) -> Mode
         v = _number(price_t, key, f"{at}.price", Decimal(0))
         if v < 0:
             raise ConfigError(f"{at}.price.{key}: must not be negative")
-        prices[key] = v
+        try:
+            prices[key] = usd_to_units(v)
+        except PriceError:
+            raise ConfigError(f"{at}.price.{key}: {v} has more than 9 decimals (the money unit is 1e-9 USD)") from None
     return Model(
         name=name,
         provider=providers[pname],
         upstream_model=_str(t, "upstream_model", at, name),
         max_output_tokens=_int(t, "max_output_tokens", at, 4096, lo=1),
-        prices=Prices(**prices),
+        prices=TokenPrices(**prices),
         owned_by=_str(t, "owned_by", at, pname),
         created=_int(t, "created", at, 1_700_000_000, lo=0),
     )

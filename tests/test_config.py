@@ -24,12 +24,12 @@ def base() -> dict:
 def test_shipped_config_is_valid() -> None:
     settings = load(ROOT / "config.toml", environ={})
     assert "demo-echo" in settings.models and settings.server.port == 8080
-    assert settings.models["demo-echo"].prices.input == Decimal("0.50")
+    assert settings.models["demo-echo"].prices.input == 500_000_000  # nano-dollars per 1M tokens
 
 
-def test_prices_are_exact_decimals() -> None:
+def test_prices_are_exact_integers_of_the_money_unit() -> None:
     s = parse(base(), {"K": "secret"})
-    assert s.models["m"].prices.input == Decimal("0.15") and s.models["m"].prices.output == Decimal("0.6")
+    assert s.models["m"].prices.input == 150_000_000 and s.models["m"].prices.output == 600_000_000
     assert s.models["m"].upstream_model == "m" and s.providers["up"].api_key == "secret"
 
 
@@ -42,6 +42,7 @@ def test_prices_are_exact_decimals() -> None:
     (lambda c: c["models"]["m"]["price"].update(input="cheap"), "models.m.price.input"),
     (lambda c: c["models"]["m"]["price"].update(output="-1"), "models.m.price.output"),
     (lambda c: c["models"]["m"].update(max_output_tokens=0), "models.m.max_output_tokens"),
+    (lambda c: c["models"]["m"]["price"].update(input="0.0000000001"), "models.m.price.input"),
     (lambda c: c.update(server={"port": "80"}), "server.port"),
     (lambda c: c.update(models={}), "models"),
 ])

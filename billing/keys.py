@@ -1,0 +1,87 @@
+"""API keys: making them, hashing them, and reading the one a caller presents.
+Only a hash and a short display form are ever stored; the plaintext exists once, in the answer that creates it."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import string
+from dataclasses import dataclass
+from urllib.parse import parse_qsl
+
+KEY_PREFIX = "sk-tt-"
+SECRET_LENGTH = 40  # base62 characters: about 238 bits
+LOOKUP_LENGTH = 12  # characters of the secret used to find the row (not enough to guess the rest)
+BASE62 = string.ascii_letters + string.digits
+_BASE62_SET = frozenset(BASE62)
+
+
+@dataclass(frozen=True, slots=True)
+class NewKey:
+    plaintext: str  # shown once, never stored
+    lookup: str
+    display: str
+    hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Presented:
+    lookup: str
+    hash: bytes
+
+
+class KeyRejected(Exception):
+    """A 401 before the database is asked: the code says which of the cases it is."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def new_key() -> NewKey:
+    secret = "".join(secrets.choice(BASE62) for _ in range(SECRET_LENGTH))
+    plaintext = KEY_PREFIX + secret
+    return NewKey(plaintext, secret[:LOOKUP_LENGTH], f"{KEY_PREFIX}{secret[:4]}...{secret[-4:]}", digest(plaintext))
+
+
+def digest(plaintext: str) -> bytes:
+    """SHA-256 suffices for a 238-bit random secret (no dictionary to attack); compared in constant time."""
+    return hashlib.sha256(plaintext.encode()).digest()
+
+
+def credentials(headers: list[tuple[bytes, bytes]], query_string: bytes) -> str | None:
+    """The key from `Authorization: Bearer`, `x-api-key`, `x-goog-api-key` or `?key=`, as sent."""
+    found: str | None = None
+    for name, value in headers:
+        if name == b"authorization":
+            text = value.decode("latin-1")
+            scheme, _, rest = text.partition(" ")
+            if scheme.lower() == "bearer":
+                return rest
+            found = found or text
+        elif name in (b"x-api-key", b"x-goog-api-key"):
+            found = found or value.decode("latin-1")
+    if found is None and query_string and b"key=" in query_string:
+        for name, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
+            if name == "key":
+                return value
+    return found
+
+
+def check_presented(raw: str | None) -> Presented:
+    """Shape checks, each with its own message; the database decides unknown/rotated/disabled/expired."""
+    if raw is None or raw == "":
+        raise KeyRejected("missing_api_key", "no API key: send it as 'Authorization: Bearer sk-tt-...' "
+                                             "(or x-api-key, x-goog-api-key, ?key=)")
+    if raw != raw.strip() or any(c in raw for c in "\r\n\t"):
+        raise KeyRejected("api_key_whitespace", "the API key has leading or trailing whitespace or a line break "
+                                                "in it: copy the key again without spaces or newlines")
+    if not raw.startswith(KEY_PREFIX):
+        raise KeyRejected("not_a_tokentoll_key", "this is not a TokenToll API key (they start with 'sk-tt-'); "
+                                                 "a provider's own key does not work here")
+    secret = raw[len(KEY_PREFIX):]
+    if len(secret) < 32 or not _BASE62_SET.issuperset(secret):
+        raise KeyRejected("not_a_tokentoll_key", "this is not a complete TokenToll API key: it should be 'sk-tt-' "
+                                                 "followed by 40 letters and digits; copy it again")
+    return Presented(secret[:LOOKUP_LENGTH], digest(raw))

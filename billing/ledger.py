@@ -1,0 +1,68 @@
+"""The ledger: the only code that moves money. It prices, holds, settles, releases and credits,
+through the store's transactions, in integer nano-dollars (see billing/pricing.py for the unit and rounding)."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+
+from billing import pricing, store
+from billing.keys import Presented
+from billing.metering import Usage, UsageRecord
+from billing.pricing import TokenPrices
+
+
+def month_of(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m")
+
+
+class Ledger:
+    def __init__(self, db: store.Store, default_rpm: int, default_tpm: int) -> None:
+        self.db = db
+        self.default_rpm = default_rpm
+        self.default_tpm = default_tpm
+
+    async def admit(self, request_id: str, key: Presented, model: str, prices: TokenPrices, prompt_estimate: int,
+                    max_output: int) -> store.Admission:
+        """Authenticate the key and hold the most this request can cost, in one transaction."""
+        now = time.time()
+        amount = pricing.hold_amount(prices, prompt_estimate, max_output)
+        estimate = pricing.hold_amount(prices, prompt_estimate, 0)
+        return await self.db.run(store.tx_admit, store.HoldRequest(
+            request_id=request_id, lookup=key.lookup, key_hash=key.hash, model=model, amount=amount,
+            estimate=estimate, tokens=prompt_estimate + max_output, now=now, month=month_of(now),
+            window=int(now // 60), default_rpm=self.default_rpm, default_tpm=self.default_tpm))
+
+    async def settle(self, request_id: str, prices: TokenPrices, record: UsageRecord, status: int,
+                     duration_ms: float | None) -> store.Settled | None:
+        """Charge what the usage record says (nothing for source "none") and release the rest."""
+        cost = 0 if record.source == "none" else pricing.token_cost(prices, record.usage)
+        return await self._settle(request_id, cost, record, status, duration_ms)
+
+    async def _settle(self, request_id: str, cost: int, record: UsageRecord, status: int,
+                      duration_ms: float | None) -> store.Settled | None:
+        now = time.time()
+        u = record.usage
+        return await self.db.run(store.tx_settle, store.Settlement(
+            request_id=request_id, cost=cost, input_tokens=u.in_total, output_tokens=u.out_total,
+            cache_read_tokens=u.cache_read, cache_write_tokens=u.cache_write, source=record.source,
+            status=status, duration_ms=duration_ms, now=now, month=month_of(now)))
+
+    async def settle_stale(self, older_than: float, batch: int = 500) -> int:
+        """The safety net's pass: every hold open for longer than `older_than` seconds is settled at
+        its prompt estimate (source "estimate"): its request is gone and nothing else is known."""
+        closed = 0
+        while True:
+            stale = await self.db.run(store.tx_stale_holds, time.time() - older_than, batch)
+            for hold in stale:
+                record = UsageRecord(Usage(), "estimate")
+                if await self._settle(hold["request_id"], hold["estimate"], record, 0, None):
+                    closed += 1
+            if len(stale) < batch:
+                return closed
+
+    async def credit(self, account_id: int, amount: int, note: str) -> int:
+        return await self.db.run(store.tx_credit, account_id, amount, "credit", note, time.time())
+
+    async def adjust(self, account_id: int, amount: int, note: str) -> int:
+        return await self.db.run(store.tx_credit, account_id, amount, "adjustment", note, time.time())

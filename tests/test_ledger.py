@@ -1,0 +1,133 @@
+"""The ledger against a real SQLite store: holds are atomic and conditional, settling is idempotent,
+and over any sequence of credits, holds, settles, releases and crashes the books add up."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from billing import store
+from billing.keys import check_presented, new_key
+from billing.ledger import Ledger
+from billing.metering import NO_USAGE, Usage, UsageRecord
+from billing.pricing import TokenPrices
+
+PRICES = TokenPrices(input=1_000_000, output=2_000_000)  # 1 and 2 nano-dollars a token
+
+
+async def open_books(path: Path, balance: int, **key_limits: object) -> tuple[store.Store, Ledger, str, int]:
+    db = store.Store(str(path))
+    await db.start()
+    account = await db.run(store.tx_create_account, "acct", 0.0)
+    key = new_key()
+    await db.run(store.tx_create_key, account["id"], "k", key.lookup, key.display, key.hash, 0.0, dict(key_limits))
+    ledger = Ledger(db, default_rpm=0, default_tpm=0)
+    if balance:
+        await ledger.credit(account["id"], balance, "test")
+    return db, ledger, key.plaintext, account["id"]
+
+
+async def check_books(db: store.Store) -> None:
+    for row in await db.run(store.tx_ledger_totals):
+        assert row["balance"] == row["ledger_balance"] and row["held"] == row["ledger_held"], row
+        assert 0 <= row["held"] <= row["balance"], row
+    open_total = sum(h["amount"] for h in await db.run(store.tx_open_holds))
+    assert open_total == sum(r["held"] for r in await db.run(store.tx_ledger_totals))
+
+
+def test_racing_holds_never_overdraw(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        # each hold: 1000 prompt tokens at 1 + 1000 output at 2 = 3000 nano-dollars
+        db, ledger, plaintext, _ = await open_books(tmp_path / "db", balance=20 * 3000)
+        key = check_presented(plaintext)
+        results = await asyncio.gather(*[ledger.admit(f"r{i}", key, "m", PRICES, 1000, 1000) for i in range(100)])
+        assert sum(1 for r in results if not r.error) == 20
+        assert {r.error for r in results if r.error} == {"billing_shortfall"}
+        shortfall = next(r for r in results if r.error)
+        assert shortfall.detail == {"needed": 3000, "available": 0}
+        await check_books(db)
+        await db.close()
+
+    asyncio.run(scenario())
+
+
+def test_settle_charges_real_cost_once_and_releases_the_rest(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        db, ledger, plaintext, account_id = await open_books(tmp_path / "db", balance=10_000)
+        key = check_presented(plaintext)
+        assert not (await ledger.admit("r1", key, "m", PRICES, 1000, 1000)).error
+        record = UsageRecord(Usage(in_total=900, out_total=100), "upstream")
+        first = await ledger.settle("r1", PRICES, record, 200, 1.0)
+        assert first is not None and first.charged == 900 + 200 and first.released == 3000 - 1100
+        again = await ledger.settle("r1", PRICES, record, 200, 1.0)
+        assert again is not None and again.already and again.charged == 1100
+        account = await db.run(store.tx_account, account_id)
+        assert account["balance"] == 10_000 - 1100 and account["held"] == 0
+        assert not (await ledger.admit("r2", key, "m", PRICES, 10, 10)).error
+        failed = await ledger.settle("r2", PRICES, NO_USAGE, 502, 1.0)  # refused upstream: free
+        assert failed is not None and failed.charged == 0
+        await check_books(db)
+        await db.close()
+
+    asyncio.run(scenario())
+
+
+def test_key_checks_and_monthly_limit(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        db, ledger, plaintext, _ = await open_books(tmp_path / "db", balance=1_000_000, monthly_limit=5000)
+        key = check_presented(plaintext)
+        assert not (await ledger.admit("a", key, "m", PRICES, 1000, 1000)).error  # 3000 held
+        over = await ledger.admit("b", key, "m", PRICES, 1000, 1000)  # 3000 + 3000 > 5000
+        assert over.error == "api_key_quota_exceeded" and over.detail == {"limit": 5000, "committed": 3000,
+                                                                           "needed": 3000}
+        wrong = check_presented("sk-tt-" + "A" * 40)
+        assert (await ledger.admit("c", wrong, "m", PRICES, 1, 1)).error == "key_unknown"
+        await check_books(db)
+        await db.close()
+
+    asyncio.run(scenario())
+
+
+ops = st.lists(st.one_of(
+    st.tuples(st.just("credit"), st.integers(1, 50_000)),
+    st.tuples(st.just("hold"), st.integers(0, 5000), st.integers(0, 5000)),
+    st.tuples(st.just("settle"), st.integers(0, 30), st.integers(0, 8000), st.integers(0, 8000)),
+    st.tuples(st.just("release"), st.integers(0, 30)),
+    st.tuples(st.just("adjust"), st.integers(-50_000, 50_000)),
+    st.tuples(st.just("crash"),),
+), max_size=40)
+
+
+@settings(max_examples=60, deadline=None)
+@given(ops)
+def test_books_add_up_over_any_sequence(sequence: list[tuple]) -> None:
+    async def scenario(path: Path) -> None:
+        db, ledger, plaintext, account_id = await open_books(path, balance=0)
+        key = check_presented(plaintext)
+        started: list[str] = []
+        for n, op in enumerate(sequence):
+            if op[0] == "credit":
+                await ledger.credit(account_id, op[1], "t")
+            elif op[0] == "adjust":
+                try:
+                    await ledger.adjust(account_id, op[1], "t")
+                except ValueError:
+                    pass  # refused: would go below zero or below what is held
+            elif op[0] == "hold":
+                if not (await ledger.admit(f"r{n}", key, "m", PRICES, op[1], op[2])).error:
+                    started.append(f"r{n}")
+            elif op[0] in ("settle", "release") and started:
+                rid = started[op[1] % len(started)]
+                record = UsageRecord(Usage(op[2], op[3]), "upstream") if op[0] == "settle" else NO_USAGE
+                await ledger.settle(rid, PRICES, record, 200, None)
+            elif op[0] == "crash":  # the process dies: the safety net closes whatever is open
+                await ledger.settle_stale(older_than=-1)
+            await check_books(db)
+        await db.close()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        asyncio.run(scenario(Path(tmp) / "db"))
