@@ -14,6 +14,7 @@ import uvloop
 from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
 
+from core import cli
 from core.app import Gateway
 from core.config import CONFIG_ENV, ConfigError, Settings, config_path, load
 
@@ -24,6 +25,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--host", help="listen address (overrides server.host)")
     p.add_argument("--port", type=int, help="listen port, 0 for any free port (overrides server.port)")
     p.add_argument("--check", action="store_true", help="validate the config and exit")
+    cli.add_commands(p)
     return p.parse_args(argv)
 
 
@@ -37,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"tokentoll: config error: {exc}", file=sys.stderr)
         return 2
+    if args.command:
+        return cli.run(settings, args)
     if args.check:
         print(f"tokentoll: {path} is valid ({len(settings.providers)} providers, {len(settings.models)} models)")
         return 0

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import secrets
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -15,7 +16,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from adapters import openai
+from billing.ledger import Ledger
 from billing.metering import encoding
+from billing.pricing import units_to_usd
+from core.operations import Operations
+from billing.safetynet import SafetyNet
+from billing.store import Store
 from core.config import Settings
 from core.metrics import Metrics
 from core.relay import Receive, Relay, Scope, Send
@@ -44,7 +50,9 @@ class Gateway:
         self.metrics = Metrics()
         self.log = RequestLog(settings.server.request_log)
         self.upstreams = Upstreams(settings)
-        self.relay = Relay(settings, self.upstreams, self.metrics, self.log)
+        self.store = Store(settings.billing.database, settings.billing.synchronous)
+        self.ledger = Ledger(self.store, settings.billing.default_rpm, settings.billing.default_tpm)
+        self.relay = Relay(settings, self.upstreams, self.metrics, self.log, self.ledger)
         self.ready = False
         self._models = [openai.model_object(m.name, m.created, m.owned_by) for m in settings.models.values()]
         self.router = Starlette(
@@ -61,14 +69,24 @@ class Gateway:
 
     @asynccontextmanager
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
+        await self.store.start()
+        demo_key = await Operations(self.store, self.ledger).bootstrap_demo(self.settings.billing.demo_balance)
+        if demo_key:
+            print(f"tokentoll: created the demo account with ${units_to_usd(self.settings.billing.demo_balance)} "
+                  f"and its first API key (shown once, store it now):\n\n    {demo_key}\n", file=sys.stderr, flush=True)
         await self.upstreams.start()
         encoding()  # load the tokenizer now, not on the first request
+        b = self.settings.billing
+        safety_net = SafetyNet(self.ledger, self.store, b.hold_ttl, b.sweep_interval)
+        safety_net.start()
         self.ready = True
         try:
             yield
         finally:
             self.ready = False
+            await safety_net.stop()
             await self.upstreams.close()
+            await self.store.close()
             self.log.close()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

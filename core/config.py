@@ -63,10 +63,22 @@ class Server:
 
 
 @dataclass(frozen=True)
+class Billing:
+    database: str = "data/tokentoll.db"
+    synchronous: str = "NORMAL"  # SQLite: NORMAL survives a killed process; FULL also a power cut
+    hold_ttl: float = 1800.0  # the safety net closes holds older than this (seconds)
+    sweep_interval: float = 30.0
+    default_rpm: int = 0  # per key; 0 = no limit
+    default_tpm: int = 0
+    demo_balance: int = 0  # nano-dollars; > 0: a fresh database gets a demo account and key
+
+
+@dataclass(frozen=True)
 class Settings:
     server: Server
     providers: dict[str, Provider]
     models: dict[str, Model] = field(default_factory=dict)
+    billing: Billing = field(default_factory=Billing)
     source: str = ""
 
 
@@ -85,11 +97,14 @@ def load(path: Path, environ: dict[str, str] | None = None) -> Settings:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     settings = parse(raw, os.environ if environ is None else environ)
-    return Settings(settings.server, settings.providers, settings.models, str(path))
+    billing = settings.billing
+    if not os.path.isabs(billing.database):  # relative to the config file, not to the working directory
+        billing = Billing(**{**billing.__dict__, "database": str(path.parent / billing.database)})
+    return Settings(settings.server, settings.providers, settings.models, billing, str(path))
 
 
 def parse(raw: dict[str, Any], environ: dict[str, str] | os._Environ[str]) -> Settings:
-    _only_keys(raw, "", {"server", "providers", "models"})
+    _only_keys(raw, "", {"server", "providers", "models", "billing"})
     server = _server(_table(raw, "server", "server"))
     providers_raw = _table(raw, "providers", "providers")
     if not providers_raw:
@@ -99,7 +114,41 @@ def parse(raw: dict[str, Any], environ: dict[str, str] | os._Environ[str]) -> Se
     if not models_raw:
         raise ConfigError("models: at least one model is required")
     models = {n: _model(n, _table(models_raw, n, f"models.{_q(n)}"), providers) for n in models_raw}
-    return Settings(server, providers, models)
+    billing = _billing(_table(raw, "billing", "billing"))
+    longest = max((p.timeouts.total for p in providers.values() if not p.builtin), default=0)
+    if billing.hold_ttl <= longest:
+        raise ConfigError(f"billing.hold_ttl: must be longer than the longest request allowed "
+                          f"(a provider's total timeout is {longest:g}s)")
+    return Settings(server, providers, models, billing)
+
+
+def _billing(t: dict[str, Any]) -> Billing:
+    at = "billing"
+    _only_keys(t, at, {"database", "synchronous", "hold_ttl", "sweep_interval", "default_rpm", "default_tpm",
+                       "demo_balance"})
+    d = Billing()
+    sync = _str(t, "synchronous", at, d.synchronous).upper()
+    if sync not in ("NORMAL", "FULL"):
+        raise ConfigError(f"{at}.synchronous: must be NORMAL or FULL")
+    demo = _number(t, "demo_balance", at, Decimal(0))
+    try:
+        demo_units = usd_to_units(demo)
+    except PriceError:
+        raise ConfigError(f"{at}.demo_balance: more than 9 decimals") from None
+    values = {}
+    for key in ("hold_ttl", "sweep_interval"):
+        v = _number(t, key, at, Decimal(str(getattr(d, key))))
+        if v <= 0:
+            raise ConfigError(f"{at}.{key}: must be a positive number of seconds")
+        values[key] = float(v)
+    return Billing(
+        database=_str(t, "database", at, d.database),
+        synchronous=sync,
+        default_rpm=_int(t, "default_rpm", at, d.default_rpm),
+        default_tpm=_int(t, "default_tpm", at, d.default_tpm),
+        demo_balance=demo_units,
+        **values,
+    )
 
 
 def _server(t: dict[str, Any]) -> Server:

@@ -8,11 +8,14 @@ class GatewayError(Exception):
     status = 500
     code = "internal_error"
 
-    def __init__(self, message: str, *, param: str | None = None, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, message: str, *, param: str | None = None, headers: dict[str, str] | None = None,
+                 code: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         self.headers = headers or {}
+        if code is not None:
+            self.code = code
 
 
 class BadRequest(GatewayError):
@@ -37,6 +40,22 @@ class MethodNotAllowed(GatewayError):
 
 class BodyTooLarge(GatewayError):
     status, code = 413, "request_too_large"
+
+
+class AuthenticationFailed(GatewayError):
+    status, code = 401, "invalid_api_key"
+
+
+class PaymentRequired(GatewayError):
+    status, code = 402, "billing_shortfall"
+
+
+class PermissionDenied(GatewayError):
+    status, code = 403, "model_not_allowed"
+
+
+class RateLimited(GatewayError):
+    status, code = 429, "rate_limit_exceeded"
 
 
 class UpstreamError(GatewayError):

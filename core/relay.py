@@ -11,7 +11,10 @@ from typing import Any
 import orjson
 
 from adapters import openai
+from billing.keys import Presented
+from billing.ledger import Ledger
 from billing.metering import NO_USAGE, Meter, UsageRecord
+from core.auth import admission_error, presented_key
 from core import sse
 from core.config import Model, Settings
 from core.errors import (
@@ -54,7 +57,7 @@ class Exchange:
 
     __slots__ = ("request_id", "id_headers", "route", "endpoint", "model", "status", "started", "stream",
                  "t0", "t_first", "upstream_wait", "client_gone", "meter", "usage_charged", "error_code",
-                 "upstream_error_kind", "finished")
+                 "upstream_error_kind", "finished", "key", "held")
 
     def __init__(self, request_id: str, route: str, endpoint: str, t0: float) -> None:
         self.request_id = request_id
@@ -75,6 +78,8 @@ class Exchange:
         self.error_code = ""
         self.upstream_error_kind = ""
         self.finished = False
+        self.key: Presented | None = None
+        self.held = False  # a hold was placed: the request must be settled
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
@@ -102,8 +107,10 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
 
 
 class Relay:
-    def __init__(self, settings: Settings, upstreams: Upstreams, metrics: Metrics, log: RequestLog) -> None:
+    def __init__(self, settings: Settings, upstreams: Upstreams, metrics: Metrics, log: RequestLog,
+                 ledger: Ledger) -> None:
         self.settings = settings
+        self.ledger = ledger
         self.upstreams = upstreams
         self.metrics = metrics
         self.log = log
@@ -122,6 +129,7 @@ class Relay:
         try:
             if scope["method"] != "POST":
                 raise MethodNotAllowed(f"{scope['method']} is not allowed here; use POST", headers={"allow": "POST"})
+            x.key = presented_key(scope)
             body = await read_body(scope, receive, self.settings.server.max_body_bytes)
             watch = asyncio.ensure_future(receive())
             watch.add_done_callback(on_disconnect)
@@ -143,7 +151,7 @@ class Relay:
             if watch is not None:
                 watch.remove_done_callback(on_disconnect)
                 watch.cancel()
-            self._finish(x, perf_counter())
+            await self._finish(x, perf_counter())
 
     # -- the exchange ---------------------------------------------------------------------
 
@@ -167,6 +175,12 @@ class Relay:
         except openai.InvalidRequest as exc:
             raise BadRequest(str(exc), param=exc.param) from None
         x.stream = prepared.stream
+        assert x.key is not None
+        admission = await self.ledger.admit(x.request_id, x.key, model.name, model.prices, prepared.prompt_estimate,
+                                            prepared.max_output)
+        if admission.error:
+            raise admission_error(admission, model.name)
+        x.held = True
         x.meter = Meter(prepared.prompt_estimate)
         t = perf_counter()
         try:
@@ -325,11 +339,15 @@ class Relay:
         provider = x.model.provider.name if x.model else "-"
         self.metrics.child(self.metrics.upstream_errors, provider, kind).inc()
 
-    def _finish(self, x: Exchange, now: float) -> None:
+    async def _finish(self, x: Exchange, now: float) -> None:
         record: UsageRecord = x.meter.record() if x.meter is not None and x.usage_charged else NO_USAGE
         status = x.status if x.started else CLIENT_GONE_STATUS if x.client_gone else 500
         model = x.model.name if x.model else "-"
         total = now - x.t0
+        cost = None
+        if x.held and x.model is not None:
+            settled = await self.ledger.settle(x.request_id, x.model.prices, record, status, round(total * 1000, 3))
+            cost = settled.charged if settled is not None else None
         overhead = max(total - x.upstream_wait, 0.0)
         m = self.metrics
         m.child(m.requests, x.route, model, str(status)).inc()
@@ -357,6 +375,7 @@ class Relay:
             "cache_write_tokens": usage.cache_write,
             "reasoning_tokens": usage.reasoning,
             "usage_source": record.source,
+            "cost_nanousd": cost,
             "duration_ms": round(total * 1000, 3),
             "ttfb_ms": round((x.t_first - x.t0) * 1000, 3) if x.started else None,
             "upstream_ms": round(x.upstream_wait * 1000, 3),

@@ -21,13 +21,23 @@ sys.path.insert(0, str(ROOT))
 from tests.mock_upstream import MockUpstream  # noqa: E402
 
 UPSTREAM_KEY = "upstream-secret-key"
-CLIENT_KEY = "sk-client-key-never-forwarded"
+
+
+def cli(config: Path, *args: str, env: dict[str, str] | None = None) -> Any:
+    """Runs an operator command (`gateway.py --config ... <args> --json`) and returns its JSON."""
+    run = subprocess.run([sys.executable, str(ROOT / "gateway.py"), "--config", str(config), *args, "--json"],
+                         cwd=ROOT, env=env, capture_output=True, timeout=60)
+    if run.returncode != 0:
+        raise AssertionError(f"gateway.py {' '.join(args)} failed: {run.stderr.decode()}")
+    return orjson.loads(run.stdout)
 
 
 class GatewayProcess:
     """A running gateway: its port, its request log, and a way to read what it wrote."""
 
     def __init__(self, config: Path, log_path: Path, env: dict[str, str]) -> None:
+        self.config = config
+        self.env = env
         self.log_path = log_path
         self.proc = subprocess.Popen(
             [sys.executable, str(ROOT / "gateway.py"), "--config", str(config), "--port", "0"],
@@ -92,6 +102,11 @@ host = "127.0.0.1"
 port = 0
 max_body_bytes = 65536
 request_log = "{log_path}"
+
+[billing]
+database = "{log_path.parent / 'tokentoll.db'}"
+hold_ttl = 120
+sweep_interval = 1
 
 [providers.demo]
 format = "openai"
@@ -213,6 +228,7 @@ def gateway(upstream: MockUpstream, tmp_path_factory: pytest.TempPathFactory) ->
     config.write_text(gateway_config(upstream.base_url, log_path))
     env = {**os.environ, "TT_TEST_UPSTREAM_KEY": UPSTREAM_KEY}
     env.pop("TOKENTOLL_CONFIG", None)
+    cli(config, "accounts", "create", "tester", "--credit", "1000", env=env)
     gw = GatewayProcess(config, log_path, env)
     yield gw
     gw.stop()
@@ -220,8 +236,14 @@ def gateway(upstream: MockUpstream, tmp_path_factory: pytest.TempPathFactory) ->
     assert not errors, "the gateway wrote errors to stderr:\n" + "".join(gw.stderr_lines)
 
 
+@pytest.fixture(scope="session")
+def api_key(gateway: GatewayProcess) -> str:
+    """A key of the well-funded 'tester' account."""
+    return cli(gateway.config, "keys", "create", "--account", "tester", "--name", "tests", env=gateway.env)["key"]
+
+
 @pytest.fixture()
-def client(gateway: GatewayProcess) -> Any:
+def client(gateway: GatewayProcess, api_key: str) -> Any:
     from openai import OpenAI
 
-    return OpenAI(base_url=gateway.base_url, api_key=CLIENT_KEY, max_retries=0, timeout=20)
+    return OpenAI(base_url=gateway.base_url, api_key=api_key, max_retries=0, timeout=20)

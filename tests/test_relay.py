@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from billing.metering import count_text
-from tests.conftest import CLIENT_KEY, UPSTREAM_KEY, GatewayProcess, wait_for
+from tests.conftest import UPSTREAM_KEY, GatewayProcess, wait_for
 from tests.mock_upstream import AWKWARD_TEXTS, MockUpstream
 
 MSG = [{"role": "user", "content": "The quick brown fox jumps over the lazy dog"}]
@@ -32,13 +32,14 @@ def test_chat_non_stream(client: openai.OpenAI, gateway: GatewayProcess, upstrea
     assert sent["body"]["model"] == "ok"  # the public name was mapped to the upstream's
 
 
-def test_credentials_and_telemetry_never_forwarded(client: openai.OpenAI, upstream: MockUpstream) -> None:
+def test_credentials_and_telemetry_never_forwarded(client: openai.OpenAI, upstream: MockUpstream,
+                                                  api_key: str) -> None:
     client.chat.completions.create(model="mock-ok", messages=MSG, extra_headers={"OpenAI-Organization": "org-x"})
     headers = {k.lower(): v for k, v in upstream.last_request("ok")["headers"].items()}
     assert headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
     assert not [k for k in headers if k.startswith("x-stainless")]
     assert "openai-organization" not in headers
-    assert CLIENT_KEY not in str(headers)
+    assert api_key not in str(headers) and api_key[6:] not in str(headers)
     assert headers["user-agent"].startswith("TokenToll/")
 
 
@@ -183,8 +184,8 @@ def test_json_answer_to_a_stream_request_is_502(client: openai.OpenAI) -> None:
     assert err.value.status_code == 502 and "streaming is off today" in err.value.message
 
 
-def test_client_leaving_before_the_answer_records_the_estimate(gateway: GatewayProcess) -> None:
-    impatient = openai.OpenAI(base_url=gateway.base_url, api_key="k", max_retries=0, timeout=0.2)
+def test_client_leaving_before_the_answer_records_the_estimate(gateway: GatewayProcess, api_key: str) -> None:
+    impatient = openai.OpenAI(base_url=gateway.base_url, api_key=api_key, max_retries=0, timeout=0.2)
     with pytest.raises(openai.APITimeoutError):
         impatient.chat.completions.create(model="mock-hang", messages=MSG)
     entry = wait_for(lambda: next((e for e in gateway.log_entries()
@@ -193,21 +194,22 @@ def test_client_leaving_before_the_answer_records_the_estimate(gateway: GatewayP
     assert entry["input_tokens"] > 0 and entry["output_tokens"] == 0
 
 
-def test_malformed_json_and_wrong_method(gateway: GatewayProcess) -> None:
+def test_malformed_json_and_wrong_method(gateway: GatewayProcess, api_key: str) -> None:
+    auth = {"authorization": f"Bearer {api_key}"}
     r = httpx.post(gateway.base_url + "/chat/completions", content=b'{"model": "mock-ok", "messages": [',
-                   headers={"content-type": "application/json"})
+                   headers={"content-type": "application/json", **auth})
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
     assert r.json()["error"]["request_id"] == r.headers["x-tt-request-id"]
-    r = httpx.post(gateway.base_url + "/chat/completions", content=b'[1, 2]')
+    r = httpx.post(gateway.base_url + "/chat/completions", content=b'[1, 2]', headers=auth)
     assert r.status_code == 400
-    r = httpx.post(gateway.base_url + "/chat/completions", json={"messages": MSG})
+    r = httpx.post(gateway.base_url + "/chat/completions", json={"messages": MSG}, headers=auth)
     assert r.status_code == 400 and r.json()["error"]["param"] == "model"
     r = httpx.get(gateway.base_url + "/chat/completions")
     assert r.status_code == 405 and r.headers["allow"] == "POST" and r.headers["x-tt-request-id"]
     r = httpx.delete(gateway.base_url + "/models")
     assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
     r = httpx.post(gateway.base_url + "/chat/completions", json={"model": "mock-ok", "messages": MSG,
-                                                                "stream": "yes"})
+                                                                "stream": "yes"}, headers=auth)
     assert r.status_code == 400 and r.json()["error"]["param"] == "stream"
 
 
@@ -301,15 +303,15 @@ def test_metrics_exposed(gateway: GatewayProcess, client: openai.OpenAI) -> None
     assert 'tokentoll_tokens_total{kind="output",model="mock-ok",source="upstream"}' in text
 
 
-def test_log_never_holds_keys_or_text(gateway: GatewayProcess, client: openai.OpenAI) -> None:
+def test_log_never_holds_keys_or_text(gateway: GatewayProcess, client: openai.OpenAI, api_key: str) -> None:
     secret_text = "purple-elephant-secret-phrase"
     raw = client.chat.completions.with_raw_response.create(model="mock-ok",
                                                            messages=[{"role": "user", "content": secret_text}])
     gateway.log_entry(raw.headers["x-tt-request-id"])
     log = gateway.log_path.read_text()
     assert secret_text not in log and "elephant" not in log
-    assert CLIENT_KEY not in log and UPSTREAM_KEY not in log
-    assert CLIENT_KEY not in "".join(gateway.stderr_lines)
+    assert api_key not in log and api_key[6:18] not in log and UPSTREAM_KEY not in log
+    assert api_key not in "".join(gateway.stderr_lines)
 
 
 def test_health_endpoints(gateway: GatewayProcess) -> None:

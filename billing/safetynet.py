@@ -1,0 +1,59 @@
+"""The safety net: a background task that closes every hold left open longer than the configured TTL,
+also those of a process that was killed. A lease in the database lets one process run it at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+import time
+
+from billing import store
+from billing.ledger import Ledger
+
+log = logging.getLogger("tokentoll.safetynet")
+LEASE = "safety-net"
+
+
+class SafetyNet:
+    def __init__(self, ledger: Ledger, db: store.Store, hold_ttl: float, interval: float) -> None:
+        self.ledger = ledger
+        self.db = db
+        self.hold_ttl = hold_ttl
+        self.interval = interval
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._task: asyncio.Task[None] | None = None
+        self.passes = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="tokentoll-safety-net")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def sweep(self) -> int:
+        """One pass, if this process holds the lease. Returns how many holds it closed."""
+        if not await self.db.run(store.tx_take_lease, LEASE, self.holder, time.time(), self.interval * 3):
+            return 0
+        closed = await self.ledger.settle_stale(self.hold_ttl)
+        if closed:
+            log.warning("safety net closed %d hold(s) open for more than %gs", closed, self.hold_ttl)
+        return closed
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except store.StoreClosed:
+                return
+            except Exception:  # keep the net up; the next pass tries again
+                log.exception("safety net pass failed")
+            self.passes += 1
+            await asyncio.sleep(self.interval)

@@ -1,0 +1,188 @@
+"""Operator operations on accounts, keys, wallets and usage: one implementation each, called by the
+CLI (and the admin API). Amounts in and out are USD strings; inside, integer nano-dollars."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from billing import store
+from billing.keys import new_key
+from billing.ledger import Ledger
+from billing.pricing import PriceError, units_to_usd, usd_to_units
+
+
+class OperationError(Exception):
+    """A refused operation, with a message for the operator."""
+
+
+def parse_usd(text: str, what: str) -> int:
+    try:
+        return usd_to_units(Decimal(text))
+    except (InvalidOperation, PriceError):
+        raise OperationError(f"{what}: {text!r} is not a USD amount with at most 9 decimals") from None
+
+
+def _money(row: dict[str, Any], *fields: str) -> dict[str, Any]:
+    """Adds a USD string beside each nano-dollar field."""
+    out = dict(row)
+    for f in fields:
+        if out.get(f) is not None:
+            out[f + "_usd"] = units_to_usd(out[f])
+    return out
+
+
+def public_key(row: dict[str, Any]) -> dict[str, Any]:
+    out = _money(row, "monthly_limit", "held")
+    if isinstance(out.get("models"), str):
+        out["models"] = json.loads(out["models"])
+    return out
+
+
+def public_account(row: dict[str, Any]) -> dict[str, Any]:
+    out = _money(row, "balance", "held")
+    out["available"] = row["balance"] - row["held"]
+    out["available_usd"] = units_to_usd(out["available"])
+    return out
+
+
+class Operations:
+    def __init__(self, db: store.Store, ledger: Ledger) -> None:
+        self.db = db
+        self.ledger = ledger
+
+    async def _account(self, ref: str) -> dict[str, Any]:
+        try:
+            return await self.db.run(store.tx_find_account, ref)
+        except LookupError as exc:
+            raise OperationError(str(exc)) from None
+
+    async def create_account(self, name: str, credit_usd: str | None = None) -> dict[str, Any]:
+        if not name or name != name.strip():
+            raise OperationError("an account name must be non-empty, without surrounding spaces")
+        try:
+            account = await self.db.run(store.tx_create_account, name, time.time())
+        except Exception as exc:
+            if "UNIQUE" in str(exc):
+                raise OperationError(f"an account named {name!r} exists already") from None
+            raise
+        if credit_usd:
+            await self.ledger.credit(account["id"], parse_usd(credit_usd, "credit"), "initial credit")
+        return public_account(await self.db.run(store.tx_account, account["id"]))
+
+    async def list_accounts(self) -> list[dict[str, Any]]:
+        return [public_account(a) for a in await self.db.run(store.tx_list_accounts)]
+
+    async def create_key(self, account: str, name: str = "default", **limits: Any) -> dict[str, Any]:
+        acct = await self._account(account)
+        key = new_key()
+        row = await self.db.run(store.tx_create_key, acct["id"], name, key.lookup, key.display, key.hash,
+                                time.time(), self._limits(limits))
+        return {**public_key(row), "key": key.plaintext}
+
+    async def list_keys(self, account: str | None = None) -> list[dict[str, Any]]:
+        account_id = (await self._account(account))["id"] if account else None
+        return [public_key(k) for k in await self.db.run(store.tx_list_keys, account_id)]
+
+    async def rotate_key(self, key_id: int) -> dict[str, Any]:
+        key = new_key()
+        try:
+            row = await self.db.run(store.tx_rotate_key, key_id, key.lookup, key.display, key.hash, time.time())
+        except LookupError as exc:
+            raise OperationError(str(exc)) from None
+        return {**public_key(row), "key": key.plaintext}
+
+    async def set_key(self, key_id: int, **limits: Any) -> dict[str, Any]:
+        try:
+            return public_key(await self.db.run(store.tx_set_key, key_id, self._limits(limits)))
+        except LookupError as exc:
+            raise OperationError(str(exc)) from None
+
+    @staticmethod
+    def _limits(limits: dict[str, Any]) -> dict[str, Any]:
+        """Operator input (USD strings, model lists, ISO dates) into key columns; 'none' clears."""
+        out: dict[str, Any] = {}
+        for name, value in limits.items():
+            if value is None:
+                continue
+            clear = isinstance(value, str) and value.lower() == "none"
+            if name == "monthly_limit":
+                out[name] = None if clear else parse_usd(str(value), "monthly limit")
+            elif name == "models":
+                out[name] = None if clear else json.dumps([m.strip() for m in str(value).split(",") if m.strip()])
+            elif name in ("rpm", "tpm"):
+                out[name] = None if clear else int(value)
+            elif name == "expires_at":
+                out[name] = None if clear else _timestamp(str(value))
+            elif name in ("status", "name"):
+                out[name] = value
+            else:
+                raise OperationError(f"unknown key setting {name}")
+        return out
+
+    async def credit(self, account: str, usd: str, note: str) -> dict[str, Any]:
+        acct = await self._account(account)
+        await self.ledger.credit(acct["id"], parse_usd(usd, "credit"), note)
+        return public_account(await self.db.run(store.tx_account, acct["id"]))
+
+    async def adjust(self, account: str, usd: str, note: str) -> dict[str, Any]:
+        if not note:
+            raise OperationError("an adjustment needs a reason (--note)")
+        acct = await self._account(account)
+        try:
+            await self.ledger.adjust(acct["id"], parse_usd(usd, "adjustment"), note)
+        except ValueError as exc:
+            raise OperationError(str(exc)) from None
+        return public_account(await self.db.run(store.tx_account, acct["id"]))
+
+    async def wallet(self, account: str) -> dict[str, Any]:
+        return public_account(await self._account(account))
+
+    async def history(self, account: str, limit: int = 50) -> list[dict[str, Any]]:
+        acct = await self._account(account)
+        return [_money(e, "balance_delta", "held_delta") for e in await self.db.run(store.tx_history, acct["id"], limit)]
+
+    async def usage(self, account: str | None, key_id: int | None, month: str | None) -> list[dict[str, Any]]:
+        since, until = _month_range(month)
+        account_id = (await self._account(account))["id"] if account else None
+        rows = await self.db.run(store.tx_usage, account_id, key_id, since, until)
+        return [_money(r, "cost") for r in rows]
+
+    async def holds(self) -> list[dict[str, Any]]:
+        return [_money(h, "amount") for h in await self.db.run(store.tx_open_holds)]
+
+    async def bootstrap_demo(self, balance: int) -> str | None:
+        """On a database with no account: a demo account with `balance` and one key, whose plaintext
+        is returned to be shown once."""
+        if balance <= 0 or await self.db.run(store.tx_list_accounts):
+            return None
+        account = await self.db.run(store.tx_create_account, "demo", time.time())
+        await self.ledger.credit(account["id"], balance, "demo balance")
+        key = new_key()
+        await self.db.run(store.tx_create_key, account["id"], "demo", key.lookup, key.display, key.hash,
+                          time.time(), {})
+        return key.plaintext
+
+
+def _timestamp(text: str) -> int:
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        raise OperationError(f"{text!r} is not an ISO date or date-time") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return int(dt.timestamp())
+
+
+def _month_range(month: str | None) -> tuple[float, float]:
+    now = datetime.now(timezone.utc)
+    try:
+        start = datetime.strptime(month, "%Y-%m").replace(tzinfo=timezone.utc) if month else \
+            now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    except ValueError:
+        raise OperationError(f"{month!r} is not a month like 2026-11") from None
+    end = start.replace(year=start.year + (start.month == 12), month=start.month % 12 + 1)
+    return start.timestamp(), end.timestamp()
