@@ -149,66 +149,82 @@ price = {{ input = "1", output = "2" }}
 [models."vendor/model-x"]
 provider = "mock"
 upstream_model = "ok"
+price = {{ input = "1", output = "2" }}
 
 [models.mock-no-usage]
 provider = "mock"
 upstream_model = "no-usage"
+price = {{ input = "1", output = "2" }}
 
 [models.mock-slow]
 provider = "mock"
 upstream_model = "slow"
+price = {{ input = "1", output = "2" }}
 
 [models.mock-die]
 provider = "mock"
 upstream_model = "die"
+price = {{ input = "1", output = "2" }}
 
 [models.mock-eof]
 provider = "mock"
 upstream_model = "eof"
+price = {{ input = "1", output = "2" }}
 
 [models.mock-awkward]
 provider = "mock"
 upstream_model = "awkward"
+price = {{ input = "1", output = "2" }}
 
 [models.mock-500]
 provider = "mock"
 upstream_model = "status-500"
+price = {{ input = "1", output = "2" }}
 
 [models.mock-429]
 provider = "mock"
 upstream_model = "status-429"
+price = {{ input = "1", output = "2" }}
 
 [models.mock-400]
 provider = "mock"
 upstream_model = "status-400"
+price = {{ input = "1", output = "2" }}
 
 [models.mock-401]
 provider = "mock"
 upstream_model = "status-401"
+price = {{ input = "1", output = "2" }}
 
 [models.mock-not-json]
 provider = "mock"
 upstream_model = "not-json"
+price = {{ input = "1", output = "2" }}
 
 [models.mock-json-for-stream]
 provider = "mock"
 upstream_model = "json-for-stream"
+price = {{ input = "1", output = "2" }}
 
 [models.mock-hang]
 provider = "mock-short"
 upstream_model = "hang"
+price = {{ input = "1", output = "2" }}
 
 [models.mock-stall]
 provider = "mock-short"
 upstream_model = "stall"
+price = {{ input = "1", output = "2" }}
 
 [models.mock-endless]
 provider = "mock-total"
 upstream_model = "slow"
+price = {{ input = "1", output = "2" }}
 
 [models.unreachable]
 provider = "nowhere"
 upstream_model = "x"
+price = {{ input = "1", output = "2" }}
 {extra}
 """
 
