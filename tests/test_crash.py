@@ -1,0 +1,91 @@
+"""kill -9 with streams in flight, then a restart: the safety net closes every hold, each request is
+charged exactly once, and the books still add up."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import threading
+from pathlib import Path
+
+import openai
+
+from tests.conftest import UPSTREAM_KEY, GatewayProcess, cli, wait_for
+from tests.mock_upstream import MockUpstream
+
+STREAMS = 8
+
+
+def crash_config(upstream_url: str, tmp: Path) -> str:
+    return f"""
+[server]
+request_log = "{tmp / 'requests.log'}"
+
+[billing]
+database = "{tmp / 'tokentoll.db'}"
+hold_ttl = 3
+sweep_interval = 0.5
+
+[providers.mock]
+base_url = "{upstream_url}"
+api_key_env = "TT_TEST_UPSTREAM_KEY"
+timeouts = {{ connect = 1, first_byte = 2, idle = 2, total = 2.5 }}
+
+[models.slow]
+provider = "mock"
+upstream_model = "slow"
+price = {{ input = "1", output = "2" }}
+"""
+
+
+def test_kill_9_mid_stream_then_restart(upstream: MockUpstream, tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(crash_config(upstream.base_url, tmp_path))
+    env = {**os.environ, "TT_TEST_UPSTREAM_KEY": UPSTREAM_KEY}
+    cli(config, "accounts", "create", "victim", "--credit", "1", env=env)
+    key = cli(config, "keys", "create", "--account", "victim", env=env)["key"]
+    first = GatewayProcess(config, tmp_path / "requests.log", env)
+    client = openai.OpenAI(base_url=first.base_url, api_key=key, max_retries=0, timeout=10)
+    started = threading.Barrier(STREAMS + 1, timeout=30)
+
+    def stream() -> None:
+        try:
+            with client.chat.completions.with_streaming_response.create(
+                    model="slow", messages=[{"role": "user", "content": "hello"}], stream=True) as resp:
+                chunks = iter(resp.parse())
+                next(chunks)
+                started.wait()
+                for _ in chunks:
+                    pass
+        except (openai.APIError, threading.BrokenBarrierError):
+            pass  # the gateway died under it: expected
+
+    threads = [threading.Thread(target=stream) for _ in range(STREAMS)]
+    for t in threads:
+        t.start()
+    started.wait()
+    assert cli(config, "holds", env=env).__len__() == STREAMS
+    os.kill(first.proc.pid, signal.SIGKILL)
+    first.proc.wait(10)
+    for t in threads:
+        t.join(30)
+
+    second = GatewayProcess(config, tmp_path / "requests.log", env)
+    try:
+        wait_for(lambda: cli(config, "holds", env=env) == [], 15, "the safety net to close every hold")
+    finally:
+        second.stop()
+    db = sqlite3.connect(tmp_path / "tokentoll.db")
+    holds = db.execute("SELECT request_id, status, charged, estimate FROM holds").fetchall()
+    assert len(holds) == STREAMS and all(status != "open" for _, status, _, _ in holds)
+    assert all(charged == estimate for _, _, charged, estimate in holds)  # nothing else was known
+    per_request = db.execute("SELECT request_id, COUNT(*) FROM ledger WHERE kind = 'settle' GROUP BY request_id")
+    assert all(n == 1 for _, n in per_request)
+    assert db.execute("SELECT COUNT(*) FROM usage WHERE source = 'estimate'").fetchone()[0] == STREAMS
+    balance, held, ledger_balance, ledger_held = db.execute(
+        "SELECT a.balance, a.held, SUM(l.balance_delta), SUM(l.held_delta) FROM accounts a "
+        "JOIN ledger l ON l.account_id = a.id GROUP BY a.id").fetchone()
+    assert (balance, held) == (ledger_balance, ledger_held) and held == 0
+    assert balance == 1_000_000_000 - sum(charged for _, _, charged, _ in holds)
+    db.close()
