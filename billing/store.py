@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import os
 import json
 import queue
 import sqlite3
@@ -221,6 +222,8 @@ def _settle_all(results: list[tuple[asyncio.Future[Any], Any, BaseException | No
 
 
 def connect(path: str, synchronous: str = "NORMAL") -> sqlite3.Connection:
+    if path != ":memory:":
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")

@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -28,13 +30,15 @@ from core.relay import Receive, Relay, Scope, Send
 from core.requestlog import RequestLog
 from core.upstream import Upstreams
 
+log = logging.getLogger("tokentoll")
+
 RELAY_ROUTES = {
     "/v1/chat/completions": "chat",
     "/v1/completions": "completions",
     "/v1/embeddings": "embeddings",
     "/v1/responses": "responses",
 }
-KNOWN_PATHS = frozenset({"/v1/models", "/metrics", "/healthz", "/readyz"})
+KNOWN_PATHS = frozenset({"/v1/models", "/v1/pricing", "/metrics", "/healthz", "/readyz"})
 OPENAI_PATHS_WITHOUT_V1 = ("/chat/completions", "/completions", "/embeddings", "/responses", "/models")
 
 
@@ -55,10 +59,15 @@ class Gateway:
         self.relay = Relay(settings, self.upstreams, self.metrics, self.log, self.ledger)
         self.ready = False
         self._models = [openai.model_object(m.name, m.created, m.owned_by) for m in settings.models.values()]
+        self._pricing = orjson.dumps({"object": "list", "currency": "USD", "unit": "per 1M tokens", "data": [
+            {"model": m.name, "owned_by": m.owned_by, "max_output_tokens": m.max_output_tokens,
+             **{kind: units_to_usd(getattr(m.prices, kind)) for kind in ("input", "output", "cache_read", "cache_write")}}
+            for m in settings.models.values()]})
         self.router = Starlette(
             routes=[
                 Route("/v1/models", self.list_models, methods=["GET"]),
                 Route("/v1/models/{model_id:path}", self.get_model, methods=["GET"]),
+                Route("/v1/pricing", self.pricing, methods=["GET"]),
                 Route("/metrics", self.render_metrics, methods=["GET"]),
                 Route("/healthz", self.healthz, methods=["GET"]),
                 Route("/readyz", self.readyz, methods=["GET"]),
@@ -74,6 +83,8 @@ class Gateway:
         if demo_key:
             print(f"tokentoll: created the demo account with ${units_to_usd(self.settings.billing.demo_balance)} "
                   f"and its first API key (shown once, store it now):\n\n    {demo_key}\n", file=sys.stderr, flush=True)
+        if not self.settings.billing.enabled:
+            log.warning("billing is disabled: relay routes take no key and charge nothing (billing.enabled = false)")
         await self.upstreams.start()
         encoding()  # load the tokenizer now, not on the first request
         b = self.settings.billing
@@ -126,6 +137,10 @@ class Gateway:
             return self.error(request, 404, f"the model {model_id!r} does not exist; GET /v1/models lists them",
                               "model_not_found", "model")
         return JSONResponse(openai.model_object(model.name, model.created, model.owned_by))
+
+    async def pricing(self, request: Request) -> Response:
+        """Public: every model's prices (USD per 1M tokens as exact decimal strings)."""
+        return Response(self._pricing, media_type="application/json")
 
     async def render_metrics(self, request: Request) -> Response:
         return Response(self.metrics.render(), media_type=self.metrics.content_type)

@@ -64,6 +64,7 @@ class Server:
 
 @dataclass(frozen=True)
 class Billing:
+    enabled: bool = True  # false: no key, no hold, no charge (a trusted network only; logged at start)
     database: str = "data/tokentoll.db"
     synchronous: str = "NORMAL"  # SQLite: NORMAL survives a killed process; FULL also a power cut
     hold_ttl: float = 1800.0  # the safety net closes holds older than this (seconds)
@@ -124,7 +125,7 @@ def parse(raw: dict[str, Any], environ: dict[str, str] | os._Environ[str]) -> Se
 
 def _billing(t: dict[str, Any]) -> Billing:
     at = "billing"
-    _only_keys(t, at, {"database", "synchronous", "hold_ttl", "sweep_interval", "default_rpm", "default_tpm",
+    _only_keys(t, at, {"enabled", "database", "synchronous", "hold_ttl", "sweep_interval", "default_rpm", "default_tpm",
                        "demo_balance"})
     d = Billing()
     sync = _str(t, "synchronous", at, d.synchronous).upper()
@@ -141,7 +142,11 @@ def _billing(t: dict[str, Any]) -> Billing:
         if v <= 0:
             raise ConfigError(f"{at}.{key}: must be a positive number of seconds")
         values[key] = float(v)
+    enabled = t.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"{at}.enabled: must be true or false")
     return Billing(
+        enabled=enabled,
         database=_str(t, "database", at, d.database),
         synchronous=sync,
         default_rpm=_int(t, "default_rpm", at, d.default_rpm),

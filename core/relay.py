@@ -111,6 +111,7 @@ class Relay:
                  ledger: Ledger) -> None:
         self.settings = settings
         self.ledger = ledger
+        self.billing = settings.billing.enabled
         self.upstreams = upstreams
         self.metrics = metrics
         self.log = log
@@ -129,7 +130,8 @@ class Relay:
         try:
             if scope["method"] != "POST":
                 raise MethodNotAllowed(f"{scope['method']} is not allowed here; use POST", headers={"allow": "POST"})
-            x.key = presented_key(scope)
+            if self.billing:
+                x.key = presented_key(scope)
             body = await read_body(scope, receive, self.settings.server.max_body_bytes)
             watch = asyncio.ensure_future(receive())
             watch.add_done_callback(on_disconnect)
@@ -175,12 +177,12 @@ class Relay:
         except openai.InvalidRequest as exc:
             raise BadRequest(str(exc), param=exc.param) from None
         x.stream = prepared.stream
-        assert x.key is not None
-        admission = await self.ledger.admit(x.request_id, x.key, model.name, model.prices, prepared.prompt_estimate,
-                                            prepared.max_output)
-        if admission.error:
-            raise admission_error(admission, model.name)
-        x.held = True
+        if x.key is not None:
+            admission = await self.ledger.admit(x.request_id, x.key, model.name, model.prices,
+                                                prepared.prompt_estimate, prepared.max_output)
+            if admission.error:
+                raise admission_error(admission, model.name)
+            x.held = True
         x.meter = Meter(prepared.prompt_estimate)
         t = perf_counter()
         try:

@@ -317,3 +317,11 @@ def test_log_never_holds_keys_or_text(gateway: GatewayProcess, client: openai.Op
 def test_health_endpoints(gateway: GatewayProcess) -> None:
     assert httpx.get(gateway.url + "/healthz").json() == {"status": "ok"}
     wait_for(lambda: httpx.get(gateway.url + "/readyz").status_code == 200, 5, "readyz")
+
+
+def test_pricing_is_public_and_exact(gateway: GatewayProcess) -> None:
+    r = httpx.get(gateway.base_url + "/pricing")
+    assert r.status_code == 200
+    prices = {m["model"]: m for m in r.json()["data"]}
+    assert prices["demo-echo"]["input"] == "0.500000000" and prices["demo-echo"]["output"] == "1.500000000"
+    assert prices["mock-ok"]["cache_read"] == "0.000000000"
