@@ -1,22 +1,15 @@
 """TokenToll: the composition root and command line.
-Reads config.toml, builds the gateway and serves it with hypercorn on uvloop."""
+Reads config.toml, then serves the gateway (core/server.py) or runs an operator command (core/cli.py)."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import signal
 import socket
 import sys
 
-import uvloop
-from hypercorn.asyncio import serve
-from hypercorn.config import Config as HypercornConfig
-
-from core import cli
-from core.app import Gateway
-from core.config import CONFIG_ENV, ConfigError, Settings, config_path, load
+from core import cli, server
+from core.config import CONFIG_ENV, ConfigError, config_path, load
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -52,29 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tokentoll: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
         return 1
     bound = sock.getsockname()
-    print(f"tokentoll: serving http://{host}:{bound[1]} ({len(settings.models)} models from {path})",
+    print(f"tokentoll: serving http://{host}:{bound[1]} ({len(settings.models)} models from {path}, "
+          f"{settings.server.workers} worker{'s' if settings.server.workers > 1 else ''})",
           file=sys.stderr, flush=True)
-    uvloop.run(run_server(settings, sock))
-    return 0
-
-
-def hypercorn_config(sock: socket.socket) -> HypercornConfig:
-    hc = HypercornConfig()
-    hc.bind = [f"fd://{sock.fileno()}"]
-    hc.accesslog = None  # the gateway writes its own request log
-    hc.errorlog = logging.getLogger("hypercorn.error")  # through our handler: one line per message
-    hc.include_server_header = False
-    hc.keep_alive_timeout = 75
-    hc.graceful_timeout = 10
-    return hc
-
-
-async def run_server(settings: Settings, sock: socket.socket) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await serve(Gateway(settings), hypercorn_config(sock), shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+    return server.run(settings, sock)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 -- wrk script for bench/run.py: every request POSTs the JSON body read from the file named after
 -- `--`, and done() prints the run's figures as one "BENCH_JSON {...}" line for run.py to read.
+-- If $TOKENTOLL_BENCH_KEY is set, each request also carries `Authorization: Bearer <that key>` (the
+-- key travels in the environment, not on the command line that run.py saves beside wrk's output).
 
 function init(args)
     local f = assert(io.open(args[1], "rb"))
@@ -7,6 +9,10 @@ function init(args)
     wrk.body = f:read("*a")
     f:close()
     wrk.headers["Content-Type"] = "application/json"
+    local key = os.getenv("TOKENTOLL_BENCH_KEY")
+    if key and key ~= "" then
+        wrk.headers["Authorization"] = "Bearer " .. key
+    end
 end
 
 function done(summary, latency, requests)

@@ -1,6 +1,7 @@
 """TokenToll benchmark (`make bench`): owns the mock upstream (nginx with canned OpenAI answers), the gateway under
-test (one process), the stack floor (bench/stack_floor.py, a featureless relay on the same stack) and the load (wrk,
-plus an aiohttp client for time to first byte); records results in RESULTS.md."""
+test (one process, billing on, with its own fresh SQLite database, account and key), the same gateway with billing
+off (a second process, for the cost of billing), the stack floor (bench/stack_floor.py, a featureless relay on the
+same stack) and the load (wrk, plus an aiohttp client for time to first byte); records results in RESULTS.md."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from collections import Counter
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import astuple, dataclass
+from decimal import Decimal
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,11 @@ RESULTS = BENCH / "RESULTS.md"
 REQUEST_LOG = OUT / "requests.jsonl"
 GATEWAY_LOG = OUT / "gateway.log"
 GATEWAY_CONFIG = OUT / "gateway.toml"
+BILLING_DB = OUT / "billing.db"  # the billing-on gateway's database, made afresh each run
+NOBILL_REQUEST_LOG = OUT / "requests-billing-off.jsonl"
+NOBILL_LOG = OUT / "gateway-billing-off.log"
+NOBILL_CONFIG = OUT / "gateway-billing-off.toml"
+NOBILL_DB = OUT / "billing-off.db"  # opened by the billing-off gateway, never written to by a request
 FLOOR_LOG = OUT / "stack-floor.log"
 ECHO_MODULE = Path("/usr/lib/nginx/modules/ngx_http_echo_module.so")  # Debian's libnginx-mod-http-echo
 
@@ -52,6 +59,15 @@ TARGET_ADDED_P50_MS = 1.0
 TARGET_REQS_PER_S = 1200.0
 TARGET_STREAMS_PER_S = 250.0
 TARGET_RSS_GROWTH = 0.10
+TARGET_BILLING_RATIO = 0.85  # billing costs at most 15% of throughput: billing on / billing off >= 0.85
+
+PRICE_INPUT, PRICE_OUTPUT = "0.50", "1.50"  # USD per 1M tokens, as in the generated config
+PROVIDER_TOTAL_TIMEOUT = 120  # seconds; billing.hold_ttl must be longer
+HOLD_TTL = 300
+BENCH_ACCOUNT = "bench"
+BENCH_CREDIT_USD = 1_000_000  # far more than a run spends (about $0.09 per 1,000 requests)
+KEY_ENV = "TOKENTOLL_BENCH_KEY"  # how post.lua gets the key (not on wrk's command line, which is saved)
+_bench_key = ""  # the plaintext key of the bench account, set by create_wallet(); sent to every target
 
 
 class BenchError(Exception):
@@ -148,6 +164,21 @@ def request_body(route: Route) -> bytes:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
     return compact(body)
+
+
+def client_headers() -> dict[str, str]:
+    """What every client sends: the key goes to every target (nginx and the stack floor ignore it), so that
+    all of them get the same requests."""
+    headers = {"Content-Type": "application/json"}
+    if _bench_key:
+        headers["Authorization"] = f"Bearer {_bench_key}"
+    return headers
+
+
+def expected_cost_nanousd() -> int:
+    """What one canned exchange costs: its upstream usage at the generated config's prices (nano-USD)."""
+    per_token = {kind: Decimal(price) * 1000 for kind, price in (("in", PRICE_INPUT), ("out", PRICE_OUTPUT))}
+    return int(PROMPT_TOKENS * per_token["in"] + CHUNKS * per_token["out"])
 
 
 def sse_data(raw: bytes) -> list[bytes]:
@@ -276,16 +307,67 @@ def start_nginx(stack: ExitStack) -> str:
     raise BenchError(f"nginx did not start; see {NGINX_PREFIX / 'error.log'}")
 
 
-def write_gateway_config(nginx: str) -> None:
+@dataclass(frozen=True)
+class GatewaySetup:
+    """One gateway process's files: billing on (the gateway under test) or off (the same config otherwise)."""
+
+    billing: bool
+    config: Path
+    log: Path
+    request_log: Path
+    database: Path
+
+
+BILLING_ON = GatewaySetup(True, GATEWAY_CONFIG, GATEWAY_LOG, REQUEST_LOG, BILLING_DB)
+BILLING_OFF = GatewaySetup(False, NOBILL_CONFIG, NOBILL_LOG, NOBILL_REQUEST_LOG, NOBILL_DB)
+
+
+def write_gateway_config(nginx: str, setup: GatewaySetup) -> None:
     parts = [f'# Written by bench/run.py for one benchmark run.\n[server]\nhost = "127.0.0.1"\nport = 0\n'
-             f'request_log = "{REQUEST_LOG}"\n']
+             f'request_log = "{setup.request_log}"\n',
+             # no rate limits (0): the load is one key's; hold_ttl must exceed every provider's total timeout
+             f'[billing]\nenabled = {str(setup.billing).lower()}\n'
+             f'database = "{setup.database.relative_to(setup.config.parent)}"\nsynchronous = "NORMAL"\n'
+             f'hold_ttl = {HOLD_TTL}\nsweep_interval = 30\ndefault_rpm = 0\ndefault_tpm = 0\n']
     for route in ROUTES:
         parts.append(f'[providers.mock-{route.name}]\nformat = "openai"\n'
                      f'base_url = "{nginx}{route.path.removesuffix("/chat/completions")}"\n'
-                     'timeouts = { connect = 5, first_byte = 30, idle = 30, total = 120 }\n')
+                     f'timeouts = {{ connect = 5, first_byte = 30, idle = 30, total = {PROVIDER_TOTAL_TIMEOUT} }}\n')
         parts.append(f'[models.{route.model}]\nprovider = "mock-{route.name}"\nupstream_model = "{UPSTREAM_MODEL}"\n'
-                     'price = { input = "0.50", output = "1.50" }\n')
-    GATEWAY_CONFIG.write_text("\n".join(parts))
+                     f'price = {{ input = "{PRICE_INPUT}", output = "{PRICE_OUTPUT}" }}\n')
+    setup.config.write_text("\n".join(parts))
+
+
+def remove_database(db: Path) -> None:
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        db.with_name(db.name + suffix).unlink(missing_ok=True)
+
+
+def operator_cli(config: Path, *args: str) -> Any:
+    """`gateway.py --config CONFIG ARGS --json` (the operator's command line), its JSON answer parsed."""
+    venv_python = ROOT / ".venv" / "bin" / "python"
+    python = str(venv_python) if venv_python.exists() else sys.executable
+    cmd = [python, "gateway.py", "--config", str(config), *args, "--json"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        raise BenchError(f"`{' '.join(cmd[1:])}` failed (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}")
+    try:
+        return json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        raise BenchError(f"`{' '.join(cmd[1:])}` did not print JSON:\n{proc.stdout[:500]}") from None
+
+
+def create_wallet() -> None:
+    """A fresh database for the billing-on gateway, with one account (a large credit) and one key, made with the
+    operator CLI before the gateway starts; the key becomes what every client sends."""
+    global _bench_key
+    account = operator_cli(GATEWAY_CONFIG, "accounts", "create", BENCH_ACCOUNT, "--credit", str(BENCH_CREDIT_USD))
+    if account.get("balance") != BENCH_CREDIT_USD * 10**9:
+        raise BenchError(f"the new account does not hold the ${BENCH_CREDIT_USD:,} credit: {account}")
+    key = operator_cli(GATEWAY_CONFIG, "keys", "create", "--account", BENCH_ACCOUNT)
+    if not str(key.get("key", "")).startswith("sk-tt-"):
+        raise BenchError(f"keys create printed no sk-tt- key: {sorted(key)}")
+    _bench_key = key["key"]
 
 
 @dataclass(frozen=True)
@@ -325,17 +407,25 @@ def start_server(stack: ExitStack, args: list[str], log_path: Path, name: str,
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([python, *args], cwd=ROOT, stdout=log, stderr=log)
     stack.callback(stop_process, proc, signal.SIGTERM, 15)
-    wait_until(lambda: port_from_log(log_path, name) is not None, proc, what, 30)
+    try:
+        wait_until(lambda: port_from_log(log_path, name) is not None, proc, what, 30)
+    except BenchError as exc:
+        raise BenchError(f"{exc}; the end of {log_path}:\n{log_tail(log_path)}") from None
     return proc, f"http://127.0.0.1:{port_from_log(log_path, name)}"
 
 
-def start_gateway(stack: ExitStack, nginx: str) -> Target:
+def log_tail(path: Path, chars: int = 3000) -> str:
+    return path.read_text(errors="replace")[-chars:] if path.exists() else "(no log)"
+
+
+def start_gateway(stack: ExitStack, nginx: str, setup: GatewaySetup) -> Target:
     """One gateway process (one hypercorn worker), started as `make run` starts it."""
-    REQUEST_LOG.unlink(missing_ok=True)
-    args = ["gateway.py", "--config", str(GATEWAY_CONFIG), "--port", "0"]
-    proc, url = start_server(stack, args, GATEWAY_LOG, "tokentoll", "the gateway")
-    wait_until(partial(http_get_ok, url + "/readyz"), proc, "the gateway", 30)
-    return Target("gateway", "the gateway", url, nginx, proc, GATEWAY_LOG, GATEWAY_PATH)
+    setup.request_log.unlink(missing_ok=True)
+    args = ["gateway.py", "--config", str(setup.config), "--port", "0"]
+    name, title = ("gateway", "the gateway") if setup.billing else ("gateway-nobill", "the billing-off gateway")
+    proc, url = start_server(stack, args, setup.log, "tokentoll", title)
+    wait_until(partial(http_get_ok, url + "/readyz"), proc, title, 30)
+    return Target(name, title, url, nginx, proc, setup.log, GATEWAY_PATH)
 
 
 def start_floor(stack: ExitStack, nginx: str) -> Target:
@@ -415,7 +505,8 @@ def run_wrk(label: str, url: str, route: Route, conns: int, seconds: float) -> W
     stops the benchmark."""
     cmd = ["wrk", f"-t{min(conns, 2)}", f"-c{conns}", f"-d{seconds:g}s", "--timeout", "10s", "--latency",
            "-s", str(BENCH / "post.lua"), url, "--", str(route.request_file)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
+    env = {**os.environ, KEY_ENV: _bench_key}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, env=env)
     output = proc.stdout + proc.stderr
     (OUT / f"wrk-{label}.txt").write_text(" ".join(cmd) + "\n\n" + output)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_JSON ")), None)
@@ -453,9 +544,29 @@ def warm_up(relays: tuple[Target, ...], route: Route, conns: int, seconds: float
         run_wrk(f"warmup-{route.name}-{t.name}", t.url_for(route), route, conns, seconds)
 
 
-async def post_read(session: aiohttp.ClientSession, url: str, body: bytes) -> tuple[int, bytes]:
-    async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as resp:
+async def post_read(session: aiohttp.ClientSession, url: str, body: bytes,
+                    headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    async with session.post(url, data=body, headers=client_headers() if headers is None else headers) as resp:
         return resp.status, await resp.read()
+
+
+KEYLESS_PROBES = 1  # requests without a key that verify() sends to each gateway
+
+
+async def verify_billing(billing_on: Target, billing_off: Target) -> None:
+    """Billing is really on in the one and off in the other: without a key, the first answers 401 and the
+    second 200."""
+    body, keyless = request_body(CHAT), {"Content-Type": "application/json"}
+    async with aiohttp.ClientSession() as session:
+        status, raw = await post_read(session, billing_on.url_for(CHAT), body, keyless)
+        if status != 401:
+            raise BenchError(f"{billing_on.title} answered {status}, not 401, to a request without a key "
+                             f"(is billing on?): {raw[:300]!r}")
+        status, raw = await post_read(session, billing_off.url_for(CHAT), body, keyless)
+        if status != 200:
+            raise BenchError(f"{billing_off.title} answered {status}, not 200, to a request without a key "
+                             f"(is billing off?): {raw[:300]!r}")
+        check_answer(CHAT, raw, f"{billing_off.title}, without a key")
 
 
 async def verify(nginx: str, relays: tuple[Target, ...] = ()) -> None:
@@ -482,7 +593,7 @@ async def first_byte_times(url: str, body: bytes, count: int, warmup: int) -> li
     """Milliseconds from sending each stream request to its first body byte, one request at a time;
     each stream is read to its end and must finish with [DONE]."""
     samples: list[float] = []
-    headers = {"Content-Type": "application/json"}
+    headers = client_headers()
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:
         for i in range(warmup + count):
             t0 = time.perf_counter()
@@ -526,11 +637,20 @@ class Side:
 
 
 @dataclass
+class BillingOff:
+    """The billing-off gateway's figures, from the runs that the billing cost compares."""
+
+    reqs: WrkResult  # non-stream, plan.conns connections
+    streams: WrkResult
+
+
+@dataclass
 class Figures:
     conns: int
     direct: Side
     floor: Side
-    gateway: Side
+    gateway: Side  # billing on
+    billing_off: BillingOff
     rss_cold_kib: int
     rss_idle_kib: int
     rss_peak_kib: int
@@ -549,83 +669,182 @@ def measure(plan: Plan, nginx: str, stack: ExitStack) -> Figures:
     for route in ROUTES:
         route.request_file.write_bytes(request_body(route))
     asyncio.run(verify(nginx))
-    write_gateway_config(nginx)
-    gw = start_gateway(stack, nginx)
+    for setup in (BILLING_ON, BILLING_OFF):
+        remove_database(setup.database)
+        write_gateway_config(nginx, setup)
+    step(f"creating a fresh {BILLING_DB.relative_to(ROOT)} with an account and a key (operator CLI)")
+    create_wallet()
+    gw = start_gateway(stack, nginx, BILLING_ON)
     rss_cold = rss_kib(gw.pid)
     floor = start_floor(stack, nginx)
     floor_rss_cold = rss_kib(floor.pid)
-    asyncio.run(verify(nginx, (floor, gw)))
+    off = start_gateway(stack, nginx, BILLING_OFF)
+    asyncio.run(verify(nginx, (floor, gw, off)))
+    asyncio.run(verify_billing(gw, off))
     time.sleep(2)
     rss_idle, floor_rss_idle = rss_kib(gw.pid), rss_kib(floor.pid)
     sampler = RssSampler(gw.pid)
     sampler.start()
     try:
-        direct, floor_side, gateway = load(plan, (Target("direct", "nginx", nginx, nginx), floor, gw))
+        (direct, floor_side, gateway), billing_off = load(plan, (Target("direct", "nginx", nginx, nginx), floor, gw),
+                                                          off)
     finally:
         rss_peak = sampler.stop()
     step(f"letting the gateway settle for {plan.settle_s:g} s")
     time.sleep(plan.settle_s)
-    for relay in (gw, floor):
+    for relay in (gw, floor, off):
         check_relay(relay)
     rss_after = rss_kib(gw.pid)
     check_nginx_log()
+    step("checking the wallet: no open hold while idle; stopping the gateway; then the books")
+    idle_holds = operator_cli(GATEWAY_CONFIG, "holds")
+    if idle_holds:
+        raise BenchError(f"{len(idle_holds)} holds are still open with the gateway idle for {plan.settle_s:g} s:\n"
+                         + "\n".join(json.dumps(h) for h in idle_holds[:5]))
+    stop_relay(gw)
     c = plan.conns
-    notes = [check_request_log(allowed_cut=5 * c + 1),  # wrk cuts off up to c requests when each of 5 runs ends
-             connection_note(c, {"gateway": gateway, "stack floor": floor_side}),
+    # wrk cuts off up to c requests when each run ends: 5 runs at c connections (2 of them warm-ups) and one at 1
+    # for the gateway under test, 4 at c (2 warm-ups) for the billing-off one
+    billed = check_request_log(BILLING_ON, allowed_cut=5 * c + 1)
+    unbilled = check_request_log(BILLING_OFF, allowed_cut=4 * c)
+    notes = [billed.note, unbilled.note, check_wallet(billed),
+             f"billing: the gateway column is the gateway with billing on (a fresh SQLite database, synchronous "
+             f"NORMAL, hold_ttl {HOLD_TTL} s, no rate limits; one account, one key sent by every client); "
+             "\"billing off\" rows are a second gateway process with the same config but `[billing] enabled = "
+             "false`, measured right after it in each run",
+             connection_note(c, {"gateway": gateway, "stack floor": floor_side}, billing_off),
              f"a paced stream takes {1000 * c / direct.paced.per_second:.0f} ms straight from nginx (timer "
              "granularity), so the direct paced figure is bounded by the pacing, not by nginx"]
-    return Figures(c, direct, floor_side, gateway, rss_cold, rss_idle, rss_peak, rss_after, floor_rss_cold,
-                   floor_rss_idle, plan.settle_s, notes)
+    return Figures(c, direct, floor_side, gateway, billing_off, rss_cold, rss_idle, rss_peak, rss_after,
+                   floor_rss_cold, floor_rss_idle, plan.settle_s, notes)
 
 
-def load(plan: Plan, targets: tuple[Target, ...]) -> list[Side]:
-    """The same runs against every target, one measurement at a time, the targets in turn."""
+def load(plan: Plan, targets: tuple[Target, ...], off: Target) -> tuple[list[Side], BillingOff]:
+    """The same runs against every target, one measurement at a time, the targets in turn; the billing-off
+    gateway joins the non-stream and stream throughput runs, right after the gateway under test."""
     s, c, warmup = plan.seconds, plan.conns, min(2.0, plan.seconds)
     relays = tuple(t for t in targets if t.proc is not None)
-    step(f"non-stream throughput, {c} connections, {s:g} s each target")
-    warm_up(relays, CHAT, c, warmup)
+    step(f"non-stream throughput, {c} connections, {s:g} s each target (and the billing-off gateway)")
+    warm_up((*relays, off), CHAT, c, warmup)
     reqs = run_each(targets, "chat", CHAT, c, s)
+    off_reqs = run_on(off, "chat", CHAT, c, s)
     step("non-stream latency, 1 connection")
     lat = run_each(targets, "chat", CHAT, 1, s)
-    step(f"{CHUNKS}-chunk stream throughput, {c} connections")
-    warm_up(relays, STREAM, c, warmup)
+    step(f"{CHUNKS}-chunk stream throughput, {c} connections (and the billing-off gateway)")
+    warm_up((*relays, off), STREAM, c, warmup)
     streams = run_each(targets, "stream", STREAM, c, s)
+    off_streams = run_on(off, "stream", STREAM, c, s)
     step(f"{CHUNKS}-chunk streams paced {PACE_MS} ms per event, {c} connections")
     paced = run_each(targets, "paced", PACED, c, s)
     step(f"stream time to first byte, 1 connection, {plan.ttfb_requests} streams each target")
     body = request_body(FIRST)
     ttfb = [asyncio.run(first_byte_times(t.url_for(FIRST), body, plan.ttfb_requests, 50)) for t in targets]
-    return [Side(*runs) for runs in zip(reqs, lat, streams, paced, ttfb)]
+    return [Side(*runs) for runs in zip(reqs, lat, streams, paced, ttfb)], BillingOff(off_reqs, off_streams)
+
+
+# A relay's log must show no error; the only warning allowed is the billing-off gateway's own notice.
+LOG_PROBLEM = re.compile(r"Traceback|\[(ERROR|CRITICAL|WARNING)\]| (ERROR|CRITICAL|WARNING) ")
+ALLOWED_WARNINGS = {"gateway-nobill": ("billing is disabled",)}
 
 
 def check_relay(relay: Target) -> None:
     """The relay is still running and logged no errors."""
-    assert relay.proc is not None and relay.log is not None
+    assert relay.proc is not None
     if relay.proc.poll() is not None:
         raise BenchError(f"{relay.title} exited with status {relay.proc.returncode}; see {relay.log}")
+    check_relay_log(relay)
+
+
+def check_relay_log(relay: Target) -> None:
+    assert relay.log is not None
     text = relay.log.read_text(errors="replace")
-    if "Traceback" in text or "[ERROR]" in text:
+    allowed = ALLOWED_WARNINGS.get(relay.name, ())
+    bad = [ln for ln in text.splitlines() if LOG_PROBLEM.search(ln) and not any(a in ln for a in allowed)]
+    if bad:
         raise BenchError(f"{relay.title} logged errors; see {relay.log}:\n{text[-3000:]}")
 
 
-def check_request_log(allowed_cut: int) -> str:
-    """Every request the gateway logged must have succeeded; only those wrk cut off when a run ended may not."""
+def stop_relay(relay: Target) -> None:
+    """SIGTERM, as an operator stops it: it must exit cleanly (status 0) and log nothing wrong on the way out."""
+    assert relay.proc is not None
+    stop_process(relay.proc, signal.SIGTERM, 15)
+    if relay.proc.returncode != 0:
+        raise BenchError(f"{relay.title} exited with status {relay.proc.returncode} on SIGTERM; see {relay.log}:\n"
+                         f"{log_tail(relay.log or Path())}")
+    check_relay_log(relay)
+
+
+@dataclass
+class RequestLogSummary:
+    note: str
+    charged_requests: int = 0  # entries with a cost, settled holds: one usage row each
+    charged_nanousd: int = 0
+
+
+def check_request_log(setup: GatewaySetup, allowed_cut: int) -> RequestLogSummary:
+    """Every request the gateway logged must have succeeded with upstream usage, and, with billing on, have cost
+    exactly the canned exchange's price; with billing off, nothing. Only those wrk cut off when a run ended may
+    differ, and the keyless probes of verify_billing (401, billing on)."""
     statuses: Counter[int] = Counter()
-    cut, failed = 0, []
-    for line in REQUEST_LOG.read_bytes().splitlines():
+    cut, failed, keyless = 0, [], 0
+    charged, total = 0, 0
+    expected = expected_cost_nanousd()
+    for line in setup.request_log.read_bytes().splitlines():
         entry = json.loads(line)
         statuses[entry["status"]] += 1
+        cost = entry.get("cost_nanousd", "absent")
+        if cost == "absent":
+            failed.append(entry)
+            continue
+        if cost is not None:
+            charged += 1
+            total += cost
+            if not setup.billing:
+                failed.append(entry)  # billing off charges nothing
+                continue
         if entry["client_disconnected"] or entry["status"] == 499:
             cut += 1
+        elif setup.billing and entry["status"] == 401 and cost is None:
+            keyless += 1
         elif entry["status"] != 200 or entry["error"] or entry["upstream_error"] or entry["usage_source"] != "upstream":
             failed.append(entry)
-    if failed or cut > allowed_cut:
+        elif setup.billing and cost != expected:
+            failed.append(entry)
+    want_keyless = KEYLESS_PROBES if setup.billing else 0
+    which = "billing on" if setup.billing else "billing off"
+    if failed or cut > allowed_cut or keyless != want_keyless:
         sample = "\n".join(json.dumps(e) for e in failed[:5])
-        raise BenchError(f"the request log has {len(failed)} failed requests and {cut} cut off "
-                         f"(at most {allowed_cut} expected):\n{sample}")
+        raise BenchError(f"the request log ({which}, {setup.request_log.name}) has {len(failed)} failed or "
+                         f"mischarged requests (a 200 should cost {expected} nano-USD with billing on, nothing "
+                         f"with billing off), {cut} cut off (at most {allowed_cut} expected) and {keyless} "
+                         f"keyless 401s ({want_keyless} expected):\n{sample}")
     shown = ", ".join(f"{n} x {s}" for s, n in sorted(statuses.items()))
-    return (f"request log: {sum(statuses.values())} requests ({shown}), all with upstream usage; "
+    money = (f", each 200 charged {expected:,} nano-USD, {total / 1e9:.6f} USD in all ({keyless} x 401: the "
+             "keyless probe)" if setup.billing else ", none charged")
+    note = (f"request log, {which}: {sum(statuses.values())} requests ({shown}), all with upstream usage{money}; "
             f"{cut} cut off by wrk at the end of a run")
+    return RequestLogSummary(note, charged, total)
+
+
+def check_wallet(billed: RequestLogSummary) -> str:
+    """With the gateway stopped: no open hold, nothing held, and the money that left the wallet is the sum of the
+    request log's costs and of the usage rows, one usage row per charged request."""
+    holds = operator_cli(GATEWAY_CONFIG, "holds")
+    if holds:
+        raise BenchError(f"{len(holds)} holds are open after the gateway stopped:\n"
+                         + "\n".join(json.dumps(h) for h in holds[:5]))
+    wallet = operator_cli(GATEWAY_CONFIG, "wallet", "show", BENCH_ACCOUNT)
+    spent = BENCH_CREDIT_USD * 10**9 - wallet["balance"]
+    usage_rows = operator_cli(GATEWAY_CONFIG, "usage", "--account", BENCH_ACCOUNT)
+    usage_cost = sum(r["cost"] or 0 for r in usage_rows)
+    usage_requests = sum(r["requests"] for r in usage_rows)
+    if (wallet["held"], spent, usage_cost, usage_requests) != (0, billed.charged_nanousd, billed.charged_nanousd,
+                                                                billed.charged_requests):
+        raise BenchError(f"the wallet does not add up: held {wallet['held']} (0 expected), spent {spent}, usage rows "
+                         f"{usage_requests} costing {usage_cost}; the request log has {billed.charged_requests} "
+                         f"charged requests costing {billed.charged_nanousd} (nano-USD)")
+    return (f"wallet after the gateway stopped: no open hold, nothing held; {billed.charged_requests} usage rows, "
+            f"and the balance fell by {spent / 1e9:.6f} USD, both as in the request log")
 
 
 def check_nginx_log() -> None:
@@ -635,11 +854,12 @@ def check_nginx_log() -> None:
         raise BenchError("nginx logged errors (a wrong upstream path from a relay?):\n" + "\n".join(bad[:10]))
 
 
-def connection_note(conns: int, relays: dict[str, Side]) -> str:
+def connection_note(conns: int, relays: dict[str, Side], off: BillingOff) -> str:
     counts = "; ".join(f"{name} {', '.join(str(r.upstream_connects) for r in (s.reqs, s.lat, s.streams, s.paced))}"
                        for name, s in relays.items())
     return (f"new upstream connections opened during the measured runs (non-stream c={conns}, c=1, "
-            f"streams, paced streams): {counts}")
+            f"streams, paced streams): {counts}; gateway with billing off {off.reqs.upstream_connects}, -, "
+            f"{off.streams.upstream_connects}, -")
 
 
 # -- the table ---------------------------------------------------------------------------------
@@ -734,7 +954,28 @@ def rows(f: Figures) -> list[Row]:
         cpu_row(f"CPU per non-stream request, c={f.conns}", f.floor.reqs, f.gateway.reqs),
         cpu_row(f"CPU per stream, c={f.conns}", f.floor.streams, f.gateway.streams),
         cpu_row(f"CPU per paced stream, c={f.conns}", f.floor.paced, f.gateway.paced),
+        *billing_rows(f),
     ]
+
+
+def billing_rows(f: Figures) -> list[Row]:
+    """The gateway with billing off, from the same runs, and what billing costs: billing on / off."""
+    off, c = f.billing_off, f.conns
+    pairs = ((f"non-stream req/s, c={c}", f.gateway.reqs, off.reqs),
+             (f"streams/s ({CHUNKS} chunks), c={c}", f.gateway.streams, off.streams))
+    out = [Row(f"{metric}, billing off", gateway=f"{off_run.per_second:,.0f}",
+               vs_direct=ratio(off_run.per_second, direct.per_second),
+               vs_floor=ratio(off_run.per_second, floor.per_second))
+           for (metric, _, off_run), direct, floor in zip(pairs, (f.direct.reqs, f.direct.streams),
+                                                          (f.floor.reqs, f.floor.streams))]
+    for metric, on_run, off_run in pairs:
+        cost = on_run.per_second / off_run.per_second
+        out.append(Row(f"billing cost: {metric.split(',')[0]} on / off, c={c}",
+                       gateway=f"{on_run.per_second:,.0f} / {off_run.per_second:,.0f} = {cost:.3f}",
+                       target=f">= {TARGET_BILLING_RATIO:g}", result=verdict(cost >= TARGET_BILLING_RATIO)))
+    out.append(Row(f"CPU per non-stream request, c={c}, billing off", gateway=cpu_per_request(off.reqs)))
+    out.append(Row(f"CPU per stream, c={c}, billing off", gateway=cpu_per_request(off.streams)))
+    return out
 
 
 def cpu_row(metric: str, floor: WrkResult, gateway: WrkResult) -> Row:
@@ -767,8 +1008,12 @@ Runs with a "stack floor" column also sent the same load through bench/stack_flo
 the gateway's own stack (hypercorn on uvloop, one worker, aiohttp keep-alive upstream, no parsing): the floor
 that stack allows, to show how much of the gateway's cost is the stack's own. In its column "added" figures are
 floor minus direct; "vs floor" is gateway minus floor.
+Since billing exists, the gateway column is the gateway with billing on (an API key on every request, a hold in
+its SQLite database before forwarding, settled after); "billing off" rows are the same gateway with
+`[billing] enabled = false`, in the same runs, and "billing cost" is billing on / billing off.
 Targets: added p50 latency <= 1 ms at concurrency 1, >= 1200 non-stream requests/s, >= 250 streams/s,
-RSS after load within 10% of idle. Compare runs only on like machines.
+RSS after load within 10% of idle, billing costing at most 15% of throughput (on / off >= 0.85).
+Compare runs only on like machines.
 """
 
 
@@ -839,7 +1084,7 @@ def plan_from(args: argparse.Namespace) -> Plan:
 
 
 def on_sigterm(_signum: int, _frame: object) -> None:
-    print("\nbench: terminated; stopping nginx, the gateway and the stack floor", file=sys.stderr, flush=True)
+    print("\nbench: terminated; stopping nginx, the gateways and the stack floor", file=sys.stderr, flush=True)
     raise SystemExit(143)  # unwinds through the ExitStack that stops the processes
 
 
@@ -854,7 +1099,7 @@ def main(argv: list[str] | None = None) -> int:
         with ExitStack() as stack:
             step("starting nginx (mock upstream)")
             figures = measure(plan, start_nginx(stack), stack)
-            step("stopping the gateway, the stack floor and nginx")
+            step("stopping the billing-off gateway, the stack floor and nginx")
     except BenchError as exc:
         print(f"\nBENCH FAILED: {exc}", file=sys.stderr)
         return 1

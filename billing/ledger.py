@@ -7,7 +7,7 @@ import time
 from datetime import datetime, timezone
 
 from billing import pricing, store
-from billing.keys import Presented
+from billing.keys import NewKey, Presented
 from billing.metering import Usage, UsageRecord
 from billing.pricing import TokenPrices
 
@@ -63,6 +63,10 @@ class Ledger:
 
     async def credit(self, account_id: int, amount: int, note: str) -> int:
         return await self.db.run(store.tx_credit, account_id, amount, "credit", note, time.time())
+
+    async def open_demo_account(self, key: NewKey, balance: int) -> bool:
+        """The demo account with its balance and key, only on a database that has no account yet."""
+        return await self.db.run(store.tx_bootstrap_demo, key.lookup, key.display, key.hash, balance, time.time())
 
     async def adjust(self, account_id: int, amount: int, note: str) -> int:
         return await self.db.run(store.tx_credit, account_id, amount, "adjustment", note, time.time())

@@ -541,3 +541,15 @@ def tx_take_lease(conn: sqlite3.Connection, name: str, holder: str, now: float, 
                  "WHERE leases.holder = excluded.holder OR leases.expires_at < ?", (name, holder, now + ttl, now))
     row = conn.execute("SELECT holder FROM leases WHERE name = ?", (name,)).fetchone()
     return bool(row and row["holder"] == holder)
+
+
+def tx_bootstrap_demo(conn: sqlite3.Connection, lookup: str, display: str, key_hash: bytes, balance: int,
+                      now: float) -> bool:
+    """On a database with no account at all: the demo account, its balance and one key, at once
+    (so that several workers starting together make exactly one)."""
+    if conn.execute("SELECT 1 FROM accounts LIMIT 1").fetchone() is not None:
+        return False
+    account = tx_create_account(conn, "demo", now)
+    tx_credit(conn, account["id"], balance, "credit", "demo balance", now)
+    tx_create_key(conn, account["id"], "demo", lookup, display, key_hash, now, {})
+    return True

@@ -60,6 +60,7 @@ class Server:
     max_body_bytes: int = 10 * 1024 * 1024
     request_log: str = "-"  # "-" stdout, "" off, else a file path
     upstream_pool_size: int = 256
+    workers: int = 1  # processes sharing the listening socket
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,7 @@ def _billing(t: dict[str, Any]) -> Billing:
 
 
 def _server(t: dict[str, Any]) -> Server:
-    _only_keys(t, "server", {"host", "port", "max_body_bytes", "request_log", "upstream_pool_size"})
+    _only_keys(t, "server", {"host", "port", "max_body_bytes", "request_log", "upstream_pool_size", "workers"})
     d = Server()
     return Server(
         host=_str(t, "host", "server", d.host),
@@ -165,6 +166,7 @@ def _server(t: dict[str, Any]) -> Server:
         max_body_bytes=_int(t, "max_body_bytes", "server", d.max_body_bytes, lo=1024),
         request_log=_str(t, "request_log", "server", d.request_log, allow_empty=True),
         upstream_pool_size=_int(t, "upstream_pool_size", "server", d.upstream_pool_size, lo=1),
+        workers=_int(t, "workers", "server", d.workers, lo=1, hi=64),
     )
 
 

@@ -157,14 +157,10 @@ class Operations:
     async def bootstrap_demo(self, balance: int) -> str | None:
         """On a database with no account: a demo account with `balance` and one key, whose plaintext
         is returned to be shown once."""
-        if balance <= 0 or await self.db.run(store.tx_list_accounts):
+        if balance <= 0:
             return None
-        account = await self.db.run(store.tx_create_account, "demo", time.time())
-        await self.ledger.credit(account["id"], balance, "demo balance")
         key = new_key()
-        await self.db.run(store.tx_create_key, account["id"], "demo", key.lookup, key.display, key.hash,
-                          time.time(), {})
-        return key.plaintext
+        return key.plaintext if await self.ledger.open_demo_account(key, balance) else None
 
 
 def _timestamp(text: str) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from time import perf_counter
 from typing import Any
 
@@ -112,6 +113,7 @@ class Relay:
         self.settings = settings
         self.ledger = ledger
         self.billing = settings.billing.enabled
+        self.pid = os.getpid()
         self.upstreams = upstreams
         self.metrics = metrics
         self.log = log
@@ -385,6 +387,7 @@ class Relay:
             "client_disconnected": x.client_gone,
             "error": x.error_code or None,
             "upstream_error": x.upstream_error_kind or None,
+            "worker": self.pid,
         })
 
 

@@ -95,6 +95,13 @@ def wait_for(probe: Callable[[], Any], timeout: float, what: str) -> Any:
         time.sleep(0.01)
 
 
+def fresh_minute(margin: float = 5.0) -> None:
+    """Rate limits count per clock minute: a test that must stay inside one minute starts early in it."""
+    left = 60 - time.time() % 60
+    if left < margin:
+        time.sleep(left + 0.05)
+
+
 def gateway_config(upstream_url: str, log_path: Path, extra: str = "") -> str:
     return f"""
 [server]

@@ -13,7 +13,7 @@ import pytest
 
 from billing.metering import count_text
 from billing.pricing import TOKENS_PER_PRICE, ceil_div
-from tests.conftest import GatewayProcess, cli, wait_for
+from tests.conftest import GatewayProcess, cli, fresh_minute, wait_for
 from tests.mock_upstream import MockUpstream
 
 MSG = [{"role": "user", "content": "The quick brown fox jumps over the lazy dog"}]
@@ -112,6 +112,7 @@ def test_402_both_codes_and_403(gateway: GatewayProcess) -> None:
 def test_429_with_retry_after_and_ratelimit_headers(gateway: GatewayProcess) -> None:
     _, key, _ = new_account(gateway, "limited", "10", rpm="2")
     client = sdk(gateway, key)
+    fresh_minute()
     client.chat.completions.create(model="mock-ok", messages=MSG)
     client.chat.completions.create(model="mock-ok", messages=MSG)
     with pytest.raises(openai.RateLimitError) as limited:

@@ -1,0 +1,94 @@
+"""Serving: hypercorn on uvloop over a socket the caller bound. One worker runs in this process;
+several are forked children sharing the socket, supervised: a worker that dies is replaced."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import time
+import traceback
+
+import uvloop
+from hypercorn.asyncio import serve
+from hypercorn.config import Config as HypercornConfig
+
+from core.app import Gateway
+from core.config import Settings
+
+log = logging.getLogger("tokentoll.server")
+RESTART_DELAY = 1.0  # seconds before replacing a worker that died
+
+
+def run(settings: Settings, sock: socket.socket) -> int:
+    if settings.server.workers == 1:
+        uvloop.run(serve_worker(settings, sock))
+        return 0
+    return supervise(settings, sock, settings.server.workers)
+
+
+def hypercorn_config(sock: socket.socket) -> HypercornConfig:
+    hc = HypercornConfig()
+    hc.bind = [f"fd://{sock.fileno()}"]
+    hc.accesslog = None  # the gateway writes its own request log
+    hc.errorlog = logging.getLogger("hypercorn.error")  # through our handler: one line per message
+    hc.include_server_header = False
+    hc.keep_alive_timeout = 75
+    hc.graceful_timeout = 10
+    return hc
+
+
+async def serve_worker(settings: Settings, sock: socket.socket) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await serve(Gateway(settings), hypercorn_config(sock), shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+
+
+def supervise(settings: Settings, sock: socket.socket, workers: int) -> int:
+    children: set[int] = set()
+    stopping = False
+
+    def spawn() -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, signal.SIG_DFL)
+            code = 0
+            try:
+                uvloop.run(serve_worker(settings, sock))
+            except BaseException:  # noqa: BLE001 - a worker reports and exits; the parent replaces it
+                traceback.print_exc()
+                code = 1
+            os._exit(code)
+        children.add(pid)
+
+    def stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in children:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for _ in range(workers):
+        spawn()
+    log.info("started %d workers: %s", workers, sorted(children))
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        children.discard(pid)
+        if not stopping:
+            log.error("worker %d exited (%s); starting a new one", pid, os.waitstatus_to_exitcode(status))
+            time.sleep(RESTART_DELAY)
+            if not stopping:
+                spawn()
+    return 0
