@@ -553,3 +553,11 @@ def tx_bootstrap_demo(conn: sqlite3.Connection, lookup: str, display: str, key_h
     tx_credit(conn, account["id"], balance, "credit", "demo balance", now)
     tx_create_key(conn, account["id"], "demo", lookup, display, key_hash, now, {})
     return True
+
+
+def tx_setting(conn: sqlite3.Connection, name: str, value_if_missing: str) -> tuple[str, bool]:
+    """The stored value of a setting, storing `value_if_missing` first if there is none.
+    Returns (value, whether it was stored now)."""
+    created = conn.execute("INSERT OR IGNORE INTO settings (name, value) VALUES (?, ?)",
+                           (name, value_if_missing)).rowcount == 1
+    return conn.execute("SELECT value FROM settings WHERE name = ?", (name,)).fetchone()[0], created

@@ -21,6 +21,7 @@ from adapters import openai
 from billing.ledger import Ledger
 from billing.metering import encoding
 from billing.pricing import units_to_usd
+from core.admin import ADMIN_TOKEN_ENV, AdminAPI
 from core.operations import Operations
 from billing.safetynet import SafetyNet
 from billing.store import Store
@@ -57,6 +58,8 @@ class Gateway:
         self.store = Store(settings.billing.database, settings.billing.synchronous)
         self.ledger = Ledger(self.store, settings.billing.default_rpm, settings.billing.default_tpm)
         self.relay = Relay(settings, self.upstreams, self.metrics, self.log, self.ledger)
+        self.operations = Operations(self.store, self.ledger)
+        self.admin = AdminAPI(self.operations, self.store)
         self.ready = False
         self._models = [openai.model_object(m.name, m.created, m.owned_by) for m in settings.models.values()]
         self._pricing = orjson.dumps({"object": "list", "currency": "USD", "unit": "per 1M tokens", "data": [
@@ -71,6 +74,7 @@ class Gateway:
                 Route("/metrics", self.render_metrics, methods=["GET"]),
                 Route("/healthz", self.healthz, methods=["GET"]),
                 Route("/readyz", self.readyz, methods=["GET"]),
+                *self.admin.routes(),
             ],
             exception_handlers={HTTPException: self.http_error, Exception: self.internal_error},
             lifespan=self.lifespan,
@@ -79,7 +83,11 @@ class Gateway:
     @asynccontextmanager
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
         await self.store.start()
-        demo_key = await Operations(self.store, self.ledger).bootstrap_demo(self.settings.billing.demo_balance)
+        admin_token = await self.admin.start()
+        if admin_token:
+            print(f"tokentoll: generated the admin token for /admin (shown once; or set ${ADMIN_TOKEN_ENV}):\n\n"
+                  f"    {admin_token}\n", file=sys.stderr, flush=True)
+        demo_key = await self.operations.bootstrap_demo(self.settings.billing.demo_balance)
         if demo_key:
             print(f"tokentoll: created the demo account with ${units_to_usd(self.settings.billing.demo_balance)} "
                   f"and its first API key (shown once, store it now):\n\n    {demo_key}\n", file=sys.stderr, flush=True)

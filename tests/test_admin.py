@@ -1,0 +1,51 @@
+"""The admin HTTP API: the operator's operations over HTTP behind a hashed admin token."""
+
+from __future__ import annotations
+
+import re
+
+import httpx2 as httpx
+import openai
+
+from tests.conftest import GatewayProcess, cli, wait_for
+
+MSG = [{"role": "user", "content": "hello admin"}]
+
+
+def admin_token(gateway: GatewayProcess) -> str:
+    wait_for(lambda: httpx.get(gateway.url + "/readyz").status_code == 200, 10, "the gateway to be ready")
+    found = re.findall(r"tt-admin-[A-Za-z0-9]{40}", "".join(gateway.stderr_lines))
+    assert len(found) == 1, "the generated admin token is printed exactly once"
+    return found[0]
+
+
+def test_admin_api_end_to_end(gateway: GatewayProcess) -> None:
+    token = admin_token(gateway)
+    api = httpx.Client(base_url=gateway.url + "/admin", headers={"authorization": f"Bearer {token}"})
+    assert httpx.get(gateway.url + "/admin/accounts").status_code == 401
+    assert httpx.get(gateway.url + "/admin/accounts", headers={"authorization": "Bearer nope"}).status_code == 401
+    r = api.post("/accounts", json={"name": "via-api", "credit": "2.5"})
+    assert r.status_code == 201 and r.json()["balance_usd"] == "2.500000000"
+    key = api.post("/keys", json={"account": "via-api", "name": "k1", "monthly_limit": "1", "models": ["mock-ok"]})
+    assert key.status_code == 201
+    plaintext, key_id = key.json()["key"], key.json()["id"]
+    assert key.json()["models"] == ["mock-ok"] and key.json()["monthly_limit_usd"] == "1.000000000"
+    listed = api.get("/keys", params={"account": "via-api"}).json()
+    assert [k["id"] for k in listed] == [key_id] and "key" not in listed[0] and "hash" not in listed[0]
+    client = openai.OpenAI(base_url=gateway.base_url, api_key=plaintext, max_retries=0)
+    client.chat.completions.create(model="mock-ok", messages=MSG)
+    usage = api.get("/usage", params={"account": "via-api"}).json()
+    assert usage[0]["requests"] == 1 and usage[0]["cost"] > 0
+    history = api.get("/wallets/via-api/history").json()
+    assert [e["kind"] for e in history][:3] == ["release", "settle", "hold"]
+    assert api.post("/wallets/via-api/credit", json={"usd": "1"}).json()["balance"] > 3_000_000_000 - usage[0]["cost"] - 1
+    assert api.post("/wallets/via-api/credit", json={"usd": 1.5}).status_code == 400  # floats refused
+    assert api.post("/wallets/via-api/adjust", json={"usd": "-999", "note": "x"}).status_code == 400
+    assert api.get("/wallets/nobody").status_code == 404
+    assert api.post("/accounts", content=b"{oops").status_code == 400
+    rotated = api.post(f"/keys/{key_id}/rotate").json()["key"]
+    assert rotated != plaintext and rotated.startswith("sk-tt-")
+    assert api.patch(f"/keys/{key_id}", json={"rpm": 10, "monthly_limit": None}).json()["rpm"] == 10
+    assert api.post(f"/keys/{key_id}/disable").json()["status"] == "disabled"
+    assert api.get("/holds").status_code == 200
+    assert cli(gateway.config, "wallet", "show", "via-api", env=gateway.env)["held"] == 0
