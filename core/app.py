@@ -64,7 +64,10 @@ class Gateway:
         self._models = [openai.model_object(m.name, m.created, m.owned_by) for m in settings.models.values()]
         self._pricing = orjson.dumps({"object": "list", "currency": "USD", "unit": "per 1M tokens", "data": [
             {"model": m.name, "owned_by": m.owned_by, "max_output_tokens": m.max_output_tokens,
-             **{kind: units_to_usd(getattr(m.prices, kind)) for kind in ("input", "output", "cache_read", "cache_write")}}
+             **{kind: units_to_usd(getattr(m.prices, kind)) for kind in ("input", "output", "cache_read", "cache_write")},
+             "image": {size: units_to_usd(p) for size, p in m.image_prices.items()} or None,
+             "task": units_to_usd(m.task_price) if m.task_price is not None else None,
+             "second": units_to_usd(m.second_price) if m.second_price is not None else None}
             for m in settings.models.values()]})
         self.router = Starlette(
             routes=[

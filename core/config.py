@@ -4,6 +4,7 @@ Every error names the key at fault, so a bad file stops start-up with a message 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -51,6 +52,9 @@ class Model:
     prices: TokenPrices  # nano-dollars per 1M tokens, converted exactly from the file's USD
     owned_by: str
     created: int
+    image_prices: dict[str, int] = field(default_factory=dict)  # "1024x1024" or "1024x1024/hd" -> per image
+    task_price: int | None = None  # per async task
+    second_price: int | None = None  # per second of async output (video)
 
 
 @dataclass(frozen=True)
@@ -216,28 +220,43 @@ def _model(name: str, t: dict[str, Any], providers: dict[str, Provider]) -> Mode
     if pname not in providers:
         raise ConfigError(f"{at}.provider: unknown provider {pname!r} (defined: {', '.join(sorted(providers))})")
     price_t = _table(t, "price", f"{at}.price")
-    _only_keys(price_t, f"{at}.price", {"input", "output", "cache_read", "cache_write"})
-    prices = {}
-    for key in ("input", "output", "cache_read", "cache_write"):
-        v = _number(price_t, key, f"{at}.price", Decimal(0))
-        if v < 0:
-            raise ConfigError(f"{at}.price.{key}: must not be negative")
-        try:
-            prices[key] = usd_to_units(v)
-        except PriceError:
-            raise ConfigError(f"{at}.price.{key}: {v} has more than 9 decimals (the money unit is 1e-9 USD)") from None
+    _only_keys(price_t, f"{at}.price", {"input", "output", "cache_read", "cache_write", "image", "task", "second"})
+    prices = {key: _money(price_t, key, f"{at}.price") for key in ("input", "output", "cache_read", "cache_write")}
+    images_t = _table(price_t, "image", f"{at}.price.image")
+    images = {}
+    for size in images_t:
+        if not _IMAGE_KEY.fullmatch(size):
+            raise ConfigError(f"{at}.price.image.{size}: keys are SIZE or SIZE/QUALITY, like \"1024x1024\" or "
+                              f"\"1024x1024/hd\"")
+        images[size] = _money(images_t, size, f"{at}.price.image")
     return Model(
         name=name,
         provider=providers[pname],
         upstream_model=_str(t, "upstream_model", at, name),
         max_output_tokens=_int(t, "max_output_tokens", at, 4096, lo=1),
         prices=TokenPrices(**prices),
+        image_prices=images,
+        task_price=_money(price_t, "task", f"{at}.price") if "task" in price_t else None,
+        second_price=_money(price_t, "second", f"{at}.price") if "second" in price_t else None,
         owned_by=_str(t, "owned_by", at, pname),
         created=_int(t, "created", at, 1_700_000_000, lo=0),
     )
 
 
 # -- small typed readers: each names the key on failure ------------------------------------
+
+_IMAGE_KEY = re.compile(r"(\d+x\d+|auto)(/[a-z]+)?")
+
+
+def _money(t: dict[str, Any], key: str, at: str) -> int:
+    """A non-negative USD amount as integer nano-dollars, exactly."""
+    v = _number(t, key, at, Decimal(0))
+    if v < 0:
+        raise ConfigError(f"{at}.{key}: must not be negative")
+    try:
+        return usd_to_units(v)
+    except PriceError:
+        raise ConfigError(f"{at}.{key}: {v} has more than 9 decimals (the money unit is 1e-9 USD)") from None
 
 
 def _q(name: str) -> str:

@@ -54,6 +54,18 @@ def test_errors_name_the_key(mutate, key: str) -> None:
     assert str(err.value).startswith(key), str(err.value)
 
 
+def test_image_and_task_prices() -> None:
+    cfg = base()
+    cfg["models"]["m"]["price"].update(image={"1024x1024": "0.04", "1024x1024/hd": "0.08"}, task="0.5",
+                                       second="0.1")
+    m = parse(cfg, {"K": "s"}).models["m"]
+    assert m.image_prices == {"1024x1024": 40_000_000, "1024x1024/hd": 80_000_000}
+    assert m.task_price == 500_000_000 and m.second_price == 100_000_000
+    cfg["models"]["m"]["price"]["image"] = {"big": "1"}
+    with pytest.raises(ConfigError, match=r"^models.m.price.image.big"):
+        parse(cfg, {"K": "s"})
+
+
 def test_missing_key_variable_is_named() -> None:
     with pytest.raises(ConfigError, match=r"providers.up.api_key_env: environment variable K is not set"):
         parse(base(), {})
