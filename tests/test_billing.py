@@ -46,23 +46,26 @@ def books_add_up(gateway: GatewayProcess) -> None:
 
 
 def test_each_401_has_its_own_message(gateway: GatewayProcess, api_key: str) -> None:
-    cases = {
-        "": "no API key",
-        " " + api_key: "whitespace",
-        "sk-proj-abcdefabcdefabcdefabcdefabcdefab": "not a TokenToll API key",
-        "sk-tt-short": "not a complete TokenToll API key",
-        "sk-tt-" + "Z" * 40: "unknown or has been rotated",
+    cases = {  # key as the SDK sends it -> (code, words of the message)
+        "": ("missing_api_key", "no API key"),
+        " " + api_key: ("api_key_whitespace", "whitespace"),
+        "sk-proj-abcdefabcdefabcdefabcdefabcdefab": ("not_a_tokentoll_key", "not a TokenToll API key"),
+        "sk-tt-short": ("not_a_tokentoll_key", "not a complete TokenToll API key"),
+        "sk-tt-" + "Z" * 40: ("invalid_api_key", "unknown or has been rotated"),
     }
-    for key, expected in cases.items():
-        headers = {"authorization": f"Bearer {key}"} if key else {}
-        r = httpx.post(gateway.base_url + "/chat/completions", json={"model": "mock-ok", "messages": MSG},
-                       headers=headers)
-        assert r.status_code == 401, key
-        assert expected in r.json()["error"]["message"], (key, r.json())
-        assert r.headers["x-tt-request-id"]
-    with pytest.raises(openai.AuthenticationError) as err:
-        sdk(gateway, "sk-tt-" + "Q" * 40).chat.completions.create(model="mock-ok", messages=MSG)
-    assert err.value.code == "invalid_api_key"
+    for key, (code, words) in cases.items():
+        with pytest.raises(openai.AuthenticationError) as err:
+            if key:
+                sdk(gateway, key).chat.completions.create(model="mock-ok", messages=MSG)
+            else:  # the SDK refuses an empty key itself: send none at all
+                sdk(gateway, "unused").chat.completions.create(model="mock-ok", messages=MSG,
+                                                               extra_headers={"Authorization": openai.omit})
+        assert err.value.code == code and words in err.value.message, (key, err.value.message)
+        assert err.value.request_id and err.value.response.headers["x-should-retry"] == "false"
+    r = httpx.post(gateway.base_url + "/chat/completions", params={"key": api_key + "\n"},
+                   json={"model": "mock-ok", "messages": MSG})  # a line break can only come by the query
+    assert r.status_code == 401 and r.json()["error"]["code"] == "api_key_whitespace"
+    assert "line break" in r.json()["error"]["message"]
     for header in ("x-api-key", "x-goog-api-key"):  # the other ways a key may come
         r = httpx.post(gateway.base_url + "/chat/completions", json={"model": "mock-ok", "messages": MSG},
                        headers={header: api_key})
