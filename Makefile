@@ -2,7 +2,9 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-CONFIG ?= config.toml
+CONFIG ?=
+# --config only when CONFIG is given: otherwise $$TOKENTOLL_CONFIG, else ./config.toml
+CONFIG_ARG := $(if $(CONFIG),--config $(CONFIG))
 
 .PHONY: run test bench lock check clean
 
@@ -20,10 +22,10 @@ $(VENV)/.test-installed: requirements-test.lock $(VENV)/.runtime-installed
 	@touch $@
 
 run: $(VENV)/.runtime-installed
-	$(PY) gateway.py --config $(CONFIG)
+	$(PY) gateway.py $(CONFIG_ARG)
 
 check: $(VENV)/.runtime-installed
-	$(PY) gateway.py --config $(CONFIG) --check
+	$(PY) gateway.py $(CONFIG_ARG) --check
 
 test: $(VENV)/.test-installed
 	$(PY) -m pytest $(PYTEST_ARGS)

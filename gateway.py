@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     host = args.host or settings.server.host
     port = settings.server.port if args.port is None else args.port
+    if not 0 <= port <= 65535:
+        print(f"tokentoll: --port {port}: a port is between 0 and 65535", file=sys.stderr)
+        return 2
     try:
         sock = socket.create_server((host, port), backlog=4096)
     except OSError as exc:

@@ -15,8 +15,8 @@ from billing.metering import (
     TOKENS_PER_MESSAGE,
     TOKENS_PER_REPLY,
     Meter,
+    TextCounter,
     Usage,
-    count_text,
 )
 
 Endpoint = Literal["chat", "completions", "embeddings", "responses"]
@@ -104,6 +104,8 @@ def max_output_tokens(endpoint: str, body: dict[str, Any], cap: int) -> int:
 
 
 def estimate_prompt(endpoint: str, body: dict[str, Any]) -> int:
+    """The prompt's tokens, estimated before sending (rules in README "Token counting")."""
+    count = TextCounter()
     if endpoint == "chat":
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
@@ -112,34 +114,34 @@ def estimate_prompt(endpoint: str, body: dict[str, Any]) -> int:
         for m in messages:
             if not isinstance(m, dict):
                 raise InvalidRequest("each entry of 'messages' must be an object", "messages")
-            total += TOKENS_PER_MESSAGE + _content_tokens(m.get("content"))
-            total += count_text(_str(m.get("role"))) + count_text(_str(m.get("name")))
-            for call in m.get("tool_calls") or ():
+            total += TOKENS_PER_MESSAGE + _content_tokens(m.get("content"), count)
+            total += count(_str(m.get("role"))) + count(_str(m.get("name")))
+            for call in _list(m.get("tool_calls")):
                 fn = call.get("function") if isinstance(call, dict) else None
                 if isinstance(fn, dict):
-                    total += count_text(_str(fn.get("name"))) + count_text(_str(fn.get("arguments")))
-        return total + _json_tokens(body.get("tools"))
+                    total += count(_str(fn.get("name"))) + count(_str(fn.get("arguments")))
+        return total + _json_tokens(body.get("tools"), count)
     if endpoint == "completions":
         if "prompt" not in body:
             raise InvalidRequest("'prompt' is required", "prompt")
-        return _text_or_token_lists(body["prompt"], "prompt")
+        return _text_or_token_lists(body["prompt"], "prompt", count)
     if endpoint == "embeddings":
         if "input" not in body:
             raise InvalidRequest("'input' is required", "input")
-        return _text_or_token_lists(body["input"], "input")
+        return _text_or_token_lists(body["input"], "input", count)
     # responses
-    total = count_text(_str(body.get("instructions"))) + _json_tokens(body.get("tools"))
+    total = count(_str(body.get("instructions"))) + _json_tokens(body.get("tools"), count)
     items = body.get("input")
     if isinstance(items, str):
-        return total + TOKENS_PER_MESSAGE + count_text(items) + TOKENS_PER_REPLY
+        return total + TOKENS_PER_MESSAGE + count(items) + TOKENS_PER_REPLY
     if items is not None and not isinstance(items, list):
         raise InvalidRequest("'input' must be a string or an array", "input")
     for item in items or ():
         if not isinstance(item, dict):
             raise InvalidRequest("each entry of 'input' must be an object", "input")
-        total += TOKENS_PER_MESSAGE + _content_tokens(item.get("content"))
+        total += TOKENS_PER_MESSAGE + _content_tokens(item.get("content"), count)
         for key in ("arguments", "output", "name"):
-            total += count_text(_str(item.get(key)))
+            total += count(_str(item.get(key)))
     return total + TOKENS_PER_REPLY
 
 
@@ -147,22 +149,29 @@ def _str(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
-def _json_tokens(value: Any) -> int:
-    return count_text(orjson.dumps(value).decode()) if value else 0
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
-def _content_tokens(content: Any) -> int:
-    if isinstance(content, str):
-        return count_text(content)
-    if not isinstance(content, list):
+def _json_tokens(value: Any, count: TextCounter) -> int:
+    if not value:
         return 0
+    try:
+        return count(orjson.dumps(value).decode())
+    except TypeError:  # integers past 64 bits and the like: the upstream will judge them
+        return 0
+
+
+def _content_tokens(content: Any, count: TextCounter) -> int:
+    if isinstance(content, str):
+        return count(content)
     total = 0
-    for part in content:
+    for part in _list(content):
         if not isinstance(part, dict):
             continue
         kind = part.get("type")
         if kind in ("text", "input_text", "output_text"):
-            total += count_text(_str(part.get("text")))
+            total += count(_str(part.get("text")))
         elif kind in ("image_url", "input_image"):
             image = part.get("image_url")
             detail = image.get("detail") if isinstance(image, dict) else part.get("detail")
@@ -174,14 +183,14 @@ def _content_tokens(content: Any) -> int:
     return total
 
 
-def _text_or_token_lists(value: Any, param: str) -> int:
+def _text_or_token_lists(value: Any, param: str, count: TextCounter) -> int:
     if isinstance(value, str):
-        return count_text(value)
+        return count(value)
     if isinstance(value, list):
         total = 0
         for item in value:
             if isinstance(item, str):
-                total += count_text(item)
+                total += count(item)
             elif isinstance(item, int) and not isinstance(item, bool):
                 total += 1
             elif isinstance(item, list):
@@ -259,8 +268,6 @@ def _meter_message(msg: Any, meter: Meter) -> None:
             fn = call.get("function") if isinstance(call, dict) else None
             if isinstance(fn, dict):
                 meter.add_output(_str(fn.get("name")) + _str(fn.get("arguments")))
-    if not meter.observed_any:
-        meter.add_output("")
 
 
 # -- streams --------------------------------------------------------------------------------
@@ -281,6 +288,15 @@ RESPONSES_FINAL_EVENTS = frozenset({"response.completed", "response.incomplete",
 USAGE_ONLY = 1  # the `choices: []` usage chunk: forwarded only to clients that asked for it
 TERMINAL = 2  # the stream is complete (Responses' final events; chat's [DONE] is seen by the relay)
 UPSTREAM_ERROR = 4  # the upstream sent an in-band error (passed on; the client raises on it)
+NOT_JSON = 8  # not JSON: an OpenAI client would crash on it
+USAGE_ON_CONTENT = 16  # a content chunk that also carries usage
+
+
+def without_usage(data: bytes) -> bytes:
+    """A content chunk with its usage set to null, for a client that did not ask for usage."""
+    obj = orjson.loads(data)
+    obj["usage"] = None
+    return orjson.dumps(obj)
 
 
 def meter_stream_event(endpoint: str, data: bytes, meter: Meter) -> int:
@@ -288,9 +304,9 @@ def meter_stream_event(endpoint: str, data: bytes, meter: Meter) -> int:
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError:
-        return 0
+        return NOT_JSON
     if not isinstance(obj, dict):
-        return 0
+        return NOT_JSON
     if obj.get("error"):
         return TERMINAL | UPSTREAM_ERROR
     if endpoint == "responses":
@@ -312,7 +328,7 @@ def meter_stream_event(endpoint: str, data: bytes, meter: Meter) -> int:
         if normalized is not None:
             meter.set_upstream(normalized)
     choices = obj.get("choices")
-    if not choices:
+    if not choices or not isinstance(choices, list):
         return USAGE_ONLY if usage else 0
     for choice in choices:
         if not isinstance(choice, dict):
@@ -335,7 +351,7 @@ def meter_stream_event(endpoint: str, data: bytes, meter: Meter) -> int:
                 if isinstance(fn, dict):
                     text += _str(fn.get("name")) + _str(fn.get("arguments"))
         meter.add_output(text)
-    return 0
+    return USAGE_ON_CONTENT if usage else 0
 
 
 # -- errors ---------------------------------------------------------------------------------

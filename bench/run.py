@@ -324,7 +324,8 @@ BILLING_OFF = GatewaySetup(False, NOBILL_CONFIG, NOBILL_LOG, NOBILL_REQUEST_LOG,
 
 def write_gateway_config(nginx: str, setup: GatewaySetup) -> None:
     parts = [f'# Written by bench/run.py for one benchmark run.\n[server]\nhost = "127.0.0.1"\nport = 0\n'
-             f'request_log = "{setup.request_log}"\n',
+             # one worker, in the process that run.py starts: its pid is the one whose CPU and RSS are read
+             f'workers = 1\nrequest_log = "{setup.request_log}"\n',
              # no rate limits (0): the load is one key's; hold_ttl must exceed every provider's total timeout
              f'[billing]\nenabled = {str(setup.billing).lower()}\n'
              f'database = "{setup.database.relative_to(setup.config.parent)}"\nsynchronous = "NORMAL"\n'

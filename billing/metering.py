@@ -52,6 +52,28 @@ def count_text(text: str) -> int:
     return len(encoding().encode_ordinary(text))
 
 
+TOKENIZE_BUDGET_CHARS = 262_144  # per request: text past this is estimated, not tokenized
+
+
+class TextCounter:
+    """Counts the texts of one request: exactly until a budget of characters is spent, then at
+    1 token per 4 characters, so that no request can hold the event loop for long."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, budget: int = TOKENIZE_BUDGET_CHARS) -> None:
+        self.left = budget
+
+    def __call__(self, text: str) -> int:
+        if not text:
+            return 0
+        if len(text) <= self.left:
+            self.left -= len(text)
+            return count_text(text)
+        self.left = 0
+        return -(-len(text) // CHARS_PER_TOKEN)
+
+
 @dataclass(frozen=True, slots=True)
 class Usage:
     """One provider-neutral usage shape. in_total includes cache reads and writes; out_total
@@ -79,17 +101,17 @@ class Meter:
     def __init__(self, prompt_estimate: int) -> None:
         self.prompt_estimate = prompt_estimate
         self.output_observed = 0
-        self.observed_any = False
+        self.observed_any = False  # output was seen, or a complete answer arrived
         self.upstream: Usage | None = None
 
     def add_output(self, text: str) -> None:
-        self.observed_any = True
         if text:
+            self.observed_any = True
             self.output_observed += count_text(text)
 
-    def add_output_tokens(self, tokens: int) -> None:
+    def mark_complete(self) -> None:
+        """A whole answer arrived (possibly empty): the prompt was certainly processed."""
         self.observed_any = True
-        self.output_observed += tokens
 
     def set_upstream(self, usage: Usage) -> None:
         """An explicit upstream usage is the truth, zeros included."""

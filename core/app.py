@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import secrets
 import sys
+from time import perf_counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -131,10 +132,15 @@ class Gateway:
                 message["headers"] = [*message.get("headers", ()), (b"x-tt-request-id", rid), (b"x-request-id", rid)]
             await send(message)
 
+        started = perf_counter()
         try:
             await self.router(scope, receive, send_with_id)
         finally:
-            self.metrics.requests.labels(route_label(scope["path"]), "-", str(status)).inc()
+            route = route_label(scope["path"])
+            self.metrics.child(self.metrics.requests, route, "-", str(status)).inc()
+            if route != "/metrics":  # scrapes every few seconds would drown the log
+                self.log.write({"request_id": request_id, "route": route, "method": scope["method"],
+                                "status": status, "duration_ms": round((perf_counter() - started) * 1000, 3)})
 
     # -- routes ---------------------------------------------------------------------------
 
@@ -190,6 +196,8 @@ def route_label(path: str) -> str:
     """A bounded set of route names for metrics: never the raw path of an unknown URL."""
     if path in KNOWN_PATHS:
         return path
+    if path.startswith("/admin/"):
+        return "/admin"
     return "/v1/models/{id}" if path.startswith("/v1/models/") else "other"
 
 

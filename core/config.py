@@ -168,10 +168,20 @@ def _server(t: dict[str, Any]) -> Server:
         host=_str(t, "host", "server", d.host),
         port=_int(t, "port", "server", d.port, lo=0, hi=65535),
         max_body_bytes=_int(t, "max_body_bytes", "server", d.max_body_bytes, lo=1024),
-        request_log=_str(t, "request_log", "server", d.request_log, allow_empty=True),
+        request_log=_log_target(_str(t, "request_log", "server", d.request_log, allow_empty=True)),
         upstream_pool_size=_int(t, "upstream_pool_size", "server", d.upstream_pool_size, lo=1),
         workers=_int(t, "workers", "server", d.workers, lo=1, hi=64),
     )
+
+
+def _log_target(target: str) -> str:
+    if target in ("", "-"):
+        return target
+    folder = os.path.dirname(os.path.abspath(target))
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK) or \
+            (os.path.exists(target) and not os.access(target, os.W_OK)):
+        raise ConfigError(f"server.request_log: cannot write {target!r} (is the folder there and writable?)")
+    return target
 
 
 def _provider(name: str, t: dict[str, Any], environ: Any) -> Provider:
@@ -183,9 +193,14 @@ def _provider(name: str, t: dict[str, Any], environ: Any) -> Provider:
     timeouts = _timeouts(_table(t, "timeouts", f"{at}.timeouts"), f"{at}.timeouts")
     builtin = _str(t, "builtin", at, "", allow_empty=True)
     delay = float(_number(t, "demo_chunk_delay", at, Decimal(0)))
+    if delay < 0:
+        raise ConfigError(f"{at}.demo_chunk_delay: must not be negative")
     if builtin:
         if builtin not in BUILTINS:
             raise ConfigError(f"{at}.builtin: {builtin!r} is not one of {', '.join(BUILTINS)}")
+        for key in ("base_url", "api_key_env"):
+            if key in t:
+                raise ConfigError(f"{at}.{key}: a builtin provider has no {key}; remove it or remove 'builtin'")
         return Provider(name, fmt, "", "", timeouts, builtin, delay)
     base_url = _str(t, "base_url", at, None).rstrip("/")
     if not base_url.startswith(("http://", "https://")):

@@ -9,7 +9,6 @@ import hashlib
 import re
 import struct
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -34,11 +33,15 @@ class DemoResponse:
     async def read(self) -> bytes:
         return self._payload
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        for event in self._events:
-            if self._delay:
-                await asyncio.sleep(self._delay)
-            yield event
+    async def read_chunk(self) -> bytes:
+        if not self._events:
+            return b""
+        if self._delay:
+            await asyncio.sleep(self._delay)
+        return self._events.pop(0)
+
+    async def drain(self, seconds: float) -> None:
+        self._events = []
 
     def close(self) -> None:
         self._events = []

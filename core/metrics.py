@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+disable_created_metrics()  # no *_created series: Prometheus does not need them
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
@@ -32,7 +34,7 @@ class Metrics:
             "Time spent in the gateway itself: total time minus time waiting on the upstream.",
             ["route"], buckets=OVERHEAD_BUCKETS, registry=r)
         self.tokens = Counter(
-            "tokentoll_tokens", "Tokens metered, by model, kind (input, output) and usage source.",
+            "tokentoll_tokens", "Tokens metered, by model, kind (input, output, cache_read, cache_write, reasoning) and usage source.",
             ["model", "kind", "source"], registry=r)
         self.open_streams = Gauge(
             "tokentoll_open_streams", "Streaming responses currently open.", registry=r)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 from time import perf_counter
 from typing import Any
 
@@ -15,7 +16,7 @@ from adapters import openai
 from billing.keys import Presented
 from billing.ledger import Ledger
 from billing.metering import NO_USAGE, Meter, UsageRecord
-from core.auth import admission_error, presented_key
+from core.auth import NO_RETRY, admission_error, presented_key
 from core import sse
 from core.config import Model, Settings
 from core.errors import (
@@ -46,7 +47,8 @@ STREAM_HEADERS = [
 JSON_HEADERS = [(b"content-type", b"application/json")]
 PASSED_ON_HEADERS = ("retry-after", "retry-after-ms")
 log = logging.getLogger("tokentoll.relay")
-CLIENT_GONE_STATUS = 499  # nginx's convention, for the log and metrics only
+CLIENT_GONE_STATUS = 499
+DRAIN_SECONDS = 0.5  # after the answer is complete, how long the upstream may take to end its body  # nginx's convention, for the log and metrics only
 
 
 class ClientGone(Exception):
@@ -57,7 +59,7 @@ class Exchange:
     """The state of one request as it moves through the relay."""
 
     __slots__ = ("request_id", "id_headers", "route", "endpoint", "model", "status", "started", "stream",
-                 "t0", "t_first", "upstream_wait", "client_gone", "meter", "usage_charged", "error_code",
+                 "t0", "t_first", "upstream_wait", "client_gone", "meter", "sent", "error_code",
                  "upstream_error_kind", "finished", "key", "held")
 
     def __init__(self, request_id: str, route: str, endpoint: str, t0: float) -> None:
@@ -75,7 +77,7 @@ class Exchange:
         self.upstream_wait = 0.0
         self.client_gone = False
         self.meter: Meter | None = None
-        self.usage_charged = False  # the upstream accepted the request: usage is owed
+        self.sent = False  # the request went to the upstream
         self.error_code = ""
         self.upstream_error_kind = ""
         self.finished = False
@@ -130,26 +132,28 @@ class Relay:
                 task.cancel()
 
         try:
-            if scope["method"] != "POST":
-                raise MethodNotAllowed(f"{scope['method']} is not allowed here; use POST", headers={"allow": "POST"})
-            if self.billing:
-                x.key = presented_key(scope)
-            body = await read_body(scope, receive, self.settings.server.max_body_bytes)
-            watch = asyncio.ensure_future(receive())
-            watch.add_done_callback(on_disconnect)
-            await self._exchange(x, body, send)
-        except GatewayError as err:
-            await self._fail(x, err, send)
-        except ClientGone:
-            x.client_gone = True
+            try:
+                if scope["method"] != "POST":
+                    raise MethodNotAllowed(f"{scope['method']} is not allowed here; use POST",
+                                           headers={"allow": "POST"})
+                if self.billing:
+                    x.key = presented_key(scope)
+                body = await read_body(scope, receive, self.settings.server.max_body_bytes)
+                watch = asyncio.ensure_future(receive())
+                watch.add_done_callback(on_disconnect)
+                await self._exchange(x, body, send)
+            except GatewayError as err:
+                await self._fail(x, err, send)
+            except ClientGone:
+                x.client_gone = True
+            except Exception:  # a bug: answer in the caller's dialect; the trace (never the body) goes to the log
+                log.exception("internal error in request %s", x.request_id)
+                await self._fail(x, GatewayError("internal error in the gateway; quote the request id to the "
+                                                 "operator"), send)
         except asyncio.CancelledError:
             if not x.client_gone:
                 raise
             task.uncancel()
-        except Exception:  # a bug: answer in the caller's dialect, keep the trace (never the body) in the log
-            log.exception("internal error in request %s", x.request_id)
-            await self._fail(x, GatewayError("internal error in the gateway; quote the request id to the operator"),
-                             send)
         finally:
             x.finished = True
             if watch is not None:
@@ -180,15 +184,15 @@ class Relay:
             raise BadRequest(str(exc), param=exc.param) from None
         x.stream = prepared.stream
         if x.key is not None:
+            x.held = True  # before the await: a request cancelled while its hold commits still settles it
             admission = await self.ledger.admit(x.request_id, x.key, model.name, model.prices,
                                                 prepared.prompt_estimate, prepared.max_output)
             if admission.error:
                 raise admission_error(admission, model.name)
-            x.held = True
         x.meter = Meter(prepared.prompt_estimate)
         t = perf_counter()
         try:
-            x.usage_charged = True  # from here on the upstream may be doing work for us
+            x.sent = True  # from here on the upstream may be doing work for us
             resp = await self.upstreams.open(model.provider, openai.UPSTREAM_PATHS[x.endpoint],
                                              prepared.upstream_body, prepared.stream)
         finally:
@@ -207,9 +211,11 @@ class Relay:
 
     async def _upstream_refused(self, x: Exchange, resp: UpstreamResponse) -> None:
         raw = await _read_timed(x, resp)
-        x.usage_charged = False  # a refused request costs nothing
         status = resp.status
-        if status in (401, 403, 407) or status >= 500 or status < 400:
+        if status in (401, 403, 407):  # about the gateway's own credentials: nothing the caller can act on
+            raise UpstreamBadStatus(f"the upstream provider refused the gateway's credentials ({status}); "
+                                    "the operator has been told", headers=NO_RETRY)
+        if status >= 500 or status < 400:
             detail = _upstream_message(raw)
             raise UpstreamBadStatus(f"the upstream provider answered {status}" + (f": {detail}" if detail else ""))
         headers = {k: resp.headers[k] for k in PASSED_ON_HEADERS if k in resp.headers}
@@ -218,7 +224,6 @@ class Relay:
     async def _not_a_stream(self, x: Exchange, resp: UpstreamResponse) -> None:
         """Some upstreams answer a stream request with a JSON error and status 200."""
         raw = await _read_timed(x, resp)
-        x.usage_charged = False
         detail = _upstream_message(raw)
         raise UpstreamBadStatus("the upstream answered JSON instead of an event stream" +
                                 (f": {detail}" if detail else ""))
@@ -231,6 +236,7 @@ class Relay:
         except orjson.JSONDecodeError:
             raise UpstreamBadStatus("the upstream answered 200 with a body that is not JSON") from None
         openai.meter_response(x.endpoint, obj, x.meter)
+        x.meter.mark_complete()
         ctype = resp.headers.get("content-type", "application/json").encode()
         x.status = 200
         x.started = True
@@ -251,35 +257,39 @@ class Relay:
         sequence = 0
         self.metrics.open_streams.inc()
         try:
-            chunks = resp.chunks().__aiter__()
-            while True:
+            while not complete:
                 t = perf_counter()
                 try:
-                    chunk = await chunks.__anext__()
-                except StopAsyncIteration:
-                    chunk = b""
+                    chunk = await resp.read_chunk()
                 finally:
                     x.upstream_wait += perf_counter() - t
-                events = decoder.feed(chunk) if chunk else decoder.finish()
                 out: list[bytes] = []
-                for ev in events:
-                    if ev.has_data:
-                        sequence += 1
-                        if ev.data == b"[DONE]":
-                            complete = True
-                            out.append(b"data: [DONE]\n\n")
-                            continue
-                        flags = openai.meter_stream_event(endpoint, ev.data, meter)
-                        if flags & openai.TERMINAL:
-                            complete = True
-                        if flags & openai.UPSTREAM_ERROR:
-                            x.error_code = "upstream_stream_error"
-                            self._count_upstream_error(x, UpstreamClosed("in-band error"), "stream_error")
-                        if flags & openai.USAGE_ONLY and not include_usage:
-                            continue
-                        out.append(sse.encode(ev.data, ev.event))
-                    elif ev.comment:
+                for ev in decoder.feed(chunk) if chunk else decoder.finish():
+                    if complete:
+                        break  # nothing is passed on after the end of the answer
+                    if ev.comment:
                         out.append(sse.encode_comment(ev.comment))
+                    if not ev.has_data:
+                        continue
+                    sequence += 1
+                    if ev.data == b"[DONE]":
+                        complete = True
+                        out.append(b"data: [DONE]\n\n")
+                        continue
+                    flags = openai.meter_stream_event(endpoint, ev.data, meter)
+                    if flags & openai.NOT_JSON:
+                        continue  # it would crash the SDK; the bytes are not part of an answer
+                    if flags & openai.TERMINAL:
+                        complete = True
+                    if flags & openai.UPSTREAM_ERROR:
+                        x.error_code = "upstream_stream_error"
+                        self._count_upstream_error(x, UpstreamClosed("in-band error"), "stream_error")
+                    data = ev.data
+                    if not include_usage and flags & (openai.USAGE_ONLY | openai.USAGE_ON_CONTENT):
+                        if flags & openai.USAGE_ONLY:
+                            continue
+                        data = openai.without_usage(data)
+                    out.append(sse.encode(data, ev.event))
                 if out:
                     if not x.started:
                         await self._start_stream(x, send)
@@ -288,6 +298,7 @@ class Relay:
                     break
             if not complete:
                 raise UpstreamClosed("the upstream ended the stream before it was complete")
+            meter.mark_complete()
         except UpstreamError as err:
             if not x.started:
                 raise
@@ -301,6 +312,8 @@ class Relay:
             await self._start_stream(x, send)
         x.finished = True
         await send({"type": "http.response.body", "body": b""})
+        if complete:
+            await resp.drain(DRAIN_SECONDS)  # the upstream's own end, so its connection can be reused
 
     async def _start_stream(self, x: Exchange, send: Send) -> None:
         x.started = True
@@ -314,16 +327,19 @@ class Relay:
         if isinstance(err, (UpstreamError, UpstreamClientError)):
             self._count_upstream_error(x, err)
         x.error_code = err.code
-        if x.started:
+        if x.started:  # a stream is under way: end it with the in-band error, never silently
+            if x.stream and not x.finished:
+                x.finished = True
+                await send({"type": "http.response.body", "more_body": True,
+                            "body": openai.stream_error_event(x.endpoint, err.message, err.code, x.request_id, 0)})
+                await send({"type": "http.response.body", "body": b""})
             return
-        body = None
-        if isinstance(err, UpstreamClientError):
-            body = _passable_error(err.body)
-            if body is None:
-                detail = _upstream_message(err.body)
-                body = openai.error_body(err.status, f"the upstream answered {err.status}" +
-                                         (f": {detail}" if detail else ""), err.code, None, x.request_id)
-        if body is None:
+        if isinstance(err, UpstreamClientError):  # the upstream's refusal, in our shape, with our request id
+            code, param = _upstream_code(err.body)
+            detail = _upstream_message(err.body)
+            body = openai.error_body(err.status, f"the upstream refused the request ({err.status})" +
+                                     (f": {detail}" if detail else ""), code or err.code, param, x.request_id)
+        else:
             body = openai.error_body(err.status, err.message, err.code, err.param, x.request_id)
         headers = [*JSON_HEADERS, (b"content-length", b"%d" % len(body)), *x.id_headers,
                    *((k.encode(), v.encode()) for k, v in err.headers.items())]
@@ -344,7 +360,7 @@ class Relay:
         self.metrics.child(self.metrics.upstream_errors, provider, kind).inc()
 
     async def _finish(self, x: Exchange, now: float) -> None:
-        record: UsageRecord = x.meter.record() if x.meter is not None and x.usage_charged else NO_USAGE
+        record = charged_usage(x)
         status = x.status if x.started else CLIENT_GONE_STATUS if x.client_gone else 500
         model = x.model.name if x.model else "-"
         total = now - x.t0
@@ -362,10 +378,10 @@ class Relay:
         if x.client_gone:
             m.child(m.client_disconnects, x.route).inc()
         usage = record.usage
-        if usage.in_total:
-            m.child(m.tokens, model, "input", record.source).inc(usage.in_total)
-        if usage.out_total:
-            m.child(m.tokens, model, "output", record.source).inc(usage.out_total)
+        for kind, n in (("input", usage.in_total), ("output", usage.out_total), ("cache_read", usage.cache_read),
+                        ("cache_write", usage.cache_write), ("reasoning", usage.reasoning)):
+            if n:
+                m.child(m.tokens, model, kind, record.source).inc(n)
         self.log.write({
             "request_id": x.request_id,
             "route": x.route,
@@ -391,6 +407,18 @@ class Relay:
         })
 
 
+def charged_usage(x: Exchange) -> UsageRecord:
+    """What a finished request owes: the upstream's usage, else what was observed; the bare prompt
+    estimate only when the client left after the request went upstream. An upstream that failed
+    before producing anything costs nothing."""
+    if x.meter is None:
+        return NO_USAGE
+    record = x.meter.record()
+    if record.source == "estimate" and not (x.client_gone and x.sent):
+        return NO_USAGE
+    return record
+
+
 async def _read_timed(x: Exchange, resp: UpstreamResponse) -> bytes:
     """The whole upstream body; the wait counts as upstream time, not gateway overhead."""
     t = perf_counter()
@@ -400,23 +428,31 @@ async def _read_timed(x: Exchange, resp: UpstreamResponse) -> bytes:
         x.upstream_wait += perf_counter() - t
 
 
+_SECRETS = re.compile(r"\b(?:sk|pk|rk)-[A-Za-z0-9_*\-]{6,}|\borg-[A-Za-z0-9]{6,}|\bproj_[A-Za-z0-9]{6,}")
+
+
 def _upstream_message(raw: bytes) -> str:
-    """The upstream's own error message, shortened, for the client's benefit; never request content."""
+    """The upstream's own error message, shortened and with anything that looks like the operator's
+    key, organization or project taken out; never request content."""
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return raw[:200].decode("utf-8", "replace").strip()
+        text = raw[:200].decode("utf-8", "replace").strip()
+    else:
+        err = obj.get("error") if isinstance(obj, dict) else None
+        msg = err.get("message") if isinstance(err, dict) else err if isinstance(err, str) else None
+        text = msg[:300] if isinstance(msg, str) else ""
+    return _SECRETS.sub("[redacted]", text)
+
+
+def _upstream_code(raw: bytes) -> tuple[str | None, str | None]:
+    """The upstream's error code and param (e.g. context_length_exceeded), which clients act on."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None, None
     err = obj.get("error") if isinstance(obj, dict) else None
-    msg = err.get("message") if isinstance(err, dict) else err if isinstance(err, str) else None
-    return msg[:300] if isinstance(msg, str) else ""
-
-
-def _passable_error(raw: bytes) -> bytes | None:
-    """An upstream 4xx body already in the OpenAI error shape is passed on as it is."""
-    try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    if isinstance(obj, dict) and isinstance(obj.get("error"), dict) and isinstance(obj["error"].get("message"), str):
-        return raw
-    return None
+    if not isinstance(err, dict):
+        return None, None
+    code, param = err.get("code"), err.get("param")
+    return (code if isinstance(code, str) else None), (param if isinstance(param, str) else None)

@@ -5,11 +5,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from core.errors import UpstreamError
+
 MAX_EVENT_BYTES = 16 * 1024 * 1024
+BOM = b"\xef\xbb\xbf"
 
 
-class SSEError(Exception):
+class SSEError(UpstreamError):
     """The upstream sent something that cannot be an event stream (for example an endless line)."""
+
+    code, kind = "upstream_bad_stream", "bad_stream"
 
 
 @dataclass(slots=True)
@@ -21,15 +26,22 @@ class SSEEvent:
 
 
 class SSEDecoder:
-    """feed() bytes as they come; it returns every event completed by them, in order."""
+    """feed() bytes as they come; it returns every event completed by them, in order. An event that
+    spans many reads is joined once, when its end arrives (linear in its size)."""
 
-    __slots__ = ("_buf", "_held_cr")
+    __slots__ = ("_parts", "_size", "_held_cr", "_started")
 
     def __init__(self) -> None:
-        self._buf = b""
+        self._parts: list[bytes] = []  # an incomplete event, in pieces; no blank line inside
+        self._size = 0
         self._held_cr = False
+        self._started = False
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
+        if not self._started:
+            self._started = True
+            if chunk.startswith(BOM):  # the spec's optional byte-order mark
+                chunk = chunk[3:]
         if self._held_cr:
             chunk = b"\r" + chunk
             self._held_cr = False
@@ -38,7 +50,20 @@ class SSEDecoder:
                 chunk = chunk[:-1]
                 self._held_cr = True
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        buf = self._buf + chunk if self._buf else chunk
+        if not chunk:
+            return []
+        if self._parts:
+            ends_here = b"\n\n" in chunk or (self._parts[-1].endswith(b"\n") and chunk.startswith(b"\n"))
+            self._parts.append(chunk)
+            self._size += len(chunk)
+            if not ends_here:
+                if self._size > MAX_EVENT_BYTES:
+                    raise SSEError(f"the upstream sent an event over {MAX_EVENT_BYTES} bytes without a blank line")
+                return []
+            buf = b"".join(self._parts)
+            self._parts, self._size = [], 0
+        else:
+            buf = chunk
         events: list[SSEEvent] = []
         start = 0
         while True:
@@ -51,17 +76,17 @@ class SSEDecoder:
                 ev = parse_block(block)
                 if ev is not None:
                     events.append(ev)
-        self._buf = buf[start:] if start else buf
-        if len(self._buf) > MAX_EVENT_BYTES:
-            raise SSEError(f"an event exceeded {MAX_EVENT_BYTES} bytes without a blank line")
+        rest = buf[start:] if start else buf
+        if rest:
+            if len(rest) > MAX_EVENT_BYTES:
+                raise SSEError(f"the upstream sent an event over {MAX_EVENT_BYTES} bytes without a blank line")
+            self._parts, self._size = [rest], len(rest)
         return events
 
     def finish(self) -> list[SSEEvent]:
         """At end of stream: an unterminated last event that carries data is still delivered."""
-        rest, self._buf = self._buf, b""
-        if self._held_cr:
-            self._held_cr = False
-        rest = rest.strip(b"\n")
+        rest = b"".join(self._parts).strip(b"\n")
+        self._parts, self._size, self._held_cr = [], 0, False
         if not rest:
             return []
         ev = parse_block(rest)

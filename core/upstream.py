@@ -4,7 +4,7 @@ timeouts (connect, first byte, idle gap, total), and only the provider's own cre
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import os
 from typing import NamedTuple, Protocol
 
 import aiohttp
@@ -23,7 +23,9 @@ class UpstreamResponse(Protocol):
 
     async def read(self) -> bytes: ...
 
-    def chunks(self) -> AsyncIterator[bytes]: ...
+    async def read_chunk(self) -> bytes: ...
+
+    async def drain(self, seconds: float) -> None: ...
 
     def close(self) -> None: ...
 
@@ -44,24 +46,21 @@ class HttpResponse:
     async def read(self) -> bytes:
         try:
             return await self._resp.read()
+        except aiohttp.ServerTimeoutError:  # a gap in the body longer than first_byte
+            raise UpstreamTimeout("idle", self._timeouts.first_byte) from None
         except TimeoutError as exc:
             raise _timeout_error(exc, self._timeouts, "total") from None
         except aiohttp.ClientError as exc:
             raise UpstreamClosed(f"the upstream connection failed while reading: {type(exc).__name__}") from None
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """Raw body chunks as they arrive; raises UpstreamTimeout or UpstreamClosed."""
+    async def read_chunk(self) -> bytes:
+        """The next raw body chunk as it arrives, b"" at the end. Only the wait for the upstream is
+        timed (idle gap, total deadline), never the time the caller spends passing a chunk on."""
         loop = asyncio.get_running_loop()
         idle = self._timeouts.idle
-        content = self._resp.content
         try:
-            async with asyncio.timeout(None) as timer:
-                while True:
-                    timer.reschedule(min(loop.time() + idle, self._deadline))
-                    chunk = await content.readany()
-                    if not chunk:
-                        return
-                    yield chunk
+            async with asyncio.timeout_at(min(loop.time() + idle, self._deadline)):
+                return await self._resp.content.readany()
         except TimeoutError:
             if loop.time() >= self._deadline - 0.001:
                 raise UpstreamTimeout("total", self._timeouts.total) from None
@@ -69,8 +68,18 @@ class HttpResponse:
         except aiohttp.ClientError as exc:
             raise UpstreamClosed(f"the upstream connection broke mid-stream: {type(exc).__name__}") from None
 
+    async def drain(self, seconds: float) -> None:
+        """Read to the end of the body, for at most `seconds`, so the connection can be reused."""
+        try:
+            async with asyncio.timeout(seconds):
+                while await self._resp.content.readany():
+                    pass
+        except (TimeoutError, aiohttp.ClientError):
+            pass
+
     def close(self) -> None:
-        """Drop the connection (not back to the pool): the upstream sees the close at once."""
+        """Drop the connection unless the body was read to its end (then it goes back to the pool);
+        a client that left mid-stream makes the upstream see the close at once."""
         self._resp.close()
 
 
@@ -115,9 +124,10 @@ class Upstreams:
                 resp = await self._session.post(plan.url, data=body, headers=plan.headers, timeout=plan.timeout)
         except TimeoutError as exc:
             raise _timeout_error(exc, t, "first_byte" if stream else "total") from None
-        except aiohttp.ClientConnectorError as exc:
+        except aiohttp.ClientConnectorError as exc:  # the reason, never the upstream's address
+            reason = os.strerror(exc.errno) if exc.errno else type(exc).__name__
             raise UpstreamConnectError(f"cannot connect to the upstream provider {provider.name!r}: "
-                                       f"{exc.strerror or type(exc).__name__}") from None
+                                       f"{reason.lower()}") from None
         except aiohttp.ClientError as exc:
             raise UpstreamClosed(f"the upstream closed the connection before answering: {type(exc).__name__}") from None
         return HttpResponse(resp, provider, deadline)

@@ -218,6 +218,16 @@ provider = "mock-short"
 upstream_model = "hang"
 price = {{ input = "1", output = "2" }}
 
+[models.mock-bulk]
+provider = "mock-short"
+upstream_model = "bulk"
+price = {{ input = "1", output = "2" }}
+
+[models.mock-linger]
+provider = "mock-short"
+upstream_model = "linger"
+price = {{ input = "1", output = "2" }}
+
 [models.mock-stall]
 provider = "mock-short"
 upstream_model = "stall"

@@ -115,7 +115,9 @@ class MockUpstream:
         if behaviour.startswith("status-"):
             status = int(behaviour.split("-")[1])
             headers = {"Retry-After": "7"} if status == 429 else {}
-            err = {"error": {"message": f"mock says {status}", "type": "mock_error", "param": None, "code": "mock"}}
+            err = {"error": {"message": f"mock says {status} for organization org-SECRETORG123456 "
+                                        f"with key sk-proj-abcdef123456****WXYZ", "type": "mock_error",
+                             "param": None, "code": "mock"}}
             return web.Response(status=status, body=orjson.dumps(err), content_type="application/json",
                                 headers=headers)
         if behaviour == "hang":
@@ -129,7 +131,9 @@ class MockUpstream:
         answer = await demo.answer(DEMO, path, raw, bool(body.get("stream")))
         if not body.get("stream"):
             return web.Response(status=200, body=await answer.read(), content_type="application/json")
-        events = [e async for e in answer.chunks()]
+        events = []
+        while chunk := await answer.read_chunk():
+            events.append(chunk)
         if behaviour == "no-usage":
             events = [e for e in events if b'"choices":[]' not in e]
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -142,6 +146,19 @@ class MockUpstream:
             return resp
         if behaviour == "slow":
             return await self._slow(request, resp, events[0])
+        if behaviour == "bulk":  # fast and large: a slow reader must not be cut off
+            head = events[0].split(b'"choices"')[0]
+            filler = b"x" * 16000
+            for _ in range(300):
+                await resp.write(head + b'"choices":[{"index":0,"delta":{"content":"' + filler + b'"}}]}\n\n')
+            await resp.write(events[-1])
+            await resp.write_eof()
+            return resp
+        if behaviour == "linger":  # a complete answer, then the connection stays open
+            for e in events:
+                await resp.write(e)
+            await asyncio.sleep(30)
+            return resp
         if behaviour in ("die", "eof", "stall"):
             for e in events[:3]:
                 await resp.write(e)

@@ -44,6 +44,9 @@ def test_prices_are_exact_integers_of_the_money_unit() -> None:
     (lambda c: c["models"]["m"].update(max_output_tokens=0), "models.m.max_output_tokens"),
     (lambda c: c["models"]["m"]["price"].update(input="0.0000000001"), "models.m.price.input"),
     (lambda c: c.update(server={"port": "80"}), "server.port"),
+    (lambda c: c.update(server={"request_log": "/no/such/dir/log"}), "server.request_log"),
+    (lambda c: c["providers"].update(d={"builtin": "demo", "base_url": "http://x"}), "providers.d.base_url"),
+    (lambda c: c["providers"].update(d={"builtin": "demo", "demo_chunk_delay": -1}), "providers.d.demo_chunk_delay"),
     (lambda c: c.update(models={}), "models"),
 ])
 def test_errors_name_the_key(mutate, key: str) -> None:

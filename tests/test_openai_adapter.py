@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from adapters import openai
 from billing.metering import Meter, Usage, count_text
@@ -83,7 +85,10 @@ def test_stream_event_flags_and_counting() -> None:
     assert openai.meter_stream_event("chat", b'{"error":{"message":"x"}}', m) & openai.UPSTREAM_ERROR
     assert openai.meter_stream_event("responses", b'{"type":"response.completed","response":{}}', m) \
         == openai.TERMINAL
-    assert openai.meter_stream_event("chat", b"not json", m) == 0
+    assert openai.meter_stream_event("chat", b"not json", m) == openai.NOT_JSON
+    content_with_usage = b'{"choices":[{"index":0,"delta":{"content":"x"}}],"usage":{"prompt_tokens":1}}'
+    assert openai.meter_stream_event("chat", content_with_usage, m) == openai.USAGE_ON_CONTENT
+    assert orjson.loads(openai.without_usage(content_with_usage))["usage"] is None
 
 
 def test_error_shapes() -> None:
@@ -95,3 +100,35 @@ def test_error_shapes() -> None:
     resp = openai.stream_error_event("responses", "gone", "upstream_closed", "req_1", 3)
     data = orjson.loads(resp.split(b"data: ")[1])
     assert resp.startswith(b"event: error\n") and data["type"] == "error" and data["error"]["code"] == "upstream_closed"
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(
+        st.sampled_from(["role", "content", "type", "text", "tool_calls", "function", "arguments", "name",
+                         "image_url", "detail", "input_audio", "data", "x"]), children, max_size=4),
+    max_leaves=20)
+
+
+@settings(max_examples=400, deadline=None)
+@given(endpoint=st.sampled_from(["chat", "completions", "embeddings", "responses"]),
+       body=st.dictionaries(st.sampled_from(["messages", "prompt", "input", "instructions", "tools", "stream",
+                                             "stream_options", "max_tokens", "max_output_tokens"]),
+                            json_values, max_size=5))
+def test_any_json_body_is_prepared_or_refused_never_crashes(endpoint: str, body: dict) -> None:
+    try:
+        p = openai.prepare(endpoint, body, "m", 100)
+    except openai.InvalidRequest:
+        return
+    assert p.prompt_estimate >= 0 and 0 <= p.max_output <= 100
+
+
+def test_huge_prompts_are_counted_within_a_budget() -> None:
+    import time
+
+    body = {"messages": [{"role": "user", "content": "y" * 999_999} for _ in range(10)]}
+    started = time.perf_counter()
+    estimate = openai.estimate_prompt("chat", body)
+    assert time.perf_counter() - started < 1.0  # the 10 MB body of the review took 5.5 s before
+    assert estimate >= 9 * 999_999 // 4

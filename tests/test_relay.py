@@ -8,6 +8,7 @@ import struct
 
 import httpx2 as httpx
 import openai
+import orjson
 import pytest
 
 from billing.metering import count_text
@@ -157,6 +158,60 @@ def test_upstream_4xx_passed_on(client: openai.OpenAI) -> None:
     assert bad.value.code == "mock"
 
 
+def test_upstream_refusals_keep_their_code_but_not_the_operators_secrets(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.RateLimitError) as limited:
+        client.chat.completions.create(model="mock-429", messages=MSG)
+    message = limited.value.message
+    assert "SECRETORG" not in message and "abcdef123456" not in message and "[redacted]" in message
+    assert limited.value.code == "mock" and limited.value.body["request_id"] == limited.value.request_id  # type: ignore[index]
+
+
+def test_a_slow_reader_is_not_cut_off(gateway: GatewayProcess, api_key: str) -> None:
+    """The idle timeout (0.5 s on this provider) times the upstream, never a client that reads slowly."""
+    import socket
+    import time
+
+    body = orjson.dumps({"model": "mock-bulk", "messages": MSG, "stream": True})
+    host, port = gateway.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Authorization: Bearer " + api_key.encode() + b"\r\nConnection: close\r\n"
+                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        first = sock.recv(4096)
+        time.sleep(2.0)  # the slow reader: the gateway's sends block far longer than the idle timeout
+        received = bytearray(first)
+        while chunk := sock.recv(1 << 20):
+            received += chunk
+    assert received.rstrip().endswith(b"0") and b"data: [DONE]" in received
+    assert b'"error"' not in received
+
+
+def test_an_upstream_that_lingers_after_done_does_not_hold_the_stream(client: openai.OpenAI,
+                                                                      gateway: GatewayProcess) -> None:
+    with client.chat.completions.with_streaming_response.create(model="mock-linger", messages=MSG,
+                                                                stream=True) as resp:
+        rid = resp.headers["x-tt-request-id"]
+        text = "".join(c.choices[0].delta.content or "" for c in resp.parse() if c.choices)
+    assert text == MSG[0]["content"]
+    entry = gateway.log_entry(rid)
+    assert entry["error"] is None and entry["upstream_error"] is None and entry["usage_source"] == "upstream"
+
+
+def test_a_request_that_never_reached_the_upstream_costs_nothing(client: openai.OpenAI,
+                                                                 gateway: GatewayProcess) -> None:
+    with pytest.raises(openai.InternalServerError) as err:
+        client.chat.completions.create(model="unreachable", messages=MSG)
+    assert "127.0.0.1" not in err.value.message  # the upstream's address stays inside
+    entry = gateway.log_entry(err.value.request_id)  # type: ignore[arg-type]
+    assert entry["usage_source"] == "none" and entry["cost_nanousd"] == 0
+
+
+def test_malformed_message_fields_are_a_400(gateway: GatewayProcess, api_key: str) -> None:
+    r = httpx.post(gateway.base_url + "/chat/completions", headers={"authorization": f"Bearer {api_key}"},
+                   json={"model": "mock-ok", "messages": [{"role": "assistant", "content": "x", "tool_calls": 5}]})
+    assert r.status_code in (200, 400)  # the gateway lets the upstream judge it, but never answers 500
+
+
 def test_upstream_auth_failure_is_not_blamed_on_the_client(client: openai.OpenAI) -> None:
     with pytest.raises(openai.InternalServerError) as err:
         client.chat.completions.create(model="mock-401", messages=MSG)
@@ -189,7 +244,7 @@ def test_client_leaving_before_the_answer_records_the_estimate(gateway: GatewayP
     with pytest.raises(openai.APITimeoutError):
         impatient.chat.completions.create(model="mock-hang", messages=MSG)
     entry = wait_for(lambda: next((e for e in gateway.log_entries()
-                                   if e["model"] == "mock-hang" and e["client_disconnected"]), None), 5, "log")
+                                   if e.get("model") == "mock-hang" and e.get("client_disconnected")), None), 5, "log")
     assert entry["status"] == 499 and entry["usage_source"] == "estimate"
     assert entry["input_tokens"] > 0 and entry["output_tokens"] == 0
 
@@ -229,6 +284,8 @@ def test_every_response_has_a_request_id(gateway: GatewayProcess) -> None:
                          ("GET", "/v1/models"), ("POST", "/v1/embeddings")]:
         r = httpx.request(method, gateway.url + path)
         assert r.headers.get("x-tt-request-id", "").startswith("req_"), (method, path, r.status_code)
+        if path != "/metrics":  # every request but the scrapes leaves a log line under its id
+            assert gateway.log_entry(r.headers["x-tt-request-id"])["status"] == r.status_code
 
 
 # -- streams that go wrong ------------------------------------------------------------------
