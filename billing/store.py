@@ -38,7 +38,6 @@ CREATE TABLE api_keys (
     models TEXT,                          -- JSON list of allowed public model names, NULL = all
     rpm INTEGER, tpm INTEGER,             -- NULL = the configured defaults
     expires_at INTEGER,                   -- unix seconds, NULL = never
-    held INTEGER NOT NULL DEFAULT 0 CHECK (held >= 0),
     created_at INTEGER NOT NULL,
     rotated_at INTEGER
 );
@@ -63,6 +62,7 @@ CREATE TABLE holds (
     closed_at REAL
 );
 CREATE INDEX holds_open ON holds (status, created_at);
+CREATE INDEX holds_key ON holds (key_id, status);
 CREATE TABLE ledger (
     id INTEGER PRIMARY KEY,
     account_id INTEGER NOT NULL REFERENCES accounts(id),
@@ -185,6 +185,9 @@ class Store:
 
     def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
         results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        if len(batch) == 1:
+            self._commit_one(conn, batch[0])
+            return
         try:
             conn.execute("BEGIN IMMEDIATE")
             for op in batch:
@@ -205,6 +208,27 @@ class Store:
             results = [(op.future, None, exc) for op in batch]
         assert self._loop is not None
         self._loop.call_soon_threadsafe(_settle_all, results)
+
+
+    def _commit_one(self, conn: sqlite3.Connection, op: _Op) -> None:
+        """A batch of one: its own transaction, no savepoint needed."""
+        value: Any = None
+        error: BaseException | None = None
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                value = op.fn(conn, *op.args)
+            except Exception as exc:  # noqa: BLE001 - the op's own failure, for its caller
+                conn.execute("ROLLBACK")
+                error = exc
+            else:
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            value, error = None, exc
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(_settle_future, op.future, value, error)
 
 
 def _settle_future(future: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:
@@ -291,19 +315,24 @@ def tx_admit(conn: sqlite3.Connection, r: HoldRequest) -> Admission:
         return Admission("model_not_allowed", {"allowed": json.loads(key["models"])})
     rpm = key["rpm"] if key["rpm"] is not None else r.default_rpm
     tpm = key["tpm"] if key["tpm"] is not None else r.default_tpm
-    win = conn.execute("SELECT requests, tokens FROM rate_windows WHERE key_id = ? AND window = ?",
-                       (key["id"], r.window)).fetchone()
-    used_requests, used_tokens = (win["requests"], win["tokens"]) if win else (0, 0)
-    if rpm and used_requests + 1 > rpm:
-        return Admission("rate_limit_requests", {"limit": rpm, "remaining": 0, "used": used_requests,
-                                                 "tpm": tpm, "tokens_used": used_tokens})
-    if tpm and used_tokens + r.tokens > tpm:
-        return Admission("rate_limit_tokens", {"limit": tpm, "remaining": max(tpm - used_tokens, 0),
-                                               "needed": r.tokens, "rpm": rpm, "requests_used": used_requests})
+    limited = bool(rpm or tpm)
+    used_requests = used_tokens = 0
+    if limited:
+        win = conn.execute("SELECT requests, tokens FROM rate_windows WHERE key_id = ? AND window = ?",
+                           (key["id"], r.window)).fetchone()
+        if win is not None:
+            used_requests, used_tokens = win["requests"], win["tokens"]
+        if rpm and used_requests + 1 > rpm:
+            return Admission("rate_limit_requests", {"limit": rpm, "remaining": 0, "used": used_requests,
+                                                     "tpm": tpm, "tokens_used": used_tokens})
+        if tpm and used_tokens + r.tokens > tpm:
+            return Admission("rate_limit_tokens", {"limit": tpm, "remaining": max(tpm - used_tokens, 0),
+                                                   "needed": r.tokens, "rpm": rpm, "requests_used": used_requests})
     if key["monthly_limit"] is not None:
-        spent = conn.execute("SELECT spent FROM key_spend WHERE key_id = ? AND month = ?",
-                             (key["id"], r.month)).fetchone()
-        committed = (spent["spent"] if spent else 0) + key["held"]
+        committed = conn.execute(
+            "SELECT COALESCE((SELECT spent FROM key_spend WHERE key_id = ?1 AND month = ?2), 0) + "
+            "COALESCE((SELECT SUM(amount) FROM holds WHERE key_id = ?1 AND status = 'open'), 0)",
+            (key["id"], r.month)).fetchone()[0]
         if committed + r.amount > key["monthly_limit"]:
             return Admission("api_key_quota_exceeded", {"limit": key["monthly_limit"], "committed": committed,
                                                         "needed": r.amount})
@@ -313,16 +342,16 @@ def tx_admit(conn: sqlite3.Connection, r: HoldRequest) -> Admission:
     if moved != 1:
         row = conn.execute("SELECT balance - held AS available FROM accounts WHERE id = ?", (account_id,)).fetchone()
         return Admission("billing_shortfall", {"needed": r.amount, "available": row["available"]})
+    window = r.window if limited else 0  # 0: not counted against any rate window
     conn.execute("INSERT INTO holds (request_id, account_id, key_id, model, amount, estimate, tokens, window, "
                  "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                 (r.request_id, account_id, key["id"], r.model, r.amount, r.estimate, r.tokens, r.window, r.now))
+                 (r.request_id, account_id, key["id"], r.model, r.amount, r.estimate, r.tokens, window, r.now))
     conn.execute("INSERT INTO ledger (account_id, kind, balance_delta, held_delta, request_id, key_id, created_at) "
                  "VALUES (?, 'hold', 0, ?, ?, ?, ?)", (account_id, r.amount, r.request_id, key["id"], r.now))
-    conn.execute("UPDATE api_keys SET held = held + ? WHERE id = ?", (r.amount, key["id"]))
-    conn.execute("INSERT INTO rate_windows (key_id, window, requests, tokens) VALUES (?, ?, 1, ?) "
-                 "ON CONFLICT (key_id, window) DO UPDATE SET requests = requests + 1, tokens = tokens + excluded.tokens",
-                 (key["id"], r.window, r.tokens))
-    conn.execute("DELETE FROM rate_windows WHERE key_id = ? AND window < ?", (key["id"], r.window - 1))
+    if limited:
+        conn.execute("INSERT INTO rate_windows (key_id, window, requests, tokens) VALUES (?, ?, 1, ?) "
+                     "ON CONFLICT (key_id, window) DO UPDATE SET requests = requests + 1, "
+                     "tokens = tokens + excluded.tokens", (key["id"], r.window, r.tokens))
     return Admission("", {"rpm": rpm, "tpm": tpm, "requests_used": used_requests + 1,
                           "tokens_used": used_tokens + r.tokens}, key["id"], account_id)
 
@@ -353,14 +382,14 @@ class Settled:
 def tx_settle(conn: sqlite3.Connection, s: Settlement) -> Settled | None:
     """Charge the real cost (never more than the wallet holds), release the rest, write the usage
     row. Idempotent: a hold that is already closed is left as it is. None: no such hold."""
-    hold = conn.execute("SELECT * FROM holds WHERE request_id = ?", (s.request_id,)).fetchone()
+    hold = conn.execute("SELECT h.*, a.balance - a.held AS available FROM holds h JOIN accounts a "
+                        "ON a.id = h.account_id WHERE h.request_id = ?", (s.request_id,)).fetchone()
     if hold is None:
         return None
     if hold["status"] != "open":
         return Settled(hold["charged"] or 0, 0, 0, already=True)
-    account = conn.execute("SELECT balance, held FROM accounts WHERE id = ?", (hold["account_id"],)).fetchone()
     amount = hold["amount"]
-    coverable = account["balance"] - account["held"] + amount
+    coverable = hold["available"] + amount
     charged = min(s.cost, coverable)
     from_hold = min(charged, amount)
     released = amount - from_hold
@@ -373,13 +402,12 @@ def tx_settle(conn: sqlite3.Connection, s: Settlement) -> Settled | None:
     if released:
         conn.execute(entry, (hold["account_id"], "release", 0, -released, s.request_id, hold["key_id"], s.now))
     if hold["key_id"] is not None:
-        conn.execute("UPDATE api_keys SET held = held - ? WHERE id = ?", (amount, hold["key_id"]))
         if charged:
             conn.execute("INSERT INTO key_spend (key_id, month, spent) VALUES (?, ?, ?) "
                          "ON CONFLICT (key_id, month) DO UPDATE SET spent = spent + excluded.spent",
                          (hold["key_id"], s.month, charged))
         actual_tokens = s.input_tokens + s.output_tokens
-        if actual_tokens < hold["tokens"]:  # give back the TPM budget the hold over-counted
+        if hold["window"] and actual_tokens < hold["tokens"]:  # give back the TPM budget the hold over-counted
             conn.execute("UPDATE rate_windows SET tokens = MAX(tokens - ?, 0) WHERE key_id = ? AND window = ?",
                          (hold["tokens"] - actual_tokens, hold["key_id"], hold["window"]))
     conn.execute("UPDATE holds SET status = ?, charged = ?, closed_at = ? WHERE request_id = ?",
@@ -394,6 +422,7 @@ def tx_settle(conn: sqlite3.Connection, s: Settlement) -> Settled | None:
 
 
 def tx_stale_holds(conn: sqlite3.Connection, before: float, limit: int) -> list[dict[str, Any]]:
+    conn.execute("DELETE FROM rate_windows WHERE window < ?", (int(before // 60) - 2,))  # housekeeping
     rows = conn.execute("SELECT request_id, estimate, created_at FROM holds WHERE status = 'open' AND created_at < ? "
                         "ORDER BY created_at LIMIT ?", (before, limit)).fetchall()
     return [dict(r) for r in rows]
@@ -442,8 +471,9 @@ def tx_list_accounts(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     return [dict(r) for r in conn.execute("SELECT * FROM accounts ORDER BY id")]
 
 
-KEY_COLUMNS = ("id, account_id, name, display, status, monthly_limit, models, rpm, tpm, expires_at, held, "
-               "created_at, rotated_at")
+KEY_COLUMNS = ("id, account_id, name, display, status, monthly_limit, models, rpm, tpm, expires_at, created_at, "
+               "rotated_at, (SELECT COALESCE(SUM(amount), 0) FROM holds WHERE key_id = api_keys.id AND status = 'open') "
+               "AS held")
 
 
 def tx_create_key(conn: sqlite3.Connection, account_id: int, name: str, lookup: str, display: str, key_hash: bytes,
