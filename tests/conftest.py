@@ -168,6 +168,11 @@ provider = "mock"
 upstream_model = "slow"
 price = {{ input = "1", output = "2" }}
 
+[models.mock-slow-usage]
+provider = "mock"
+upstream_model = "slow-usage"
+price = {{ input = "1", output = "2" }}
+
 [models.mock-die]
 provider = "mock"
 upstream_model = "die"

@@ -144,8 +144,8 @@ class MockUpstream:
                 await asyncio.sleep(0.005)  # let each piece leave as its own TCP segment
             await resp.write_eof()
             return resp
-        if behaviour == "slow":
-            return await self._slow(request, resp, events[0])
+        if behaviour in ("slow", "slow-usage"):
+            return await self._slow(request, resp, events[0], with_usage=behaviour == "slow-usage")
         if behaviour == "bulk":  # fast and large: a slow reader must not be cut off
             head = events[0].split(b'"choices"')[0]
             filler = b"x" * 16000
@@ -174,13 +174,18 @@ class MockUpstream:
         await resp.write_eof()
         return resp
 
-    async def _slow(self, request: web.Request, resp: web.StreamResponse, first: bytes) -> web.StreamResponse:
-        """A long stream, one chunk every 20 ms, that notices when its reader goes away."""
+    async def _slow(self, request: web.Request, resp: web.StreamResponse, first: bytes,
+                    with_usage: bool = False) -> web.StreamResponse:
+        """A long stream, one chunk every 20 ms, that notices when its reader goes away. With usage:
+        every chunk carries the running usage (as some providers send it), 7 prompt tokens + 1 per chunk."""
         head = first.split(b'"choices"')[0]
         try:
             await resp.write(first)
             for i in range(1500):
-                await resp.write(head + b'"choices":[{"index":0,"delta":{"content":" tick"},"finish_reason":null}]}\n\n')
+                usage = b',"usage":{"prompt_tokens":7,"completion_tokens":%d,"total_tokens":%d}' % (i + 1, i + 8) \
+                    if with_usage else b""
+                await resp.write(head + b'"choices":[{"index":0,"delta":{"content":" tick"},"finish_reason":null}]'
+                                 + usage + b'}\n\n')
                 await asyncio.sleep(0.02)
                 if request.transport is None or request.transport.is_closing():
                     break

@@ -166,6 +166,21 @@ def test_dropped_stream_is_charged_prompt_plus_observed_output(gateway: GatewayP
     assert wallet(gateway, "dropper")["held"] == 0
 
 
+def test_dropped_stream_with_upstream_usage_is_charged_exactly_that(gateway: GatewayProcess) -> None:
+    _, key, _ = new_account(gateway, "dropper2", "1")
+    with sdk(gateway, key).chat.completions.with_streaming_response.create(
+            model="mock-slow-usage", messages=MSG, stream=True) as resp:
+        rid = resp.headers["x-tt-request-id"]
+        stream = iter(resp.parse())
+        seen = [next(stream) for _ in range(6)]
+    assert all(c.usage is None for c in seen)  # this client did not ask for usage
+    entry = gateway.log_entry(rid)
+    assert entry["usage_source"] == "upstream" and entry["input_tokens"] == 7
+    completion = entry["output_tokens"]  # the last running figure the upstream sent before the close
+    assert completion >= 5
+    assert entry["cost_nanousd"] == ceil_div(7 * 1_000_000_000 + completion * 2_000_000_000, TOKENS_PER_PRICE)
+
+
 def test_failed_upstream_costs_nothing(gateway: GatewayProcess) -> None:
     _, key, _ = new_account(gateway, "unlucky", "1")
     with pytest.raises(openai.InternalServerError):
