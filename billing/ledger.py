@@ -12,8 +12,20 @@ from billing.metering import Usage, UsageRecord
 from billing.pricing import TokenPrices
 
 
+_month_cache: tuple[float, float, str] = (0.0, 0.0, "")
+
+
 def month_of(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m")
+    """The UTC calendar month of a timestamp, as YYYY-MM (cached for the month in progress)."""
+    global _month_cache
+    start, end, name = _month_cache
+    if start <= ts < end:
+        return name
+    moment = datetime.fromtimestamp(ts, tz=timezone.utc)
+    first = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    following = first.replace(year=first.year + (first.month == 12), month=first.month % 12 + 1)
+    _month_cache = (first.timestamp(), following.timestamp(), first.strftime("%Y-%m"))
+    return _month_cache[2]
 
 
 class Ledger:

@@ -61,8 +61,8 @@ CREATE TABLE holds (
     created_at REAL NOT NULL,
     closed_at REAL
 );
-CREATE INDEX holds_open ON holds (status, created_at);
-CREATE INDEX holds_key ON holds (key_id, status);
+CREATE INDEX holds_open ON holds (created_at) WHERE status = 'open';   -- only open holds: stays small
+CREATE INDEX holds_key ON holds (key_id) WHERE status = 'open';
 CREATE TABLE ledger (
     id INTEGER PRIMARY KEY,
     account_id INTEGER NOT NULL REFERENCES accounts(id),
@@ -395,12 +395,15 @@ def tx_settle(conn: sqlite3.Connection, s: Settlement) -> Settled | None:
     released = amount - from_hold
     conn.execute("UPDATE accounts SET balance = balance - ?, held = held - ? WHERE id = ?",
                  (charged, amount, hold["account_id"]))
-    entry = ("INSERT INTO ledger (account_id, kind, balance_delta, held_delta, request_id, key_id, created_at) "
-             "VALUES (?, ?, ?, ?, ?, ?, ?)")
+    entries = []  # one statement for the settle and release entries
     if charged:
-        conn.execute(entry, (hold["account_id"], "settle", -charged, -from_hold, s.request_id, hold["key_id"], s.now))
+        entries.append((hold["account_id"], "settle", -charged, -from_hold, s.request_id, hold["key_id"], s.now))
     if released:
-        conn.execute(entry, (hold["account_id"], "release", 0, -released, s.request_id, hold["key_id"], s.now))
+        entries.append((hold["account_id"], "release", 0, -released, s.request_id, hold["key_id"], s.now))
+    if entries:
+        conn.execute("INSERT INTO ledger (account_id, kind, balance_delta, held_delta, request_id, key_id, "
+                     "created_at) VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(entries)),
+                     [v for e in entries for v in e])
     if hold["key_id"] is not None:
         if charged:
             conn.execute("INSERT INTO key_spend (key_id, month, spent) VALUES (?, ?, ?) "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import secrets
 import sys
+import time
 from time import perf_counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -45,7 +46,9 @@ OPENAI_PATHS_WITHOUT_V1 = ("/chat/completions", "/completions", "/embeddings", "
 
 
 def new_request_id() -> str:
-    return "req_" + secrets.token_hex(12)
+    """req_ + 13 hex digits of the time in microseconds + 12 random: unique, and in time order, so the
+    database's indexes on request ids grow at their end."""
+    return f"req_{time.time_ns() // 1000:013x}{secrets.token_hex(6)}"
 
 
 class Gateway:
