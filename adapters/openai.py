@@ -45,7 +45,7 @@ class Prepared:
 
     stream: bool
     include_usage: bool  # the client asked for the usage-only chunk
-    max_output: int
+    max_output: int  # the most output tokens the request can be billed for (all its choices)
     prompt_estimate: int
     upstream_body: bytes
 
@@ -74,7 +74,31 @@ def prepare(endpoint: str, body: dict[str, Any], upstream_model: str, model_cap:
             include_usage = bool(options and options.get("include_usage") is True)
             upstream["stream_options"] = {**(options or {}), "include_usage": True}
     max_output = max_output_tokens(endpoint, body, model_cap)
-    return Prepared(stream, include_usage, max_output, estimate_prompt(endpoint, body), orjson.dumps(upstream))
+    if endpoint != "embeddings":  # the upstream may produce no more than was held for
+        field = next((f for f in _MAX_OUTPUT_FIELDS[endpoint] if body.get(f) is not None), _LIMIT_FIELD[endpoint])
+        upstream[field] = max_output
+    copies = answers_per_request(endpoint, body)
+    return Prepared(stream, include_usage, max_output * copies, estimate_prompt(endpoint, body),
+                    orjson.dumps(upstream))
+
+
+_LIMIT_FIELD = {"chat": "max_completion_tokens", "completions": "max_tokens", "responses": "max_output_tokens"}
+MAX_CHOICES = 128
+
+
+def answers_per_request(endpoint: str, body: dict[str, Any]) -> int:
+    """How many answers the upstream generates (and bills output for): `n`, or `best_of` on Completions."""
+    if endpoint not in ("chat", "completions"):
+        return 1
+    most = 1
+    for field in ("n", "best_of") if endpoint == "completions" else ("n",):
+        value = body.get(field)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CHOICES:
+            raise InvalidRequest(f"'{field}' must be an integer from 1 to {MAX_CHOICES}", field)
+        most = max(most, value)
+    return most
 
 
 _MAX_OUTPUT_FIELDS = {
@@ -120,7 +144,7 @@ def estimate_prompt(endpoint: str, body: dict[str, Any]) -> int:
                 fn = call.get("function") if isinstance(call, dict) else None
                 if isinstance(fn, dict):
                     total += count(_str(fn.get("name"))) + count(_str(fn.get("arguments")))
-        return total + _json_tokens(body.get("tools"), count)
+        return total + sum(_json_tokens(body.get(f), count) for f in ("tools", "functions", "response_format"))
     if endpoint == "completions":
         if "prompt" not in body:
             raise InvalidRequest("'prompt' is required", "prompt")
@@ -130,7 +154,8 @@ def estimate_prompt(endpoint: str, body: dict[str, Any]) -> int:
             raise InvalidRequest("'input' is required", "input")
         return _text_or_token_lists(body["input"], "input", count)
     # responses
-    total = count(_str(body.get("instructions"))) + _json_tokens(body.get("tools"), count)
+    total = count(_str(body.get("instructions"))) + _json_tokens(body.get("tools"), count) + \
+        _json_tokens(body.get("text"), count)
     items = body.get("input")
     if isinstance(items, str):
         return total + TOKENS_PER_MESSAGE + count(items) + TOKENS_PER_REPLY

@@ -11,7 +11,6 @@ from urllib.parse import parse_qsl
 
 KEY_PREFIX = "sk-tt-"
 SECRET_LENGTH = 40  # base62 characters: about 238 bits
-LOOKUP_LENGTH = 12  # characters of the secret used to find the row (not enough to guess the rest)
 BASE62 = string.ascii_letters + string.digits
 _BASE62_SET = frozenset(BASE62)
 
@@ -19,14 +18,12 @@ _BASE62_SET = frozenset(BASE62)
 @dataclass(frozen=True, slots=True)
 class NewKey:
     plaintext: str  # shown once, never stored
-    lookup: str
-    display: str
-    hash: bytes
+    display: str  # sk-tt-AbCd...wxyz: 8 of the 40 secret characters, for people to tell keys apart
+    hash: bytes  # how the key is found: no secret character is needed for the lookup
 
 
 @dataclass(frozen=True, slots=True)
 class Presented:
-    lookup: str
     hash: bytes
 
 
@@ -42,11 +39,12 @@ class KeyRejected(Exception):
 def new_key() -> NewKey:
     secret = "".join(secrets.choice(BASE62) for _ in range(SECRET_LENGTH))
     plaintext = KEY_PREFIX + secret
-    return NewKey(plaintext, secret[:LOOKUP_LENGTH], f"{KEY_PREFIX}{secret[:4]}...{secret[-4:]}", digest(plaintext))
+    return NewKey(plaintext, f"{KEY_PREFIX}{secret[:4]}...{secret[-4:]}", digest(plaintext))
 
 
 def digest(plaintext: str) -> bytes:
-    """SHA-256 suffices for a 238-bit random secret (no dictionary to attack); compared in constant time."""
+    """SHA-256 suffices for a 238-bit random secret (no dictionary to attack). Keys are found by this
+    digest, so lookups compare digests, never secrets: their timing tells nothing about a key."""
     return hashlib.sha256(plaintext.encode()).digest()
 
 
@@ -84,4 +82,4 @@ def check_presented(raw: str | None) -> Presented:
     if len(secret) < 32 or not _BASE62_SET.issuperset(secret):
         raise KeyRejected("not_a_tokentoll_key", "this is not a complete TokenToll API key: it should be 'sk-tt-' "
                                                  "followed by 40 letters and digits; copy it again")
-    return Presented(secret[:LOOKUP_LENGTH], digest(raw))
+    return Presented(digest(raw))

@@ -41,7 +41,7 @@ class Ledger:
         amount = pricing.hold_amount(prices, prompt_estimate, max_output)
         estimate = pricing.hold_amount(prices, prompt_estimate, 0)
         return await self.db.run(store.tx_admit, store.HoldRequest(
-            request_id=request_id, lookup=key.lookup, key_hash=key.hash, model=model, amount=amount,
+            request_id=request_id, key_hash=key.hash, model=model, amount=amount,
             estimate=estimate, tokens=prompt_estimate + max_output, now=now, month=month_of(now),
             window=int(now // 60), default_rpm=self.default_rpm, default_tpm=self.default_tpm))
 
@@ -76,9 +76,13 @@ class Ledger:
     async def credit(self, account_id: int, amount: int, note: str) -> int:
         return await self.db.run(store.tx_credit, account_id, amount, "credit", note, time.time())
 
+    async def open_account(self, name: str, credit: int) -> dict[str, object]:
+        """A new account and its first credit, in one transaction."""
+        return await self.db.run(store.tx_create_account, name, time.time(), credit, "initial credit")
+
     async def open_demo_account(self, key: NewKey, balance: int) -> bool:
         """The demo account with its balance and key, only on a database that has no account yet."""
-        return await self.db.run(store.tx_bootstrap_demo, key.lookup, key.display, key.hash, balance, time.time())
+        return await self.db.run(store.tx_bootstrap_demo, key.display, key.hash, balance, time.time())
 
     async def adjust(self, account_id: int, amount: int, note: str) -> int:
         return await self.db.run(store.tx_credit, account_id, amount, "adjustment", note, time.time())

@@ -4,7 +4,6 @@ Each operation is a whole transaction in one call; whatever is queued commits to
 from __future__ import annotations
 
 import asyncio
-import hmac
 import os
 import json
 import queue
@@ -17,6 +16,7 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 SCHEMA_VERSION = 1
+MAX_BALANCE = 10**18  # nano-dollars: one billion USD, far inside SQLite's 64-bit integers
 SCHEMA = """
 CREATE TABLE accounts (
     id INTEGER PRIMARY KEY,
@@ -24,15 +24,14 @@ CREATE TABLE accounts (
     balance INTEGER NOT NULL DEFAULT 0,   -- nano-dollars in the wallet, held money included
     held INTEGER NOT NULL DEFAULT 0,      -- the sum of open holds
     created_at INTEGER NOT NULL,
-    CHECK (held >= 0 AND balance >= held)
+    CHECK (typeof(balance) = 'integer' AND typeof(held) = 'integer' AND held >= 0 AND balance >= held)
 );
 CREATE TABLE api_keys (
     id INTEGER PRIMARY KEY,
     account_id INTEGER NOT NULL REFERENCES accounts(id),
     name TEXT NOT NULL,
-    lookup TEXT NOT NULL UNIQUE,          -- the first characters of the secret: finds the row
     display TEXT NOT NULL,                -- what a person sees: sk-tt-AbCd...wxyz
-    hash BLOB NOT NULL,                   -- sha256 of the whole plaintext
+    hash BLOB NOT NULL UNIQUE,            -- sha256 of the whole plaintext: finds the row
     status TEXT NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'disabled')),
     monthly_limit INTEGER,                -- nano-dollars per calendar month (UTC), NULL = none
     models TEXT,                          -- JSON list of allowed public model names, NULL = all
@@ -289,7 +288,6 @@ class Admission:
 @dataclass(slots=True)
 class HoldRequest:
     request_id: str
-    lookup: str
     key_hash: bytes
     model: str
     amount: int
@@ -304,8 +302,8 @@ class HoldRequest:
 
 def tx_admit(conn: sqlite3.Connection, r: HoldRequest) -> Admission:
     """Authenticate, check the key's limits, and place the hold: all or nothing."""
-    key = conn.execute("SELECT * FROM api_keys WHERE lookup = ?", (r.lookup,)).fetchone()
-    if key is None or not hmac.compare_digest(key["hash"], r.key_hash):
+    key = conn.execute("SELECT * FROM api_keys WHERE hash = ?", (r.key_hash,)).fetchone()
+    if key is None:
         return Admission("key_unknown")
     if key["status"] != "active":
         return Admission("key_disabled")
@@ -410,9 +408,9 @@ def tx_settle(conn: sqlite3.Connection, s: Settlement) -> Settled | None:
                          "ON CONFLICT (key_id, month) DO UPDATE SET spent = spent + excluded.spent",
                          (hold["key_id"], s.month, charged))
         actual_tokens = s.input_tokens + s.output_tokens
-        if hold["window"] and actual_tokens < hold["tokens"]:  # give back the TPM budget the hold over-counted
-            conn.execute("UPDATE rate_windows SET tokens = MAX(tokens - ?, 0) WHERE key_id = ? AND window = ?",
-                         (hold["tokens"] - actual_tokens, hold["key_id"], hold["window"]))
+        if hold["window"] and actual_tokens != hold["tokens"]:  # TPM counts what was really used
+            conn.execute("UPDATE rate_windows SET tokens = MAX(tokens + ?, 0) WHERE key_id = ? AND window = ?",
+                         (actual_tokens - hold["tokens"], hold["key_id"], hold["window"]))
     conn.execute("UPDATE holds SET status = ?, charged = ?, closed_at = ? WHERE request_id = ?",
                  ("settled" if charged else "released", charged, s.now, s.request_id))
     conn.execute("INSERT OR IGNORE INTO usage (request_id, account_id, key_id, model, input_tokens, output_tokens, "
@@ -435,12 +433,13 @@ def tx_credit(conn: sqlite3.Connection, account_id: int, amount: int, kind: str,
     """A credit (amount > 0) or an adjustment (either sign). The balance never drops below what is held."""
     if kind not in ("credit", "adjustment") or (kind == "credit" and amount <= 0):
         raise ValueError("a credit must be a positive amount")
-    moved = conn.execute("UPDATE accounts SET balance = balance + ? WHERE id = ? AND balance + ? >= held",
-                         (amount, account_id, amount)).rowcount
+    moved = conn.execute("UPDATE accounts SET balance = balance + ? WHERE id = ? AND balance + ? >= held "
+                         "AND balance + ? <= ?", (amount, account_id, amount, amount, MAX_BALANCE)).rowcount
     if moved != 1:
         if conn.execute("SELECT 1 FROM accounts WHERE id = ?", (account_id,)).fetchone() is None:
             raise LookupError(f"no account {account_id}")
-        raise ValueError("the adjustment would take the balance below zero or below the money held")
+        raise ValueError("the change would take the balance below zero, below the money held, or above "
+                         f"the largest balance the books hold ({MAX_BALANCE // 10**9} USD)")
     conn.execute("INSERT INTO ledger (account_id, kind, balance_delta, held_delta, note, created_at) "
                  "VALUES (?, ?, ?, 0, ?, ?)", (account_id, kind, amount, note, now))
     return int(conn.execute("SELECT balance FROM accounts WHERE id = ?", (account_id,)).fetchone()[0])
@@ -449,9 +448,14 @@ def tx_credit(conn: sqlite3.Connection, account_id: int, amount: int, kind: str,
 # -- accounts and keys ---------------------------------------------------------------------------
 
 
-def tx_create_account(conn: sqlite3.Connection, name: str, now: float) -> dict[str, Any]:
+def tx_create_account(conn: sqlite3.Connection, name: str, now: float, credit: int = 0,
+                      note: str = "initial credit") -> dict[str, Any]:
+    """An account, and its first credit in the same transaction: never one without the other."""
     cur = conn.execute("INSERT INTO accounts (name, created_at) VALUES (?, ?)", (name, int(now)))
-    return tx_account(conn, int(cur.lastrowid or 0))
+    account_id = int(cur.lastrowid or 0)
+    if credit:
+        tx_credit(conn, account_id, credit, "credit", note, now)
+    return tx_account(conn, account_id)
 
 
 def tx_account(conn: sqlite3.Connection, account_id: int) -> dict[str, Any]:
@@ -462,9 +466,11 @@ def tx_account(conn: sqlite3.Connection, account_id: int) -> dict[str, Any]:
 
 
 def tx_find_account(conn: sqlite3.Connection, ref: str) -> dict[str, Any]:
-    """An account by id or by name."""
-    row = conn.execute("SELECT * FROM accounts WHERE name = ? OR (id = ? AND ? GLOB '[0-9]*')",
-                       (ref, ref, ref)).fetchone()
+    """An account by id (all digits) or by name (names are never all digits)."""
+    if ref.isdigit():
+        row = conn.execute("SELECT * FROM accounts WHERE id = ?", (int(ref),)).fetchone()
+    else:
+        row = conn.execute("SELECT * FROM accounts WHERE name = ?", (ref,)).fetchone()
     if row is None:
         raise LookupError(f"no account {ref!r}")
     return dict(row)
@@ -479,11 +485,11 @@ KEY_COLUMNS = ("id, account_id, name, display, status, monthly_limit, models, rp
                "AS held")
 
 
-def tx_create_key(conn: sqlite3.Connection, account_id: int, name: str, lookup: str, display: str, key_hash: bytes,
+def tx_create_key(conn: sqlite3.Connection, account_id: int, name: str, display: str, key_hash: bytes,
                   now: float, limits: dict[str, Any]) -> dict[str, Any]:
     tx_account(conn, account_id)
-    cur = conn.execute("INSERT INTO api_keys (account_id, name, lookup, display, hash, created_at) "
-                       "VALUES (?, ?, ?, ?, ?, ?)", (account_id, name, lookup, display, key_hash, int(now)))
+    cur = conn.execute("INSERT INTO api_keys (account_id, name, display, hash, created_at) "
+                       "VALUES (?, ?, ?, ?, ?)", (account_id, name, display, key_hash, int(now)))
     key_id = int(cur.lastrowid or 0)
     if limits:
         tx_set_key(conn, key_id, limits)
@@ -505,10 +511,10 @@ def tx_list_keys(conn: sqlite3.Connection, account_id: int | None) -> list[dict[
     return [dict(r) for r in rows]
 
 
-def tx_rotate_key(conn: sqlite3.Connection, key_id: int, lookup: str, display: str, key_hash: bytes,
+def tx_rotate_key(conn: sqlite3.Connection, key_id: int, display: str, key_hash: bytes,
                   now: float) -> dict[str, Any]:
-    moved = conn.execute("UPDATE api_keys SET lookup = ?, display = ?, hash = ?, rotated_at = ? WHERE id = ?",
-                         (lookup, display, key_hash, int(now), key_id)).rowcount
+    moved = conn.execute("UPDATE api_keys SET display = ?, hash = ?, rotated_at = ? WHERE id = ?",
+                         (display, key_hash, int(now), key_id)).rowcount
     if moved != 1:
         raise LookupError(f"no key {key_id}")
     return tx_key(conn, key_id)
@@ -576,15 +582,14 @@ def tx_take_lease(conn: sqlite3.Connection, name: str, holder: str, now: float, 
     return bool(row and row["holder"] == holder)
 
 
-def tx_bootstrap_demo(conn: sqlite3.Connection, lookup: str, display: str, key_hash: bytes, balance: int,
+def tx_bootstrap_demo(conn: sqlite3.Connection, display: str, key_hash: bytes, balance: int,
                       now: float) -> bool:
     """On a database with no account at all: the demo account, its balance and one key, at once
     (so that several workers starting together make exactly one)."""
     if conn.execute("SELECT 1 FROM accounts LIMIT 1").fetchone() is not None:
         return False
-    account = tx_create_account(conn, "demo", now)
-    tx_credit(conn, account["id"], balance, "credit", "demo balance", now)
-    tx_create_key(conn, account["id"], "demo", lookup, display, key_hash, now, {})
+    account = tx_create_account(conn, "demo", now, balance, "demo balance")
+    tx_create_key(conn, account["id"], "demo", display, key_hash, now, {})
     return True
 
 

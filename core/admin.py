@@ -119,18 +119,13 @@ def _opt(body: dict[str, Any], name: str) -> str | None:
 
 
 def _limits(body: dict[str, Any], creating: bool = False) -> dict[str, Any]:
-    """Key settings from a JSON body; on creation `account` and `name` are read by the caller."""
+    """Key settings from a JSON body, passed on as they are (Operations checks them); null clears one.
+    On creation `account` and `name` are read by the caller."""
     allowed = ("monthly_limit", "models", "rpm", "tpm", "expires_at") + (() if creating else ("name",))
     unknown = [k for k in body if k not in allowed and not (creating and k in ("account", "name"))]
     if unknown:
         raise OperationError(f"unknown field(s): {', '.join(unknown)}")
-    out = {k: body[k] for k in allowed if k in body}
-    if isinstance(out.get("models"), list):
-        out["models"] = ",".join(str(m) for m in out["models"])
-    for k in ("monthly_limit", "rpm", "tpm"):
-        if out.get(k) is None and k in out:
-            out[k] = "none"
-    return {k: (str(v) if k != "name" else v) for k, v in out.items() if v is not None}
+    return {k: ("none" if body[k] is None else body[k]) for k in allowed if k in body}
 
 
 def _int_param(request: Request, name: str) -> int | None:

@@ -121,7 +121,9 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
     try:
         result = asyncio.run(go())
-    except OperationError as exc:
+    except (OperationError, ValueError) as exc:
+        if args.json:
+            sys.stdout.buffer.write(orjson.dumps({"error": str(exc)}) + b"\n")
         print(f"tokentoll: {exc}", file=sys.stderr)
         return 1
     if args.json:

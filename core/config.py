@@ -236,7 +236,12 @@ def _model(name: str, t: dict[str, Any], providers: dict[str, Provider]) -> Mode
         raise ConfigError(f"{at}.provider: unknown provider {pname!r} (defined: {', '.join(sorted(providers))})")
     price_t = _table(t, "price", f"{at}.price")
     _only_keys(price_t, f"{at}.price", {"input", "output", "cache_read", "cache_write", "image", "task", "second"})
-    prices = {key: _money(price_t, key, f"{at}.price") for key in ("input", "output", "cache_read", "cache_write")}
+    for key in ("input", "output"):  # a forgotten price must not make a model free
+        if key not in price_t:
+            raise ConfigError(f"{at}.price.{key}: required (USD per 1M tokens; write \"0\" for a free model)")
+    prices = {key: _money(price_t, key, f"{at}.price") for key in ("input", "output")}
+    for key in ("cache_read", "cache_write"):  # unset: cached input costs what fresh input costs
+        prices[key] = _money(price_t, key, f"{at}.price") if key in price_t else prices["input"]
     images_t = _table(price_t, "image", f"{at}.price.image")
     images = {}
     for size in images_t:

@@ -4,6 +4,7 @@ CLI (and the admin API). Amounts in and out are USD strings; inside, integer nan
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
@@ -19,11 +20,18 @@ class OperationError(Exception):
     """A refused operation, with a message for the operator."""
 
 
+MAX_USD = Decimal(10**9)  # no single amount may pass one billion USD
+
+
 def parse_usd(text: str, what: str) -> int:
     try:
-        return usd_to_units(Decimal(text))
-    except (InvalidOperation, PriceError):
-        raise OperationError(f"{what}: {text!r} is not a USD amount with at most 9 decimals") from None
+        usd = Decimal(text)
+        if not usd.is_finite() or abs(usd) > MAX_USD:
+            raise InvalidOperation
+        return usd_to_units(usd)
+    except (InvalidOperation, PriceError, ValueError):
+        raise OperationError(f"{what}: {text!r} is not a USD amount with at most 9 decimals "
+                             f"(and at most {MAX_USD} in size)") from None
 
 
 def _money(row: dict[str, Any], *fields: str) -> dict[str, Any]:
@@ -61,17 +69,17 @@ class Operations:
             raise OperationError(str(exc)) from None
 
     async def create_account(self, name: str, credit_usd: str | None = None) -> dict[str, Any]:
-        if not name or name != name.strip():
-            raise OperationError("an account name must be non-empty, without surrounding spaces")
+        if not name or name != name.strip() or name.isdigit() or len(name) > 200:
+            raise OperationError("an account name must be 1 to 200 characters, not all digits (those are ids), "
+                                 "without surrounding spaces")
+        credit = parse_usd(credit_usd, "credit") if credit_usd is not None else 0
+        if credit < 0:
+            raise OperationError("credit: an initial credit cannot be negative")
         try:
-            account = await self.db.run(store.tx_create_account, name, time.time())
-        except Exception as exc:
-            if "UNIQUE" in str(exc):
-                raise OperationError(f"an account named {name!r} exists already") from None
-            raise
-        if credit_usd:
-            await self.ledger.credit(account["id"], parse_usd(credit_usd, "credit"), "initial credit")
-        return public_account(await self.db.run(store.tx_account, account["id"]))
+            account = await self.ledger.open_account(name, credit)
+        except sqlite3.IntegrityError:
+            raise OperationError(f"an account named {name!r} exists already") from None
+        return public_account(account)
 
     async def list_accounts(self) -> list[dict[str, Any]]:
         return [public_account(a) for a in await self.db.run(store.tx_list_accounts)]
@@ -79,7 +87,9 @@ class Operations:
     async def create_key(self, account: str, name: str = "default", **limits: Any) -> dict[str, Any]:
         acct = await self._account(account)
         key = new_key()
-        row = await self.db.run(store.tx_create_key, acct["id"], name, key.lookup, key.display, key.hash,
+        if not isinstance(name, str) or not name.strip() or len(name) > 200:
+            raise OperationError("a key name must be 1 to 200 characters")
+        row = await self.db.run(store.tx_create_key, acct["id"], name, key.display, key.hash,
                                 time.time(), self._limits(limits))
         return {**public_key(row), "key": key.plaintext}
 
@@ -90,7 +100,7 @@ class Operations:
     async def rotate_key(self, key_id: int) -> dict[str, Any]:
         key = new_key()
         try:
-            row = await self.db.run(store.tx_rotate_key, key_id, key.lookup, key.display, key.hash, time.time())
+            row = await self.db.run(store.tx_rotate_key, key_id, key.display, key.hash, time.time())
         except LookupError as exc:
             raise OperationError(str(exc)) from None
         return {**public_key(row), "key": key.plaintext}
@@ -103,21 +113,41 @@ class Operations:
 
     @staticmethod
     def _limits(limits: dict[str, Any]) -> dict[str, Any]:
-        """Operator input (USD strings, model lists, ISO dates) into key columns; 'none' clears."""
+        """Operator input (USD strings, model lists, ISO dates, counts) into key columns, each checked;
+        None leaves a setting alone and the word "none" clears it."""
         out: dict[str, Any] = {}
         for name, value in limits.items():
             if value is None:
                 continue
-            clear = isinstance(value, str) and value.lower() == "none"
-            if name == "monthly_limit":
-                out[name] = None if clear else parse_usd(str(value), "monthly limit")
+            if isinstance(value, str) and value.lower() == "none" and name in ("monthly_limit", "models", "rpm",
+                                                                              "tpm", "expires_at"):
+                out[name] = None
+            elif name == "monthly_limit":
+                if not isinstance(value, str):
+                    raise OperationError("monthly limit: give USD as a string such as \"25.00\"")
+                out[name] = parse_usd(value, "monthly limit")
+                if out[name] < 0:
+                    raise OperationError("monthly limit: cannot be negative")
             elif name == "models":
-                out[name] = None if clear else json.dumps([m.strip() for m in str(value).split(",") if m.strip()])
+                names = value.split(",") if isinstance(value, str) else value
+                if not isinstance(names, list) or not all(isinstance(m, str) for m in names):
+                    raise OperationError("models: a list of model names, or one comma-separated string")
+                out[name] = json.dumps([m.strip() for m in names if m.strip()])
             elif name in ("rpm", "tpm"):
-                out[name] = None if clear else int(value)
+                try:
+                    count = int(value) if not isinstance(value, bool) else -1
+                except (TypeError, ValueError):
+                    count = -1
+                if count < 0 or (isinstance(value, float)):
+                    raise OperationError(f"{name}: a whole number of 0 or more (0 = no limit)")
+                out[name] = count
             elif name == "expires_at":
-                out[name] = None if clear else _timestamp(str(value))
-            elif name in ("status", "name"):
+                out[name] = _timestamp(str(value))
+            elif name == "status":
+                out[name] = value
+            elif name == "name":
+                if not isinstance(value, str) or not value.strip() or len(value) > 200:
+                    raise OperationError("a key name must be 1 to 200 characters")
                 out[name] = value
             else:
                 raise OperationError(f"unknown key setting {name}")

@@ -30,6 +30,7 @@ def test_shipped_config_is_valid() -> None:
 def test_prices_are_exact_integers_of_the_money_unit() -> None:
     s = parse(base(), {"K": "secret"})
     assert s.models["m"].prices.input == 150_000_000 and s.models["m"].prices.output == 600_000_000
+    assert s.models["m"].prices.cache_read == 150_000_000  # unset cache prices are the input price
     assert s.models["m"].upstream_model == "m" and s.providers["up"].api_key == "secret"
 
 
@@ -43,6 +44,7 @@ def test_prices_are_exact_integers_of_the_money_unit() -> None:
     (lambda c: c["models"]["m"]["price"].update(output="-1"), "models.m.price.output"),
     (lambda c: c["models"]["m"].update(max_output_tokens=0), "models.m.max_output_tokens"),
     (lambda c: c["models"]["m"]["price"].update(input="0.0000000001"), "models.m.price.input"),
+    (lambda c: c["models"]["m"]["price"].pop("output"), "models.m.price.output"),
     (lambda c: c.update(server={"port": "80"}), "server.port"),
     (lambda c: c.update(server={"request_log": "/no/such/dir/log"}), "server.request_log"),
     (lambda c: c["providers"].update(d={"builtin": "demo", "base_url": "http://x"}), "providers.d.base_url"),
@@ -76,7 +78,8 @@ def test_missing_key_variable_is_named() -> None:
 
 def test_cli_stops_with_the_key_in_the_message(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
-    bad.write_text('[providers.p]\nbuiltin = "demo"\n[models.x]\nprovider = "p"\nmax_output_tokens = "many"\n')
+    bad.write_text('[providers.p]\nbuiltin = "demo"\n[models.x]\nprovider = "p"\nmax_output_tokens = "many"\n'
+                   'price = { input = "1", output = "1" }\n')
     run = subprocess.run([sys.executable, str(ROOT / "gateway.py"), "--config", str(bad)], capture_output=True,
                          text=True, cwd=ROOT, timeout=60)
     assert run.returncode == 2
@@ -85,7 +88,8 @@ def test_cli_stops_with_the_key_in_the_message(tmp_path: Path) -> None:
 
 def test_config_chosen_by_environment(tmp_path: Path) -> None:
     good = tmp_path / "alt.toml"
-    good.write_text('[providers.p]\nbuiltin = "demo"\n[models.only-here]\nprovider = "p"\n')
+    good.write_text('[providers.p]\nbuiltin = "demo"\n[models.only-here]\nprovider = "p"\n'
+                    'price = { input = "0", output = "0" }\n')
     run = subprocess.run([sys.executable, str(ROOT / "gateway.py"), "--check"], capture_output=True, text=True,
                          cwd=ROOT, env={"TOKENTOLL_CONFIG": str(good), "PATH": "/usr/bin:/bin"}, timeout=60)
     assert run.returncode == 0 and str(good) in run.stdout and "1 models" in run.stdout

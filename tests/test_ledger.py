@@ -24,7 +24,7 @@ async def open_books(path: Path, balance: int, **key_limits: object) -> tuple[st
     await db.start()
     account = await db.run(store.tx_create_account, "acct", 0.0)
     key = new_key()
-    await db.run(store.tx_create_key, account["id"], "k", key.lookup, key.display, key.hash, 0.0, dict(key_limits))
+    await db.run(store.tx_create_key, account["id"], "k", key.display, key.hash, 0.0, dict(key_limits))
     ledger = Ledger(db, default_rpm=0, default_tpm=0)
     if balance:
         await ledger.credit(account["id"], balance, "test")

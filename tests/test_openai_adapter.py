@@ -21,6 +21,22 @@ def test_prepare_forces_upstream_usage_but_remembers_the_client_choice() -> None
     assert openai.prepare("chat", body, "up-model", 100).include_usage
 
 
+def test_the_upstream_is_told_the_held_limit_and_n_multiplies_it() -> None:
+    msgs = [{"role": "user", "content": "hi"}]
+    capped = openai.prepare("chat", {"messages": msgs, "max_tokens": 5000}, "m", 100)
+    assert orjson.loads(capped.upstream_body)["max_tokens"] == 100 and capped.max_output == 100
+    unset = openai.prepare("chat", {"messages": msgs}, "m", 100)
+    assert orjson.loads(unset.upstream_body)["max_completion_tokens"] == 100
+    assert orjson.loads(openai.prepare("responses", {"input": "x"}, "m", 7).upstream_body)["max_output_tokens"] == 7
+    many = openai.prepare("chat", {"messages": msgs, "n": 50, "max_tokens": 10}, "m", 100)
+    assert many.max_output == 500
+    best = openai.prepare("completions", {"prompt": "x", "n": 2, "best_of": 5, "max_tokens": 10}, "m", 100)
+    assert best.max_output == 50
+    with pytest.raises(openai.InvalidRequest) as err:
+        openai.prepare("chat", {"messages": msgs, "n": 0}, "m", 100)
+    assert err.value.param == "n"
+
+
 def test_max_output_is_the_request_limit_capped_by_the_model() -> None:
     msgs = [{"role": "user", "content": "hi"}]
     assert openai.prepare("chat", {"messages": msgs}, "m", 4096).max_output == 4096

@@ -381,4 +381,4 @@ def test_pricing_is_public_and_exact(gateway: GatewayProcess) -> None:
     assert r.status_code == 200
     prices = {m["model"]: m for m in r.json()["data"]}
     assert prices["demo-echo"]["input"] == "0.500000000" and prices["demo-echo"]["output"] == "1.500000000"
-    assert prices["mock-ok"]["cache_read"] == "0.000000000"
+    assert prices["mock-ok"]["cache_read"] == "1.000000000"  # unset: cached input costs the input price
