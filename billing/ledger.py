@@ -29,10 +29,11 @@ def month_of(ts: float) -> str:
 
 
 class Ledger:
-    def __init__(self, db: store.Store, default_rpm: int, default_tpm: int) -> None:
+    def __init__(self, db: store.Store, default_rpm: int, default_tpm: int, owner: str = "") -> None:
         self.db = db
         self.default_rpm = default_rpm
         self.default_tpm = default_tpm
+        self.owner = owner  # this process, on every hold it places (see billing/safetynet.py)
 
     async def admit(self, request_id: str, key: Presented, model: str, prices: TokenPrices, prompt_estimate: int,
                     max_output: int) -> store.Admission:
@@ -41,7 +42,7 @@ class Ledger:
         amount = pricing.hold_amount(prices, prompt_estimate, max_output)
         estimate = pricing.hold_amount(prices, prompt_estimate, 0)
         return await self.db.run(store.tx_admit, store.HoldRequest(
-            request_id=request_id, key_hash=key.hash, model=model, amount=amount,
+            request_id=request_id, owner=self.owner, key_hash=key.hash, model=model, amount=amount,
             estimate=estimate, tokens=prompt_estimate + max_output, now=now, month=month_of(now),
             window=int(now // 60), default_rpm=self.default_rpm, default_tpm=self.default_tpm))
 
@@ -52,23 +53,25 @@ class Ledger:
         return await self._settle(request_id, cost, record, status, duration_ms)
 
     async def _settle(self, request_id: str, cost: int, record: UsageRecord, status: int,
-                      duration_ms: float | None) -> store.Settled | None:
+                      duration_ms: float | None, by: str = "request") -> store.Settled | None:
         now = time.time()
         u = record.usage
         return await self.db.run(store.tx_settle, store.Settlement(
             request_id=request_id, cost=cost, input_tokens=u.in_total, output_tokens=u.out_total,
             cache_read_tokens=u.cache_read, cache_write_tokens=u.cache_write, source=record.source,
-            status=status, duration_ms=duration_ms, now=now, month=month_of(now)))
+            status=status, duration_ms=duration_ms, now=now, month=month_of(now), by=by))
 
     async def settle_stale(self, older_than: float, batch: int = 500) -> int:
-        """The safety net's pass: every hold open for longer than `older_than` seconds is settled at
-        its prompt estimate (source "estimate"): its request is gone and nothing else is known."""
+        """The safety net's pass: every hold open for longer than `older_than` seconds, or placed by a
+        process whose heartbeat has lapsed, is settled at its prompt estimate (source "estimate"). If
+        its request does end later, its own settle charges or returns the difference."""
         closed = 0
         while True:
-            stale = await self.db.run(store.tx_stale_holds, time.time() - older_than, batch)
+            now = time.time()
+            stale = await self.db.run(store.tx_stale_holds, now - older_than, now, batch)
             for hold in stale:
                 record = UsageRecord(Usage(), "estimate")
-                if await self._settle(hold["request_id"], hold["estimate"], record, 0, None):
+                if await self._settle(hold["request_id"], hold["estimate"], record, 0, None, by="safety_net"):
                     closed += 1
             if len(stale) < batch:
                 return closed

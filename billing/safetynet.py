@@ -1,5 +1,5 @@
 """The safety net: a background task that closes every hold left open longer than the configured TTL,
-also those of a process that was killed. A lease in the database lets one process run it at a time."""
+and at once those of a process that died (its heartbeat lease lapsed). One process sweeps at a time."""
 
 from __future__ import annotations
 
@@ -17,13 +17,18 @@ log = logging.getLogger("tokentoll.safetynet")
 LEASE = "safety-net"
 
 
+def owner_id() -> str:
+    """A name for this process, unique across hosts and restarts."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
 class SafetyNet:
     def __init__(self, ledger: Ledger, db: store.Store, hold_ttl: float, interval: float) -> None:
         self.ledger = ledger
         self.db = db
         self.hold_ttl = hold_ttl
         self.interval = interval
-        self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.holder = ledger.owner or owner_id()
         self._task: asyncio.Task[None] | None = None
         self.passes = 0
 
@@ -38,6 +43,10 @@ class SafetyNet:
             except asyncio.CancelledError:
                 pass
 
+    async def heartbeat(self) -> None:
+        """This process is alive: its holds are its own to settle. Must run before the first hold."""
+        await self.db.run(store.tx_take_lease, "worker:" + self.holder, self.holder, time.time(), self.interval * 3)
+
     async def sweep(self) -> int:
         """One pass, if this process holds the lease. Returns how many holds it closed."""
         if not await self.db.run(store.tx_take_lease, LEASE, self.holder, time.time(), self.interval * 3):
@@ -50,6 +59,7 @@ class SafetyNet:
     async def _run(self) -> None:
         while True:
             try:
+                await self.heartbeat()
                 await self.sweep()
             except store.StoreClosed:
                 return

@@ -56,6 +56,8 @@ CREATE TABLE holds (
     tokens INTEGER NOT NULL,              -- tokens counted against TPM at hold time
     window INTEGER NOT NULL,              -- the rate-limit minute it was counted in
     status TEXT NOT NULL DEFAULT 'open' CHECK (status IN ('open', 'settled', 'released')),
+    owner TEXT NOT NULL,                  -- the process serving the request (its heartbeat is a lease)
+    closed_by TEXT,                       -- 'request', or 'safety_net' when the net closed it
     charged INTEGER,
     created_at REAL NOT NULL,
     closed_at REAL
@@ -288,6 +290,7 @@ class Admission:
 @dataclass(slots=True)
 class HoldRequest:
     request_id: str
+    owner: str
     key_hash: bytes
     model: str
     amount: int
@@ -342,8 +345,9 @@ def tx_admit(conn: sqlite3.Connection, r: HoldRequest) -> Admission:
         return Admission("billing_shortfall", {"needed": r.amount, "available": row["available"]})
     window = r.window if limited else 0  # 0: not counted against any rate window
     conn.execute("INSERT INTO holds (request_id, account_id, key_id, model, amount, estimate, tokens, window, "
-                 "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                 (r.request_id, account_id, key["id"], r.model, r.amount, r.estimate, r.tokens, window, r.now))
+                 "owner, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 (r.request_id, account_id, key["id"], r.model, r.amount, r.estimate, r.tokens, window, r.owner,
+                  r.now))
     conn.execute("INSERT INTO ledger (account_id, kind, balance_delta, held_delta, request_id, key_id, created_at) "
                  "VALUES (?, 'hold', 0, ?, ?, ?, ?)", (account_id, r.amount, r.request_id, key["id"], r.now))
     if limited:
@@ -367,6 +371,7 @@ class Settlement:
     duration_ms: float | None
     now: float
     month: str
+    by: str = "request"  # or "safety_net"
 
 
 @dataclass(slots=True)
@@ -385,6 +390,8 @@ def tx_settle(conn: sqlite3.Connection, s: Settlement) -> Settled | None:
     if hold is None:
         return None
     if hold["status"] != "open":
+        if hold["closed_by"] == "safety_net" and s.by == "request":
+            return _settle_late(conn, hold, s)
         return Settled(hold["charged"] or 0, 0, 0, already=True)
     amount = hold["amount"]
     coverable = hold["available"] + amount
@@ -411,8 +418,8 @@ def tx_settle(conn: sqlite3.Connection, s: Settlement) -> Settled | None:
         if hold["window"] and actual_tokens != hold["tokens"]:  # TPM counts what was really used
             conn.execute("UPDATE rate_windows SET tokens = MAX(tokens + ?, 0) WHERE key_id = ? AND window = ?",
                          (actual_tokens - hold["tokens"], hold["key_id"], hold["window"]))
-    conn.execute("UPDATE holds SET status = ?, charged = ?, closed_at = ? WHERE request_id = ?",
-                 ("settled" if charged else "released", charged, s.now, s.request_id))
+    conn.execute("UPDATE holds SET status = ?, charged = ?, closed_at = ?, closed_by = ? WHERE request_id = ?",
+                 ("settled" if charged else "released", charged, s.now, s.by, s.request_id))
     conn.execute("INSERT OR IGNORE INTO usage (request_id, account_id, key_id, model, input_tokens, output_tokens, "
                  "cache_read_tokens, cache_write_tokens, cost, unbilled, source, status, duration_ms, created_at) "
                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -422,10 +429,37 @@ def tx_settle(conn: sqlite3.Connection, s: Settlement) -> Settled | None:
     return Settled(charged, released, s.cost - charged)
 
 
-def tx_stale_holds(conn: sqlite3.Connection, before: float, limit: int) -> list[dict[str, Any]]:
-    conn.execute("DELETE FROM rate_windows WHERE window < ?", (int(before // 60) - 2,))  # housekeeping
-    rows = conn.execute("SELECT request_id, estimate, created_at FROM holds WHERE status = 'open' AND created_at < ? "
-                        "ORDER BY created_at LIMIT ?", (before, limit)).fetchall()
+def _settle_late(conn: sqlite3.Connection, hold: sqlite3.Row, s: Settlement) -> Settled:
+    """The request outlived its hold: the safety net charged the prompt estimate, and now the real
+    cost is known. Charge (or give back) the difference, never below zero, once."""
+    delta = s.cost - (hold["charged"] or 0)
+    extra = min(delta, hold["available"]) if delta > 0 else delta
+    if extra:
+        conn.execute("UPDATE accounts SET balance = balance - ? WHERE id = ?", (extra, hold["account_id"]))
+        conn.execute("INSERT INTO ledger (account_id, kind, balance_delta, held_delta, request_id, key_id, note, "
+                     "created_at) VALUES (?, ?, ?, 0, ?, ?, 'the request ended after the safety net closed its hold', ?)",
+                     (hold["account_id"], "settle" if extra > 0 else "adjustment", -extra, s.request_id,
+                      hold["key_id"], s.now))
+        if hold["key_id"] is not None:
+            conn.execute("INSERT INTO key_spend (key_id, month, spent) VALUES (?, ?, ?) ON CONFLICT (key_id, month) "
+                         "DO UPDATE SET spent = MAX(spent + excluded.spent, 0)", (hold["key_id"], s.month, extra))
+    charged = (hold["charged"] or 0) + extra
+    conn.execute("UPDATE holds SET charged = ?, closed_by = 'request', status = ? WHERE request_id = ?",
+                 (charged, "settled" if charged else "released", s.request_id))
+    conn.execute("UPDATE usage SET input_tokens = ?, output_tokens = ?, cache_read_tokens = ?, cache_write_tokens = ?, "
+                 "cost = ?, unbilled = ?, source = ?, status = ?, duration_ms = ? WHERE request_id = ?",
+                 (s.input_tokens, s.output_tokens, s.cache_read_tokens, s.cache_write_tokens, charged,
+                  s.cost - charged, s.source, s.status, s.duration_ms, s.request_id))
+    return Settled(charged, 0, s.cost - charged)
+
+
+def tx_stale_holds(conn: sqlite3.Connection, before: float, now: float, limit: int) -> list[dict[str, Any]]:
+    """Open holds older than `before`, or whose owner's heartbeat has lapsed (a process that died)."""
+    conn.execute("DELETE FROM rate_windows WHERE window < ?", (int(now // 60) - 2,))  # housekeeping
+    rows = conn.execute(
+        "SELECT request_id, estimate, created_at FROM holds WHERE status = 'open' AND (created_at < ? OR NOT EXISTS "
+        "(SELECT 1 FROM leases WHERE name = 'worker:' || holds.owner AND expires_at >= ?)) ORDER BY created_at "
+        "LIMIT ?", (before, now, limit)).fetchall()
     return [dict(r) for r in rows]
 
 

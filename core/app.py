@@ -25,7 +25,7 @@ from billing.metering import encoding
 from billing.pricing import units_to_usd
 from core.admin import ADMIN_TOKEN_ENV, AdminAPI
 from core.operations import Operations
-from billing.safetynet import SafetyNet
+from billing.safetynet import SafetyNet, owner_id
 from billing.store import Store
 from core.config import Settings
 from core.metrics import Metrics
@@ -60,7 +60,7 @@ class Gateway:
         self.log = RequestLog(settings.server.request_log)
         self.upstreams = Upstreams(settings)
         self.store = Store(settings.billing.database, settings.billing.synchronous)
-        self.ledger = Ledger(self.store, settings.billing.default_rpm, settings.billing.default_tpm)
+        self.ledger = Ledger(self.store, settings.billing.default_rpm, settings.billing.default_tpm, owner_id())
         self.relay = Relay(settings, self.upstreams, self.metrics, self.log, self.ledger)
         self.operations = Operations(self.store, self.ledger)
         self.admin = AdminAPI(self.operations, self.store)
@@ -104,6 +104,7 @@ class Gateway:
         encoding()  # load the tokenizer now, not on the first request
         b = self.settings.billing
         safety_net = SafetyNet(self.ledger, self.store, b.hold_ttl, b.sweep_interval)
+        await safety_net.heartbeat()  # before any hold of ours exists
         safety_net.start()
         self.ready = True
         try:

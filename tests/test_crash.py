@@ -24,7 +24,7 @@ request_log = "{tmp / 'requests.log'}"
 
 [billing]
 database = "{tmp / 'tokentoll.db'}"
-hold_ttl = 3
+hold_ttl = 600  # far away: only the dead owner's lapsed heartbeat can close its holds in time
 sweep_interval = 0.5
 
 [providers.mock]

@@ -131,3 +131,21 @@ def test_books_add_up_over_any_sequence(sequence: list[tuple]) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         asyncio.run(scenario(Path(tmp) / "db"))
+
+
+def test_a_request_that_outlives_its_hold_is_charged_its_real_cost_once(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        db, ledger, plaintext, account_id = await open_books(tmp_path / "db", balance=100_000)
+        key = check_presented(plaintext)
+        assert not (await ledger.admit("slow", key, "m", PRICES, 1000, 1000)).error  # hold 3000, estimate 1000
+        assert await ledger.settle_stale(older_than=-1) == 1  # the net gives up on it: charged 1000
+        late = await ledger.settle("slow", PRICES, UsageRecord(Usage(1000, 500), "upstream"), 200, 9.0)
+        assert late is not None and late.charged == 2000  # 1000 + 500 x 2, in all
+        again = await ledger.settle("slow", PRICES, UsageRecord(Usage(1000, 500), "upstream"), 200, 9.0)
+        assert again is not None and again.already
+        account = await db.run(store.tx_account, account_id)
+        assert account["balance"] == 100_000 - 2000 and account["held"] == 0
+        await check_books(db)
+        await db.close()
+
+    asyncio.run(scenario())
