@@ -248,7 +248,9 @@ def _settle_all(results: list[tuple[asyncio.Future[Any], Any, BaseException | No
 
 def connect(path: str, synchronous: str = "NORMAL") -> sqlite3.Connection:
     if path != ":memory:":
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+        # the books are readable by their owner only; SQLite gives its -wal and -shm files the same mode
+        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")
@@ -326,6 +328,8 @@ def tx_admit(conn: sqlite3.Connection, r: HoldRequest) -> Admission:
         if rpm and used_requests + 1 > rpm:
             return Admission("rate_limit_requests", {"limit": rpm, "remaining": 0, "used": used_requests,
                                                      "tpm": tpm, "tokens_used": used_tokens})
+        if tpm and r.tokens > tpm:  # can never pass, whatever the wait
+            return Admission("request_over_tpm", {"limit": tpm, "needed": r.tokens})
         if tpm and used_tokens + r.tokens > tpm:
             return Admission("rate_limit_tokens", {"limit": tpm, "remaining": max(tpm - used_tokens, 0),
                                                    "needed": r.tokens, "rpm": rpm, "requests_used": used_requests})
@@ -602,7 +606,7 @@ def tx_usage(conn: sqlite3.Connection, account_id: int | None, key_id: int | Non
     rows = conn.execute(
         "SELECT account_id, key_id, model, COUNT(*) AS requests, SUM(input_tokens) AS input_tokens, "
         "SUM(output_tokens) AS output_tokens, SUM(cache_read_tokens) AS cache_read_tokens, "
-        "SUM(cache_write_tokens) AS cache_write_tokens, SUM(cost) AS cost FROM usage WHERE "
+        "SUM(cache_write_tokens) AS cache_write_tokens, SUM(cost) AS cost, SUM(unbilled) AS unbilled FROM usage WHERE "
         + " AND ".join(clauses) + " GROUP BY account_id, key_id, model ORDER BY account_id, key_id, model", args)
     return [dict(r) for r in rows]
 

@@ -47,6 +47,10 @@ def admission_error(adm: Admission, model: str) -> GatewayError:
                                headers=NO_RETRY)
     if adm.error in ("rate_limit_requests", "rate_limit_tokens"):
         return rate_limited(adm)
+    if adm.error == "request_over_tpm":  # waiting cannot help: no Retry-After, and no SDK retry
+        return RateLimited(f"this request needs {d['needed']} tokens (prompt + max output) and this API key allows "
+                           f"{d['limit']} tokens per minute: lower max_tokens", code="request_too_large_for_tpm",
+                           headers={**NO_RETRY, **ratelimit_headers(0, 0, d["limit"], d["limit"], 60)})
     return GatewayError(f"admission failed: {adm.error}")
 
 

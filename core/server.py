@@ -4,6 +4,8 @@ several are forked children sharing the socket, supervised: a worker that dies i
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import logging
 import os
 import signal
@@ -20,6 +22,7 @@ from core.config import Settings
 
 log = logging.getLogger("tokentoll.server")
 RESTART_DELAY = 1.0  # seconds before replacing a worker that died
+PR_SET_PDEATHSIG = 1
 
 
 def run(settings: Settings, sock: socket.socket) -> int:
@@ -48,6 +51,16 @@ async def serve_worker(settings: Settings, sock: socket.socket) -> None:
     await serve(Gateway(settings), hypercorn_config(sock), shutdown_trigger=stop.wait)  # type: ignore[arg-type]
 
 
+def _die_with_parent() -> None:
+    """Linux: a worker gets SIGTERM when the supervisor dies (even by kill -9), so none is orphaned
+    holding the port."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # not Linux: the worker stays until stopped by hand
+
+
 def supervise(settings: Settings, sock: socket.socket, workers: int) -> int:
     children: set[int] = set()
     stopping = False
@@ -57,6 +70,7 @@ def supervise(settings: Settings, sock: socket.socket, workers: int) -> int:
         if pid == 0:  # the worker
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, signal.SIG_DFL)
+            _die_with_parent()
             code = 0
             try:
                 uvloop.run(serve_worker(settings, sock))

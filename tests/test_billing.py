@@ -125,11 +125,21 @@ def test_429_with_retry_after_and_ratelimit_headers(gateway: GatewayProcess) -> 
     assert headers["x-ratelimit-limit-requests"] == "2" and headers["x-ratelimit-remaining-requests"] == "0"
     assert headers["x-ratelimit-reset-requests"].endswith("s")
     assert limited.value.code == "rate_limit_exceeded"
-    _, tkey, _ = new_account(gateway, "token-limited", "10", tpm="50")
+    _, tkey, _ = new_account(gateway, "token-limited", "10", tpm="150")
+    tclient = sdk(gateway, tkey)
+    fresh_minute()
+    tclient.chat.completions.create(model="mock-ok", messages=MSG, max_tokens=100)
+    # the first request settled at its real 16 + 9 tokens; this one needs 16 + 120: 161 > 150
     with pytest.raises(openai.RateLimitError) as tokens:
-        sdk(gateway, tkey).chat.completions.create(model="mock-ok", messages=MSG, max_tokens=100)
-    assert "tokens per minute" in tokens.value.message
-    assert tokens.value.response.headers["x-ratelimit-limit-tokens"] == "50"
+        tclient.chat.completions.create(model="mock-ok", messages=MSG, max_tokens=120)
+    assert "tokens per minute" in tokens.value.message and tokens.value.code == "rate_limit_exceeded"
+    assert tokens.value.response.headers["x-ratelimit-limit-tokens"] == "150"
+    assert int(tokens.value.response.headers["retry-after"]) >= 1
+    with pytest.raises(openai.RateLimitError) as never:  # more than a whole minute's budget: no retry
+        tclient.chat.completions.create(model="mock-ok", messages=MSG, max_tokens=1000)
+    assert never.value.code == "request_too_large_for_tpm"
+    assert "retry-after" not in never.value.response.headers
+    assert never.value.response.headers["x-should-retry"] == "false"
 
 
 def test_a_settled_request_is_charged_its_real_usage(gateway: GatewayProcess) -> None:
