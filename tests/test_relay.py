@@ -215,7 +215,8 @@ def test_malformed_message_fields_are_a_400(gateway: GatewayProcess, api_key: st
 def test_upstream_auth_failure_is_not_blamed_on_the_client(client: openai.OpenAI) -> None:
     with pytest.raises(openai.InternalServerError) as err:
         client.chat.completions.create(model="mock-401", messages=MSG)
-    assert err.value.status_code == 502
+    assert err.value.status_code == 502 and "mock says" not in err.value.message  # nothing of the upstream's
+    assert "gateway's credentials" in err.value.message and err.value.response.headers["x-should-retry"] == "false"
 
 
 def test_unreachable_upstream_and_timeouts(client: openai.OpenAI) -> None:
