@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 SCHEMA_VERSION = 1
+PAGE_SIZE = 1024
+WAL_CHECKPOINT_PAGES = 4000  # 4 MiB of WAL between checkpoints
 MAX_BALANCE = 10**18  # nano-dollars: one billion USD, far inside SQLite's 64-bit integers
 SCHEMA = """
 CREATE TABLE accounts (
@@ -253,7 +255,11 @@ def connect(path: str, synchronous: str = "NORMAL") -> sqlite3.Connection:
         os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
     conn.row_factory = sqlite3.Row
+    # Small pages (set on a new database only): a request dirties about a dozen pages of small rows,
+    # and every one is written to the WAL at commit: 1 KiB pages write a quarter of the bytes.
+    conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
     conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")  # fewer, larger checkpoints
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA busy_timeout=30000")
