@@ -1,0 +1,15 @@
+"""The store: every SQL statement of the gateway, behind one package. `engine` runs transactions on
+the database thread with group commit; `money` and `accounts` are the transactions themselves."""
+
+from billing.store.engine import (  # noqa: F401
+    SCHEMA_VERSION, PAGE_SIZE, WAL_CHECKPOINT_PAGES, SCHEMA, StoreClosed, Store, connect, migrate,
+)
+from billing.store.money import (  # noqa: F401
+    MAX_BALANCE, Admission, HoldRequest, tx_admit, Settlement, Settled, tx_settle, tx_stale_holds, tx_credit,
+    tx_bootstrap_demo, tx_create_account,
+)
+from billing.store.accounts import (  # noqa: F401
+    tx_account, tx_find_account, tx_list_accounts, KEY_COLUMNS, tx_create_key, tx_key, tx_list_keys,
+    tx_rotate_key, SETTABLE_KEY_FIELDS, tx_set_key, tx_history, tx_ledger_totals, tx_open_holds, tx_usage,
+    tx_take_lease, tx_setting,
+)
