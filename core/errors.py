@@ -30,10 +30,6 @@ class ModelNotFound(GatewayError):
     status, code = 404, "model_not_found"
 
 
-class RouteNotFound(GatewayError):
-    status, code = 404, "unknown_url"
-
-
 class MethodNotAllowed(GatewayError):
     status, code = 405, "method_not_allowed"
 

@@ -283,7 +283,7 @@ class Relay:
                         complete = True
                     if flags & openai.UPSTREAM_ERROR:
                         x.error_code = "upstream_stream_error"
-                        self._count_upstream_error(x, UpstreamClosed("in-band error"), "stream_error")
+                        self._count_upstream_error(x, "stream_error")
                     data = ev.data
                     if not include_usage and flags & (openai.USAGE_ONLY | openai.USAGE_ON_CONTENT):
                         if flags & openai.USAGE_ONLY:
@@ -302,7 +302,7 @@ class Relay:
         except UpstreamError as err:
             if not x.started:
                 raise
-            self._count_upstream_error(x, err)
+            self._count_upstream_error(x, error_kind(err))
             x.error_code = err.code
             await send({"type": "http.response.body", "more_body": True,
                         "body": openai.stream_error_event(endpoint, err.message, err.code, x.request_id, sequence)})
@@ -325,7 +325,7 @@ class Relay:
 
     async def _fail(self, x: Exchange, err: GatewayError, send: Send) -> None:
         if isinstance(err, (UpstreamError, UpstreamClientError)):
-            self._count_upstream_error(x, err)
+            self._count_upstream_error(x, error_kind(err))
         x.error_code = err.code
         if x.started:  # a stream is under way: end it with the in-band error, never silently
             if x.stream and not x.finished:
@@ -350,11 +350,7 @@ class Relay:
         x.finished = True
         await send({"type": "http.response.body", "body": body})
 
-    def _count_upstream_error(self, x: Exchange, err: GatewayError, kind: str = "") -> None:
-        if not kind:
-            kind = getattr(err, "kind", "error")
-            if isinstance(err, UpstreamClientError):
-                kind = f"status_{err.status}"
+    def _count_upstream_error(self, x: Exchange, kind: str) -> None:
         x.upstream_error_kind = kind
         provider = x.model.provider.name if x.model else "-"
         self.metrics.child(self.metrics.upstream_errors, provider, kind).inc()
@@ -405,6 +401,13 @@ class Relay:
             "upstream_error": x.upstream_error_kind or None,
             "worker": self.pid,
         })
+
+
+def error_kind(err: GatewayError) -> str:
+    """The `kind` label of tokentoll_upstream_errors_total for an upstream failure."""
+    if isinstance(err, UpstreamClientError):
+        return f"status_{err.status}"
+    return getattr(err, "kind", "error")
 
 
 def charged_usage(x: Exchange) -> UsageRecord:
