@@ -65,6 +65,7 @@ class Server:
     request_log: str = "-"  # "-" stdout, "" off, else a file path
     upstream_pool_size: int = 256
     workers: int = 1  # processes sharing the listening socket
+    shutdown_grace: float = 10.0  # seconds open requests may run on after SIGTERM
 
 
 @dataclass(frozen=True)
@@ -162,7 +163,8 @@ def _billing(t: dict[str, Any]) -> Billing:
 
 
 def _server(t: dict[str, Any]) -> Server:
-    _only_keys(t, "server", {"host", "port", "max_body_bytes", "request_log", "upstream_pool_size", "workers"})
+    _only_keys(t, "server", {"host", "port", "max_body_bytes", "request_log", "upstream_pool_size", "workers",
+                                 "shutdown_grace"})
     d = Server()
     return Server(
         host=_str(t, "host", "server", d.host),
@@ -171,7 +173,15 @@ def _server(t: dict[str, Any]) -> Server:
         request_log=_log_target(_str(t, "request_log", "server", d.request_log, allow_empty=True)),
         upstream_pool_size=_int(t, "upstream_pool_size", "server", d.upstream_pool_size, lo=1),
         workers=_int(t, "workers", "server", d.workers, lo=1, hi=64),
+        shutdown_grace=_seconds(t, "shutdown_grace", "server", d.shutdown_grace),
     )
+
+
+def _seconds(t: dict[str, Any], key: str, at: str, default: float) -> float:
+    v = _number(t, key, at, Decimal(str(default)))
+    if v < 0:
+        raise ConfigError(f"{at}.{key}: must not be negative")
+    return float(v)
 
 
 def _log_target(target: str) -> str:

@@ -54,6 +54,10 @@ class RateLimited(GatewayError):
     status, code = 429, "rate_limit_exceeded"
 
 
+class GatewayShuttingDown(GatewayError):
+    status, code = 503, "gateway_shutting_down"
+
+
 class UpstreamError(GatewayError):
     """The upstream failed in a way the client cannot fix; safe to retry."""
 

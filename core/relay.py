@@ -23,6 +23,7 @@ from core.errors import (
     BadRequest,
     BodyTooLarge,
     GatewayError,
+    GatewayShuttingDown,
     InvalidJSON,
     MethodNotAllowed,
     ModelNotFound,
@@ -151,7 +152,9 @@ class Relay:
                 await self._fail(x, GatewayError("internal error in the gateway; quote the request id to the "
                                                  "operator"), send)
         except asyncio.CancelledError:
-            if not x.client_gone:
+            if not x.client_gone:  # the server is stopping: say so in-band, then let the cancel go on
+                await self._fail(x, GatewayShuttingDown("the gateway is shutting down and ended this stream; "
+                                                        "retry the request"), send)
                 raise
             task.uncancel()
         finally:

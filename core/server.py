@@ -32,14 +32,14 @@ def run(settings: Settings, sock: socket.socket) -> int:
     return supervise(settings, sock, settings.server.workers)
 
 
-def hypercorn_config(sock: socket.socket) -> HypercornConfig:
+def hypercorn_config(sock: socket.socket, grace: float = 10.0) -> HypercornConfig:
     hc = HypercornConfig()
     hc.bind = [f"fd://{sock.fileno()}"]
     hc.accesslog = None  # the gateway writes its own request log
     hc.errorlog = logging.getLogger("hypercorn.error")  # through our handler: one line per message
     hc.include_server_header = False
     hc.keep_alive_timeout = 75
-    hc.graceful_timeout = 10
+    hc.graceful_timeout = grace  # on SIGTERM: how long open requests may still run
     return hc
 
 
@@ -48,7 +48,7 @@ async def serve_worker(settings: Settings, sock: socket.socket) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await serve(Gateway(settings), hypercorn_config(sock), shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+    await serve(Gateway(settings), hypercorn_config(sock, settings.server.shutdown_grace), shutdown_trigger=stop.wait)  # type: ignore[arg-type]
 
 
 def _die_with_parent() -> None:

@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 import openai
+import pytest
 
 from tests.conftest import UPSTREAM_KEY, GatewayProcess, cli, wait_for
 from tests.mock_upstream import MockUpstream
@@ -88,4 +89,29 @@ def test_kill_9_mid_stream_then_restart(upstream: MockUpstream, tmp_path: Path) 
         "JOIN ledger l ON l.account_id = a.id GROUP BY a.id").fetchone()
     assert (balance, held) == (ledger_balance, ledger_held) and held == 0
     assert balance == 1_000_000_000 - sum(charged for _, _, charged, _ in holds)
+    db.close()
+
+
+def test_sigterm_ends_open_streams_in_band_and_settles_them(upstream: MockUpstream, tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(crash_config(upstream.base_url, tmp_path).replace("[server]", "[server]\nshutdown_grace = 0.5"))
+    env = {**os.environ, "TT_TEST_UPSTREAM_KEY": UPSTREAM_KEY}
+    cli(config, "accounts", "create", "stopping", "--credit", "1", env=env)
+    key = cli(config, "keys", "create", "--account", "stopping", env=env)["key"]
+    gw = GatewayProcess(config, tmp_path / "requests.log", env)
+    client = openai.OpenAI(base_url=gw.base_url, api_key=key, max_retries=0, timeout=10)
+    received = []
+    with pytest.raises(openai.APIError) as err:
+        with client.chat.completions.with_streaming_response.create(
+                model="slow", messages=[{"role": "user", "content": "hello"}], stream=True) as resp:
+            for chunk in resp.parse():
+                received.append(chunk)
+                if len(received) == 3:
+                    gw.proc.send_signal(signal.SIGTERM)
+    assert len(received) >= 3  # the stream ran until the grace period ended...
+    assert err.value.body["code"] == "gateway_shutting_down"  # ...and then said why it ended  # type: ignore[index]
+    assert gw.proc.wait(15) == 0
+    assert cli(config, "holds", env=env) == []  # settled on the way out
+    db = sqlite3.connect(tmp_path / "tokentoll.db")
+    assert db.execute("SELECT source FROM usage").fetchall() == [("observed",)]
     db.close()
