@@ -49,3 +49,30 @@ def test_admin_api_end_to_end(gateway: GatewayProcess) -> None:
     assert api.post(f"/keys/{key_id}/disable").json()["status"] == "disabled"
     assert api.get("/holds").status_code == 200
     assert cli(gateway.config, "wallet", "show", "via-api", env=gateway.env)["held"] == 0
+
+
+def test_bad_amounts_are_refused_whole(gateway: GatewayProcess) -> None:
+    api = httpx.Client(base_url=gateway.url + "/admin",
+                       headers={"authorization": f"Bearer {admin_token(gateway)}"})
+    for bad in ("-5", "Infinity", "1e30", "9223372036"):  # negative, not finite, past the cap
+        r = api.post("/accounts", json={"name": f"half-{bad}", "credit": bad})
+        assert r.status_code == 400, bad
+        assert api.get(f"/wallets/half-{bad}").status_code == 404, "no account is left half-made"
+    api.post("/accounts", json={"name": "capped-wallet", "credit": "999999999"})
+    assert api.post("/wallets/capped-wallet/credit", json={"usd": "999999999"}).status_code == 400
+    wallet = api.get("/wallets/capped-wallet").json()
+    assert wallet["balance"] == 999_999_999 * 10**9 and isinstance(wallet["balance"], int)
+    assert api.post("/accounts", json={"name": "12345"}).status_code == 400  # all digits: that is an id
+
+
+def test_no_secret_character_is_stored_beyond_the_display_form(gateway: GatewayProcess) -> None:
+    import sqlite3
+
+    created = cli(gateway.config, "keys", "create", "--account", "tester", "--name", "audit", env=gateway.env)
+    secret = created["key"].removeprefix("sk-tt-")
+    db = sqlite3.connect(gateway.config.parent / "tokentoll.db")
+    row = db.execute("SELECT * FROM api_keys WHERE id = ?", (created["id"],)).fetchone()
+    db.close()
+    stored = " ".join(str(v) for v in row)
+    assert secret[4:-4] not in stored and secret[4:12] not in stored and secret[-12:-4] not in stored
+    assert created["display"] == f"sk-tt-{secret[:4]}...{secret[-4:]}"
