@@ -142,12 +142,7 @@ def _billing(t: dict[str, Any]) -> Billing:
         demo_units = usd_to_units(demo)
     except PriceError:
         raise ConfigError(f"{at}.demo_balance: more than 9 decimals") from None
-    values = {}
-    for key in ("hold_ttl", "sweep_interval"):
-        v = _number(t, key, at, Decimal(str(getattr(d, key))))
-        if v <= 0:
-            raise ConfigError(f"{at}.{key}: must be a positive number of seconds")
-        values[key] = float(v)
+    values = {key: _seconds(t, key, at, getattr(d, key), positive=True) for key in ("hold_ttl", "sweep_interval")}
     enabled = t.get("enabled", True)
     if not isinstance(enabled, bool):
         raise ConfigError(f"{at}.enabled: must be true or false")
@@ -177,8 +172,10 @@ def _server(t: dict[str, Any]) -> Server:
     )
 
 
-def _seconds(t: dict[str, Any], key: str, at: str, default: float) -> float:
+def _seconds(t: dict[str, Any], key: str, at: str, default: float, positive: bool = False) -> float:
     v = _number(t, key, at, Decimal(str(default)))
+    if positive and v <= 0:
+        raise ConfigError(f"{at}.{key}: must be a positive number of seconds")
     if v < 0:
         raise ConfigError(f"{at}.{key}: must not be negative")
     return float(v)
@@ -202,9 +199,7 @@ def _provider(name: str, t: dict[str, Any], environ: Any) -> Provider:
         raise ConfigError(f"{at}.format: {fmt!r} is not one of {', '.join(FORMATS)}")
     timeouts = _timeouts(_table(t, "timeouts", f"{at}.timeouts"), f"{at}.timeouts")
     builtin = _str(t, "builtin", at, "", allow_empty=True)
-    delay = float(_number(t, "demo_chunk_delay", at, Decimal(0)))
-    if delay < 0:
-        raise ConfigError(f"{at}.demo_chunk_delay: must not be negative")
+    delay = _seconds(t, "demo_chunk_delay", at, 0.0)
     if builtin:
         if builtin not in BUILTINS:
             raise ConfigError(f"{at}.builtin: {builtin!r} is not one of {', '.join(BUILTINS)}")
@@ -227,13 +222,8 @@ def _provider(name: str, t: dict[str, Any], environ: Any) -> Provider:
 def _timeouts(t: dict[str, Any], at: str) -> Timeouts:
     _only_keys(t, at, {"connect", "first_byte", "idle", "total"})
     d = Timeouts()
-    values = {}
-    for key in ("connect", "first_byte", "idle", "total"):
-        v = _number(t, key, at, Decimal(str(getattr(d, key))))
-        if v <= 0:
-            raise ConfigError(f"{at}.{key}: must be a positive number of seconds")
-        values[key] = float(v)
-    return Timeouts(**values)
+    return Timeouts(**{key: _seconds(t, key, at, getattr(d, key), positive=True)
+                       for key in ("connect", "first_byte", "idle", "total")})
 
 
 def _model(name: str, t: dict[str, Any], providers: dict[str, Provider]) -> Model:

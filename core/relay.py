@@ -48,8 +48,8 @@ STREAM_HEADERS = [
 JSON_HEADERS = [(b"content-type", b"application/json")]
 PASSED_ON_HEADERS = ("retry-after", "retry-after-ms")
 log = logging.getLogger("tokentoll.relay")
-CLIENT_GONE_STATUS = 499
-DRAIN_SECONDS = 0.5  # after the answer is complete, how long the upstream may take to end its body  # nginx's convention, for the log and metrics only
+CLIENT_GONE_STATUS = 499  # nginx's convention, for the log and metrics only
+DRAIN_SECONDS = 0.5  # after the answer is complete, how long the upstream may take to end its body
 
 
 class ClientGone(Exception):
@@ -219,17 +219,14 @@ class Relay:
             raise UpstreamBadStatus(f"the upstream provider refused the gateway's credentials ({status}); "
                                     "the operator has been told", headers=NO_RETRY)
         if status >= 500 or status < 400:
-            detail = _upstream_message(raw)
-            raise UpstreamBadStatus(f"the upstream provider answered {status}" + (f": {detail}" if detail else ""))
+            raise UpstreamBadStatus(_with_upstream_message(f"the upstream provider answered {status}", raw))
         headers = {k: resp.headers[k] for k in PASSED_ON_HEADERS if k in resp.headers}
         raise UpstreamClientError(status, raw, headers)
 
     async def _not_a_stream(self, x: Exchange, resp: UpstreamResponse) -> None:
         """Some upstreams answer a stream request with a JSON error and status 200."""
         raw = await _read_timed(x, resp)
-        detail = _upstream_message(raw)
-        raise UpstreamBadStatus("the upstream answered JSON instead of an event stream" +
-                                (f": {detail}" if detail else ""))
+        raise UpstreamBadStatus(_with_upstream_message("the upstream answered JSON instead of an event stream", raw))
 
     async def _relay_body(self, x: Exchange, resp: UpstreamResponse, send: Send) -> None:
         raw = await _read_timed(x, resp)
@@ -339,9 +336,8 @@ class Relay:
             return
         if isinstance(err, UpstreamClientError):  # the upstream's refusal, in our shape, with our request id
             code, param = _upstream_code(err.body)
-            detail = _upstream_message(err.body)
-            body = openai.error_body(err.status, f"the upstream refused the request ({err.status})" +
-                                     (f": {detail}" if detail else ""), code or err.code, param, x.request_id)
+            message = _with_upstream_message(f"the upstream refused the request ({err.status})", err.body)
+            body = openai.error_body(err.status, message, code or err.code, param, x.request_id)
         else:
             body = openai.error_body(err.status, err.message, err.code, err.param, x.request_id)
         headers = [*JSON_HEADERS, (b"content-length", b"%d" % len(body)), *x.id_headers,
@@ -449,6 +445,11 @@ def _upstream_message(raw: bytes) -> str:
         msg = err.get("message") if isinstance(err, dict) else err if isinstance(err, str) else None
         text = msg[:300] if isinstance(msg, str) else ""
     return _SECRETS.sub("[redacted]", text)
+
+
+def _with_upstream_message(text: str, raw: bytes) -> str:
+    detail = _upstream_message(raw)
+    return f"{text}: {detail}" if detail else text
 
 
 def _upstream_code(raw: bytes) -> tuple[str | None, str | None]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Mapping
 from typing import NamedTuple, Protocol
 
 import aiohttp
@@ -19,7 +20,7 @@ USER_AGENT = "TokenToll/0.1"
 
 class UpstreamResponse(Protocol):
     status: int
-    headers: dict[str, str]
+    headers: Mapping[str, str]  # looked up by lower-case names
 
     async def read(self) -> bytes: ...
 
@@ -41,7 +42,7 @@ class HttpResponse:
         self._timeouts = provider.timeouts
         self._deadline = deadline
         self.status = resp.status
-        self.headers = {k.lower(): v for k, v in resp.headers.items()}
+        self.headers: Mapping[str, str] = resp.headers  # case-insensitive, no copy
 
     async def read(self) -> bytes:
         try:

@@ -149,9 +149,7 @@ def tx_settle(conn: sqlite3.Connection, s: Settlement) -> Settled | None:
                      [v for e in entries for v in e])
     if hold["key_id"] is not None:
         if charged:
-            conn.execute("INSERT INTO key_spend (key_id, month, spent) VALUES (?, ?, ?) "
-                         "ON CONFLICT (key_id, month) DO UPDATE SET spent = spent + excluded.spent",
-                         (hold["key_id"], s.month, charged))
+            _add_key_spend(conn, hold["key_id"], s.month, charged)
         actual_tokens = s.input_tokens + s.output_tokens
         if hold["window"] and actual_tokens != hold["tokens"]:  # TPM counts what was really used
             conn.execute("UPDATE rate_windows SET tokens = MAX(tokens + ?, 0) WHERE key_id = ? AND window = ?",
@@ -167,6 +165,12 @@ def tx_settle(conn: sqlite3.Connection, s: Settlement) -> Settled | None:
     return Settled(charged, released, s.cost - charged)
 
 
+def _add_key_spend(conn: sqlite3.Connection, key_id: int, month: str, amount: int) -> None:
+    """A key's spend this month, moved by `amount` (negative when a charge is given back), never below 0."""
+    conn.execute("INSERT INTO key_spend (key_id, month, spent) VALUES (?, ?, MAX(?, 0)) ON CONFLICT (key_id, month) "
+                 "DO UPDATE SET spent = MAX(spent + ?, 0)", (key_id, month, amount, amount))
+
+
 def _settle_late(conn: sqlite3.Connection, hold: sqlite3.Row, s: Settlement) -> Settled:
     """The request outlived its hold: the safety net charged the prompt estimate, and now the real
     cost is known. Charge (or give back) the difference, never below zero, once."""
@@ -179,8 +183,7 @@ def _settle_late(conn: sqlite3.Connection, hold: sqlite3.Row, s: Settlement) -> 
                      (hold["account_id"], "settle" if extra > 0 else "adjustment", -extra, s.request_id,
                       hold["key_id"], s.now))
         if hold["key_id"] is not None:
-            conn.execute("INSERT INTO key_spend (key_id, month, spent) VALUES (?, ?, ?) ON CONFLICT (key_id, month) "
-                         "DO UPDATE SET spent = MAX(spent + excluded.spent, 0)", (hold["key_id"], s.month, extra))
+            _add_key_spend(conn, hold["key_id"], s.month, extra)
     charged = (hold["charged"] or 0) + extra
     conn.execute("UPDATE holds SET charged = ?, closed_by = 'request', status = ? WHERE request_id = ?",
                  (charged, "settled" if charged else "released", s.request_id))
