@@ -17,6 +17,8 @@ T = TypeVar("T")
 SCHEMA_VERSION = 1
 PAGE_SIZE = 1024
 WAL_CHECKPOINT_PAGES = 4000  # 4 MiB of WAL between checkpoints
+CHECKPOINT_EVERY_COMMITS = 500  # the event loop's commits between two checkpoints on the thread
+BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 SCHEMA = """
 CREATE TABLE accounts (
     id INTEGER PRIMARY KEY,
@@ -123,16 +125,24 @@ class _Op:
 
 
 class Store:
-    """Owns the SQLite connection and its thread. `await store.run(fn, *args)` runs fn(conn, *args)
-    as one transaction; operations queued together commit together (one fsync for all)."""
+    """Owns the SQLite connections and the database thread. `await store.run(fn, *args)` runs
+    fn(conn, *args) as one transaction on the thread; operations queued together commit together.
+    `await store.run_hot(fn, *args)` is for the per-request transactions (admit, settle): those of one
+    event-loop turn run as one transaction right on the loop, with no thread hop; when another
+    connection (another worker, the CLI, the safety net) holds the write lock, they queue on the
+    thread instead, which waits for it. Checkpoints of the WAL run on the thread, never on the loop."""
 
-    def __init__(self, path: str, synchronous: str = "NORMAL") -> None:
+    def __init__(self, path: str, synchronous: str = "NORMAL", hot_inline: bool = True) -> None:
         self.path = path
         self.synchronous = synchronous
-        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self.hot_inline = hot_inline and path != ":memory:"  # a memory database is private to one connection
+        self._queue: queue.SimpleQueue[list[_Op] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        self._hot: list[_Op] = []  # hot operations of this loop turn
+        self._hot_conn: sqlite3.Connection | None = None
+        self._hot_commits = 0
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -140,20 +150,52 @@ class Store:
         self._thread = threading.Thread(target=self._serve, args=(ready,), name="tokentoll-db", daemon=True)
         self._thread.start()
         await ready
+        if self.hot_inline:
+            self._hot_conn = connect(self.path, self.synchronous, busy_timeout_ms=0, autocheckpoint=False)
 
     async def close(self) -> None:
         if self._thread is None or self._closed:
             return
         self._closed = True
+        if self._hot:
+            self._run_hot_turn()
         self._queue.put(None)
         await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+        if self._hot_conn is not None:
+            self._hot_conn.close()
+            self._hot_conn = None
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         if self._closed or self._loop is None:
             raise StoreClosed("the store is closed")
         future: asyncio.Future[T] = self._loop.create_future()
-        self._queue.put(_Op(fn, args, future))
+        self._queue.put([_Op(fn, args, future)])
         return await future
+
+    async def run_hot(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._hot_conn is None:
+            return await self.run(fn, *args)
+        if self._closed or self._loop is None:
+            raise StoreClosed("the store is closed")
+        future: asyncio.Future[T] = self._loop.create_future()
+        if not self._hot:
+            self._loop.call_soon(self._run_hot_turn)  # after every request of this turn has queued its own
+        self._hot.append(_Op(fn, args, future))
+        return await future
+
+    def _run_hot_turn(self) -> None:
+        batch, self._hot = self._hot, []
+        if not batch:
+            return
+        assert self._hot_conn is not None and self._loop is not None
+        results = run_batch(self._hot_conn, batch, busy_gives_up=True)
+        if results is None:  # another connection is writing: wait for it on the thread, not here
+            self._queue.put(batch)
+            return
+        _settle_all(results)
+        self._hot_commits += 1
+        if self._hot_commits % CHECKPOINT_EVERY_COMMITS == 0:
+            self._queue.put([_Op(checkpoint, (), self._loop.create_future())])
 
     # -- the database thread ----------------------------------------------------------------
 
@@ -171,7 +213,7 @@ class Store:
             first = self._queue.get()
             if first is None:
                 break
-            batch = [first]
+            batch = first
             while True:
                 try:
                     nxt = self._queue.get_nowait()
@@ -180,17 +222,36 @@ class Store:
                 if nxt is None:
                     stop = True
                     break
-                batch.append(nxt)
-            self._commit_batch(conn, batch)
+                batch.extend(nxt)
+            results = run_batch(conn, batch, busy_gives_up=False)
+            assert results is not None
+            self._loop.call_soon_threadsafe(_settle_all, results)
         conn.close()
 
-    def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
-        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
-        if len(batch) == 1:
-            self._commit_one(conn, batch[0])
-            return
-        try:
-            conn.execute("BEGIN IMMEDIATE")
+
+Results = list[tuple["asyncio.Future[Any]", Any, "BaseException | None"]]
+
+
+def run_batch(conn: sqlite3.Connection, batch: list[_Op], busy_gives_up: bool) -> Results | None:
+    """Run each operation as its own savepoint inside one transaction, and commit once. An operation
+    that raises is rolled back alone and its caller gets the exception. None (with busy_gives_up):
+    another connection holds the write lock and nothing was done."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if busy_gives_up and exc.sqlite_errorcode & 0xFF in BUSY_CODES:  # primary code of an extended one
+            return None
+        return [(op.future, None, exc) for op in batch]
+    results: Results = []
+    try:
+        if len(batch) == 1:  # a batch of one needs no savepoint: its failure rolls the transaction back
+            op = batch[0]
+            try:
+                results.append((op.future, op.fn(conn, *op.args), None))
+            except Exception as exc:  # noqa: BLE001 - the op's own failure, for its caller
+                conn.execute("ROLLBACK")
+                return [(op.future, None, exc)]
+        else:
             for op in batch:
                 conn.execute("SAVEPOINT op")
                 try:
@@ -202,34 +263,17 @@ class Store:
                 else:
                     conn.execute("RELEASE op")
                     results.append((op.future, value, None))
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:  # the commit itself failed: nothing of the batch happened
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            results = [(op.future, None, exc) for op in batch]
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(_settle_all, results)
+        conn.execute("COMMIT")
+    except sqlite3.Error as exc:  # the commit itself failed: nothing of the batch happened
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        return [(op.future, None, exc) for op in batch]
+    return results
 
 
-    def _commit_one(self, conn: sqlite3.Connection, op: _Op) -> None:
-        """A batch of one: its own transaction, no savepoint needed."""
-        value: Any = None
-        error: BaseException | None = None
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                value = op.fn(conn, *op.args)
-            except Exception as exc:  # noqa: BLE001 - the op's own failure, for its caller
-                conn.execute("ROLLBACK")
-                error = exc
-            else:
-                conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            value, error = None, exc
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(_settle_future, op.future, value, error)
+def checkpoint(conn: sqlite3.Connection) -> None:
+    """Copy the WAL back into the database file without waiting for (or blocking) the writers."""
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
 
 
 def _settle_future(future: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:
@@ -246,21 +290,29 @@ def _settle_all(results: list[tuple[asyncio.Future[Any], Any, BaseException | No
         _settle_future(future, value, exc)
 
 
-def connect(path: str, synchronous: str = "NORMAL") -> sqlite3.Connection:
+def connect(path: str, synchronous: str = "NORMAL", busy_timeout_ms: int = 30000,
+            autocheckpoint: bool = True) -> sqlite3.Connection:
     if path != ":memory:":
         os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
-        # the books are readable by their owner only; SQLite gives its -wal and -shm files the same mode
-        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+        # The books are readable by their owner only; SQLite gives its -wal and -shm files the same mode.
+        # Only a missing file is made here: closing any descriptor of the database file would drop the
+        # POSIX locks this process's other connections hold on it (and another process could then
+        # take the database for unused, checkpoint it and start a WAL they never see).
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600))
+        except FileExistsError:
+            pass
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000)
     conn.row_factory = sqlite3.Row
     # Small pages (set on a new database only): a request dirties about a dozen pages of small rows,
     # and every one is written to the WAL at commit: 1 KiB pages write a quarter of the bytes.
     conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")  # fewer, larger checkpoints
+    # fewer, larger checkpoints; none at all on the event loop's connection (the thread does its checkpoints)
+    conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES if autocheckpoint else 0}")
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute("PRAGMA busy_timeout=30000")
+    conn.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
     return conn
 
 

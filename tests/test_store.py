@@ -1,0 +1,110 @@
+"""The store's engine: per-request transactions run on the event loop, see what other processes wrote,
+step aside to the database thread while another connection writes, and fail one by one."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from billing import store
+from billing.store import engine
+
+ROOT = Path(__file__).resolve().parent.parent
+
+WRITE_ACCOUNT = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("INSERT INTO accounts (name, balance, created_at) VALUES (?, 7, 0)", (sys.argv[2],))
+"""
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(coro)
+
+
+def test_hot_connection_sees_other_processes_after_more_connections_open(tmp_path: Path) -> None:
+    """Opening a second connection in the process once dropped the first one's file locks, after which
+    another process's writes went to a WAL this process never read."""
+    path = str(tmp_path / "books.db")
+
+    async def go() -> None:
+        db = store.Store(path)
+        await db.start()
+        try:
+            for i in range(3):
+                engine.connect(path).close()  # more connections come and go in this process
+                subprocess.run([sys.executable, "-c", WRITE_ACCOUNT, path, f"other-{i}"], check=True)
+                names = await db.run_hot(lambda c: [r["name"] for r in c.execute("SELECT name FROM accounts")])
+                assert f"other-{i}" in names
+        finally:
+            await db.close()
+
+    run(go())
+
+
+def test_hot_operations_wait_on_the_thread_while_another_connection_writes(tmp_path: Path) -> None:
+    path = str(tmp_path / "books.db")
+
+    async def go() -> None:
+        db = store.Store(path)
+        await db.start()
+        try:
+            await db.run(store.tx_create_account, "acct", 0.0)
+            blocker = engine.connect(path)
+            blocker.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+            pending = asyncio.ensure_future(db.run_hot(store.tx_find_account, "acct"))
+            for _ in range(20):  # the loop keeps turning: nothing waits on the lock here
+                await asyncio.sleep(0)
+            assert not pending.done()
+            released = threading.Event()
+
+            def release() -> None:
+                blocker.execute("COMMIT")
+                blocker.close()
+                released.set()
+
+            threading.Thread(target=release).start()
+            account = await pending
+            assert released.is_set() and account["name"] == "acct"
+        finally:
+            await db.close()
+
+    run(go())
+
+
+def test_one_turn_commits_together_and_a_failing_operation_fails_alone(tmp_path: Path) -> None:
+    path = str(tmp_path / "books.db")
+
+    def insert(conn: sqlite3.Connection, name: str) -> int:
+        return conn.execute("INSERT INTO accounts (name, created_at) VALUES (?, 0)", (name,)).lastrowid or 0
+
+    async def go() -> None:
+        db = store.Store(path)
+        await db.start()
+        try:
+            results = await asyncio.gather(*(db.run_hot(insert, n) for n in ("a", "b", "a", "c")),
+                                           return_exceptions=True)
+            assert isinstance(results[2], sqlite3.IntegrityError)  # the duplicate name, alone
+            assert all(isinstance(r, int) for i, r in enumerate(results) if i != 2)
+            names = await db.run(lambda c: sorted(r["name"] for r in c.execute("SELECT name FROM accounts")))
+            assert names == ["a", "b", "c"]
+        finally:
+            await db.close()
+
+    run(go())
+
+
+def test_the_database_file_is_private(tmp_path: Path) -> None:
+    path = tmp_path / "books.db"
+    engine.connect(str(path)).close()
+    assert path.stat().st_mode & 0o777 == 0o600
+    with pytest.raises(sqlite3.OperationalError):  # the hot path's connection never waits for a lock
+        holder = engine.connect(str(path))
+        holder.execute("BEGIN IMMEDIATE")
+        engine.connect(str(path), busy_timeout_ms=0).execute("BEGIN IMMEDIATE")
