@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 import orjson
 
+from adapters.internal import InvalidRequest  # one class for every adapter: the relay answers it with a 400
 from billing.metering import (
     BASE64_CHARS_PER_TOKEN,
     TOKENS_PER_IMAGE,
@@ -29,14 +30,6 @@ UPSTREAM_PATHS: dict[str, str] = {
 }
 STREAMING_ENDPOINTS = ("chat", "completions", "responses")
 DEFAULT_COMPLETIONS_MAX_TOKENS = 16  # the legacy Completions API's own default
-
-
-class InvalidRequest(Exception):
-    """The client's body is wrong in a way the upstream would refuse too; answered with a 400."""
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
 
 
 @dataclass(slots=True)

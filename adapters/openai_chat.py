@@ -1,0 +1,960 @@
+"""OpenAI Chat Completions and Embeddings translation, both ways: a chat client served by another
+provider (parse, render, stream writer) and an OpenAI-format upstream serving other clients (build, read)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import sys
+from array import array
+from typing import Any
+
+import orjson
+
+from adapters import openai
+from adapters.internal import (
+    Chat,
+    Embed,
+    EmbedReply,
+    End,
+    Event,
+    Finish,
+    InvalidRequest,
+    Media,
+    Message,
+    OutputFormat,
+    Part,
+    Reasoning,
+    Reply,
+    Start,
+    StreamContext,
+    StreamError,
+    Text,
+    Thinking,
+    ThinkingDelta,
+    Tool,
+    ToolCall,
+    ToolCallDelta,
+    ToolChoice,
+    ToolResult,
+    UsageUpdate,
+    TextDelta,
+    Usage,
+    data_url,
+    media_from_url,
+    pack_call_id,
+    unpack_call_id,
+)
+from adapters.openai import error_body, normalize_usage
+
+__all__ = [
+    "parse_request", "estimate_prompt", "render_response", "StreamWriter", "error_body", "stream_error_event",
+    "auth_headers", "build_request", "parse_response", "StreamReader", "normalize_usage", "passthrough_body",
+    "parse_embed_request", "render_embed", "build_embed_request", "parse_embed_response",
+]
+
+CHAT_PATH = "/chat/completions"
+EMBED_PATH = "/embeddings"
+MAX_STOP = 4  # OpenAI's limit on stop sequences
+EMPTY_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
+# reasoning_effort -> the internal effort ("xhigh"/"max" have no internal level above "high")
+_EFFORTS: dict[str, Any] = {"minimal": "minimal", "low": "low", "medium": "medium", "high": "high",
+                            "xhigh": "high", "max": "high"}
+_FINISHES: dict[str, Finish] = {"stop": "stop", "length": "length", "tool_calls": "tool_calls",
+                                "content_filter": "content_filter", "function_call": "tool_calls"}
+# Request fields an answer from another provider cannot honour: refused rather than silently dropped.
+_UNTRANSLATABLE = {
+    "functions": "the legacy 'functions' field cannot be translated for this model; use 'tools'",
+    "function_call": "the legacy 'function_call' field cannot be translated for this model; use 'tool_choice'",
+    "logit_bias": "'logit_bias' is not supported by this model's provider",
+    "top_logprobs": "log probabilities are not available from this model's provider",
+    "audio": "audio output is not available from this model's provider",
+    "web_search_options": "web search is not available for this model",
+}
+
+
+# == client side: an OpenAI chat caller, another provider upstream ==========================
+
+
+def parse_request(body: dict[str, Any]) -> Chat:
+    """A Chat Completions request in the internal shape; raises InvalidRequest for what cannot be
+    translated (audio, uploaded file ids, custom tools, logprobs, the legacy function fields)."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    for name, message in _UNTRANSLATABLE.items():
+        if body.get(name):
+            raise InvalidRequest(message, name)
+    if body.get("logprobs") is True:
+        raise InvalidRequest("log probabilities are not available from this model's provider", "logprobs")
+    modalities = body.get("modalities")
+    if modalities is not None and (not isinstance(modalities, list) or any(m != "text" for m in modalities)):
+        raise InvalidRequest("only the 'text' output modality is available for this model", "modalities")
+    system, messages = _parse_messages(body.get("messages"))
+    tools = _parse_tools(body.get("tools"))
+    choice, tools = _parse_tool_choice(body.get("tool_choice"), tools)
+    stream = _opt_bool(body, "stream") is True
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise InvalidRequest("'stream_options' must be an object", "stream_options")
+    for name in ("safety_identifier", "user"):
+        if body.get(name) is not None and not isinstance(body[name], str):
+            raise InvalidRequest(f"'{name}' must be a string", name)
+    return Chat(
+        messages=messages,
+        system=system,
+        stream=stream,
+        include_usage=stream and bool(options) and options.get("include_usage") is True,
+        max_output=_max_output(body),
+        temperature=_number(body, "temperature", 0, 2),
+        top_p=_number(body, "top_p", 0, 1),
+        top_k=_integer(body, "top_k", 0, 1 << 31),  # not OpenAI's, but sent by some clients of compatible servers
+        stop=_parse_stop(body.get("stop")),
+        tools=tools,
+        tool_choice=choice,
+        parallel_tool_calls=_opt_bool(body, "parallel_tool_calls"),
+        output_format=_parse_response_format(body.get("response_format")),
+        reasoning=_parse_effort(body.get("reasoning_effort")),
+        n=openai.answers_per_request("chat", body),
+        seed=_integer(body, "seed", -(1 << 63), (1 << 63) - 1),
+        presence_penalty=_number(body, "presence_penalty", -2, 2),
+        frequency_penalty=_number(body, "frequency_penalty", -2, 2),
+        user=body.get("safety_identifier") or body.get("user") or None,
+    )
+
+
+def estimate_prompt(body: dict[str, Any]) -> int:
+    """The lenient prompt estimate for same-format passthrough (accepts what OpenAI accepts)."""
+    return openai.estimate_prompt("chat", body)
+
+
+def _parse_messages(raw: Any) -> tuple[list[Text], list[Message]]:
+    """Leading system/developer messages become the system prompt; later ones a user turn with the
+    same text. Consecutive `tool` messages become the ToolResult parts of one user turn."""
+    if not isinstance(raw, list) or not raw:
+        raise InvalidRequest("'messages' must be a non-empty array", "messages")
+    system: list[Text] = []
+    out: list[Message] = []
+    names: dict[str, str] = {}  # tool-call id -> tool name, for the results (Gemini needs the name)
+    previous = ""
+    for i, m in enumerate(raw):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise InvalidRequest("each entry of 'messages' must be an object", where)
+        role = m.get("role")
+        if role in ("system", "developer"):
+            texts = _system_texts(m.get("content"), f"{where}.content")
+            if not out:
+                system.extend(texts)
+            elif texts:
+                out.append(Message("user", list(texts)))
+        elif role == "user":
+            parts = _user_parts(m.get("content"), f"{where}.content")
+            if parts:
+                out.append(Message("user", parts))
+        elif role == "assistant":
+            parts = _assistant_parts(m, where, names)
+            if parts:
+                out.append(Message("assistant", parts))
+        elif role == "tool":
+            result = _tool_result(m, where, names)
+            if previous == "tool" and out:
+                out[-1].parts.append(result)
+            else:
+                out.append(Message("user", [result]))
+        elif role == "function":
+            raise InvalidRequest("the legacy 'function' role cannot be translated for this model; use 'tool'",
+                                 f"{where}.role")
+        else:
+            raise InvalidRequest("'role' must be system, developer, user, assistant or tool", f"{where}.role")
+        previous = role
+    if not out:
+        raise InvalidRequest("'messages' must contain at least one user or assistant message", "messages")
+    return system, out
+
+
+def _system_texts(content: Any, where: str) -> list[Text]:
+    if isinstance(content, str):
+        return [Text(content)] if content else []
+    if not isinstance(content, list):
+        raise InvalidRequest("'content' must be a string or an array of text parts", where)
+    texts = []
+    for j, part in enumerate(content):
+        if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+            raise InvalidRequest("system and developer content parts must be text", f"{where}[{j}]")
+        if part["text"]:
+            texts.append(Text(part["text"]))
+    return texts
+
+
+def _user_parts(content: Any, where: str) -> list[Part]:
+    if isinstance(content, str):
+        return [Text(content)] if content else []
+    if not isinstance(content, list):
+        raise InvalidRequest("'content' must be a string or an array of content parts", where)
+    parts: list[Part] = []
+    for j, raw in enumerate(content):
+        part = _content_part(raw, f"{where}[{j}]")
+        if part is not None:
+            parts.append(part)
+    return parts
+
+
+def _content_part(part: Any, where: str) -> Text | Media | None:
+    if not isinstance(part, dict):
+        raise InvalidRequest("each content part must be an object", where)
+    kind = part.get("type")
+    if kind == "text":
+        text = part.get("text")
+        if not isinstance(text, str):
+            raise InvalidRequest("a text part needs a string 'text'", f"{where}.text")
+        return Text(text) if text else None
+    if kind == "image_url":
+        return _image_part(part.get("image_url"), f"{where}.image_url")
+    if kind == "file":
+        return _file_part(part.get("file"), f"{where}.file")
+    if kind == "input_audio":
+        raise InvalidRequest("audio input cannot be sent to this model's provider", where)
+    raise InvalidRequest("unsupported content part type (expected text, image_url or file)", f"{where}.type")
+
+
+def _image_part(image: Any, where: str) -> Media:
+    url, detail = (image, None) if isinstance(image, str) else (None, None)
+    if isinstance(image, dict):
+        url, detail = image.get("url"), image.get("detail")
+    if not isinstance(url, str) or not url:
+        raise InvalidRequest("'image_url.url' must be a base64 data URL or an https URL", where)
+    if detail is not None and detail not in ("auto", "low", "high"):
+        raise InvalidRequest("'detail' must be auto, low or high", f"{where}.detail")
+    media = media_from_url(url, detail)
+    if media.data is None and url.startswith("data:"):
+        raise InvalidRequest("image data URLs must be base64-encoded", f"{where}.url")
+    return media
+
+
+def _file_part(file: Any, where: str) -> Media:
+    if not isinstance(file, dict):
+        raise InvalidRequest("a file part needs a 'file' object", where)
+    data, name = file.get("file_data"), file.get("filename")
+    name = name if isinstance(name, str) and name else None
+    if not data and file.get("file_id"):
+        raise InvalidRequest("uploaded files ('file_id') cannot be sent to this model's provider; "
+                             "send the file inline as 'file_data'", f"{where}.file_id")
+    if not isinstance(data, str) or not data:
+        raise InvalidRequest("'file_data' must be a base64 data URL", f"{where}.file_data")
+    if data.startswith("data:"):
+        media = media_from_url(data, name=name)
+        if media.data is None:
+            raise InvalidRequest("'file_data' must be a base64 data URL", f"{where}.file_data")
+        return media
+    if name and name.lower().endswith(".pdf"):  # bare base64, the type told by the file name
+        return Media(mime="application/pdf", data=data, name=name)
+    raise InvalidRequest("'file_data' must be a base64 data URL (data:<type>;base64,...)", f"{where}.file_data")
+
+
+def _assistant_parts(m: dict[str, Any], where: str, names: dict[str, str]) -> list[Part]:
+    """Thinking (the de-facto reasoning_content), then text (refusals as text), then tool calls."""
+    if m.get("function_call"):
+        raise InvalidRequest("the legacy 'function_call' cannot be translated for this model; use 'tool_calls'",
+                             f"{where}.function_call")
+    parts: list[Part] = []
+    for key in ("reasoning_content", "reasoning"):
+        value = m.get(key)
+        if isinstance(value, str) and value:
+            parts.append(Thinking(value))
+            break
+    content = m.get("content")
+    if isinstance(content, str):
+        if content:
+            parts.append(Text(content))
+    elif isinstance(content, list):
+        for j, part in enumerate(content):
+            kind = part.get("type") if isinstance(part, dict) else None
+            text = part.get("refusal" if kind == "refusal" else "text") if kind in ("text", "refusal") else None
+            if not isinstance(text, str):
+                raise InvalidRequest("assistant content parts must be text or refusal", f"{where}.content[{j}]")
+            if text:
+                parts.append(Text(text))
+    elif content is not None:
+        raise InvalidRequest("'content' must be a string, an array of parts or null", f"{where}.content")
+    refusal = m.get("refusal")
+    if isinstance(refusal, str) and refusal and not any(isinstance(p, Text) for p in parts):
+        parts.append(Text(refusal))
+    calls = m.get("tool_calls")
+    if calls is not None and not isinstance(calls, list):
+        raise InvalidRequest("'tool_calls' must be an array", f"{where}.tool_calls")
+    for k, call in enumerate(calls or ()):
+        parts.append(_tool_call(call, f"{where}.tool_calls[{k}]", names))
+    return parts
+
+
+def _tool_call(call: Any, where: str, names: dict[str, str]) -> ToolCall:
+    if not isinstance(call, dict):
+        raise InvalidRequest("each tool call must be an object", where)
+    if call.get("type", "function") != "function":
+        raise InvalidRequest("only function tool calls can be translated for this model", f"{where}.type")
+    fn, call_id = call.get("function"), call.get("id")
+    if not isinstance(call_id, str) or not call_id:
+        raise InvalidRequest("a tool call needs a string 'id'", f"{where}.id")
+    name = fn.get("name") if isinstance(fn, dict) else None
+    if not isinstance(name, str) or not name:
+        raise InvalidRequest("a tool call needs 'function.name'", f"{where}.function.name")
+    arguments = fn["arguments"] if isinstance(fn, dict) and "arguments" in fn else None
+    if isinstance(arguments, dict):  # some clients send an object; OpenAI carries JSON text
+        arguments = orjson.dumps(arguments).decode()
+    elif arguments is not None and not isinstance(arguments, str):
+        raise InvalidRequest("'function.arguments' must be a JSON string", f"{where}.function.arguments")
+    names[call_id] = name
+    return ToolCall(call_id, name, arguments or "{}")
+
+
+def _tool_result(m: dict[str, Any], where: str, names: dict[str, str]) -> ToolResult:
+    call_id = m.get("tool_call_id")
+    if not isinstance(call_id, str) or not call_id:
+        raise InvalidRequest("a tool message needs 'tool_call_id'", f"{where}.tool_call_id")
+    content = m.get("content")
+    parts = [] if content is None else _user_parts(content, f"{where}.content")
+    return ToolResult(call_id, [p for p in parts if isinstance(p, (Text, Media))], name=names.get(call_id))
+
+
+def _parse_tools(raw: Any) -> list[Tool]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise InvalidRequest("'tools' must be an array", "tools")
+    tools = []
+    for k, tool in enumerate(raw):
+        where = f"tools[{k}]"
+        if not isinstance(tool, dict):
+            raise InvalidRequest("each tool must be an object", where)
+        if tool.get("type") != "function":
+            raise InvalidRequest("only 'function' tools can be translated for this model (not custom or "
+                                 "built-in tools)", f"{where}.type")
+        fn = tool.get("function") if isinstance(tool.get("function"), dict) else {}
+        name, description = fn.get("name"), fn.get("description")
+        if not isinstance(name, str) or not name:
+            raise InvalidRequest("a function tool needs 'function.name'", f"{where}.function.name")
+        parameters, strict = fn.get("parameters"), fn.get("strict")
+        if description is not None and not isinstance(description, str):
+            raise InvalidRequest("'description' must be a string", f"{where}.function.description")
+        if parameters is not None and not isinstance(parameters, dict):
+            raise InvalidRequest("'parameters' must be a JSON Schema object", f"{where}.function.parameters")
+        if strict is not None and not isinstance(strict, bool):
+            raise InvalidRequest("'strict' must be a boolean", f"{where}.function.strict")
+        tools.append(Tool(name, description or "", parameters or dict(EMPTY_PARAMETERS), strict))
+    return tools
+
+
+def _parse_tool_choice(raw: Any, tools: list[Tool]) -> tuple[ToolChoice | None, list[Tool]]:
+    """The choice, and the tools offered (narrowed by an `allowed_tools` choice)."""
+    if raw is None:
+        return None, tools
+    if raw in ("auto", "none", "required"):
+        return ToolChoice(raw), tools
+    known = {t.name for t in tools}
+    if isinstance(raw, dict) and raw.get("type") == "function":
+        fn = raw.get("function")
+        name = fn.get("name") if isinstance(fn, dict) else None
+        if not isinstance(name, str) or name not in known:
+            raise InvalidRequest("'tool_choice' must name a function listed in 'tools'", "tool_choice")
+        return ToolChoice("tool", name), tools
+    if isinstance(raw, dict) and raw.get("type") == "allowed_tools":
+        spec = raw.get("allowed_tools")
+        mode = spec.get("mode") if isinstance(spec, dict) else None
+        listed = spec.get("tools") if isinstance(spec, dict) else None
+        allowed = {e["function"].get("name") for e in listed if isinstance(e, dict) and e.get("type") == "function"
+                   and isinstance(e.get("function"), dict)} if isinstance(listed, list) else set()
+        if mode not in ("auto", "required") or not allowed or not allowed <= known:
+            raise InvalidRequest("'allowed_tools' needs a mode (auto or required) and functions listed in 'tools'",
+                                 "tool_choice")
+        return ToolChoice(mode), [t for t in tools if t.name in allowed]
+    raise InvalidRequest("'tool_choice' must be auto, none, required or a function (custom tool choices cannot "
+                         "be translated)", "tool_choice")
+
+
+def _parse_response_format(raw: Any) -> OutputFormat | None:
+    if raw is None:
+        return None
+    kind = raw.get("type") if isinstance(raw, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return OutputFormat("json_object")
+    if kind == "json_schema":
+        spec = raw.get("json_schema") if isinstance(raw.get("json_schema"), dict) else {}
+        name, schema, strict = spec.get("name"), spec.get("schema"), spec.get("strict")
+        if not isinstance(name, str) or not name:
+            raise InvalidRequest("'json_schema.name' is required", "response_format")
+        if (schema is not None and not isinstance(schema, dict)) or (strict is not None and not isinstance(strict, bool)):
+            raise InvalidRequest("'json_schema.schema' must be an object and 'strict' a boolean", "response_format")
+        return OutputFormat("json_schema", schema=schema, name=name, strict=strict)
+    raise InvalidRequest("'response_format.type' must be text, json_object or json_schema", "response_format")
+
+
+def _parse_effort(raw: Any) -> Reasoning | None:
+    if raw is None:
+        return None
+    if raw == "none":
+        return Reasoning(budget=0)
+    if isinstance(raw, str) and raw in _EFFORTS:
+        return Reasoning(effort=_EFFORTS[raw])
+    raise InvalidRequest("'reasoning_effort' must be none, minimal, low, medium, high, xhigh or max", "reasoning_effort")
+
+
+def _parse_stop(raw: Any) -> list[str]:
+    if raw is None:
+        return []
+    values = [raw] if isinstance(raw, str) else raw
+    if not isinstance(values, list) or not all(isinstance(s, str) for s in values):
+        raise InvalidRequest("'stop' must be a string or an array of strings", "stop")
+    return [s for s in values if s]
+
+
+def _max_output(body: dict[str, Any]) -> int | None:
+    for name in ("max_completion_tokens", "max_tokens"):
+        if body.get(name) is not None:
+            return _integer(body, name, 1, 1 << 31)
+    return None
+
+
+def _number(body: dict[str, Any], name: str, low: float, high: float) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise InvalidRequest(f"'{name}' must be a number from {low} to {high}", name)
+    return float(value)
+
+
+def _integer(body: dict[str, Any], name: str, low: int, high: int) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidRequest(f"'{name}' must be an integer" + (" of at least 1" if low == 1 else ""), name)
+    return value
+
+
+def _opt_bool(body: dict[str, Any], name: str) -> bool | None:
+    value = body.get(name)
+    if value is not None and not isinstance(value, bool):
+        raise InvalidRequest(f"'{name}' must be a boolean", name)
+    return value
+
+
+# -- rendering --------------------------------------------------------------------------------
+
+
+def completion_id(ctx: StreamContext) -> str:
+    return f"chatcmpl-{ctx.request_id}"
+
+
+def usage_object(usage: Usage) -> dict[str, Any]:
+    """Chat usage: prompt_tokens includes cached tokens, completion_tokens includes reasoning."""
+    return {
+        "prompt_tokens": usage.in_total,
+        "completion_tokens": usage.out_total,
+        "total_tokens": usage.in_total + usage.out_total,
+        "prompt_tokens_details": {"cached_tokens": usage.cache_read, "cache_write_tokens": usage.cache_write},
+        "completion_tokens_details": {"reasoning_tokens": usage.reasoning},
+    }
+
+
+def _finish_out(finish: Finish, has_calls: bool) -> Finish:
+    """An answer with tool calls finishes with `tool_calls` (agent loops look for it), and only it does."""
+    if has_calls and finish == "stop":
+        return "tool_calls"
+    if not has_calls and finish == "tool_calls":
+        return "stop"
+    return finish
+
+
+def render_response(reply: Reply, ctx: StreamContext) -> bytes:
+    """A complete `chat.completion` with one choice; thinking goes to `reasoning_content`."""
+    text = "".join(p.text for p in reply.parts if isinstance(p, Text))
+    thinking = "".join(p.text for p in reply.parts if isinstance(p, Thinking))
+    calls = [{"id": pack_call_id(p.id, p.signature), "type": "function",
+              "function": {"name": p.name, "arguments": p.arguments}}
+             for p in reply.parts if isinstance(p, ToolCall)]
+    message: dict[str, Any] = {"role": "assistant", "content": text or None}
+    if thinking:
+        message["reasoning_content"] = thinking
+    if calls:
+        message["tool_calls"] = calls
+    message["refusal"] = None
+    message["annotations"] = []
+    choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": _finish_out(reply.finish, bool(calls))}
+    return orjson.dumps({"id": completion_id(ctx), "object": "chat.completion", "created": ctx.created,
+                         "model": ctx.model, "choices": [choice], "usage": usage_object(reply.usage or Usage())})
+
+
+class StreamWriter:
+    """Internal events as `chat.completion.chunk` frames: the role once in the first chunk, a tool
+    call's id/type/name only in its first delta, the finish chunk at End, the usage-only chunk only
+    when the client asked, then [DONE]. Every chunk has `choices`."""
+
+    __slots__ = ("_ctx", "_head", "_tail", "_started", "_ended", "_closed", "_calls")
+
+    def __init__(self, ctx: StreamContext) -> None:
+        self._ctx = ctx
+        head = orjson.dumps({"id": completion_id(ctx), "object": "chat.completion.chunk", "created": ctx.created,
+                             "model": ctx.model})
+        self._head = b"data: " + head[:-1] + b',"choices":[{"index":0,"delta":'
+        self._tail = b"}]" + (b',"usage":null' if ctx.include_usage else b"") + b"}\n\n"
+        self._started = False
+        self._ended = False
+        self._closed = False
+        self._calls: dict[int, int] = {}  # the event's tool-call index -> the index sent (0, 1, 2...)
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
+        reason = b"null" if finish is None else orjson.dumps(finish)
+        return self._head + orjson.dumps(delta) + b',"logprobs":null,"finish_reason":' + reason + self._tail
+
+    def _open(self) -> bytes:
+        if self._started:
+            return b""
+        self._started = True
+        return self._chunk({"role": "assistant", "content": ""})
+
+    def write(self, event: Event) -> bytes:
+        if self._closed or isinstance(event, UsageUpdate):
+            return b""
+        if isinstance(event, StreamError):
+            return self.error(event.message, event.kind)
+        if self._ended:  # nothing after the finish chunk but close()
+            return b""
+        if isinstance(event, Start):
+            return self._open()
+        if isinstance(event, TextDelta):
+            return self._open() + (self._chunk({"content": event.text}) if event.text else b"")
+        if isinstance(event, ThinkingDelta):
+            return self._open() + (self._chunk({"reasoning_content": event.text}) if event.text else b"")
+        if isinstance(event, ToolCallDelta):
+            delta = self._call_delta(event)
+            return self._open() + (self._chunk({"tool_calls": [delta]}) if delta else b"")
+        if isinstance(event, End):
+            self._ended = True
+            return self._open() + self._chunk({}, _finish_out(event.finish, bool(self._calls)))
+        return b""
+
+    def _call_delta(self, event: ToolCallDelta) -> dict[str, Any] | None:
+        index = self._calls.get(event.index)
+        if index is not None:
+            return {"index": index, "function": {"arguments": event.arguments}} if event.arguments else None
+        index = self._calls[event.index] = len(self._calls)
+        call_id = pack_call_id(event.id or f"call_{self._ctx.request_id}_{index}", event.signature)
+        return {"index": index, "id": call_id, "type": "function",
+                "function": {"name": event.name or "", "arguments": event.arguments}}
+
+    def close(self, usage: Usage) -> bytes:
+        if self._closed:
+            return b""
+        self._closed = True
+        out = self._open()
+        if not self._ended:
+            self._ended = True
+            out += self._chunk({}, _finish_out("stop", bool(self._calls)))
+        if self._ctx.include_usage:
+            out += b"data: " + orjson.dumps({"id": completion_id(self._ctx), "object": "chat.completion.chunk",
+                                             "created": self._ctx.created, "model": self._ctx.model,
+                                             "choices": [], "usage": usage_object(usage)}) + b"\n\n"
+        return out + b"data: [DONE]\n\n"
+
+    def error(self, message: str, code: str) -> bytes:
+        if self._closed:
+            return b""
+        self._closed = True
+        return stream_error_event(message, code, self._ctx.request_id)
+
+
+def stream_error_event(message: str, code: str, request_id: str) -> bytes:
+    """The in-band error that makes the openai SDK raise (for a passthrough chat stream)."""
+    return openai.stream_error_event("chat", message, code, request_id, 0)
+
+
+# == upstream side: an OpenAI-format provider serving another dialect ========================
+
+
+def auth_headers(api_key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {api_key}"}
+
+
+def passthrough_body(body: dict[str, Any], upstream_model: str, max_output: int) -> bytes:
+    """Same-format traffic: the client's body with the model and output limit replaced and stream
+    usage forced on (the existing `prepare` does exactly this)."""
+    return openai.prepare("chat", body, upstream_model, max_output).upstream_body
+
+
+def build_request(chat: Chat, upstream_model: str, max_output: int) -> tuple[str, bytes]:
+    """A /chat/completions body told exactly `max_output` (max_completion_tokens). n > 1 is refused:
+    the internal Reply and stream events carry one choice, so the other answers could not reach the client."""
+    if chat.n > 1:
+        raise InvalidRequest("more than one answer per request (n > 1) cannot be served by this model", "n")
+    if len(chat.stop) > MAX_STOP:
+        raise InvalidRequest(f"this model accepts at most {MAX_STOP} stop sequences", "stop")
+    body: dict[str, Any] = {"model": upstream_model, "messages": _messages_out(chat)}
+    if chat.tools:  # OpenAI refuses tool_choice and parallel_tool_calls without tools
+        body["tools"] = [_tool_out(t) for t in chat.tools]
+        if chat.tool_choice is not None:
+            body["tool_choice"] = _tool_choice_out(chat.tool_choice)
+        if chat.parallel_tool_calls is not None:
+            body["parallel_tool_calls"] = chat.parallel_tool_calls
+    if chat.output_format is not None:
+        body["response_format"] = _response_format_out(chat.output_format)
+    effort = _effort_out(chat.reasoning)
+    if effort is not None:
+        body["reasoning_effort"] = effort
+    if chat.stop:
+        body["stop"] = list(chat.stop)
+    body["max_completion_tokens"] = max_output
+    for name in ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty", "user"):
+        value = getattr(chat, name)
+        if value is not None:
+            body[name] = value
+    if chat.stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    return CHAT_PATH, orjson.dumps(body)
+
+
+def _messages_out(chat: Chat) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    system = "\n\n".join(p.text for p in chat.system if p.text)
+    if system:
+        out.append({"role": "system", "content": system})
+    pending: list[Part] = []  # the parts of consecutive user turns, sent together
+    for message in chat.messages:
+        if message.role == "user":
+            pending.extend(message.parts)
+            continue
+        out.extend(_user_out(pending))
+        pending = []
+        assistant = _assistant_out(message.parts)
+        if assistant is not None:
+            out.append(assistant)
+    out.extend(_user_out(pending))
+    return out
+
+
+def _user_out(parts: list[Part]) -> list[dict[str, Any]]:
+    """Tool results first, one `tool` message each (OpenAI wants them right after the calls), then
+    one user message: the images the results carried (tool messages hold text only), then the rest."""
+    out: list[dict[str, Any]] = []
+    content: list[dict[str, Any]] = []
+    for result in (p for p in parts if isinstance(p, ToolResult)):
+        call_id = unpack_call_id(result.call_id)[0]
+        text = "\n".join(p.text for p in result.content if isinstance(p, Text))
+        media = [p for p in result.content if isinstance(p, Media)]
+        if media:
+            text = text or "(the result's attachments follow in the next message)"
+            content.append({"type": "text", "text": f"Attachments from the result of tool call {call_id}:"})
+            content.extend(_media_out(p) for p in media)
+        out.append({"role": "tool", "tool_call_id": call_id, "content": text})
+    for part in parts:
+        if isinstance(part, Text) and part.text:
+            content.append({"type": "text", "text": part.text})
+        elif isinstance(part, Media):
+            content.append(_media_out(part))
+    if len(content) == 1 and content[0]["type"] == "text":
+        out.append({"role": "user", "content": content[0]["text"]})
+    elif content:
+        out.append({"role": "user", "content": content})
+    return out
+
+
+def _media_out(media: Media) -> dict[str, Any]:
+    if media.mime.startswith("image/") or (media.data is None and not media.mime):
+        image: dict[str, Any] = {"url": data_url(media)}
+        if media.detail:
+            image["detail"] = media.detail
+        return {"type": "image_url", "image_url": image}
+    if media.data is None:
+        raise InvalidRequest("documents given by URL cannot be sent to this model's provider; send them inline",
+                             "messages")
+    if media.mime.startswith("text/"):  # a plain-text document: its text
+        try:
+            return {"type": "text", "text": base64.b64decode(media.data).decode("utf-8", "replace")}
+        except (binascii.Error, ValueError):
+            raise InvalidRequest("a text document is not valid base64", "messages") from None
+    audio = {"audio/wav": "wav", "audio/x-wav": "wav", "audio/mpeg": "mp3", "audio/mp3": "mp3"}.get(media.mime)
+    if audio:
+        return {"type": "input_audio", "input_audio": {"data": media.data, "format": audio}}
+    if media.mime.startswith("audio/") or media.mime.startswith("video/"):
+        raise InvalidRequest("this kind of audio or video cannot be sent to this model's provider", "messages")
+    name = media.name or ("document.pdf" if media.mime == "application/pdf" else "document")
+    return {"type": "file", "file": {"file_data": data_url(media), "filename": name}}
+
+
+def _assistant_out(parts: list[Part]) -> dict[str, Any] | None:
+    """Text joined, tool calls with their plain ids; thinking is dropped (OpenAI takes none back)."""
+    text = "".join(p.text for p in parts if isinstance(p, Text))
+    calls = [{"id": unpack_call_id(p.id)[0], "type": "function",
+              "function": {"name": p.name, "arguments": p.arguments or "{}"}}
+             for p in parts if isinstance(p, ToolCall)]
+    if not text and not calls:
+        return None
+    message: dict[str, Any] = {"role": "assistant", "content": text or None}
+    if calls:
+        message["tool_calls"] = calls
+    return message
+
+
+def _tool_out(tool: Tool) -> dict[str, Any]:
+    fn: dict[str, Any] = {"name": tool.name}
+    if tool.description:
+        fn["description"] = tool.description
+    fn["parameters"] = tool.parameters or dict(EMPTY_PARAMETERS)
+    if tool.strict is not None:
+        fn["strict"] = tool.strict
+    return {"type": "function", "function": fn}
+
+
+def _tool_choice_out(choice: ToolChoice) -> Any:
+    if choice.mode == "tool":
+        return {"type": "function", "function": {"name": choice.name}}
+    return choice.mode
+
+
+def _response_format_out(fmt: OutputFormat) -> dict[str, Any]:
+    if fmt.kind == "json_object":
+        return {"type": "json_object"}
+    spec: dict[str, Any] = {"name": fmt.name or "response", "schema": fmt.schema or {"type": "object"}}
+    if fmt.strict is not None:
+        spec["strict"] = fmt.strict
+    return {"type": "json_schema", "json_schema": spec}
+
+
+EFFORT_LOW_MAX = 2048  # a thinking budget up to this is "low" effort...
+EFFORT_MEDIUM_MAX = 8192  # ...up to this "medium", above it "high"
+
+
+def _effort_out(reasoning: Reasoning | None) -> str | None:
+    """The effort, or a budget's bucket. A budget of 0 (thinking off) or a dynamic one sends nothing:
+    no effort value is accepted by every OpenAI model, and the non-reasoning ones refuse the field."""
+    if reasoning is None:
+        return None
+    if reasoning.effort:
+        return reasoning.effort
+    budget = reasoning.budget
+    if budget is None or budget <= 0:
+        return None
+    return "low" if budget <= EFFORT_LOW_MAX else "medium" if budget <= EFFORT_MEDIUM_MAX else "high"
+
+
+# -- reading answers --------------------------------------------------------------------------
+
+
+def _s(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _finish_in(reason: Any, has_calls: bool) -> Finish:
+    finish = _FINISHES.get(reason, "stop") if isinstance(reason, str) else "stop"
+    return _finish_out(finish, has_calls)
+
+
+def _arguments_in(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return orjson.dumps(value).decode() if isinstance(value, dict) else ""
+
+
+def parse_response(obj: Any) -> Reply:
+    """Choice 0 of a `chat.completion`: reasoning, text (a refusal as text), tool calls, usage."""
+    obj = obj if isinstance(obj, dict) else {}
+    reply_id = _s(obj.get("id"))
+    choices = obj.get("choices") if isinstance(obj.get("choices"), list) else []
+    choice = next((c for c in choices if isinstance(c, dict) and c.get("index", 0) == 0), {})
+    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+    parts: list[Part] = []
+    reasoning = _s(message.get("reasoning_content")) or _s(message.get("reasoning"))
+    if reasoning:
+        parts.append(Thinking(reasoning))
+    content = message.get("content")
+    if isinstance(content, list):  # some compatible servers send parts
+        content = "".join(_s(p.get("text")) for p in content if isinstance(p, dict) and p.get("type") in (None, "text"))
+    text = _s(content) or _s(message.get("refusal"))
+    if text:
+        parts.append(Text(text))
+    calls = message.get("tool_calls") if isinstance(message.get("tool_calls"), list) else []
+    for k, call in enumerate(c for c in calls if isinstance(c, dict)):
+        fn = call.get("function") if isinstance(call.get("function"), dict) else {}
+        parts.append(ToolCall(_s(call.get("id")) or f"call_{reply_id}_{k}", _s(fn.get("name")),
+                              _arguments_in(fn.get("arguments")) or "{}"))
+    has_calls = any(isinstance(p, ToolCall) for p in parts)
+    return Reply(id=reply_id, model=_s(obj.get("model")), parts=parts,
+                 finish=_finish_in(choice.get("finish_reason"), has_calls), usage=normalize_usage(obj.get("usage")))
+
+
+class StreamReader:
+    """`chat.completion.chunk` events into internal events (choice 0; n > 1 is refused upstream of
+    here). Tool calls are renumbered 0, 1, 2... in order of appearance: a delta with a new id is a
+    new call even when the upstream reuses an index (trap 1); a repeated id or name is not sent again."""
+
+    __slots__ = ("done", "_id", "_started", "_ended", "_final_usage", "_calls", "_last_key", "_count")
+
+    def __init__(self) -> None:
+        self.done = False
+        self._id = ""
+        self._started = False
+        self._ended = False
+        self._final_usage = False
+        self._calls: dict[int, tuple[int, str | None]] = {}  # upstream index -> (our index, its id)
+        self._last_key: int | None = None
+        self._count = 0
+
+    def feed(self, event: str, data: bytes) -> list[Event]:
+        data = data.strip()
+        if not data or self.done:
+            return []
+        if data == b"[DONE]":
+            self.done = True
+            return []
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            obj = None
+        if not isinstance(obj, dict):
+            return [StreamError("the upstream sent a stream event that is not a JSON object", "server_error")]
+        if obj.get("error"):
+            return [_stream_error(obj["error"])]
+        events: list[Event] = []
+        if not self._started:
+            self._started = True
+            self._id = _s(obj.get("id"))
+            events.append(Start(self._id, _s(obj.get("model"))))
+        choices = obj.get("choices")
+        if isinstance(choices, list):
+            for choice in choices:
+                if isinstance(choice, dict) and choice.get("index", 0) == 0:
+                    self._choice(choice, events)
+        usage = normalize_usage(obj.get("usage")) if obj.get("usage") else None
+        if usage is not None:  # the usage-only chunk, or usage on the last content chunk, is the whole usage
+            final = not choices or self._ended
+            self._final_usage = self._final_usage or final
+            events.append(UsageUpdate(usage, final))
+        if self._ended and self._final_usage:  # complete even if the upstream omits [DONE]
+            self.done = True
+        return events
+
+    def _choice(self, choice: dict[str, Any], events: list[Event]) -> None:
+        delta = choice.get("delta")
+        if isinstance(delta, dict) and not self._ended:
+            thinking = _s(delta.get("reasoning_content")) or _s(delta.get("reasoning"))
+            if thinking:
+                events.append(ThinkingDelta(thinking))
+            for key in ("content", "refusal"):
+                text = _s(delta.get(key))
+                if text:
+                    events.append(TextDelta(text))
+            calls = delta.get("tool_calls")
+            for call in calls if isinstance(calls, list) else ():
+                if isinstance(call, dict):
+                    out = self._call(call)
+                    if out is not None:
+                        events.append(out)
+        reason = choice.get("finish_reason")
+        if reason and not self._ended:
+            self._ended = True
+            events.append(End(_finish_in(reason, self._count > 0)))
+
+    def _call(self, call: dict[str, Any]) -> ToolCallDelta | None:
+        fn = call.get("function") if isinstance(call.get("function"), dict) else {}
+        arguments = _arguments_in(fn.get("arguments"))
+        call_id = _s(call.get("id")) or None
+        raw = call.get("index")
+        key = raw if isinstance(raw, int) and not isinstance(raw, bool) else self._last_key
+        known = self._calls.get(key) if key is not None else None
+        if known is not None and (call_id is None or call_id == known[1]):
+            return ToolCallDelta(known[0], arguments) if arguments else None
+        index = self._count
+        self._count += 1
+        key = -1 if key is None else key
+        self._calls[key] = (index, call_id)
+        self._last_key = key
+        return ToolCallDelta(index, arguments, id=call_id or f"call_{self._id}_{index}", name=_s(fn.get("name")))
+
+
+def _stream_error(error: Any) -> StreamError:
+    if not isinstance(error, dict):
+        return StreamError(_s(error) or "the upstream reported an error", "server_error")
+    code, etype = error.get("code"), _s(error.get("type"))
+    label = f"{etype} {code}".lower()
+    if code == 429 or "rate_limit" in label or "insufficient_quota" in label:
+        kind = "rate_limited"
+    elif code in (503, 529) or "overload" in label or "unavailable" in label:
+        kind = "overloaded"
+    elif code == 400 or "invalid_request" in label:
+        kind = "invalid_request"
+    else:
+        kind = "server_error"
+    return StreamError(_s(error.get("message")) or "the upstream reported an error", kind)
+
+
+# == embeddings ================================================================================
+
+
+def parse_embed_request(body: dict[str, Any]) -> Embed:
+    """An embeddings request for another provider: text only (token-id arrays cannot be translated)."""
+    raw = body.get("input") if isinstance(body, dict) else None
+    inputs = [raw] if isinstance(raw, str) else raw
+    if not isinstance(inputs, list) or not inputs:
+        raise InvalidRequest("'input' must be a string or a non-empty array of strings", "input")
+    if not all(isinstance(x, str) for x in inputs):
+        if all(isinstance(x, (int, list)) and not isinstance(x, bool) for x in inputs):
+            raise InvalidRequest("token-id arrays cannot be sent to this model's provider; send text", "input")
+        raise InvalidRequest("'input' must be a string or a non-empty array of strings", "input")
+    if body.get("encoding_format") not in (None, "float", "base64"):
+        raise InvalidRequest("'encoding_format' must be float or base64", "encoding_format")
+    return Embed(list(inputs), dimensions=_integer(body, "dimensions", 1, 1 << 16))
+
+
+def render_embed(reply: EmbedReply, ctx: StreamContext, encoding_format: str) -> bytes:
+    """The embeddings list; with "base64" each vector is little-endian float32 bytes, as the SDK decodes."""
+    encode = _float32_base64 if encoding_format == "base64" else None
+    data = [{"object": "embedding", "index": i, "embedding": encode(v) if encode else v}
+            for i, v in enumerate(reply.vectors)]
+    tokens = (reply.usage or Usage()).in_total
+    return orjson.dumps({"object": "list", "data": data, "model": ctx.model,
+                         "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+
+def build_embed_request(embed: Embed, upstream_model: str) -> tuple[str, bytes]:
+    body: dict[str, Any] = {"model": upstream_model, "input": embed.inputs, "encoding_format": "float"}
+    if embed.dimensions is not None:
+        body["dimensions"] = embed.dimensions
+    return EMBED_PATH, orjson.dumps(body)
+
+
+def parse_embed_response(obj: Any) -> EmbedReply:
+    """Vectors in input order (by `index`), floats or base64 float32; tolerant of odd shapes."""
+    obj = obj if isinstance(obj, dict) else {}
+    items = [d for d in obj.get("data") or () if isinstance(d, dict)] if isinstance(obj.get("data"), list) else []
+    if all(isinstance(d.get("index"), int) for d in items):
+        items.sort(key=lambda d: d["index"])
+    vectors = []
+    for item in items:
+        value = item.get("embedding")
+        if isinstance(value, str):
+            vectors.append(_float32_decode(value))
+        elif isinstance(value, list):
+            vectors.append([float(x) for x in value if isinstance(x, (int, float)) and not isinstance(x, bool)])
+    return EmbedReply(vectors, normalize_usage(obj.get("usage")))
+
+
+def _float32_base64(vector: list[float]) -> str:
+    values = array("f", vector)
+    if sys.byteorder == "big":
+        values.byteswap()
+    return base64.b64encode(values.tobytes()).decode()
+
+
+def _float32_decode(text: str) -> list[float]:
+    try:
+        raw = base64.b64decode(text)
+    except (binascii.Error, ValueError):
+        return []
+    values = array("f")
+    values.frombytes(raw[: len(raw) - len(raw) % 4])
+    if sys.byteorder == "big":
+        values.byteswap()
+    return values.tolist()
