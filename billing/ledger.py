@@ -46,6 +46,10 @@ class Ledger:
             estimate=estimate, tokens=prompt_estimate + max_output, now=now, month=month_of(now),
             window=int(now // 60), default_rpm=self.default_rpm, default_tpm=self.default_tpm))
 
+    async def check_key(self, key: Presented, model: str) -> store.Admission:
+        """Whether the key may use the model, without holding anything (unbilled calls)."""
+        return await self.db.run_hot(store.tx_check_key, key.hash, model, time.time())
+
     async def settle(self, request_id: str, prices: TokenPrices, record: UsageRecord, status: int,
                      duration_ms: float | None) -> store.Settled | None:
         """Charge what the usage record says (nothing for source "none") and release the rest."""

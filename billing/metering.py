@@ -96,18 +96,24 @@ class Meter:
     """What a request has used so far: the prompt estimate made before sending, the output
     counted from each chunk, and the upstream's own figures once (if ever) they arrive."""
 
-    __slots__ = ("prompt_estimate", "output_observed", "observed_any", "upstream")
+    __slots__ = ("prompt_estimate", "output_observed", "observed_any", "upstream", "partial")
 
     def __init__(self, prompt_estimate: int) -> None:
         self.prompt_estimate = prompt_estimate
         self.output_observed = 0
         self.observed_any = False  # output was seen, or a complete answer arrived
         self.upstream: Usage | None = None
+        self.partial: Usage | None = None  # the upstream's running usage, before its final figures
 
     def add_output(self, text: str) -> None:
         if text:
             self.observed_any = True
             self.output_observed += count_text(text)
+
+    def add_counted(self, tokens: int) -> None:
+        if tokens:
+            self.observed_any = True
+            self.output_observed += tokens
 
     def mark_complete(self) -> None:
         """A whole answer arrived (possibly empty): the prompt was certainly processed."""
@@ -117,11 +123,22 @@ class Meter:
         """An explicit upstream usage is the truth, zeros included."""
         self.upstream = usage
 
+    def set_partial(self, usage: Usage) -> None:
+        """A running usage (Anthropic's message_start, Gemini's chunks): its prompt figures are the
+        upstream's own, its output only a lower bound until the stream completes."""
+        self.partial = usage
+
     def record(self) -> UsageRecord:
         if self.upstream is not None:
             return UsageRecord(self.upstream, "upstream")
+        p = self.partial
         if self.observed_any:
+            if p is not None:
+                return UsageRecord(Usage(p.in_total, max(p.out_total, self.output_observed), p.cache_read,
+                                         p.cache_write, p.reasoning), "observed")
             return UsageRecord(Usage(self.prompt_estimate, self.output_observed), "observed")
+        if p is not None:
+            return UsageRecord(Usage(p.in_total, 0, p.cache_read, p.cache_write), "estimate")
         return UsageRecord(Usage(self.prompt_estimate, 0), "estimate")
 
 

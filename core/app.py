@@ -20,6 +20,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from adapters import openai
+from adapters.anthropic import client as anthropic_client
+from adapters.gemini import client as gemini_client
 from billing.ledger import Ledger
 from billing.metering import encoding
 from billing.pricing import units_to_usd
@@ -28,6 +30,7 @@ from core.operations import Operations
 from billing.safetynet import SafetyNet, owner_id
 from billing.store import Store
 from core.config import Settings
+from core.dialects import relay_call, wants_anthropic, wants_gemini
 from core.metrics import Metrics
 from core.relay import Receive, Relay, Scope, Send
 from core.requestlog import RequestLog
@@ -35,13 +38,7 @@ from core.upstream import Upstreams
 
 log = logging.getLogger("tokentoll")
 
-RELAY_ROUTES = {
-    "/v1/chat/completions": "chat",
-    "/v1/completions": "completions",
-    "/v1/embeddings": "embeddings",
-    "/v1/responses": "responses",
-}
-KNOWN_PATHS = frozenset({"/v1/models", "/v1/pricing", "/metrics", "/healthz", "/readyz"})
+KNOWN_PATHS = frozenset({"/v1/models", "/v1beta/models", "/v1/pricing", "/metrics", "/healthz", "/readyz"})
 OPENAI_PATHS_WITHOUT_V1 = ("/chat/completions", "/completions", "/embeddings", "/responses", "/models")
 
 
@@ -66,6 +63,9 @@ class Gateway:
         self.admin = AdminAPI(self.operations, self.store)
         self.ready = False
         self._models = [openai.model_object(m.name, m.created, m.owned_by) for m in settings.models.values()]
+        self._anthropic_models = anthropic_client.models_list(
+            [anthropic_client.model_object(m.name, m.name, m.created) for m in settings.models.values()])
+        self._gemini_models = {m.name: _gemini_model(m) for m in settings.models.values()}
         self._pricing = orjson.dumps({"object": "list", "currency": "USD", "unit": "per 1M tokens", "data": [
             {"model": m.name, "owned_by": m.owned_by, "max_output_tokens": m.max_output_tokens,
              **{kind: units_to_usd(getattr(m.prices, kind)) for kind in ("input", "output", "cache_read", "cache_write")},
@@ -77,6 +77,8 @@ class Gateway:
             routes=[
                 Route("/v1/models", self.list_models, methods=["GET"]),
                 Route("/v1/models/{model_id:path}", self.get_model, methods=["GET"]),
+                Route("/v1beta/models", self.list_gemini_models, methods=["GET"]),
+                Route("/v1beta/models/{model_id:path}", self.get_gemini_model, methods=["GET"]),
                 Route("/v1/pricing", self.pricing, methods=["GET"]),
                 Route("/metrics", self.render_metrics, methods=["GET"]),
                 Route("/healthz", self.healthz, methods=["GET"]),
@@ -121,9 +123,9 @@ class Gateway:
             await self.router(scope, receive, send)
             return
         request_id = new_request_id()
-        endpoint = RELAY_ROUTES.get(scope["path"])
-        if endpoint is not None:
-            await self.relay(endpoint, scope, receive, send, request_id)
+        call = relay_call(scope["method"], scope["path"], scope.get("query_string", b""))
+        if call is not None:
+            await self.relay(call, scope, receive, send, request_id)
             return
         scope["tt_request_id"] = request_id
         rid = request_id.encode()
@@ -149,9 +151,32 @@ class Gateway:
     # -- routes ---------------------------------------------------------------------------
 
     async def list_models(self, request: Request) -> Response:
+        """The OpenAI list; the Anthropic one for anthropic-version callers; Gemini's for google-genai (v1)."""
+        if wants_anthropic(request.scope["headers"]):
+            return Response(self._anthropic_models, media_type="application/json")
+        if wants_gemini(request.scope["headers"], request.scope.get("query_string", b"")):
+            return await self.list_gemini_models(request)
         return Response(openai.models_list(self._models), media_type="application/json")
 
+    async def list_gemini_models(self, request: Request) -> Response:
+        return Response(gemini_client.models_list(list(self._gemini_models.values())), media_type="application/json")
+
+    async def get_gemini_model(self, request: Request) -> Response:
+        model_id = request.path_params["model_id"].removeprefix("models/")
+        found = self._gemini_models.get(model_id)
+        if found is None:
+            body = gemini_client.error_body(404, f"the model {model_id!r} does not exist; GET /v1beta/models lists "
+                                                 "them", "model_not_found", None, request.scope["tt_request_id"])
+            return Response(body, status_code=404, media_type="application/json")
+        return JSONResponse(found)
+
     async def get_model(self, request: Request) -> Response:
+        if wants_gemini(request.scope["headers"], request.scope.get("query_string", b"")):
+            return await self.get_gemini_model(request)
+        if wants_anthropic(request.scope["headers"]):
+            m = self.settings.models.get(request.path_params["model_id"])
+            if m is not None:
+                return JSONResponse(anthropic_client.model_object(m.name, m.name, m.created))
         model_id = request.path_params["model_id"]
         model = self.settings.models.get(model_id)
         if model is None:
@@ -196,12 +221,19 @@ class Gateway:
                           "internal_error")
 
 
+def _gemini_model(m: Any) -> dict[str, Any]:
+    methods = gemini_client.EMBED_METHODS if m.max_output_tokens <= 1 else gemini_client.CHAT_METHODS
+    return gemini_client.model_object(m.name, m.name, m.max_output_tokens, list(methods))
+
+
 def route_label(path: str) -> str:
     """A bounded set of route names for metrics: never the raw path of an unknown URL."""
     if path in KNOWN_PATHS:
         return path
     if path.startswith("/admin/"):
         return "/admin"
+    if path.startswith("/v1beta/models/"):
+        return "/v1beta/models/{id}"
     return "/v1/models/{id}" if path.startswith("/v1/models/") else "other"
 
 

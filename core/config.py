@@ -14,7 +14,7 @@ from typing import Any
 from billing.pricing import PriceError, TokenPrices, usd_to_units
 
 CONFIG_ENV = "TOKENTOLL_CONFIG"
-FORMATS = ("openai",)
+FORMATS = ("openai", "anthropic", "gemini")
 BUILTINS = ("demo",)
 
 
@@ -203,6 +203,8 @@ def _provider(name: str, t: dict[str, Any], environ: Any) -> Provider:
     if builtin:
         if builtin not in BUILTINS:
             raise ConfigError(f"{at}.builtin: {builtin!r} is not one of {', '.join(BUILTINS)}")
+        if fmt != "openai":
+            raise ConfigError(f"{at}.format: the builtin {builtin!r} provider speaks 'openai', not {fmt!r}")
         for key in ("base_url", "api_key_env"):
             if key in t:
                 raise ConfigError(f"{at}.{key}: a builtin provider has no {key}; remove it or remove 'builtin'")

@@ -77,6 +77,10 @@ class UpstreamBadStatus(UpstreamError):
     code, kind = "upstream_bad_status", "status"
 
 
+class UpstreamOverloaded(UpstreamError):
+    status, code, kind = 503, "upstream_overloaded", "overloaded"
+
+
 class UpstreamTimeout(UpstreamError):
     status, code = 504, "upstream_timeout"
 

@@ -12,13 +12,18 @@ from typing import Any
 
 import orjson
 
-from adapters import openai
+from adapters import internal, openai
+from adapters.anthropic import client as anthropic_client
+from adapters.gemini import client as gemini_client
+from adapters.openai import chat_client as openai_chat
 from billing.keys import Presented
 from billing.ledger import Ledger
 from billing.metering import NO_USAGE, Meter, UsageRecord
 from core.auth import NO_RETRY, admission_error, presented_key
 from core import sse
 from core.config import Model, Settings
+from core.dialects import Call, error_body, id_headers
+from core.translate import Plan, finish_translate, meter_event, meter_reply, plan_request
 from core.errors import (
     BadRequest,
     BodyTooLarge,
@@ -31,6 +36,7 @@ from core.errors import (
     UpstreamClientError,
     UpstreamClosed,
     UpstreamError,
+    UpstreamOverloaded,
 )
 from core.metrics import Metrics
 from core.requestlog import RequestLog
@@ -59,16 +65,16 @@ class ClientGone(Exception):
 class Exchange:
     """The state of one request as it moves through the relay."""
 
-    __slots__ = ("request_id", "id_headers", "route", "endpoint", "model", "status", "started", "stream",
+    __slots__ = ("request_id", "id_headers", "route", "call", "endpoint", "model", "status", "started", "stream",
                  "t0", "t_first", "upstream_wait", "client_gone", "meter", "sent", "error_code",
-                 "upstream_error_kind", "finished", "key", "held")
+                 "upstream_error_kind", "finished", "key", "held", "plan", "writer")
 
-    def __init__(self, request_id: str, route: str, endpoint: str, t0: float) -> None:
+    def __init__(self, request_id: str, route: str, call: Call, t0: float) -> None:
         self.request_id = request_id
-        rid = request_id.encode()
-        self.id_headers = [(b"x-tt-request-id", rid), (b"x-request-id", rid)]
+        self.id_headers = id_headers(call.dialect, request_id)
         self.route = route
-        self.endpoint = endpoint
+        self.call = call
+        self.endpoint = call.endpoint
         self.model: Model | None = None
         self.status = 0
         self.started = False  # response headers sent
@@ -84,6 +90,8 @@ class Exchange:
         self.finished = False
         self.key: Presented | None = None
         self.held = False  # a hold was placed: the request must be settled
+        self.plan: Plan | None = None
+        self.writer: Any = None  # the client dialect's stream writer (translated streams)
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
@@ -121,8 +129,8 @@ class Relay:
         self.metrics = metrics
         self.log = log
 
-    async def __call__(self, endpoint: str, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
-        x = Exchange(request_id, scope["path"], endpoint, perf_counter())
+    async def __call__(self, call: Call, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        x = Exchange(request_id, route_label(scope["path"], call), call, perf_counter())
         watch: asyncio.Future[Any] | None = None
         task = asyncio.current_task()
         assert task is not None
@@ -173,7 +181,7 @@ class Relay:
             raise InvalidJSON(f"the request body is not valid JSON: {exc}") from None
         if not isinstance(body, dict):
             raise BadRequest("the request body must be a JSON object")
-        name = body.get("model")
+        name = x.call.model if x.call.dialect == "gemini" else body.get("model")
         if not isinstance(name, str) or not name:
             raise BadRequest("'model' is required and must be a string", param="model")
         model = self.settings.models.get(name)
@@ -181,36 +189,54 @@ class Relay:
             raise ModelNotFound(f"the model {name!r} does not exist; GET /v1/models lists the models served here",
                                 param="model")
         x.model = model
-        try:
-            prepared = openai.prepare(x.endpoint, body, model.upstream_model, model.max_output_tokens)
-        except openai.InvalidRequest as exc:
-            raise BadRequest(str(exc), param=exc.param) from None
-        x.stream = prepared.stream
+        plan = x.plan = plan_request(x.call, body, model, x.request_id)
+        if plan.lane == "count":
+            await self._count(x, plan, send)
+            return
+        if plan.chat is not None:
+            try:
+                finish_translate(plan, model)
+            except internal.InvalidRequest as exc:
+                raise BadRequest(str(exc), param=exc.param) from None
+        x.stream = plan.stream
         if x.key is not None:
             x.held = True  # before the await: a request cancelled while its hold commits still settles it
             admission = await self.ledger.admit(x.request_id, x.key, model.name, model.prices,
-                                                prepared.prompt_estimate, prepared.max_output)
+                                                plan.prompt_estimate, plan.max_output)
             if admission.error:
                 raise admission_error(admission, model.name)
-        x.meter = Meter(prepared.prompt_estimate)
+        x.meter = Meter(plan.prompt_estimate)
         t = perf_counter()
         try:
             x.sent = True  # from here on the upstream may be doing work for us
-            resp = await self.upstreams.open(model.provider, openai.UPSTREAM_PATHS[x.endpoint],
-                                             prepared.upstream_body, prepared.stream)
+            resp = await self.upstreams.open(model.provider, plan.path, plan.body, plan.stream, plan.headers)
         finally:
             x.upstream_wait += perf_counter() - t
         try:
             if resp.status != 200:
                 await self._upstream_refused(x, resp)
-            if prepared.stream and "json" in resp.headers.get("content-type", ""):
+            if plan.stream and "json" in resp.headers.get("content-type", ""):
                 await self._not_a_stream(x, resp)
-            if prepared.stream:
-                await self._relay_stream(x, resp, prepared.include_usage, send)
+            if plan.lane == "openai":
+                if plan.stream:
+                    await self._relay_stream(x, resp, plan.include_usage, send)
+                else:
+                    await self._relay_body(x, resp, send)
+            elif plan.stream:
+                await self._cross_stream(x, resp, plan, send)
             else:
-                await self._relay_body(x, resp, send)
+                await self._cross_body(x, resp, plan, send)
         finally:
             resp.close()
+
+    async def _count(self, x: Exchange, plan: Plan, send: Send) -> None:
+        """count_tokens / countTokens: the gateway's own estimate, for any key that may use the model."""
+        assert x.model is not None
+        if x.key is not None:
+            refusal = await self.ledger.check_key(x.key, x.model.name)
+            if refusal.error:
+                raise admission_error(refusal, x.model.name)
+        await self._send_json(x, plan.client.count_tokens_body(plan.prompt_estimate), send)
 
     async def _upstream_refused(self, x: Exchange, resp: UpstreamResponse) -> None:
         raw = await _read_timed(x, resp)
@@ -218,6 +244,10 @@ class Relay:
         if status in (401, 403, 407):  # about the gateway's own credentials: nothing the caller can act on
             raise UpstreamBadStatus(f"the upstream provider refused the gateway's credentials ({status}); "
                                     "the operator has been told", headers=NO_RETRY)
+        if status in (503, 529):  # overloaded: the caller may retry, after Retry-After when there is one
+            headers = {k: resp.headers[k] for k in PASSED_ON_HEADERS if k in resp.headers}
+            raise UpstreamOverloaded(_with_upstream_message(f"the upstream provider is overloaded ({status})", raw),
+                                     headers=headers)
         if status >= 500 or status < 400:
             raise UpstreamBadStatus(_with_upstream_message(f"the upstream provider answered {status}", raw))
         headers = {k: resp.headers[k] for k in PASSED_ON_HEADERS if k in resp.headers}
@@ -315,6 +345,132 @@ class Relay:
         if complete:
             await resp.drain(DRAIN_SECONDS)  # the upstream's own end, so its connection can be reused
 
+    async def _cross_body(self, x: Exchange, resp: UpstreamResponse, plan: Plan, send: Send) -> None:
+        """A non-stream answer in another lane: native bodies pass through as they are (metered from their
+        usage), translated ones are rendered in the client's dialect with the usage that is charged."""
+        raw = await _read_timed(x, resp)
+        meter = x.meter
+        assert meter is not None
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise UpstreamBadStatus("the upstream answered 200 with a body that is not JSON") from None
+        if plan.lane == "embed" or plan.embed is not None or x.endpoint in ("embed", "batch_embed"):
+            vectors = plan.upstream.parse_embed_response(obj)
+            if vectors.usage is not None:
+                meter.set_upstream(vectors.usage)
+            meter.mark_complete()
+            if plan.lane == "embed":
+                assert plan.embed is not None and plan.ctx is not None
+                dialect, option = plan.embed
+                reply = internal.EmbedReply(vectors.vectors, meter.record().usage)
+                raw = (openai_chat.render_embed(reply, plan.ctx, option) if dialect == "openai"
+                       else gemini_client.render_embed(reply, option))
+            await self._send_json(x, raw, send)
+            return
+        reply = plan.upstream.parse_response(obj)
+        meter_reply(meter, reply)
+        if plan.lane == "translate":
+            assert plan.ctx is not None
+            reply.usage = meter.record().usage
+            raw = (plan.client.render_response(reply, plan.ctx, plan.request) if plan.request is not None
+                   else plan.client.render_response(reply, plan.ctx))
+        await self._send_json(x, raw, send)
+
+    async def _send_json(self, x: Exchange, raw: bytes, send: Send) -> None:
+        x.status = 200
+        x.started = True
+        x.t_first = perf_counter()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [*JSON_HEADERS, (b"content-length", b"%d" % len(raw)), *x.id_headers]})
+        x.finished = True  # from here a disconnect is the normal end of the exchange
+        await send({"type": "http.response.body", "body": raw})
+
+    async def _cross_stream(self, x: Exchange, resp: UpstreamResponse, plan: Plan, send: Send) -> None:
+        """A stream in another lane: the upstream's events are decoded to internal events, which meter
+        the answer; a native stream passes its own bytes on, a translated one is written in the client's
+        dialect by its writer. Either way the client sees the end of a complete answer, or an error."""
+        meter = x.meter
+        assert meter is not None and x.model is not None
+        reader = plan.upstream.StreamReader()
+        translated = plan.lane == "translate"
+        gemini = x.call.dialect == "gemini"
+        if translated:
+            assert plan.ctx is not None
+            x.writer = (gemini_client.StreamWriter(plan.ctx, x.call.sse) if gemini
+                        else plan.client.StreamWriter(plan.ctx, plan.request) if plan.request is not None
+                        else plan.client.StreamWriter(plan.ctx))
+        array = gemini and not translated and not x.call.sse  # Gemini's JSON-array stream, framed here
+        decoder = sse.SSEDecoder()
+        complete = failed = False
+        self.metrics.open_streams.inc()
+        try:
+            while not (complete or failed):
+                t = perf_counter()
+                try:
+                    chunk = await resp.read_chunk()
+                finally:
+                    x.upstream_wait += perf_counter() - t
+                out: list[bytes] = []
+                for ev in decoder.feed(chunk) if chunk else decoder.finish():
+                    if not ev.has_data or complete or failed:
+                        continue  # comments are never passed on (they break google-genai)
+                    for event in reader.feed(ev.event, ev.data):
+                        meter_event(meter, event)
+                        if isinstance(event, internal.StreamError):
+                            failed = True
+                            x.error_code = "upstream_stream_error"
+                            self._count_upstream_error(x, "stream_error")
+                            if translated:
+                                out.append(x.writer.error(event.message, "upstream_stream_error"))
+                        elif translated:
+                            out.append(x.writer.write(event))
+                    if not translated:
+                        out.append(_native_frame(ev, gemini, array, x.started or bool(out)))
+                    complete = reader.done
+                if out:
+                    if not x.started:
+                        await self._start_stream(x, send)
+                    await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
+                if not chunk:
+                    break
+            if failed:
+                pass
+            elif not complete:
+                raise UpstreamClosed("the upstream ended the stream before it was complete")
+            else:
+                meter.mark_complete()
+                tail = x.writer.close(meter.record().usage) if translated else b"]" if array else b""
+                if tail:
+                    if not x.started:
+                        await self._start_stream(x, send)
+                    await send({"type": "http.response.body", "body": tail, "more_body": True})
+        except UpstreamError as err:
+            if not x.started:
+                raise
+            self._count_upstream_error(x, error_kind(err))
+            x.error_code = err.code
+            await send({"type": "http.response.body", "more_body": True,
+                        "body": self._stream_error(x, err.message, err.code)})
+        finally:
+            self.metrics.open_streams.dec()
+        if not x.started:
+            await self._start_stream(x, send)
+        x.finished = True
+        await send({"type": "http.response.body", "body": b""})
+        if complete:
+            await resp.drain(DRAIN_SECONDS)
+
+    def _stream_error(self, x: Exchange, message: str, code: str) -> bytes:
+        """The in-band error that ends a started stream, in the client's own dialect."""
+        if x.writer is not None:
+            return x.writer.error(message, code)
+        if x.call.dialect == "anthropic":
+            return anthropic_client.stream_error_event(message, code, x.request_id)
+        if x.call.dialect == "gemini":
+            return gemini_client.stream_error_event(message, code, x.request_id, x.call.sse)
+        return openai.stream_error_event(x.endpoint, message, code, x.request_id, 0)
+
     async def _start_stream(self, x: Exchange, send: Send) -> None:
         x.started = True
         x.status = 200
@@ -331,21 +487,25 @@ class Relay:
             if x.stream and not x.finished:
                 x.finished = True
                 await send({"type": "http.response.body", "more_body": True,
-                            "body": openai.stream_error_event(x.endpoint, err.message, err.code, x.request_id, 0)})
+                            "body": self._stream_error(x, err.message, err.code)})
                 await send({"type": "http.response.body", "body": b""})
             return
         if isinstance(err, UpstreamClientError):  # the upstream's refusal, in our shape, with our request id
             code, param = _upstream_code(err.body)
             message = _with_upstream_message(f"the upstream refused the request ({err.status})", err.body)
-            body = openai.error_body(err.status, message, code or err.code, param, x.request_id)
+            body = error_body(x.call.dialect, err.status, message, code or err.code, param, x.request_id)
         else:
-            body = openai.error_body(err.status, err.message, err.code, err.param, x.request_id)
+            body = error_body(x.call.dialect, err.status, err.message, err.code, err.param, x.request_id)
+        status = err.status
+        if isinstance(err, UpstreamOverloaded) and x.call.dialect == "anthropic":
+            status = 529  # Anthropic's own overloaded status: the SDK raises OverloadedError and retries
+            body = error_body("anthropic", 529, err.message, err.code, None, x.request_id)
         headers = [*JSON_HEADERS, (b"content-length", b"%d" % len(body)), *x.id_headers,
                    *((k.encode(), v.encode()) for k, v in err.headers.items())]
-        x.status = err.status
+        x.status = status
         x.started = True
         x.t_first = perf_counter()
-        await send({"type": "http.response.start", "status": err.status, "headers": headers})
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         x.finished = True
         await send({"type": "http.response.body", "body": body})
 
@@ -463,3 +623,21 @@ def _upstream_code(raw: bytes) -> tuple[str | None, str | None]:
         return None, None
     code, param = err.get("code"), err.get("param")
     return (code if isinstance(code, str) else None), (param if isinstance(param, str) else None)
+
+
+def route_label(path: str, call: Call) -> str:
+    """A bounded label for metrics and the log: Gemini paths carry the model, so they are named by method."""
+    if call.dialect != "gemini":
+        return path
+    base = "/v1beta/models" if path.startswith("/v1beta/") else "/v1/models"
+    return f"{base}/{{model}}:{path.rpartition(':')[2]}"
+
+
+def _native_frame(ev: sse.SSEEvent, gemini: bool, array: bool, after_first: bool) -> bytes:
+    """A passed-through event: Anthropic keeps its event names; Gemini gets bare `data: ` lines, or its
+    JSON-array framing when the client did not ask for SSE."""
+    if not gemini:
+        return sse.encode(ev.data, ev.event)
+    if array:
+        return (b",\r\n" if after_first else b"[") + ev.data
+    return sse.encode(ev.data)

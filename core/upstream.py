@@ -11,11 +11,15 @@ from typing import NamedTuple, Protocol
 import aiohttp
 import yarl
 
+from adapters.anthropic import upstream as anthropic_upstream
+from adapters.gemini import upstream as gemini_upstream
+from adapters.openai import chat_upstream as openai_upstream
 from core import demo
 from core.config import Provider, Settings, Timeouts
 from core.errors import UpstreamClosed, UpstreamConnectError, UpstreamTimeout
 
 USER_AGENT = "TokenToll/0.1"
+UPSTREAM_ADAPTERS = {"openai": openai_upstream, "anthropic": anthropic_upstream, "gemini": gemini_upstream}
 
 
 class UpstreamResponse(Protocol):
@@ -108,7 +112,8 @@ class Upstreams:
             await self._session.close()
             self._session = None
 
-    async def open(self, provider: Provider, path: str, body: bytes, stream: bool) -> UpstreamResponse:
+    async def open(self, provider: Provider, path: str, body: bytes, stream: bool,
+                   extra_headers: Mapping[str, str] | None = None) -> UpstreamResponse:
         """Send the request; returns once the upstream's status and headers have arrived."""
         if provider.builtin:
             return await demo.answer(provider, path, body, stream)
@@ -117,12 +122,13 @@ class Upstreams:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + t.total
         plan = self._plan(provider, path, stream)
+        headers = {**plan.headers, **extra_headers} if extra_headers else plan.headers
         try:
             if stream:  # first_byte here; idle and total are enforced chunk by chunk in chunks()
                 async with asyncio.timeout_at(min(loop.time() + t.connect + t.first_byte, deadline)):
-                    resp = await self._session.post(plan.url, data=body, headers=plan.headers, timeout=plan.timeout)
+                    resp = await self._session.post(plan.url, data=body, headers=headers, timeout=plan.timeout)
             else:  # aiohttp's own timers: connect, first byte (socket read) and total
-                resp = await self._session.post(plan.url, data=body, headers=plan.headers, timeout=plan.timeout)
+                resp = await self._session.post(plan.url, data=body, headers=headers, timeout=plan.timeout)
         except TimeoutError as exc:
             raise _timeout_error(exc, t, "first_byte" if stream else "total") from None
         except aiohttp.ClientConnectorError as exc:  # the reason, never the upstream's address
@@ -146,8 +152,8 @@ class Upstreams:
             }
             if stream:  # a compressed event stream may be held back by the encoder: ask for none
                 headers["Accept-Encoding"] = "identity"
-            if provider.api_key:
-                headers["Authorization"] = "Bearer " + provider.api_key
+            if provider.api_key:  # each format's own credential and version headers
+                headers.update(UPSTREAM_ADAPTERS[provider.format].auth_headers(provider.api_key))
             if stream:
                 timeout = aiohttp.ClientTimeout(total=None, connect=t.connect, sock_connect=t.connect)
             else:

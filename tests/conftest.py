@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.mock_upstream import MockUpstream  # noqa: E402
+from tests.native_upstream import NativeUpstream  # noqa: E402
 
 UPSTREAM_KEY = "upstream-secret-key"
 
@@ -285,3 +286,63 @@ def client(gateway: GatewayProcess, api_key: str) -> Any:
     from openai import OpenAI
 
     return OpenAI(base_url=gateway.base_url, api_key=api_key, max_retries=0, timeout=20)
+
+
+# -- a gateway in front of upstreams of all three formats (tests/native_upstream.py) ----------
+
+FORMATS = ("openai", "anthropic", "gemini")
+NATIVE_KEY = "native-upstream-key"
+
+
+def matrix_config(native: str, log_path: Path) -> str:
+    parts = [f"""
+[server]
+host = "127.0.0.1"
+port = 0
+request_log = "{log_path}"
+
+[billing]
+database = "{log_path.parent / 'tokentoll.db'}"
+hold_ttl = 120
+sweep_interval = 1
+"""]
+    version = {"openai": "v1", "anthropic": "v1", "gemini": "v1beta"}
+    for fmt in FORMATS:
+        parts.append(f'[providers.up-{fmt}]\nformat = "{fmt}"\nbase_url = "{native}/{fmt}/{version[fmt]}"\n'
+                     f'api_key_env = "TT_NATIVE_KEY"\ntimeouts = {{ connect = 5, first_byte = 20, idle = 20, total = 60 }}\n')
+        for name in ("scripted", "cached", "die", "stream-error", "status-429", "status-529", "status-400"):
+            parts.append(f'[models.{name}-{fmt}]\nprovider = "up-{fmt}"\nupstream_model = "{name}"\n'
+                         f'max_output_tokens = 1000\nprice = {{ input = "1", output = "2", cache_read = "0.1", '
+                         f'cache_write = "1.25" }}\n')
+    parts.append('[models.embed-openai]\nprovider = "up-openai"\nupstream_model = "scripted"\nmax_output_tokens = 1\n'
+                 'price = { input = "1", output = "0" }\n')
+    parts.append('[models.embed-gemini]\nprovider = "up-gemini"\nupstream_model = "scripted"\nmax_output_tokens = 1\n'
+                 'price = { input = "1", output = "0" }\n')
+    return "\n".join(parts)
+
+
+@pytest.fixture(scope="session")
+def native() -> Iterator[NativeUpstream]:
+    server = NativeUpstream().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def native_gw(native: NativeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    tmp = tmp_path_factory.mktemp("matrix")
+    config = tmp / "config.toml"
+    config.write_text(matrix_config(native.base_url, tmp / "requests.log"))
+    env = {**os.environ, "TT_NATIVE_KEY": NATIVE_KEY}
+    env.pop("TOKENTOLL_CONFIG", None)
+    cli(config, "accounts", "create", "matrix", "--credit", "100", env=env)
+    process = GatewayProcess(config, tmp / "requests.log", env)
+    yield process
+    process.stop()
+    errors = [line for line in process.stderr_lines if "Traceback" in line]
+    assert not errors, "the gateway wrote errors to stderr:\n" + "".join(process.stderr_lines)
+
+
+@pytest.fixture(scope="session")
+def native_key(native_gw: GatewayProcess) -> str:
+    return cli(native_gw.config, "keys", "create", "--account", "matrix", env=native_gw.env)["key"]

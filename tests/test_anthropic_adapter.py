@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adapters import anthropic as anth
+from adapters.anthropic import client, common, upstream
 from adapters.internal import (
     Chat,
     End,
@@ -170,7 +170,7 @@ def accumulate(raw: bytes) -> dict[str, Any]:
 
 
 def write_all(events: list[Any], usage: Usage, ctx: StreamContext = CTX) -> bytes:
-    writer = anth.StreamWriter(ctx)
+    writer = client.StreamWriter(ctx)
     return b"".join(writer.write(e) for e in events) + writer.close(usage)
 
 
@@ -178,7 +178,7 @@ def write_all(events: list[Any], usage: Usage, ctx: StreamContext = CTX) -> byte
 
 
 def test_a_tool_loop_request_becomes_the_internal_shape_in_order() -> None:
-    chat = anth.parse_request(weather_request())
+    chat = client.parse_request(weather_request())
     assert chat.system == [Text("You are a weather bot.", cache=True)]
     assert [m.role for m in chat.messages] == ["user", "assistant", "user"]
     assert chat.messages[0].parts == [Text("What's the weather where this photo was taken?"),
@@ -220,7 +220,7 @@ def test_every_content_block_kind_is_read() -> None:
         ]},
         {"role": "assistant", "content": ""},
     ]}
-    chat = anth.parse_request(body)
+    chat = client.parse_request(body)
     assert chat.system == [Text("Be brief.")]
     assert chat.messages[0].parts == [
         Media(mime="", url="https://example.com/cat.jpg"),
@@ -238,7 +238,7 @@ def test_every_content_block_kind_is_read() -> None:
 def test_thinking_effort_and_output_format_are_read() -> None:
     def reasoning(**extra: Any) -> Reasoning | None:
         body = {"max_tokens": 4096, "messages": [{"role": "user", "content": "x"}], **extra}
-        return anth.parse_request(body).reasoning
+        return client.parse_request(body).reasoning
 
     assert reasoning(thinking={"type": "enabled", "budget_tokens": 2048}) == Reasoning(budget=2048)
     assert reasoning(thinking={"type": "adaptive"}, output_config={"effort": "xhigh"}) == Reasoning(effort="high")
@@ -247,7 +247,7 @@ def test_thinking_effort_and_output_format_are_read() -> None:
     assert reasoning(output_config={"effort": "low"}) == Reasoning(effort="low")
     assert reasoning() is None
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
-    chat = anth.parse_request({"max_tokens": 10, "messages": [{"role": "user", "content": "x"}],
+    chat = client.parse_request({"max_tokens": 10, "messages": [{"role": "user", "content": "x"}],
                                "output_config": {"format": {"type": "json_schema", "schema": schema}},
                                "top_p": 0.9, "top_k": 40})
     assert chat.output_format == OutputFormat(kind="json_schema", schema=schema)
@@ -256,20 +256,20 @@ def test_thinking_effort_and_output_format_are_read() -> None:
 
 def test_count_tokens_bodies_may_leave_out_max_tokens() -> None:
     body = {"model": "m", "messages": [{"role": "user", "content": "Hello"}]}
-    assert anth.parse_request(body, for_count=True).max_output is None
+    assert client.parse_request(body, for_count=True).max_output is None
     with pytest.raises(InvalidRequest) as err:
-        anth.parse_request(body)
+        client.parse_request(body)
     assert err.value.param == "max_tokens"
-    assert anth.count_tokens_body(17) == b'{"input_tokens":17}'
+    assert client.count_tokens_body(17) == b'{"input_tokens":17}'
 
 
 def test_signatures_this_gateway_wrote_come_back_unmarked() -> None:
     body = {"max_tokens": 10, "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": [
-        {"type": "thinking", "thinking": "from gpt", "signature": anth.UNSIGNED_THINKING},
+        {"type": "thinking", "thinking": "from gpt", "signature": common.UNSIGNED_THINKING},
         {"type": "thinking", "thinking": "from gemini", "signature": "tokentoll:sig:CiQBjz1rX"},
         {"type": "thinking", "thinking": "from claude", "signature": "EqQBCgIYAhIM"},
         {"type": "text", "text": "a"}]}, {"role": "user", "content": "more"}]}
-    assert anth.parse_request(body).messages[1].parts[:3] == [
+    assert client.parse_request(body).messages[1].parts[:3] == [
         Thinking("from gpt", signature=None), Thinking("from gemini", signature="CiQBjz1rX"),
         Thinking("from claude", signature="EqQBCgIYAhIM")]
 
@@ -314,24 +314,24 @@ MSG = [{"role": "user", "content": "hi"}]
 ])
 def test_bad_or_anthropic_only_requests_are_refused_with_the_field(body: dict[str, Any], param: str) -> None:
     with pytest.raises(InvalidRequest) as err:
-        anth.parse_request(body)
+        client.parse_request(body)
     assert err.value.param == param
 
 
 def test_server_tools_are_refused_with_a_reason_and_no_prompt_text() -> None:
     with pytest.raises(InvalidRequest) as err:
-        anth.parse_request({"max_tokens": 5, "messages": [{"role": "user", "content": "my secret plan"}],
+        client.parse_request({"max_tokens": 5, "messages": [{"role": "user", "content": "my secret plan"}],
                             "tools": [{"type": "web_search_20250305", "name": "web_search", "max_uses": 3}]})
     assert "Anthropic model" in str(err.value) and "secret" not in str(err.value)
     with pytest.raises(InvalidRequest) as err:
-        anth.parse_request({"max_tokens": 5, "messages": [
+        client.parse_request({"max_tokens": 5, "messages": [
             {"role": "user", "content": [{"type": "text", "text": 12345}]}]})
     assert "12345" not in str(err.value)
 
 
 def test_passthrough_estimate_accepts_what_only_anthropic_knows_and_counts_it() -> None:
     plain = weather_request()
-    assert anth.estimate_prompt(plain) == estimate_prompt(anth.parse_request(plain))
+    assert client.estimate_prompt(plain) == estimate_prompt(client.parse_request(plain))
     server = weather_request(tools=[WEATHER_TOOL, {"type": "web_search_20250305", "name": "web_search"}])
     server["messages"].append({"role": "assistant", "content": [
         {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": {"query": "paris weather"}},
@@ -339,9 +339,9 @@ def test_passthrough_estimate_accepts_what_only_anthropic_knows_and_counts_it() 
             {"type": "web_search_result", "url": "https://w.example", "title": "Weather",
              "encrypted_content": "x" * 400}]},
     ]})
-    assert anth.estimate_prompt(server) > anth.estimate_prompt(plain) + 100
+    assert client.estimate_prompt(server) > client.estimate_prompt(plain) + 100
     with pytest.raises(InvalidRequest):
-        anth.estimate_prompt({"messages": "nope"})
+        client.estimate_prompt({"messages": "nope"})
 
 
 # -- client side: render_response -------------------------------------------------------------
@@ -351,7 +351,7 @@ def test_a_tool_only_answer_has_no_empty_text_block_and_cache_is_split_out() -> 
     reply = Reply(id="chatcmpl-9", model="gpt-4o", finish="tool_calls",
                   parts=[Text(""), ToolCall("functions.get_weather:0", "get_weather", '{"city":"Paris"}')],
                   usage=Usage(in_total=1200, out_total=30, cache_read=1000, cache_write=100))
-    out = orjson.loads(anth.render_response(reply, CTX))
+    out = orjson.loads(client.render_response(reply, CTX))
     assert out["content"] == [{"type": "tool_use", "id": out["content"][0]["id"], "name": "get_weather",
                                "input": {"city": "Paris"}}]
     assert ANTHROPIC_ID.match(out["content"][0]["id"])
@@ -374,7 +374,7 @@ def test_finish_reasons_map_to_stop_reasons(finish: Any, stop_sequence: str | No
                                             expected: tuple[str, str | None]) -> None:
     parts: list[Any] = [Text("hi")] + ([ToolCall("c1", "f", "{}")] if tools else [])
     reply = Reply(id="r", model="m", parts=parts, finish=finish, stop_sequence=stop_sequence, usage=Usage(5, 1))
-    out = orjson.loads(anth.render_response(reply, CTX))
+    out = orjson.loads(client.render_response(reply, CTX))
     assert (out["stop_reason"], out["stop_sequence"]) == expected
     events: list[Any] = [TextDelta("hi")] + ([ToolCallDelta(0, "{}", id="c1", name="f")] if tools else [])
     message = accumulate(write_all([*events, End(finish, stop_sequence)], Usage(5, 1)))
@@ -385,10 +385,10 @@ def test_thinking_and_gemini_signatures_survive_rendering() -> None:
     reply = Reply(id="r", model="gemini", finish="tool_calls", usage=Usage(10, 50, reasoning=40), parts=[
         Thinking("plan", signature="gem-thought-sig"), Thinking("no sig"), Thinking("", redacted="opaque"),
         Text("ok"), ToolCall("call_0", "f", "", signature="fc-sig")])
-    out = orjson.loads(anth.render_response(reply, CTX))
+    out = orjson.loads(client.render_response(reply, CTX))
     assert out["content"][:4] == [
         {"type": "thinking", "thinking": "plan", "signature": "tokentoll:sig:gem-thought-sig"},
-        {"type": "thinking", "thinking": "no sig", "signature": anth.UNSIGNED_THINKING},
+        {"type": "thinking", "thinking": "no sig", "signature": common.UNSIGNED_THINKING},
         {"type": "redacted_thinking", "data": "opaque"}, {"type": "text", "text": "ok"}]
     tool = out["content"][4]
     assert tool["input"] == {} and ANTHROPIC_ID.match(tool["id"])
@@ -422,7 +422,7 @@ def test_an_openai_style_stream_becomes_contiguous_anthropic_blocks() -> None:
                               "output_tokens": 1}
     message = accumulate(raw)
     assert [b["type"] for b in message["content"]] == ["thinking", "text", "tool_use", "tool_use"]
-    assert message["content"][0] == {"type": "thinking", "thinking": "Thinking.", "signature": anth.UNSIGNED_THINKING}
+    assert message["content"][0] == {"type": "thinking", "thinking": "Thinking.", "signature": common.UNSIGNED_THINKING}
     assert message["content"][1]["text"] == "Sure, checking."
     first, second = message["content"][2], message["content"][3]
     assert ANTHROPIC_ID.match(first["id"]) and first["id"] != "functions.get_weather:0"
@@ -434,7 +434,7 @@ def test_an_openai_style_stream_becomes_contiguous_anthropic_blocks() -> None:
 
 
 def test_usage_updates_send_nothing_and_message_start_comes_once() -> None:
-    writer = anth.StreamWriter(CTX)
+    writer = client.StreamWriter(CTX)
     first = writer.write(UsageUpdate(Usage(5, 1), final=False))
     assert [name for name, _ in sse_events(first)] == ["message_start"]
     assert writer.write(UsageUpdate(Usage(5, 3), final=False)) == b""
@@ -452,7 +452,7 @@ def test_signed_thinking_keeps_its_signature_and_new_thinking_opens_a_new_block(
     ], Usage(3, 9)))
     assert message["content"] == [
         {"type": "thinking", "thinking": "one", "signature": "tokentoll:sig:sig-1"},
-        {"type": "thinking", "thinking": "two", "signature": anth.UNSIGNED_THINKING},
+        {"type": "thinking", "thinking": "two", "signature": common.UNSIGNED_THINKING},
         {"type": "redacted_thinking", "data": "r3d"},
         {"type": "thinking", "thinking": "", "signature": "tokentoll:sig:lonely"},
         {"type": "text", "text": "answer"}]
@@ -473,7 +473,7 @@ def test_arguments_for_an_already_closed_tool_block_are_dropped_not_misplaced() 
     ("overloaded_error", "overloaded_error"), ("", "api_error"),
 ])
 def test_in_band_errors_carry_a_fitting_type_and_end_the_stream(code: str, etype: str) -> None:
-    writer = anth.StreamWriter(CTX)
+    writer = client.StreamWriter(CTX)
     head = writer.write(TextDelta("partial"))
     tail = writer.error("the upstream failed", code)
     assert tail.startswith(b"event: error\n")
@@ -481,13 +481,13 @@ def test_in_band_errors_carry_a_fitting_type_and_end_the_stream(code: str, etype
     with pytest.raises(StreamFailed, match=etype):
         accumulate(head + tail)
     assert writer.write(TextDelta("more")) == b"" and writer.close(Usage()) == b"" and writer.error("x", "y") == b""
-    passthrough = anth.stream_error_event("the upstream failed", code, "req_1")
+    passthrough = client.stream_error_event("the upstream failed", code, "req_1")
     assert sse_events(passthrough) == [("error", {"type": "error", "request_id": "req_1",
                                                   "error": {"type": etype, "message": "the upstream failed"}})]
 
 
 def test_an_upstream_stream_error_event_is_rendered_as_the_error_event() -> None:
-    writer = anth.StreamWriter(CTX)
+    writer = client.StreamWriter(CTX)
     out = writer.write(StreamError("Overloaded", "overloaded"))
     assert sse_events(out) == [("error", {"type": "error", "error": {"type": "overloaded_error",
                                                                      "message": "Overloaded"}})]
@@ -563,25 +563,25 @@ def test_any_split_of_tool_arguments_gives_back_the_same_input(value: dict[str, 
     (500, "api_error"), (502, "api_error"), (503, "api_error"), (504, "timeout_error"), (529, "overloaded_error"),
 ])
 def test_error_bodies_follow_the_status_table(status: int, etype: str) -> None:
-    body = orjson.loads(anth.error_body(status, "wallet is empty", "billing_shortfall", None, "req_9"))
+    body = orjson.loads(client.error_body(status, "wallet is empty", "billing_shortfall", None, "req_9"))
     assert body == {"type": "error", "error": {"type": etype, "message": "wallet is empty"}, "request_id": "req_9"}
 
 
 def test_models_list_stops_the_sdk_paging_and_uses_rfc3339() -> None:
-    models = [anth.model_object("claude-sonnet", "Claude Sonnet", 1730000000), anth.model_object("gpt-4o", "", 0)]
+    models = [client.model_object("claude-sonnet", "Claude Sonnet", 1730000000), client.model_object("gpt-4o", "", 0)]
     assert models[0] == {"type": "model", "id": "claude-sonnet", "display_name": "Claude Sonnet",
                          "created_at": "2024-10-27T03:33:20Z"}
     assert models[1]["display_name"] == "gpt-4o" and models[1]["created_at"] == "1970-01-01T00:00:00Z"
-    assert orjson.loads(anth.models_list(models)) == {"data": models, "has_more": False, "first_id": "claude-sonnet",
+    assert orjson.loads(client.models_list(models)) == {"data": models, "has_more": False, "first_id": "claude-sonnet",
                                                       "last_id": "gpt-4o"}
-    assert orjson.loads(anth.models_list([])) == {"data": [], "has_more": False, "first_id": None, "last_id": None}
+    assert orjson.loads(client.models_list([])) == {"data": [], "has_more": False, "first_id": None, "last_id": None}
 
 
 # -- upstream side: build_request ------------------------------------------------------------
 
 
 def build(chat: Chat, max_output: int = 1000) -> dict[str, Any]:
-    path, body = anth.build_request(chat, "claude-sonnet-4-5", max_output)
+    path, body = upstream.build_request(chat, "claude-sonnet-4-5", max_output)
     assert path == "/messages"
     return orjson.loads(body)
 
@@ -595,7 +595,7 @@ def assistant(*parts: Any) -> Message:
 
 
 def test_auth_headers_carry_the_key_and_version() -> None:
-    assert anth.auth_headers("sk-ant-1") == {"x-api-key": "sk-ant-1", "anthropic-version": "2023-06-01"}
+    assert upstream.auth_headers("sk-ant-1") == {"x-api-key": "sk-ant-1", "anthropic-version": "2023-06-01"}
 
 
 def test_openai_tool_messages_become_one_user_turn_with_results_first() -> None:
@@ -627,10 +627,10 @@ def test_unanswered_calls_get_an_error_result_and_stray_results_become_text() ->
     assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant", "user"]
     assert messages[2]["content"] == [
         {"type": "tool_result", "tool_use_id": "a", "content": [{"type": "text", "text": "done"}]},
-        {"type": "tool_result", "tool_use_id": "b", "content": anth.NO_RESULT_TEXT, "is_error": True},
+        {"type": "tool_result", "tool_use_id": "b", "content": upstream.NO_RESULT_TEXT, "is_error": True},
         {"type": "text", "text": "[Tool error for call zzz]"}, {"type": "text", "text": "old"}]
     assert messages[4]["content"] == [
-        {"type": "tool_result", "tool_use_id": "c", "content": anth.NO_RESULT_TEXT, "is_error": True}]
+        {"type": "tool_result", "tool_use_id": "c", "content": upstream.NO_RESULT_TEXT, "is_error": True}]
 
 
 def test_call_ids_are_unpacked_then_sanitized_the_same_way_on_both_sides() -> None:
@@ -651,12 +651,12 @@ def test_empty_and_blank_text_is_dropped_and_the_prefill_is_trimmed() -> None:
     body = build(chat)
     assert "system" not in body
     assert body["messages"] == [
-        {"role": "user", "content": [{"type": "text", "text": anth.OPENING_TEXT}]},
+        {"role": "user", "content": [{"type": "text", "text": upstream.OPENING_TEXT}]},
         {"role": "assistant", "content": [{"type": "text", "text": "Hello! How can I help?"}]},
         {"role": "user", "content": [{"type": "text", "text": "Tell me a joke"}]},
         {"role": "assistant", "content": [{"type": "text", "text": "Why did the"}]}]
     only_system = build(Chat(system=[Text("Be terse.")], messages=[]))
-    assert only_system["messages"] == [{"role": "user", "content": [{"type": "text", "text": anth.OPENING_TEXT}]}]
+    assert only_system["messages"] == [{"role": "user", "content": [{"type": "text", "text": upstream.OPENING_TEXT}]}]
     blank_prefill = build(Chat(messages=[user(Text("q")), assistant(Text("   "))]))["messages"]
     assert blank_prefill == [{"role": "user", "content": [{"type": "text", "text": "q"}]}]
 
@@ -780,12 +780,13 @@ def test_output_formats_map_to_output_config_or_an_instruction() -> None:
     body = build(Chat(messages=[user(Text("x"))], output_format=OutputFormat("json_schema", schema, name="r")))
     assert body["output_config"] == {"format": {"type": "json_schema", "schema": schema}} and "system" not in body
     body = build(Chat(system=[Text("sys")], messages=[user(Text("x"))], output_format=OutputFormat("json_object")))
-    assert body["system"][-1] == {"type": "text", "text": anth.JSON_OBJECT_INSTRUCTION} and "output_config" not in body
+    assert body["system"][-1] == {"type": "text", "text": upstream.JSON_OBJECT_INSTRUCTION}
+    assert "output_config" not in body
 
 
 def test_an_anthropic_request_survives_parse_then_build() -> None:
     original = weather_request()
-    body = build(anth.parse_request(original), max_output=2048)
+    body = build(client.parse_request(original), max_output=2048)
     assert body["system"] == original["system"]
     assert body["messages"][1:] == original["messages"][1:]
     assert body["messages"][0]["content"] == original["messages"][0]["content"]
@@ -834,13 +835,13 @@ def test_any_conversation_is_built_into_one_anthropic_accepts(messages: list[Mes
 
 def test_passthrough_replaces_only_the_model_and_the_limit() -> None:
     body = weather_request(thinking={"type": "enabled", "budget_tokens": 1500})
-    sent = orjson.loads(anth.passthrough_body(body, "claude-sonnet-4-5-20250929", 1200))
+    sent = orjson.loads(upstream.passthrough_body(body, "claude-sonnet-4-5-20250929", 1200))
     assert sent["model"] == "claude-sonnet-4-5-20250929" and sent["max_tokens"] == 1200
     assert sent["thinking"] == {"type": "enabled", "budget_tokens": 1199}
     assert {k: v for k, v in sent.items() if k not in ("model", "max_tokens", "thinking")} == \
         {k: v for k, v in body.items() if k not in ("model", "max_tokens", "thinking")}
     assert body["model"] == "claude-public"  # the caller's dict is not changed
-    roomy = orjson.loads(anth.passthrough_body(body, "m", 4096))
+    roomy = orjson.loads(upstream.passthrough_body(body, "m", 4096))
     assert roomy["thinking"] == body["thinking"]
     assert roomy["messages"] == body["messages"]  # Claude's own signed thinking is kept
 
@@ -851,22 +852,22 @@ def test_passthrough_leaves_out_thinking_the_gateway_signed_for_another_provider
     history: list[dict[str, Any]] = [
         {"role": "user", "content": "list files"},
         {"role": "assistant", "content": [
-            {"type": "thinking", "thinking": "use ls", "signature": anth.UNSIGNED_THINKING},
+            {"type": "thinking", "thinking": "use ls", "signature": common.UNSIGNED_THINKING},
             {"type": "tool_use", "id": "call_1", "name": "Bash", "input": {"cmd": "ls"}}]},
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_1", "content": "a.txt"}]},
     ]
     body = {"model": "claude", "max_tokens": 8000, "messages": history,
             "thinking": {"type": "enabled", "budget_tokens": 2000}}
-    sent = orjson.loads(anth.passthrough_body(body, "claude-sonnet-4-5", 8000))
+    sent = orjson.loads(upstream.passthrough_body(body, "claude-sonnet-4-5", 8000))
     assert sent["messages"][1]["content"] == [history[1]["content"][1]]
     assert "thinking" not in sent  # the open tool loop has no thinking Claude could check
     assert history[1]["content"][0]["type"] == "thinking"  # the caller's body is not changed
     body["messages"] = [*history[:2], {"role": "user", "content": "thanks"}]
-    sent = orjson.loads(anth.passthrough_body(body, "claude-sonnet-4-5", 8000))
+    sent = orjson.loads(upstream.passthrough_body(body, "claude-sonnet-4-5", 8000))
     assert sent["thinking"] == body["thinking"] and len(sent["messages"][1]["content"]) == 1
     only_thinking = [history[0], {"role": "assistant", "content": [
         {"type": "thinking", "thinking": "hmm", "signature": "tokentoll:sig:abc"}]}, {"role": "user", "content": "?"}]
-    assert orjson.loads(anth.passthrough_body({"messages": only_thinking}, "m", 10))["messages"] == \
+    assert orjson.loads(upstream.passthrough_body({"messages": only_thinking}, "m", 10))["messages"] == \
         [history[0], {"role": "user", "content": "?"}]
 
 
@@ -887,7 +888,7 @@ CLAUDE_MESSAGE: dict[str, Any] = {
 
 
 def test_a_claude_message_becomes_a_reply_with_cache_included_in_input() -> None:
-    reply = anth.parse_response(CLAUDE_MESSAGE)
+    reply = upstream.parse_response(CLAUDE_MESSAGE)
     assert (reply.id, reply.model, reply.finish, reply.stop_sequence) == (
         "msg_01XFDUDYJgAACzvnptvVoYEL", "claude-sonnet-4-5", "tool_calls", None)
     assert reply.parts == [Thinking("The user wants Paris.", signature="EqQBCgIYAhIM"),
@@ -897,13 +898,13 @@ def test_a_claude_message_becomes_a_reply_with_cache_included_in_input() -> None
 
 
 def test_cache_accounting_survives_a_round_trip_through_both_sides() -> None:
-    reply = anth.parse_response(CLAUDE_MESSAGE)
-    rendered = orjson.loads(anth.render_response(reply, CTX))
+    reply = upstream.parse_response(CLAUDE_MESSAGE)
+    rendered = orjson.loads(client.render_response(reply, CTX))
     assert {k: rendered["usage"][k] for k in ("input_tokens", "cache_creation_input_tokens",
                                               "cache_read_input_tokens", "output_tokens")} == \
         {k: CLAUDE_MESSAGE["usage"][k] for k in ("input_tokens", "cache_creation_input_tokens",
                                                  "cache_read_input_tokens", "output_tokens")}
-    assert anth.normalize_usage(rendered["usage"]) == reply.usage
+    assert upstream.normalize_usage(rendered["usage"]) == reply.usage
 
 
 @pytest.mark.parametrize("stop_reason, finish", [
@@ -912,7 +913,7 @@ def test_cache_accounting_survives_a_round_trip_through_both_sides() -> None:
     (None, "stop"), ("something_new", "stop"),
 ])
 def test_stop_reasons_map_to_finishes(stop_reason: Any, finish: str) -> None:
-    reply = anth.parse_response({"content": [{"type": "text", "text": "x"}], "stop_reason": stop_reason,
+    reply = upstream.parse_response({"content": [{"type": "text", "text": "x"}], "stop_reason": stop_reason,
                                  "stop_sequence": "END" if stop_reason == "stop_sequence" else None})
     assert reply.finish == finish
     assert reply.stop_sequence == ("END" if stop_reason == "stop_sequence" else None)
@@ -922,14 +923,14 @@ def test_stop_reasons_map_to_finishes(stop_reason: Any, finish: str) -> None:
                                  {"content": [{"type": "tool_use", "input": "x"}], "usage": "lots"},
                                  {"usage": {"input_tokens": -4, "output_tokens": "9"}}])
 def test_odd_answers_never_crash(odd: Any) -> None:
-    reply = anth.parse_response(odd)
+    reply = upstream.parse_response(odd)
     assert reply.finish == "stop" and all(isinstance(p, (Text, ToolCall)) for p in reply.parts)
 
 
 def test_normalize_usage() -> None:
-    assert anth.normalize_usage({"input_tokens": 10, "output_tokens": 3}) == Usage(in_total=10, out_total=3)
-    assert anth.normalize_usage({"input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 0}) == Usage()
-    assert anth.normalize_usage(None) is None and anth.normalize_usage([1]) is None
+    assert upstream.normalize_usage({"input_tokens": 10, "output_tokens": 3}) == Usage(in_total=10, out_total=3)
+    assert upstream.normalize_usage({"input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 0}) == Usage()
+    assert upstream.normalize_usage(None) is None and upstream.normalize_usage([1]) is None
 
 
 # -- upstream side: StreamReader -------------------------------------------------------------
@@ -971,8 +972,8 @@ CLAUDE_STREAM = [
 ]
 
 
-def read_all(stream: list[tuple[str, bytes]]) -> tuple[list[Any], anth.StreamReader]:
-    reader = anth.StreamReader()
+def read_all(stream: list[tuple[str, bytes]]) -> tuple[list[Any], upstream.StreamReader]:
+    reader = upstream.StreamReader()
     events: list[Any] = []
     for name, data in stream:
         assert not reader.done
@@ -997,7 +998,7 @@ def test_a_claude_stream_becomes_internal_events() -> None:
 
 
 def test_pings_and_unknown_events_produce_nothing_for_other_dialects() -> None:
-    reader = anth.StreamReader()
+    reader = upstream.StreamReader()
     for name, data in [("ping", b'{"type":"ping"}'), ("ping", b""), ("", b"not json"), ("content_block_stop",
                        b'{"type":"content_block_stop","index":0}'), ("whatever", b'{"type":"whatever"}'),
                        ("content_block_delta", b'{"type":"content_block_delta","index":0,"delta":{"type":'
@@ -1007,7 +1008,7 @@ def test_pings_and_unknown_events_produce_nothing_for_other_dialects() -> None:
 
 
 def test_message_delta_usage_overrides_message_start_fields_it_repeats() -> None:
-    reader = anth.StreamReader()
+    reader = upstream.StreamReader()
     reader.feed(*sse("message_start", {"message": {"id": "m", "model": "c", "usage": {
         "input_tokens": 10, "cache_read_input_tokens": 5, "output_tokens": 1}}}))
     events = reader.feed(*sse("message_delta", {"delta": {"stop_reason": "stop_sequence", "stop_sequence": "END"},
@@ -1019,19 +1020,19 @@ def test_message_delta_usage_overrides_message_start_fields_it_repeats() -> None
 
 
 def test_an_in_band_error_ends_the_stream() -> None:
-    reader = anth.StreamReader()
+    reader = upstream.StreamReader()
     events = reader.feed("error", b'{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}')
     assert events == [StreamError("Overloaded", "overloaded")] and reader.done
     assert reader.feed(*sse("message_stop", {})) == []
-    other = anth.StreamReader()
+    other = upstream.StreamReader()
     assert other.feed("error", b'{"type":"error","error":{"type":"rate_limit_error","message":"slow"}}') == \
         [StreamError("slow", "rate_limited")]
-    assert anth.StreamReader().feed("error", b'{"type":"error"}') == \
+    assert upstream.StreamReader().feed("error", b'{"type":"error"}') == \
         [StreamError("upstream stream error", "server_error")]
 
 
 def test_redacted_thinking_arrives_whole() -> None:
-    reader = anth.StreamReader()
+    reader = upstream.StreamReader()
     assert reader.feed(*sse("content_block_start", {"index": 0, "content_block": {
         "type": "redacted_thinking", "data": "EmwKAhgB"}})) == [ThinkingDelta("", redacted="EmwKAhgB")]
 
@@ -1094,7 +1095,7 @@ JSON = st.recursive(
 @settings(max_examples=80, deadline=None)
 @given(body=JSON)
 def test_any_json_body_is_parsed_or_refused_as_invalid(body: Any) -> None:
-    for parse in (anth.parse_request, anth.estimate_prompt):
+    for parse in (client.parse_request, client.estimate_prompt):
         try:
             parse(body)
         except InvalidRequest:
@@ -1104,8 +1105,8 @@ def test_any_json_body_is_parsed_or_refused_as_invalid(body: Any) -> None:
 @settings(max_examples=60, deadline=None)
 @given(objs=st.lists(st.tuples(WORDS, JSON), max_size=4))
 def test_any_json_answer_or_stream_event_is_read_without_crashing(objs: list[tuple[str, Any]]) -> None:
-    reader = anth.StreamReader()
+    reader = upstream.StreamReader()
     for name, obj in objs:
-        anth.parse_response(obj)
-        anth.normalize_usage(obj)
+        upstream.parse_response(obj)
+        upstream.normalize_usage(obj)
         reader.feed(name, orjson.dumps(obj))

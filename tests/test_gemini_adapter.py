@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adapters import gemini
+from adapters.gemini import client, upstream
+from adapters.gemini.schema import to_gemini_schema
 from adapters.internal import (
     Chat, Embed, EmbedReply, End, InvalidRequest, Media, Message, OutputFormat, Reasoning, Reply, Start,
     StreamContext, StreamError, Text, TextDelta, Thinking, ThinkingDelta, Tool, ToolCall, ToolCallDelta,
@@ -63,7 +64,7 @@ def agent_history() -> dict[str, Any]:
 
 
 def test_parse_request_of_a_google_genai_agent_turn() -> None:
-    chat = gemini.parse_request(agent_history())
+    chat = client.parse_request(agent_history())
     assert [t.text for t in chat.system] == ["Be brief.", "Use metric."]
     user, model, results = chat.messages
     assert user.role == "user" and model.role == "assistant" and results.role == "user"
@@ -102,7 +103,7 @@ def test_snake_case_and_camel_case_bodies_parse_alike() -> None:
                                    "thinking_config": {"thinking_level": "LOW", "include_thoughts": True}},
              "tools": [{"function_declarations": [{"name": "f", "parameters_json_schema": {"type": "object"}}]}],
              "tool_config": {"function_calling_config": {"mode": "any", "allowed_function_names": ["f"]}}}
-    a, b = gemini.parse_request(camel), gemini.parse_request(snake)
+    a, b = client.parse_request(camel), client.parse_request(snake)
     assert a == b
     assert a.reasoning == Reasoning(effort="low", include_thoughts=True)
     assert a.output_format == OutputFormat("json_object") and a.tool_choice == ToolChoice("tool", "f")
@@ -118,14 +119,14 @@ def test_call_ids_given_by_the_client_are_kept_and_missing_ones_are_deterministi
         {"role": "model", "parts": [{"functionCall": {"name": "b", "args": {}}}]},
         {"role": "user", "parts": [{"functionResponse": {"name": "b", "response": {"error": "boom"}}}]},
     ]}
-    chat = gemini.parse_request(body)
+    chat = client.parse_request(body)
     calls = [p for m in chat.messages for p in m.parts if isinstance(p, ToolCall)]
     results = [p for m in chat.messages for p in m.parts if isinstance(p, ToolResult)]
     assert calls[0].id == "call_abc"
     assert [r.call_id for r in results] == [calls[1].id, "call_abc", calls[2].id]
     assert len({c.id for c in calls}) == 3
     assert results[2].is_error and not results[0].is_error
-    assert gemini.parse_request(body) == chat  # the same history always gets the same ids
+    assert client.parse_request(body) == chat  # the same history always gets the same ids
 
 
 def test_a_packed_call_id_from_an_earlier_rendering_gives_back_its_signature() -> None:
@@ -133,7 +134,7 @@ def test_a_packed_call_id_from_an_earlier_rendering_gives_back_its_signature() -
                          {"role": "model", "parts": [{"functionCall": {"id": pack_call_id("c1", SIG), "name": "f"}}]},
                          {"role": "user", "parts": [{"functionResponse": {"id": pack_call_id("c1", SIG),
                                                                           "name": "f", "response": {}}}]}]}
-    chat = gemini.parse_request(body)
+    chat = client.parse_request(body)
     call, result = chat.messages[1].parts[0], chat.messages[2].parts[0]
     assert isinstance(call, ToolCall) and isinstance(result, ToolResult)
     assert (call.id, call.signature, result.call_id) == ("c1", SIG, "c1")
@@ -144,7 +145,7 @@ def test_a_response_id_matching_no_call_pairs_by_name() -> None:
                          {"role": "model", "parts": [{"functionCall": {"name": "f", "args": {}}}]},
                          {"role": "user", "parts": [{"functionResponse": {"id": "lost", "name": "f", "response": {}}},
                                                     {"functionResponse": {"name": "g", "response": {}}}]}]}
-    chat = gemini.parse_request(body)
+    chat = client.parse_request(body)
     call, (answer, orphan) = chat.messages[1].parts[0], chat.messages[2].parts
     assert isinstance(call, ToolCall) and isinstance(answer, ToolResult) and isinstance(orphan, ToolResult)
     assert answer.call_id == call.id and orphan.call_id not in ("", call.id)
@@ -154,11 +155,11 @@ def test_a_foreign_signature_comes_back_exactly_after_google_genai_re_encodes_it
     anthropic_sig = base64.b64encode(bytes([251, 239, 255, 254] * 6)).decode()  # has '+' and '/'
     reply = Reply(id="m", model="claude", finish="tool_calls", usage=Usage(1, 1),
                   parts=[Thinking("plan", anthropic_sig), ToolCall("toolu_1", "f", "{}")])
-    model_turn = orjson.loads(gemini.render_response(reply, CTX))["candidates"][0]["content"]
+    model_turn = orjson.loads(client.render_response(reply, CTX))["candidates"][0]["content"]
     for part in model_turn["parts"]:  # what google-genai sends back: bytes, URL-safe base64
         if "thoughtSignature" in part:
             part["thoughtSignature"] = base64.urlsafe_b64encode(base64.b64decode(part["thoughtSignature"])).decode()
-    chat = gemini.parse_request({"contents": [{"role": "user", "parts": [{"text": "x"}]}, model_turn]})
+    chat = client.parse_request({"contents": [{"role": "user", "parts": [{"text": "x"}]}, model_turn]})
     thinking, call = chat.messages[1].parts
     assert thinking == Thinking("plan", anthropic_sig)
     assert isinstance(call, ToolCall) and call.id == "toolu_1"
@@ -169,10 +170,10 @@ def test_a_foreign_signature_comes_back_exactly_after_google_genai_re_encodes_it
 def test_gemini_only_tools_need_a_gemini_model_but_are_estimated_in_passthrough(tool: dict[str, Any]) -> None:
     body = {"contents": [{"parts": [{"text": "search it"}]}], "tools": [tool]}
     with pytest.raises(InvalidRequest) as err:
-        gemini.parse_request(body)
+        client.parse_request(body)
     assert "Gemini model" in str(err.value) and err.value.param == "tools"
-    plain = gemini.estimate_prompt({"contents": body["contents"]})
-    assert gemini.estimate_prompt(body) >= plain > 0
+    plain = client.estimate_prompt({"contents": body["contents"]})
+    assert client.estimate_prompt(body) >= plain > 0
 
 
 @pytest.mark.parametrize("body, param", [
@@ -192,13 +193,13 @@ def test_gemini_only_tools_need_a_gemini_model_but_are_estimated_in_passthrough(
 ])
 def test_invalid_or_gemini_only_requests_name_the_field(body: dict[str, Any], param: str) -> None:
     with pytest.raises(InvalidRequest) as err:
-        gemini.parse_request(body)
+        client.parse_request(body)
     assert err.value.param == param
 
 
 def test_thinking_config_budgets_and_json_schemas() -> None:
     def chat_with(config: dict[str, Any]) -> Chat:
-        return gemini.parse_request({"contents": [{"parts": [{"text": "x"}]}], "generationConfig": config})
+        return client.parse_request({"contents": [{"parts": [{"text": "x"}]}], "generationConfig": config})
 
     assert chat_with({"thinkingConfig": {"thinkingBudget": 0}}).reasoning == Reasoning(budget=0, include_thoughts=False)
     assert chat_with({"thinkingConfig": {"thinkingBudget": -1}}).reasoning == Reasoning(include_thoughts=False)
@@ -214,11 +215,11 @@ def test_thinking_config_budgets_and_json_schemas() -> None:
 
 def test_count_tokens_takes_both_shapes() -> None:
     contents = [{"role": "user", "parts": [{"text": "How many tokens is this?"}]}]
-    a = gemini.parse_count_request({"contents": contents})
-    b = gemini.parse_count_request({"generateContentRequest": {"model": "models/x", "contents": contents,
+    a = client.parse_count_request({"contents": contents})
+    b = client.parse_count_request({"generateContentRequest": {"model": "models/x", "contents": contents,
                                                                "tools": [{"googleSearch": {}}]}})
     assert a.messages == b.messages and a.messages[0].parts == [Text("How many tokens is this?")]
-    assert orjson.loads(gemini.count_tokens_body(42)) == {"totalTokens": 42}
+    assert orjson.loads(client.count_tokens_body(42)) == {"totalTokens": 42}
 
 
 # -- client side: replies and streams -------------------------------------------------------
@@ -229,7 +230,7 @@ def test_render_response_with_thoughts_a_signed_call_and_charged_usage() -> None
                   parts=[Thinking("hmm", SIG), Text("Checking."),
                          ToolCall(pack_call_id("call_1", SIG), "get_weather", '{"city":"Paris"}')],
                   usage=Usage(in_total=100, out_total=50, cache_read=80, reasoning=20))
-    body = orjson.loads(gemini.render_response(reply, CTX))
+    body = orjson.loads(client.render_response(reply, CTX))
     candidate = body["candidates"][0]
     assert candidate["finishReason"] == "STOP" and candidate["index"] == 0  # tool turns end in STOP
     assert candidate["content"] == {"role": "model", "parts": [
@@ -244,14 +245,14 @@ def test_render_response_with_thoughts_a_signed_call_and_charged_usage() -> None
 @pytest.mark.parametrize("finish, reason", [("stop", "STOP"), ("length", "MAX_TOKENS"), ("content_filter", "SAFETY")])
 def test_render_response_of_empty_answers(finish: str, reason: str) -> None:
     reply = Reply(id="x", model="m", parts=[Text("")], finish=finish, usage=Usage(5, 0))  # type: ignore[arg-type]
-    candidate = orjson.loads(gemini.render_response(reply, CTX))["candidates"][0]
+    candidate = orjson.loads(client.render_response(reply, CTX))["candidates"][0]
     assert candidate["finishReason"] == reason
     expected = [] if finish == "content_filter" else [{"text": ""}]  # no empty Part() for google-genai chats
     assert candidate["content"]["parts"] == expected
 
 
 def test_stream_writer_sends_only_data_frames_and_holds_tool_calls_until_complete() -> None:
-    w = gemini.StreamWriter(CTX)
+    w = client.StreamWriter(CTX)
     out = w.write(Start("chatcmpl-1", "gpt-x")) + w.write(TextDelta("Hel")) + w.write(TextDelta("lo"))
     out += w.write(ThinkingDelta("why", SIG))
     assert w.write(ToolCallDelta(0, "", "call_a", "get_weather")) == b""
@@ -275,20 +276,20 @@ def test_stream_writer_sends_only_data_frames_and_holds_tool_calls_until_complet
 
 
 def test_stream_writer_json_array_mode_is_one_json_array() -> None:
-    w = gemini.StreamWriter(CTX, sse=False)
+    w = client.StreamWriter(CTX, sse=False)
     out = w.write(TextDelta("a")) + w.write(TextDelta("b")) + w.write(End("length")) + w.close(Usage(3, 2))
     chunks = orjson.loads(out)
     assert isinstance(chunks, list) and len(chunks) == 3 and out.startswith(b"[")
     assert chunks[-1]["candidates"][0]["finishReason"] == "MAX_TOKENS"
-    empty = gemini.StreamWriter(CTX, sse=False)
+    empty = client.StreamWriter(CTX, sse=False)
     assert len(orjson.loads(empty.close(Usage()))) == 1
-    failed = gemini.StreamWriter(CTX, sse=False)
+    failed = client.StreamWriter(CTX, sse=False)
     arr = orjson.loads(failed.write(TextDelta("a")) + failed.error("gone", "upstream_closed"))
     assert list(arr[-1]) == ["error"] and arr[-1]["error"]["code"] == 502
 
 
 def test_in_band_errors_put_error_first_with_an_int_code() -> None:
-    w = gemini.StreamWriter(CTX)
+    w = client.StreamWriter(CTX)
     out = w.write(TextDelta("par")) + w.error("The upstream is overloaded", "overloaded")
     frames = sse_frames(out)
     raw = out.split(b"data: ")[-1]
@@ -296,11 +297,11 @@ def test_in_band_errors_put_error_first_with_an_int_code() -> None:
     assert frames[-1]["error"]["status"] == "UNAVAILABLE"
     assert frames[-1]["error"]["message"] == "The upstream is overloaded"
     assert w.write(TextDelta("more")) == b"" and w.close(Usage()) == b""
-    assert gemini.StreamWriter(CTX).write(StreamError("slow down", "rate_limited")).startswith(
+    assert client.StreamWriter(CTX).write(StreamError("slow down", "rate_limited")).startswith(
         b'data: {"error":{"code":429,')
-    event = gemini.stream_error_event("upstream closed", "upstream_closed", "req_9")
+    event = client.stream_error_event("upstream closed", "upstream_closed", "req_9")
     assert sse_frames(event)[0]["error"]["code"] == 502
-    assert orjson.loads(b"[{}" + gemini.stream_error_event("x", "weird", "r", sse=False))[1]["error"]["code"] == 500
+    assert orjson.loads(b"[{}" + client.stream_error_event("x", "weird", "r", sse=False))[1]["error"]["code"] == 500
 
 
 @pytest.mark.parametrize("status, expected", [
@@ -309,7 +310,7 @@ def test_in_band_errors_put_error_first_with_an_int_code() -> None:
     (503, "UNAVAILABLE"), (504, "DEADLINE_EXCEEDED"), (418, "INVALID_ARGUMENT"), (599, "INTERNAL"),
 ])
 def test_error_bodies_follow_the_status_table(status: int, expected: str) -> None:
-    raw = gemini.error_body(status, "nope", "some_code", "model", "req_7")
+    raw = client.error_body(status, "nope", "some_code", "model", "req_7")
     body = orjson.loads(raw)
     assert raw.startswith(b'{"error":{"code":') and body["error"]["code"] == status
     assert body["error"]["status"] == expected and body["error"]["message"] == "nope"
@@ -318,9 +319,9 @@ def test_error_bodies_follow_the_status_table(status: int, expected: str) -> Non
 
 
 def test_models_list() -> None:
-    chat = gemini.model_object("gemini-pro-latest", "Gemini Pro", 65536, gemini.CHAT_METHODS, input_limit=1048576)
-    embed = gemini.model_object("models/text-embedding-004", "Embedding", 1, gemini.EMBED_METHODS)
-    body = orjson.loads(gemini.models_list([chat, embed]))
+    chat = client.model_object("gemini-pro-latest", "Gemini Pro", 65536, client.CHAT_METHODS, input_limit=1048576)
+    embed = client.model_object("models/text-embedding-004", "Embedding", 1, client.EMBED_METHODS)
+    body = orjson.loads(client.models_list([chat, embed]))
     assert list(body) == ["models"]  # no nextPageToken: the SDK's pager stops
     first, second = body["models"]
     assert first["name"] == "models/gemini-pro-latest" and first["baseModelId"] == "gemini-pro-latest"
@@ -330,23 +331,23 @@ def test_models_list() -> None:
 
 
 def test_embed_requests_and_replies() -> None:
-    single = gemini.parse_embed_request({"content": {"parts": [{"text": "Hello "}, {"text": "world"}]},
+    single = client.parse_embed_request({"content": {"parts": [{"text": "Hello "}, {"text": "world"}]},
                                          "taskType": "RETRIEVAL_QUERY", "outputDimensionality": 256}, batch=False)
     assert single == Embed(["Hello world"], dimensions=256, task_type="RETRIEVAL_QUERY")
-    batch = gemini.parse_embed_request({"requests": [
+    batch = client.parse_embed_request({"requests": [
         {"model": "models/e", "content": {"parts": [{"text": "a"}]}, "task_type": "CLUSTERING"},
         {"model": "models/e", "content": {"parts": [{"text": "b"}]}, "task_type": "CLUSTERING"}]}, batch=True)
     assert batch == Embed(["a", "b"], task_type="CLUSTERING")
     with pytest.raises(InvalidRequest):
-        gemini.parse_embed_request({"requests": [{"content": {"parts": [{"text": "a"}]}, "taskType": "A"},
+        client.parse_embed_request({"requests": [{"content": {"parts": [{"text": "a"}]}, "taskType": "A"},
                                                  {"content": {"parts": [{"text": "b"}]}}]}, batch=True)
     with pytest.raises(InvalidRequest):
-        gemini.parse_embed_request({"content": {"parts": [{"inlineData": {"mimeType": "image/png", "data": PNG}}]}},
+        client.parse_embed_request({"content": {"parts": [{"inlineData": {"mimeType": "image/png", "data": PNG}}]}},
                                    batch=False)
     reply = EmbedReply([[0.5, -1.0], [0.25, 2.0]])
-    assert orjson.loads(gemini.render_embed(reply, batch=True)) == {"embeddings": [{"values": [0.5, -1.0]},
+    assert orjson.loads(client.render_embed(reply, batch=True)) == {"embeddings": [{"values": [0.5, -1.0]},
                                                                                   {"values": [0.25, 2.0]}]}
-    assert orjson.loads(gemini.render_embed(reply, batch=False)) == {"embedding": {"values": [0.5, -1.0]}}
+    assert orjson.loads(client.render_embed(reply, batch=False)) == {"embedding": {"values": [0.5, -1.0]}}
 
 
 # -- upstream side: requests ----------------------------------------------------------------
@@ -372,7 +373,7 @@ def openai_style_chat(**extra: Any) -> Chat:
 
 
 def test_build_request_shapes_contents_for_gemini() -> None:
-    path, raw = gemini.build_request(openai_style_chat(), "gemini-3-pro-preview", 777)
+    path, raw = upstream.build_request(openai_style_chat(), "gemini-3-pro-preview", 777)
     assert path == "/models/gemini-3-pro-preview:generateContent"
     body = orjson.loads(raw)
     assert body["systemInstruction"] == {"parts": [{"text": "You are terse."}]}
@@ -388,7 +389,7 @@ def test_build_request_shapes_contents_for_gemini() -> None:
     for content in body["contents"]:
         assert content["parts"] and all(p.get("text") != "" for p in content["parts"])
     assert body["generationConfig"] == {"maxOutputTokens": 777}
-    stream_path, _ = gemini.build_request(openai_style_chat(stream=True), "gemini-2.5-flash", 10)
+    stream_path, _ = upstream.build_request(openai_style_chat(stream=True), "gemini-2.5-flash", 10)
     assert stream_path == "/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
 
 
@@ -397,7 +398,7 @@ def test_unsigned_calls_get_the_documented_skip_value() -> None:
                           Message("assistant", [Text("calling"), ToolCall("toolu_1", "a", "{}"),
                                                 ToolCall("toolu_2", "b", "{}")]),
                           Message("user", [ToolResult("toolu_1", [Text("1")]), ToolResult("toolu_2", [Text("2")])])])
-    body = orjson.loads(gemini.build_request(chat, "gemini-3-flash-preview", 100)[1])
+    body = orjson.loads(upstream.build_request(chat, "gemini-3-flash-preview", 100)[1])
     calls = [p for p in body["contents"][1]["parts"] if "functionCall" in p]
     assert calls[0]["thoughtSignature"] == "skip_thought_signature_validator"
     assert "thoughtSignature" not in calls[1]
@@ -407,9 +408,9 @@ def test_unsigned_calls_get_the_documented_skip_value() -> None:
 def test_tool_results_without_a_name_or_call_are_refused() -> None:
     chat = Chat(messages=[Message("user", [ToolResult("nobody", [Text("x")])])])
     with pytest.raises(InvalidRequest):
-        gemini.build_request(chat, "gemini-2.5-flash", 10)
+        upstream.build_request(chat, "gemini-2.5-flash", 10)
     named = Chat(messages=[Message("user", [ToolResult("nobody", [Text("[1,2]")], name="f", is_error=True)])])
-    part = orjson.loads(gemini.build_request(named, "gemini-2.5-flash", 10)[1])["contents"][0]["parts"][0]
+    part = orjson.loads(upstream.build_request(named, "gemini-2.5-flash", 10)[1])["contents"][0]["parts"][0]
     assert part == {"functionResponse": {"name": "f", "response": {"error": "[1,2]"}}}
 
 
@@ -450,7 +451,7 @@ def test_tool_schemas_are_cleaned_for_gemini() -> None:
         "required": ["start", "nope"],
     }
     chat = Chat(messages=[Message("user", [Text("x")])], tools=[Tool("draw", "Draw", schema), Tool("ping", "", {})])
-    decls = orjson.loads(gemini.build_request(chat, "gemini-2.5-flash", 10)[1])["tools"][0]["functionDeclarations"]
+    decls = orjson.loads(upstream.build_request(chat, "gemini-2.5-flash", 10)[1])["tools"][0]["functionDeclarations"]
     params = decls[0]["parameters"]
     assert not schema_keys(params) & FORBIDDEN
     props = params["properties"]
@@ -476,7 +477,7 @@ def test_tool_schemas_are_cleaned_for_gemini() -> None:
 ])
 def test_tool_choice_becomes_tool_config(choice: ToolChoice, config: dict[str, Any]) -> None:
     chat = Chat(messages=[Message("user", [Text("x")])], tools=[Tool("f", "", {"type": "object"})], tool_choice=choice)
-    assert orjson.loads(gemini.build_request(chat, "g", 5)[1])["toolConfig"] == {"functionCallingConfig": config}
+    assert orjson.loads(upstream.build_request(chat, "g", 5)[1])["toolConfig"] == {"functionCallingConfig": config}
 
 
 def test_generation_config_from_the_chat() -> None:
@@ -485,22 +486,22 @@ def test_generation_config_from_the_chat() -> None:
                                  "type": "object", "properties": {"a": {"type": "string"}},
                                  "additionalProperties": False}),
                              reasoning=Reasoning(effort="high"))
-    config = orjson.loads(gemini.build_request(chat, "gemini-3-pro-preview", 4096)[1])["generationConfig"]
+    config = orjson.loads(upstream.build_request(chat, "gemini-3-pro-preview", 4096)[1])["generationConfig"]
     assert config == {"maxOutputTokens": 4096, "temperature": 2.0, "topP": 0.5, "topK": 20, "seed": 3,
                       "presencePenalty": 0.1, "frequencyPenalty": -0.2, "stopSequences": ["a", "b"],
                       "responseMimeType": "application/json",
                       "responseSchema": {"type": "OBJECT", "properties": {"a": {"type": "STRING"}}},
                       "thinkingConfig": {"thinkingLevel": "HIGH", "includeThoughts": True}}
-    older = orjson.loads(gemini.build_request(openai_style_chat(reasoning=Reasoning(effort="low")),
+    older = orjson.loads(upstream.build_request(openai_style_chat(reasoning=Reasoning(effort="low")),
                                               "gemini-2.5-flash", 10)[1])["generationConfig"]
     assert older["thinkingConfig"] == {"thinkingBudget": 1024, "includeThoughts": True}
-    off = orjson.loads(gemini.build_request(openai_style_chat(reasoning=Reasoning(budget=0)), "g", 10)[1])
+    off = orjson.loads(upstream.build_request(openai_style_chat(reasoning=Reasoning(budget=0)), "g", 10)[1])
     assert off["generationConfig"]["thinkingConfig"] == {"thinkingBudget": 0}
     with pytest.raises(InvalidRequest) as err:
-        gemini.build_request(openai_style_chat(n=2), "g", 10)
+        upstream.build_request(openai_style_chat(n=2), "g", 10)
     assert err.value.param == "n"
     with pytest.raises(InvalidRequest) as err:
-        gemini.build_request(openai_style_chat(stop=list("abcdef")), "g", 10)
+        upstream.build_request(openai_style_chat(stop=list("abcdef")), "g", 10)
     assert err.value.param == "stop"
 
 
@@ -509,12 +510,12 @@ def test_media_is_inlined_or_referenced_and_remote_urls_must_be_downloaded_first
     chat = Chat(messages=[Message("user", [
         Text("Describe"), Media(mime="image/png", data=PNG), Media(mime="video/mp4", url="https://youtu.be/abc"),
         Media(mime="application/pdf", url="gs://bucket/doc.pdf"), remote])])
-    assert gemini.remote_media(chat) == [remote] and gemini.remote_media(chat)[0] is remote
+    assert upstream.remote_media(chat) == [remote] and upstream.remote_media(chat)[0] is remote
     with pytest.raises(InvalidRequest):
-        gemini.build_request(chat, "g", 10)
+        upstream.build_request(chat, "g", 10)
     remote.mime, remote.data = "image/jpeg", PNG  # what the relay does after downloading
-    assert gemini.remote_media(chat) == []
-    parts = orjson.loads(gemini.build_request(chat, "g", 10)[1])["contents"][0]["parts"]
+    assert upstream.remote_media(chat) == []
+    parts = orjson.loads(upstream.build_request(chat, "g", 10)[1])["contents"][0]["parts"]
     assert parts[1] == {"inlineData": {"mimeType": "image/png", "data": PNG}}
     assert parts[2] == {"fileData": {"fileUri": "https://youtu.be/abc", "mimeType": "video/mp4"}}
     assert parts[3] == {"fileData": {"fileUri": "gs://bucket/doc.pdf", "mimeType": "application/pdf"}}
@@ -522,8 +523,8 @@ def test_media_is_inlined_or_referenced_and_remote_urls_must_be_downloaded_first
 
 
 def test_signatures_survive_a_gemini_client_to_gemini_upstream_round_trip() -> None:
-    chat = gemini.parse_request(agent_history())
-    body = orjson.loads(gemini.build_request(chat, "gemini-3-pro-preview", 512)[1])
+    chat = client.parse_request(agent_history())
+    body = orjson.loads(upstream.build_request(chat, "gemini-3-pro-preview", 512)[1])
     model = body["contents"][1]
     assert model["role"] == "model"
     assert model["parts"][0] == {"functionCall": {"name": "get_weather", "args": {"city": "Paris"}},
@@ -538,26 +539,27 @@ def test_signatures_survive_a_gemini_client_to_gemini_upstream_round_trip() -> N
 
 def test_passthrough_body_sets_only_the_output_limit() -> None:
     body = {"contents": [{"parts": [{"text": "x"}]}], "generation_config": {"max_output_tokens": 99999, "top_k": 3}}
-    out = orjson.loads(gemini.passthrough_body(body, "gemini-2.5-pro", 2048))
+    out = orjson.loads(upstream.passthrough_body(body, "gemini-2.5-pro", 2048))
     assert out == {"contents": body["contents"], "generation_config": {"top_k": 3, "maxOutputTokens": 2048}}
-    assert orjson.loads(gemini.passthrough_body({"contents": []}, "m", 5))["generationConfig"] == {"maxOutputTokens": 5}
+    empty = orjson.loads(upstream.passthrough_body({"contents": []}, "m", 5))
+    assert empty["generationConfig"] == {"maxOutputTokens": 5}
     assert body["generation_config"]["max_output_tokens"] == 99999  # the caller's dict is untouched
 
 
 def test_embeddings_upstream() -> None:
-    path, raw = gemini.build_embed_request(Embed(["a", "b"], dimensions=768, task_type="SEMANTIC_SIMILARITY"),
+    path, raw = upstream.build_embed_request(Embed(["a", "b"], dimensions=768, task_type="SEMANTIC_SIMILARITY"),
                                            "gemini-embedding-001")
     assert path == "/models/gemini-embedding-001:batchEmbedContents"
     assert orjson.loads(raw)["requests"][1] == {"model": "models/gemini-embedding-001",
                                                 "content": {"parts": [{"text": "b"}]},
                                                 "taskType": "SEMANTIC_SIMILARITY", "outputDimensionality": 768}
     with pytest.raises(InvalidRequest):
-        gemini.build_embed_request(Embed(["x"] * 101), "e")
-    assert gemini.parse_embed_response({"embeddings": [{"values": [0.1, 2]}, {"values": []}]}).vectors == \
+        upstream.build_embed_request(Embed(["x"] * 101), "e")
+    assert upstream.parse_embed_response({"embeddings": [{"values": [0.1, 2]}, {"values": []}]}).vectors == \
         [[0.1, 2.0], []]
-    assert gemini.parse_embed_response({"embedding": {"values": [1]}}).vectors == [[1.0]]
-    assert gemini.parse_embed_response("junk").vectors == []
-    assert gemini.auth_headers("k-123") == {"x-goog-api-key": "k-123"}
+    assert upstream.parse_embed_response({"embedding": {"values": [1]}}).vectors == [[1.0]]
+    assert upstream.parse_embed_response("junk").vectors == []
+    assert upstream.auth_headers("k-123") == {"x-goog-api-key": "k-123"}
 
 
 # -- upstream side: replies, streams, usage -------------------------------------------------
@@ -572,7 +574,7 @@ def test_parse_response_of_a_tool_turn_ending_in_stop() -> None:
         "usageMetadata": {"promptTokenCount": 120, "candidatesTokenCount": 30, "thoughtsTokenCount": 45,
                           "cachedContentTokenCount": 100, "totalTokenCount": 195},
         "modelVersion": "gemini-3-pro-preview", "responseId": "resp-9"}
-    reply = gemini.parse_response(obj)
+    reply = upstream.parse_response(obj)
     assert reply.finish == "tool_calls" and reply.id == "resp-9" and reply.model == "gemini-3-pro-preview"
     thinking, paris, rome = reply.parts
     assert thinking == Thinking("Let me check the weather...")
@@ -580,7 +582,7 @@ def test_parse_response_of_a_tool_turn_ending_in_stop() -> None:
     assert paris.signature == SIG and rome.signature is None
     assert paris.id != rome.id and paris.id.startswith("call_resp-9")
     assert reply.usage == Usage(in_total=120, out_total=75, cache_read=100, reasoning=45)
-    assert gemini.parse_response(obj) == reply  # ids are deterministic
+    assert upstream.parse_response(obj) == reply  # ids are deterministic
 
 
 @pytest.mark.parametrize("obj, finish", [
@@ -597,22 +599,22 @@ def test_parse_response_of_a_tool_turn_ending_in_stop() -> None:
     ([], "stop"),
 ])
 def test_parse_response_survives_blocked_and_empty_answers(obj: Any, finish: str) -> None:
-    reply = gemini.parse_response(obj)
+    reply = upstream.parse_response(obj)
     assert reply.finish == finish
     assert all(not isinstance(p, ToolCall) for p in reply.parts)
 
 
 def test_usage_normalization_and_cache_accounting() -> None:
-    assert gemini.normalize_usage({"promptTokenCount": 2000, "cachedContentTokenCount": 1500,
+    assert upstream.normalize_usage({"promptTokenCount": 2000, "cachedContentTokenCount": 1500,
                                    "candidatesTokenCount": 100, "thoughtsTokenCount": 300,
                                    "toolUsePromptTokenCount": 50, "totalTokenCount": 2450}) == \
         Usage(in_total=2050, out_total=400, cache_read=1500, cache_write=0, reasoning=300)
     # MAX_TOKENS spent on thinking: no candidatesTokenCount, the total still adds up
-    assert gemini.normalize_usage({"promptTokenCount": 10, "thoughtsTokenCount": 50, "totalTokenCount": 60}) == \
+    assert upstream.normalize_usage({"promptTokenCount": 10, "thoughtsTokenCount": 50, "totalTokenCount": 60}) == \
         Usage(in_total=10, out_total=50, reasoning=50)
-    assert gemini.normalize_usage({"prompt_token_count": 3, "candidates_token_count": 4}) == Usage(3, 4)
-    assert gemini.normalize_usage(None) is None
-    assert gemini.normalize_usage({"promptTokenCount": "x", "candidatesTokenCount": -1}) == Usage(0, 0)
+    assert upstream.normalize_usage({"prompt_token_count": 3, "candidates_token_count": 4}) == Usage(3, 4)
+    assert upstream.normalize_usage(None) is None
+    assert upstream.normalize_usage({"promptTokenCount": "x", "candidatesTokenCount": -1}) == Usage(0, 0)
 
 
 def stream_lines() -> list[bytes]:
@@ -634,7 +636,7 @@ def stream_lines() -> list[bytes]:
 
 
 def test_stream_reader_turns_chunks_into_events() -> None:
-    reader = gemini.StreamReader()
+    reader = upstream.StreamReader()
     events = [e for line in stream_lines() for e in reader.feed("", line)]
     assert reader.done
     assert events[0] == Start(id="r1", model="gemini-3-pro-preview")
@@ -651,25 +653,25 @@ def test_stream_reader_turns_chunks_into_events() -> None:
 
 
 def test_stream_reader_blocked_prompt_errors_and_junk() -> None:
-    blocked = gemini.StreamReader()
+    blocked = upstream.StreamReader()
     events = blocked.feed("", b'{"promptFeedback":{"blockReason":"PROHIBITED_CONTENT"},'
                               b'"usageMetadata":{"promptTokenCount":7,"totalTokenCount":7},"responseId":"b"}')
     assert events == [Start("b", ""), End("content_filter"), UsageUpdate(Usage(7, 0), final=True)] and blocked.done
-    failing = gemini.StreamReader()
+    failing = upstream.StreamReader()
     failing.feed("", stream_lines()[1])
     err = failing.feed("", b'{"error":{"code":503,"message":"The model is overloaded.","status":"UNAVAILABLE"}}')
     assert err == [StreamError("The model is overloaded.", "overloaded")] and not failing.done
-    assert gemini.StreamReader().feed("", b'{"error":{"code":429,"message":"quota"}}') == \
+    assert upstream.StreamReader().feed("", b'{"error":{"code":429,"message":"quota"}}') == \
         [StreamError("quota", "rate_limited")]
-    assert isinstance(gemini.StreamReader().feed("", b": keepalive")[0], StreamError)
-    assert gemini.StreamReader().feed("", b"") == []
-    safety = gemini.StreamReader()
+    assert isinstance(upstream.StreamReader().feed("", b": keepalive")[0], StreamError)
+    assert upstream.StreamReader().feed("", b"") == []
+    safety = upstream.StreamReader()
     out = safety.feed("", b'{"candidates":[{"finishReason":"SAFETY","index":0}]}')
     assert out[-1] == End("content_filter") and safety.done
 
 
 def test_reader_to_writer_round_trip_keeps_text_calls_signatures_and_usage() -> None:
-    reader, writer = gemini.StreamReader(), gemini.StreamWriter(CTX)
+    reader, writer = upstream.StreamReader(), client.StreamWriter(CTX)
     out, charged = b"", None
     for line in stream_lines():
         for event in reader.feed("", line):
@@ -688,11 +690,11 @@ def test_reader_to_writer_round_trip_keeps_text_calls_signatures_and_usage() -> 
     assert frames[-1]["usageMetadata"] == {"promptTokenCount": 8, "candidatesTokenCount": 12,
                                            "thoughtsTokenCount": 30, "totalTokenCount": 50}
     # and the non-stream path: the same answer parsed whole renders the same parts
-    whole = gemini.parse_response({**orjson.loads(stream_lines()[-1]), "candidates": [{"content": {"parts": [
+    whole = upstream.parse_response({**orjson.loads(stream_lines()[-1]), "candidates": [{"content": {"parts": [
         p for line in stream_lines() for p in orjson.loads(line)["candidates"][0]["content"]["parts"]]},
         "finishReason": "STOP"}]})
     whole.usage = charged
-    rendered = orjson.loads(gemini.render_response(whole, CTX))["candidates"][0]["content"]["parts"]
+    rendered = orjson.loads(client.render_response(whole, CTX))["candidates"][0]["content"]["parts"]
     assert rendered == parts[:-1]  # the stream's last part is the empty text of the finishing chunk
 
 
@@ -706,7 +708,7 @@ def test_any_split_of_tool_arguments_gives_back_the_same_call(arguments: dict[st
     text = orjson.dumps(arguments).decode()
     bounds = sorted({min(c, len(text)) for c in cuts} | {0, len(text)})
     pieces = [text[a:b] for a, b in zip(bounds, bounds[1:])] or [""]
-    w = gemini.StreamWriter(CTX)
+    w = client.StreamWriter(CTX)
     out = w.write(ToolCallDelta(0, pieces[0], "call_x", "f"))
     for piece in pieces[1:]:
         out += w.write(ToolCallDelta(0, piece))
@@ -730,16 +732,16 @@ json_values = st.recursive(
     "toolConfig": json_values}))
 def test_any_json_body_is_parsed_or_refused_never_crashes(body: dict[str, Any]) -> None:
     try:
-        chat = gemini.parse_request(body)
+        chat = client.parse_request(body)
     except InvalidRequest:
         return
-    assert chat.messages is not None and gemini.estimate_prompt(body) > 0
+    assert chat.messages is not None and client.estimate_prompt(body) > 0
 
 
 @settings(max_examples=150, deadline=None)
 @given(schema=json_values)
 def test_any_schema_comes_out_in_the_gemini_subset(schema: Any) -> None:
-    cleaned = gemini.to_gemini_schema(schema)
+    cleaned = to_gemini_schema(schema)
     assert not schema_keys(cleaned) & FORBIDDEN
     orjson.dumps(cleaned)
 
@@ -747,8 +749,8 @@ def test_any_schema_comes_out_in_the_gemini_subset(schema: Any) -> None:
 @settings(max_examples=80, deadline=None)
 @given(chunks=st.lists(json_values, max_size=5))
 def test_any_upstream_chunks_are_read_without_crashing(chunks: list[Any]) -> None:
-    reader = gemini.StreamReader()
+    reader = upstream.StreamReader()
     for chunk in chunks:
         for event in reader.feed("", orjson.dumps(chunk)):
             assert not isinstance(event, ToolCallDelta) or event.id
-    gemini.parse_response(chunks[0] if chunks else None)
+    upstream.parse_response(chunks[0] if chunks else None)

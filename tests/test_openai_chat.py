@@ -1,4 +1,4 @@
-"""OpenAI Chat Completions translation: client-side parse/render/stream writer, upstream-side
+"""OpenAI Chat Completions translation: chat_client's parse/render/stream writer, chat_upstream's
 build/parse/stream reader, embeddings, and the round trips between them (read by the real openai SDK)."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types import CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from adapters import openai_chat as oc
+from adapters.openai import chat_client, chat_upstream
 from adapters.internal import (
     Chat, Embed, EmbedReply, End, InvalidRequest, Media, Message, OutputFormat, Reasoning, Reply, Start,
     StreamContext, StreamError, Text, TextDelta, Thinking, ThinkingDelta, Tool, ToolCall, ToolCallDelta,
@@ -103,7 +103,7 @@ def agent_body() -> dict[str, Any]:
 
 
 def test_a_realistic_agent_request_parses_into_the_internal_shape() -> None:
-    chat = oc.parse_request(agent_body())
+    chat = chat_client.parse_request(agent_body())
     assert chat.system == [Text("You are terse."), Text("Use metric units.")]  # leading system + developer
     user, assistant, results, late_system, thanks = chat.messages
     assert user.role == "user" and user.parts[0] == Text("Weather in Paris and Rome? See the map.")
@@ -144,14 +144,14 @@ def test_a_realistic_agent_request_parses_into_the_internal_shape() -> None:
 ])
 def test_option_mapping(field: str, value: Any, expected: Any) -> None:
     body = {"messages": [{"role": "user", "content": "hi"}], "tools": [WEATHER], field: value}
-    chat = oc.parse_request(body)
+    chat = chat_client.parse_request(body)
     attr = {"response_format": "output_format", "reasoning_effort": "reasoning"}.get(field, field)
     assert getattr(chat, attr) == expected
 
 
 def test_allowed_tools_narrows_the_tools_and_usage_needs_stream() -> None:
     other = {"type": "function", "function": {"name": "search"}}
-    chat = oc.parse_request({"messages": [{"role": "user", "content": "hi"}], "tools": [WEATHER, other],
+    chat = chat_client.parse_request({"messages": [{"role": "user", "content": "hi"}], "tools": [WEATHER, other],
                              "tool_choice": {"type": "allowed_tools", "allowed_tools": {
                                  "mode": "required", "tools": [{"type": "function", "function": {"name": "search"}}]}},
                              "stream_options": {"include_usage": True}})
@@ -161,7 +161,7 @@ def test_allowed_tools_narrows_the_tools_and_usage_needs_stream() -> None:
 
 
 def test_assistant_refusal_and_text_parts() -> None:
-    chat = oc.parse_request({"messages": [
+    chat = chat_client.parse_request({"messages": [
         {"role": "user", "content": "x"},
         {"role": "assistant", "content": None, "refusal": "I can't help with that."},
         {"role": "assistant", "content": [{"type": "text", "text": "a"}, {"type": "refusal", "refusal": "b"}]},
@@ -207,10 +207,10 @@ def test_assistant_refusal_and_text_parts() -> None:
 def test_untranslatable_or_invalid_requests_name_the_param(patch: dict[str, Any], param: str | None) -> None:
     body = {"messages": [{"role": "user", "content": "SECRET-PROMPT"}], **patch}
     if param is None:
-        oc.parse_request(body)
+        chat_client.parse_request(body)
         return
     with pytest.raises(InvalidRequest) as err:
-        oc.parse_request(body)
+        chat_client.parse_request(body)
     assert err.value.param == param
     assert "SECRET" not in str(err.value) and "only a system prompt" not in str(err.value)  # no prompt content
 
@@ -218,8 +218,8 @@ def test_untranslatable_or_invalid_requests_name_the_param(patch: dict[str, Any]
 def test_the_passthrough_estimate_is_lenient_and_the_body_keeps_all_but_model_and_limit() -> None:
     body = {"model": "pub", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "custom",
             "custom": {"name": "g"}}], "logprobs": True, "stream": True, "max_tokens": 9999}
-    assert oc.estimate_prompt(body) > 0
-    sent = orjson.loads(oc.passthrough_body(body, "gpt-up", 300))
+    assert chat_client.estimate_prompt(body) > 0
+    sent = orjson.loads(chat_upstream.passthrough_body(body, "gpt-up", 300))
     assert sent["model"] == "gpt-up" and sent["max_tokens"] == 300 and sent["stream_options"] == {"include_usage": True}
     assert sent["logprobs"] is True and sent["tools"] == body["tools"]
 
@@ -232,7 +232,7 @@ def test_render_response_is_a_chat_completion_the_sdk_reads() -> None:
                                         ToolCall("toolu_1", "get_weather", '{"city":"Paris"}'),
                                         ToolCall("fc_2", "get_weather", '{"city":"Rome"}', signature="sig/+=")],
                   "tool_calls", usage=Usage(in_total=2006, out_total=300, cache_read=1920, cache_write=50, reasoning=128))
-    obj = orjson.loads(oc.render_response(reply, CTX))
+    obj = orjson.loads(chat_client.render_response(reply, CTX))
     done = ChatCompletion.model_validate(obj)
     assert done.id == "chatcmpl-req_42" and done.created == CTX.created and done.model == "pub-model"
     msg = done.choices[0].message
@@ -247,10 +247,10 @@ def test_render_response_is_a_chat_completion_the_sdk_reads() -> None:
 
 def test_render_response_without_text_has_null_content_and_tool_answers_finish_tool_calls() -> None:
     only_call = Reply("r", "g", [ToolCall("c1", "f", "{}")], "stop", usage=Usage(5, 2))  # Gemini's STOP (trap 16)
-    obj = orjson.loads(oc.render_response(only_call, CTX))
+    obj = orjson.loads(chat_client.render_response(only_call, CTX))
     assert obj["choices"][0]["message"]["content"] is None and obj["choices"][0]["finish_reason"] == "tool_calls"
     assert "reasoning_content" not in obj["choices"][0]["message"]
-    blocked = orjson.loads(oc.render_response(Reply("r", "g", [], "content_filter", usage=None), CTX))
+    blocked = orjson.loads(chat_client.render_response(Reply("r", "g", [], "content_filter", usage=None), CTX))
     assert blocked["choices"][0]["finish_reason"] == "content_filter" and blocked["usage"]["total_tokens"] == 0
     assert "tool_calls" not in blocked["choices"][0]["message"]
 
@@ -273,7 +273,7 @@ def writer_events() -> list[Any]:
 
 
 def test_stream_writer_chunks_read_back_by_the_sdk() -> None:
-    w = oc.StreamWriter(CTX)
+    w = chat_client.StreamWriter(CTX)
     raw = b"".join(w.write(e) for e in writer_events()) + w.close(Usage(10, 9))
     objs = frames(raw)
     assert objs[-1] == "[DONE]"
@@ -298,7 +298,7 @@ def test_stream_writer_chunks_read_back_by_the_sdk() -> None:
 
 
 def test_the_usage_chunk_only_when_asked_and_usage_null_on_every_other_chunk() -> None:
-    w = oc.StreamWriter(CTX_USAGE)
+    w = chat_client.StreamWriter(CTX_USAGE)
     raw = w.write(Start("x", "m")) + w.write(TextDelta("hi")) + w.write(End("stop"))
     raw += w.close(Usage(in_total=30, out_total=9, cache_read=20, cache_write=4, reasoning=3))
     objs = frames(raw)
@@ -311,7 +311,7 @@ def test_the_usage_chunk_only_when_asked_and_usage_null_on_every_other_chunk() -
 
 
 def test_an_empty_or_truncated_stream_still_gives_role_finish_and_done() -> None:
-    w = oc.StreamWriter(CTX)
+    w = chat_client.StreamWriter(CTX)
     objs = frames(w.close(Usage()))
     assert objs[0]["choices"][0]["delta"]["role"] == "assistant"
     assert objs[1]["choices"][0]["finish_reason"] == "stop" and objs[2] == "[DONE]"
@@ -319,17 +319,17 @@ def test_an_empty_or_truncated_stream_still_gives_role_finish_and_done() -> None
 
 
 def test_stream_errors_end_the_stream_with_the_sdk_error_frame() -> None:
-    w = oc.StreamWriter(CTX)
+    w = chat_client.StreamWriter(CTX)
     w.write(TextDelta("partial"))
     err = frames(w.write(StreamError("Overloaded", "overloaded")))
     assert err == [{"error": {"message": "Overloaded", "type": "server_error", "param": None, "code": "overloaded",
                               "request_id": "req_42"}}]
     assert w.close(Usage()) == b"" and w.error("again", "x") == b""
-    assert oc.stream_error_event("gone", "upstream_closed", "r1").startswith(b'data: {"error":')
+    assert chat_client.stream_error_event("gone", "upstream_closed", "r1").startswith(b'data: {"error":')
 
 
 def test_events_after_end_are_dropped_and_a_stop_with_calls_finishes_tool_calls() -> None:
-    w = oc.StreamWriter(CTX)
+    w = chat_client.StreamWriter(CTX)
     raw = w.write(ToolCallDelta(0, "{}", id="c", name="f")) + w.write(End("stop")) + w.write(TextDelta("x"))
     objs = frames(raw)
     assert objs[-1]["choices"][0]["finish_reason"] == "tool_calls"
@@ -356,7 +356,7 @@ def test_build_request_from_an_anthropic_style_conversation() -> None:
         output_format=OutputFormat("json_object"), reasoning=Reasoning(budget=10000), stop=["a", "b"],
         temperature=0.5, top_p=0.8, top_k=40, seed=1, presence_penalty=0.1, frequency_penalty=0.2, user="u", stream=True,
     )
-    path, raw = oc.build_request(chat, "gpt-4.1", 1234)
+    path, raw = chat_upstream.build_request(chat, "gpt-4.1", 1234)
     body = orjson.loads(raw)
     assert path == "/chat/completions" and body["model"] == "gpt-4.1"
     msgs = body["messages"]
@@ -389,21 +389,22 @@ def test_build_request_from_an_anthropic_style_conversation() -> None:
 ])
 def test_reasoning_budget_buckets(reasoning: Reasoning | None, effort: str | None) -> None:
     chat = Chat(messages=[Message("user", [Text("hi")])], reasoning=reasoning)
-    assert orjson.loads(oc.build_request(chat, "o4-mini", 10)[1]).get("reasoning_effort") == effort
+    assert orjson.loads(chat_upstream.build_request(chat, "o4-mini", 10)[1]).get("reasoning_effort") == effort
 
 
 def test_build_request_refuses_what_it_cannot_send_and_omits_tool_options_without_tools() -> None:
     base = [Message("user", [Text("hi")])]
     with pytest.raises(InvalidRequest) as err:
-        oc.build_request(Chat(messages=base, stop=["1", "2", "3", "4", "5"]), "m", 10)
+        chat_upstream.build_request(Chat(messages=base, stop=["1", "2", "3", "4", "5"]), "m", 10)
     assert err.value.param == "stop"
     with pytest.raises(InvalidRequest) as err:
-        oc.build_request(Chat(messages=base, n=2), "m", 10)
+        chat_upstream.build_request(Chat(messages=base, n=2), "m", 10)
     assert err.value.param == "n"
     with pytest.raises(InvalidRequest):
-        oc.build_request(Chat(messages=[Message("user", [Media(mime="application/pdf", url="https://x/y.pdf")])]), "m", 1)
-    body = orjson.loads(oc.build_request(Chat(messages=base, tool_choice=ToolChoice("none"), parallel_tool_calls=True),
-                                         "m", 10)[1])
+        chat_upstream.build_request(Chat(messages=[Message("user", [Media(mime="application/pdf",
+                                                                           url="https://x/y.pdf")])]), "m", 1)
+    body = orjson.loads(chat_upstream.build_request(Chat(messages=base, tool_choice=ToolChoice("none"),
+                                                         parallel_tool_calls=True), "m", 10)[1])
     assert "tool_choice" not in body and "parallel_tool_calls" not in body and "stream" not in body
     assert body["messages"] == [{"role": "user", "content": "hi"}]
 
@@ -415,7 +416,7 @@ def test_consecutive_user_turns_are_merged_so_tool_messages_follow_the_calls() -
         Message("user", [ToolResult("a", [])]), Message("user", [Text("note"), ToolResult("b", [Text("ok")])]),
         Message("user", [Media(mime="text/plain", data=base64.b64encode("plain doc".encode()).decode())]),
     ])
-    msgs = orjson.loads(oc.build_request(chat, "m", 10)[1])["messages"]
+    msgs = orjson.loads(chat_upstream.build_request(chat, "m", 10)[1])["messages"]
     assert [m["role"] for m in msgs] == ["user", "assistant", "tool", "tool", "user"]
     assert msgs[1]["content"] is None and [m.get("tool_call_id") for m in msgs[2:4]] == ["a", "b"]
     assert msgs[4]["content"] == [{"type": "text", "text": "note"}, {"type": "text", "text": "plain doc"}]
@@ -424,8 +425,8 @@ def test_consecutive_user_turns_are_merged_so_tool_messages_follow_the_calls() -
 def test_parse_then_build_round_trips_an_openai_request() -> None:
     body = agent_body()
     body["messages"] = body["messages"][:4] + [body["messages"][4], body["messages"][5]]
-    chat = oc.parse_request(body)
-    sent = orjson.loads(oc.build_request(chat, "gpt-up", 500)[1])
+    chat = chat_client.parse_request(body)
+    sent = orjson.loads(chat_upstream.build_request(chat, "gpt-up", 500)[1])
     assert sent["messages"][0] == {"role": "system", "content": "You are terse.\n\nUse metric units."}
     assert sent["messages"][1]["content"] == body["messages"][2]["content"]
     assert sent["messages"][2]["tool_calls"][0] == body["messages"][3]["tool_calls"][0]
@@ -448,7 +449,7 @@ def test_parse_response_of_a_real_completion() -> None:
            "usage": {"prompt_tokens": 2006, "completion_tokens": 300, "total_tokens": 2306,
                      "prompt_tokens_details": {"cached_tokens": 1920},
                      "completion_tokens_details": {"reasoning_tokens": 128}}}
-    reply = oc.parse_response(obj)
+    reply = chat_upstream.parse_response(obj)
     assert reply.id == "chatcmpl-9" and reply.model == "deepseek-reasoner" and reply.finish == "tool_calls"
     assert reply.parts == [Thinking("thinking..."), Text("Let me check."),
                            ToolCall("call_1", "get_weather", '{"city":"Paris"}')]
@@ -464,7 +465,7 @@ def test_parse_response_of_a_real_completion() -> None:
     ({"choices": []}, "stop"), (None, "stop"), ({"choices": "x"}, "stop"), ({"choices": [{"message": 5}]}, "stop"),
 ])
 def test_parse_response_tolerates_odd_shapes(obj: Any, finish: str) -> None:
-    reply = oc.parse_response(obj)
+    reply = chat_upstream.parse_response(obj)
     assert reply.finish == finish
     for part in reply.parts:
         if isinstance(part, ToolCall):
@@ -505,7 +506,7 @@ def openai_upstream_stream() -> list[bytes]:
 
 
 def test_stream_reader_turns_openai_chunks_into_events() -> None:
-    r = oc.StreamReader()
+    r = chat_upstream.StreamReader()
     events = [e for data in openai_upstream_stream() for e in r.feed("", data)]
     assert events == [
         Start("chatcmpl-up", "gpt-4.1"),
@@ -520,7 +521,7 @@ def test_stream_reader_turns_openai_chunks_into_events() -> None:
 
 
 def test_stream_reader_repairs_upstreams_that_reuse_index_zero_or_repeat_ids() -> None:
-    r = oc.StreamReader()
+    r = chat_upstream.StreamReader()
     feed = [
         upstream_chunk({"tool_calls": [{"index": 0, "id": "a", "function": {"name": "f", "arguments": "{\"x\""}}]}),
         upstream_chunk({"tool_calls": [{"index": 0, "id": "a", "function": {"name": "f", "arguments": ":1}"}}]}),
@@ -537,7 +538,7 @@ def test_stream_reader_repairs_upstreams_that_reuse_index_zero_or_repeat_ids() -
 
 
 def test_stream_reader_usage_mid_stream_is_not_final_and_errors_are_stream_errors() -> None:
-    r = oc.StreamReader()
+    r = chat_upstream.StreamReader()
     ev = r.feed("", upstream_chunk({"content": "x"}, usage={"prompt_tokens": 3, "completion_tokens": 1}))
     assert ev[-1] == UsageUpdate(Usage(3, 1), final=False) and not r.done
     assert r.feed("", b"") == [] and r.feed("", b": keepalive") != []  # not JSON: an error, never a crash
@@ -553,7 +554,7 @@ def test_stream_reader_usage_mid_stream_is_not_final_and_errors_are_stream_error
 
 def relay(upstream: list[bytes], ctx: StreamContext) -> bytes:
     """What the relay does: reader events into the writer, close with the final usage."""
-    reader, writer = oc.StreamReader(), oc.StreamWriter(ctx)
+    reader, writer = chat_upstream.StreamReader(), chat_client.StreamWriter(ctx)
     out, usage = b"", Usage()
     for data in upstream:
         for event in reader.feed("", data):
@@ -620,45 +621,48 @@ json_values = st.recursive(
        chunk=json_values)
 def test_odd_json_is_refused_or_read_never_crashes(body: dict[str, Any], chunk: Any) -> None:
     try:
-        oc.parse_request(body)
+        chat_client.parse_request(body)
     except InvalidRequest:
         pass
-    oc.parse_response(chunk)
-    oc.StreamReader().feed("", orjson.dumps(chunk))
+    chat_upstream.parse_response(chunk)
+    chat_upstream.StreamReader().feed("", orjson.dumps(chunk))
 
 
 # == embeddings ================================================================================
 
 
 def test_embeddings_both_ways() -> None:
-    embed = oc.parse_embed_request({"input": ["a", "b"], "model": "e", "dimensions": 3, "encoding_format": "base64"})
+    embed = chat_client.parse_embed_request({"input": ["a", "b"], "model": "e", "dimensions": 3,
+                                             "encoding_format": "base64"})
     assert embed == Embed(["a", "b"], dimensions=3)
-    assert oc.parse_embed_request({"input": "one"}).inputs == ["one"]
-    path, raw = oc.build_embed_request(Embed(["a"], dimensions=3, task_type="RETRIEVAL_QUERY"), "text-embedding-3-small")
+    assert chat_client.parse_embed_request({"input": "one"}).inputs == ["one"]
+    path, raw = chat_upstream.build_embed_request(Embed(["a"], dimensions=3, task_type="RETRIEVAL_QUERY"),
+                                                  "text-embedding-3-small")
     assert path == "/embeddings" and orjson.loads(raw) == {"model": "text-embedding-3-small", "input": ["a"],
                                                            "encoding_format": "float", "dimensions": 3}
     packed = base64.b64encode(struct.pack("<3f", 0.5, -1.0, 2.25)).decode()
-    reply = oc.parse_embed_response({"object": "list", "data": [
+    reply = chat_upstream.parse_embed_response({"object": "list", "data": [
         {"object": "embedding", "index": 1, "embedding": packed},
         {"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3]}],
         "model": "m", "usage": {"prompt_tokens": 7, "total_tokens": 7}})
     assert reply.vectors == [[0.1, 0.2, 0.3], [0.5, -1.0, 2.25]] and reply.usage == Usage(7, 0)
-    assert oc.parse_embed_response(None).vectors == [] and oc.parse_embed_response({"data": "x"}).vectors == []
+    assert chat_upstream.parse_embed_response(None).vectors == []
+    assert chat_upstream.parse_embed_response({"data": "x"}).vectors == []
 
 
 @pytest.mark.parametrize("body", [{"input": [[1, 2], [3]]}, {"input": [1, 2, 3]}, {"input": []}, {},
                                   {"input": "x", "encoding_format": "int8"}, {"input": "x", "dimensions": 0}])
 def test_embed_requests_that_cannot_be_translated(body: dict[str, Any]) -> None:
     with pytest.raises(InvalidRequest):
-        oc.parse_embed_request(body)
+        chat_client.parse_embed_request(body)
 
 
 def test_render_embed_floats_and_base64_as_the_sdk_reads_them() -> None:
     reply = EmbedReply([[0.5, -1.0], [0.25, 3.0]], Usage(in_total=11))
-    floats = orjson.loads(oc.render_embed(reply, CTX, "float"))
+    floats = orjson.loads(chat_client.render_embed(reply, CTX, "float"))
     assert floats["data"][1] == {"object": "embedding", "index": 1, "embedding": [0.25, 3.0]}
     assert floats["model"] == "pub-model" and floats["usage"] == {"prompt_tokens": 11, "total_tokens": 11}
-    b64 = orjson.loads(oc.render_embed(reply, CTX, "base64"))
+    b64 = orjson.loads(chat_client.render_embed(reply, CTX, "base64"))
     assert struct.unpack("<2f", base64.b64decode(b64["data"][0]["embedding"])) == (0.5, -1.0)
     CreateEmbeddingResponse.model_validate(floats)
-    assert oc.parse_embed_response(b64).vectors == reply.vectors
+    assert chat_upstream.parse_embed_response(b64).vectors == reply.vectors

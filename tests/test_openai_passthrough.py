@@ -1,4 +1,5 @@
-"""The OpenAI adapter's pure functions: request preparation, usage normalization, stream metering."""
+"""The OpenAI passthrough, through the package surface core/ uses (`from adapters import openai`): request
+preparation, usage normalization, stream metering."""
 
 from __future__ import annotations
 

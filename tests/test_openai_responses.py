@@ -18,7 +18,7 @@ from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
 from adapters import openai as openai_adapter
-from adapters import responses
+from adapters.openai import responses
 from adapters.internal import (
     End,
     InvalidRequest,

@@ -1,5 +1,5 @@
-"""OpenAI wire format: Chat Completions, Completions, Embeddings and Responses requests, responses,
-stream events, the error dialect and usage normalization. Pure functions; no I/O."""
+"""Same-format OpenAI traffic (Chat Completions, Completions, Embeddings, Responses) relayed as is: request
+preparation, prompt estimate, usage normalization, stream metering, the error dialect, the models list."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any, Literal
 import orjson
 
 from adapters.internal import InvalidRequest  # one class for every adapter: the relay answers it with a 400
+from adapters.openai.common import str_or_empty
 from billing.metering import (
     BASE64_CHARS_PER_TOKEN,
     TOKENS_PER_IMAGE,
@@ -132,11 +133,11 @@ def estimate_prompt(endpoint: str, body: dict[str, Any]) -> int:
             if not isinstance(m, dict):
                 raise InvalidRequest("each entry of 'messages' must be an object", "messages")
             total += TOKENS_PER_MESSAGE + _content_tokens(m.get("content"), count)
-            total += count(_str(m.get("role"))) + count(_str(m.get("name")))
+            total += count(str_or_empty(m.get("role"))) + count(str_or_empty(m.get("name")))
             for call in _list(m.get("tool_calls")):
                 fn = call.get("function") if isinstance(call, dict) else None
                 if isinstance(fn, dict):
-                    total += count(_str(fn.get("name"))) + count(_str(fn.get("arguments")))
+                    total += count(str_or_empty(fn.get("name"))) + count(str_or_empty(fn.get("arguments")))
         return total + sum(_json_tokens(body.get(f), count) for f in ("tools", "functions", "response_format"))
     if endpoint == "completions":
         if "prompt" not in body:
@@ -147,7 +148,7 @@ def estimate_prompt(endpoint: str, body: dict[str, Any]) -> int:
             raise InvalidRequest("'input' is required", "input")
         return _text_or_token_lists(body["input"], "input", count)
     # responses
-    total = count(_str(body.get("instructions"))) + _json_tokens(body.get("tools"), count) + \
+    total = count(str_or_empty(body.get("instructions"))) + _json_tokens(body.get("tools"), count) + \
         _json_tokens(body.get("text"), count)
     items = body.get("input")
     if isinstance(items, str):
@@ -159,12 +160,8 @@ def estimate_prompt(endpoint: str, body: dict[str, Any]) -> int:
             raise InvalidRequest("each entry of 'input' must be an object", "input")
         total += TOKENS_PER_MESSAGE + _content_tokens(item.get("content"), count)
         for key in ("arguments", "output", "name"):
-            total += count(_str(item.get(key)))
+            total += count(str_or_empty(item.get(key)))
     return total + TOKENS_PER_REPLY
-
-
-def _str(value: Any) -> str:
-    return value if isinstance(value, str) else ""
 
 
 def _list(value: Any) -> list[Any]:
@@ -189,14 +186,14 @@ def _content_tokens(content: Any, count: TextCounter) -> int:
             continue
         kind = part.get("type")
         if kind in ("text", "input_text", "output_text"):
-            total += count(_str(part.get("text")))
+            total += count(str_or_empty(part.get("text")))
         elif kind in ("image_url", "input_image"):
             image = part.get("image_url")
             detail = image.get("detail") if isinstance(image, dict) else part.get("detail")
             total += TOKENS_PER_IMAGE_LOW if detail == "low" else TOKENS_PER_IMAGE
         elif kind in ("input_audio", "file", "input_file"):
             payload = part.get(kind) if isinstance(part.get(kind), dict) else part
-            data = _str(payload.get("data")) or _str(payload.get("file_data"))
+            data = str_or_empty(payload.get("data")) or str_or_empty(payload.get("file_data"))
             total += len(data) // BASE64_CHARS_PER_TOKEN
     return total
 
@@ -259,16 +256,16 @@ def meter_response(endpoint: str, body: Any, meter: Meter) -> None:
     if endpoint == "responses":
         for item in body.get("output") or ():
             if isinstance(item, dict):
-                meter.add_output(_str(item.get("arguments")))
+                meter.add_output(str_or_empty(item.get("arguments")))
                 for part in item.get("content") or ():
                     if isinstance(part, dict):
-                        meter.add_output(_str(part.get("text")))
+                        meter.add_output(str_or_empty(part.get("text")))
         return
     for choice in body.get("choices") or ():
         if not isinstance(choice, dict):
             continue
         if endpoint == "completions":
-            meter.add_output(_str(choice.get("text")))
+            meter.add_output(str_or_empty(choice.get("text")))
         else:
             _meter_message(choice.get("message"), meter)
 
@@ -285,7 +282,7 @@ def _meter_message(msg: Any, meter: Meter) -> None:
         for call in calls:
             fn = call.get("function") if isinstance(call, dict) else None
             if isinstance(fn, dict):
-                meter.add_output(_str(fn.get("name")) + _str(fn.get("arguments")))
+                meter.add_output(str_or_empty(fn.get("name")) + str_or_empty(fn.get("arguments")))
 
 
 # -- streams --------------------------------------------------------------------------------
@@ -330,7 +327,7 @@ def meter_stream_event(endpoint: str, data: bytes, meter: Meter) -> int:
     if endpoint == "responses":
         kind = obj.get("type")
         if kind in RESPONSES_DELTA_EVENTS:
-            meter.add_output(_str(obj.get("delta")))
+            meter.add_output(str_or_empty(obj.get("delta")))
         elif kind in RESPONSES_FINAL_EVENTS:
             response = obj.get("response")
             usage = normalize_usage(response.get("usage")) if isinstance(response, dict) else None
@@ -352,7 +349,7 @@ def meter_stream_event(endpoint: str, data: bytes, meter: Meter) -> int:
         if not isinstance(choice, dict):
             continue
         if endpoint == "completions":
-            meter.add_output(_str(choice.get("text")))
+            meter.add_output(str_or_empty(choice.get("text")))
             continue
         delta = choice.get("delta")
         if not isinstance(delta, dict):
@@ -367,7 +364,7 @@ def meter_stream_event(endpoint: str, data: bytes, meter: Meter) -> int:
             for call in calls:
                 fn = call.get("function") if isinstance(call, dict) else None
                 if isinstance(fn, dict):
-                    text += _str(fn.get("name")) + _str(fn.get("arguments"))
+                    text += str_or_empty(fn.get("name")) + str_or_empty(fn.get("arguments"))
         meter.add_output(text)
     return USAGE_ON_CONTENT if usage else 0
 

@@ -1,0 +1,67 @@
+"""What both Gemini sides share: tolerant field readers (camelCase or snake_case), the model path, the
+thoughtSignature and fetchable-URI checks and the HTTP status -> google.rpc status table. Pure; no I/O."""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Any
+
+
+@lru_cache(maxsize=256)
+def _snake(name: str) -> str:
+    return re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), name)
+
+
+def _f(obj: Any, name: str) -> Any:
+    """A field by its camelCase name or its snake_case twin (the REST API takes both)."""
+    if not isinstance(obj, dict):
+        return None
+    value = obj.get(name)
+    return obj.get(_snake(name)) if value is None else value
+
+
+def _key(obj: dict[str, Any], name: str) -> str:
+    """The spelling of `name` the client used (camelCase unless only the snake_case one is there)."""
+    return _snake(name) if name not in obj and _snake(name) in obj else name
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def _str(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+_B64 = re.compile(r"^[A-Za-z0-9+/_-]+={0,2}$")
+
+
+def valid_signature(sig: Any) -> bool:
+    """A thoughtSignature Gemini (and google-genai's bytes field) can decode: base64, either alphabet."""
+    return isinstance(sig, str) and bool(_B64.match(sig)) and len(sig.rstrip("=")) % 4 != 1
+
+
+_FILES_API = re.compile(r"^https://generativelanguage\.googleapis\.com/[^?#]*/files/", re.I)
+_YOUTUBE = re.compile(r"^https?://(www\.|m\.)?(youtube\.com/|youtu\.be/)", re.I)
+
+
+def gemini_fetchable(url: str) -> bool:
+    """Gemini reads these URIs itself (fileData); anything else must be downloaded and inlined."""
+    return url.startswith("gs://") or bool(_FILES_API.match(url) or _YOUTUBE.match(url))
+
+
+def _model_path(model: str) -> str:
+    return model if model.startswith(("models/", "tunedModels/")) else f"models/{model}"
+
+
+_ERROR_STATUS = {
+    400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 402: "FAILED_PRECONDITION", 403: "PERMISSION_DENIED",
+    404: "NOT_FOUND", 408: "DEADLINE_EXCEEDED", 409: "ABORTED", 413: "INVALID_ARGUMENT",
+    422: "INVALID_ARGUMENT", 429: "RESOURCE_EXHAUSTED", 499: "CANCELLED", 500: "INTERNAL",
+    501: "UNIMPLEMENTED", 502: "UNAVAILABLE", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED", 529: "UNAVAILABLE",
+}

@@ -1,0 +1,39 @@
+"""The OpenAI wire format: same-format passthrough re-exported here (what core/ uses); translation lives in
+the submodules chat_client, chat_upstream, responses and responses_request, imported by name."""
+
+from adapters.openai.passthrough import (
+    DEFAULT_COMPLETIONS_MAX_TOKENS,
+    MAX_CHOICES,
+    NOT_JSON,
+    RESPONSES_DELTA_EVENTS,
+    RESPONSES_FINAL_EVENTS,
+    STREAMING_ENDPOINTS,
+    TERMINAL,
+    UPSTREAM_ERROR,
+    UPSTREAM_PATHS,
+    USAGE_ON_CONTENT,
+    USAGE_ONLY,
+    Endpoint,
+    InvalidRequest,
+    Prepared,
+    answers_per_request,
+    error_body,
+    estimate_prompt,
+    max_output_tokens,
+    meter_response,
+    meter_stream_event,
+    model_object,
+    models_list,
+    normalize_usage,
+    prepare,
+    stream_error_event,
+    without_usage,
+)
+
+__all__ = [
+    "DEFAULT_COMPLETIONS_MAX_TOKENS", "MAX_CHOICES", "NOT_JSON", "RESPONSES_DELTA_EVENTS", "RESPONSES_FINAL_EVENTS",
+    "STREAMING_ENDPOINTS", "TERMINAL", "UPSTREAM_ERROR", "UPSTREAM_PATHS", "USAGE_ON_CONTENT", "USAGE_ONLY",
+    "Endpoint", "InvalidRequest", "Prepared", "answers_per_request", "error_body", "estimate_prompt",
+    "max_output_tokens", "meter_response", "meter_stream_event", "model_object", "models_list", "normalize_usage",
+    "prepare", "stream_error_event", "without_usage",
+]

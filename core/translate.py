@@ -1,0 +1,224 @@
+"""How a request crosses formats: which lane it takes (OpenAI passthrough, native passthrough, or translation
+through the internal shape), the upstream request each lane builds, and how internal events are metered."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+
+from adapters import internal
+from adapters.anthropic import client as anthropic_client
+from adapters.anthropic import upstream as anthropic_upstream
+from adapters.gemini import client as gemini_client
+from adapters.gemini import upstream as gemini_upstream
+from adapters.openai import chat_client as openai_chat
+from adapters.openai import chat_upstream as openai_upstream
+from adapters.openai import passthrough as openai_passthrough
+from adapters.openai import responses as openai_responses
+from billing.metering import Meter, TextCounter
+from core.config import Model
+from core.dialects import Call
+from core.errors import BadRequest
+
+Lane = Literal["openai", "native", "translate", "embed", "count"]
+
+UPSTREAMS: dict[str, Any] = {"openai": openai_upstream, "anthropic": anthropic_upstream, "gemini": gemini_upstream}
+CLIENTS: dict[str, Any] = {"chat": openai_chat, "responses": openai_responses, "messages": anthropic_client,
+                           "generate": gemini_client}
+FORMAT_NAMES = {"openai": "OpenAI", "anthropic": "Anthropic", "gemini": "Gemini"}
+
+
+@dataclass(slots=True)
+class Plan:
+    """One request's way through the relay, decided before anything is held or sent."""
+
+    lane: Lane
+    path: str = ""  # the upstream path, relative to the provider's base_url
+    body: bytes = b""
+    stream: bool = False
+    max_output: int = 0
+    prompt_estimate: int = 0
+    include_usage: bool = False  # OpenAI passthrough: the client asked for the usage chunk
+    client: Any = None  # the client-side adapter module (translate, embed and count lanes)
+    upstream: Any = None  # the upstream-side adapter module (native, translate and embed lanes)
+    ctx: internal.StreamContext | None = None
+    request: dict[str, Any] | None = None  # the client's body, for dialects that echo it (Responses)
+    embed: tuple[str, Any] | None = None  # embed lane: ("openai", encoding_format) or ("gemini", batch)
+    headers: dict[str, str] = field(default_factory=dict)  # extra upstream headers (anthropic-beta)
+    chat: internal.Chat | None = None  # translate lane: the request, until its media are fetched
+
+
+def lane_for(call: Call, upstream_format: str, model: str) -> Lane:
+    """Same format passes through; otherwise translate, or refuse what the upstream cannot do."""
+    e, fmt = call.endpoint, upstream_format
+    if e in ("count_tokens", "count"):
+        return "count"
+    if call.dialect == "openai":
+        if fmt == "openai":
+            return "openai"
+        if e == "completions":
+            raise BadRequest(f"the model {model!r} is served by an {FORMAT_NAMES[fmt]} upstream, which has no legacy "
+                             "Completions API: use POST /v1/chat/completions", param="model")
+        if e == "embeddings":
+            return _embed_lane(fmt, model)
+        return "translate"
+    if call.dialect == "gemini" and e in ("embed", "batch_embed"):
+        return "native" if fmt == "gemini" else _embed_lane(fmt, model)
+    native = (call.dialect == "anthropic" and fmt == "anthropic") or (call.dialect == "gemini" and fmt == "gemini")
+    return "native" if native else "translate"
+
+
+def _embed_lane(fmt: str, model: str) -> Lane:
+    if fmt == "anthropic":
+        raise BadRequest(f"the model {model!r} is served by an Anthropic upstream, which has no embeddings",
+                         param="model")
+    return "embed"
+
+
+def plan_request(call: Call, body: dict[str, Any], model: Model, request_id: str) -> Plan:
+    """Validate the client's body and build the upstream request (pure: no I/O)."""
+    fmt = model.provider.format
+    lane = lane_for(call, fmt, model.name)
+    try:
+        if lane == "openai":
+            prepared = openai_passthrough.prepare(call.endpoint, body, model.upstream_model, model.max_output_tokens)
+            return Plan("openai", openai_passthrough.UPSTREAM_PATHS[call.endpoint], prepared.upstream_body,
+                        prepared.stream, prepared.max_output, prepared.prompt_estimate, prepared.include_usage)
+        if lane == "count":
+            return _plan_count(call, body)
+        if lane == "native":
+            return _plan_native(call, body, model)
+        if lane == "embed":
+            return _plan_embed(call, body, model, request_id)
+        return _plan_translate(call, body, model, request_id)
+    except internal.InvalidRequest as exc:
+        raise BadRequest(str(exc), param=exc.param) from None
+
+
+def finish_translate(plan: Plan, model: Model) -> None:
+    """Build the translated upstream body once the request's remote media (if any) are inline."""
+    assert plan.chat is not None
+    plan.path, plan.body = plan.upstream.build_request(plan.chat, model.upstream_model, plan.max_output)
+    plan.chat = None
+
+
+def _plan_translate(call: Call, body: dict[str, Any], model: Model, request_id: str) -> Plan:
+    client = CLIENTS[call.endpoint]
+    chat: internal.Chat = client.parse_request(body)
+    if call.dialect == "gemini":
+        chat.stream = call.stream
+    estimate = internal.estimate_prompt(chat)
+    max_output = min(chat.max_output or model.max_output_tokens, model.max_output_tokens)
+    ctx = internal.StreamContext(request_id, model.name, int(time.time()), chat.include_usage, estimate)
+    return Plan("translate", stream=chat.stream, max_output=max_output, prompt_estimate=estimate, client=client,
+                upstream=UPSTREAMS[model.provider.format], ctx=ctx,
+                request=body if call.endpoint == "responses" else None, chat=chat)
+
+
+def _plan_native(call: Call, body: dict[str, Any], model: Model) -> Plan:
+    cap = model.max_output_tokens
+    if call.dialect == "anthropic":
+        stream = _bool(body.get("stream"), "stream")
+        requested = _limit(body.get("max_tokens"), "max_tokens", required=True)
+        max_output = min(requested or cap, cap)
+        plan = Plan("native", "/messages", anthropic_upstream.passthrough_body(body, model.upstream_model, max_output),
+                    stream, max_output, anthropic_client.estimate_prompt(body), upstream=anthropic_upstream)
+        return plan
+    m = model.upstream_model
+    if call.endpoint in ("embed", "batch_embed"):
+        embed = gemini_client.parse_embed_request(body, call.endpoint == "batch_embed")
+        verb = "batchEmbedContents" if call.endpoint == "batch_embed" else "embedContent"
+        return Plan("native", f"/models/{m}:{verb}", _gemini_embed_body(body, m), False, 0,
+                    internal.estimate_embed(embed), upstream=gemini_upstream)
+    config = body.get("generationConfig", body.get("generation_config"))
+    requested = _limit(config.get("maxOutputTokens", config.get("max_output_tokens")) if isinstance(config, dict)
+                       else None, "generationConfig.maxOutputTokens", required=False)
+    max_output = min(requested or cap, cap)
+    path = f"/models/{m}:streamGenerateContent?alt=sse" if call.stream else f"/models/{m}:generateContent"
+    return Plan("native", path, gemini_upstream.passthrough_body(body, m, max_output), call.stream, max_output,
+                gemini_client.estimate_prompt(body), upstream=gemini_upstream)
+
+
+def _gemini_embed_body(body: dict[str, Any], upstream_model: str) -> bytes:
+    """The client's embedding body with every model name replaced by the upstream's."""
+    out = dict(body)
+    if "model" in out:
+        out["model"] = f"models/{upstream_model}"
+    if isinstance(out.get("requests"), list):
+        out["requests"] = [{**r, "model": f"models/{upstream_model}"} if isinstance(r, dict) else r
+                           for r in out["requests"]]
+    return orjson.dumps(out)
+
+
+def _plan_embed(call: Call, body: dict[str, Any], model: Model, request_id: str) -> Plan:
+    ctx = internal.StreamContext(request_id, model.name, int(time.time()))
+    if call.dialect == "openai":
+        embed = openai_chat.parse_embed_request(body)
+        fmt = body.get("encoding_format") or "float"
+        how: tuple[str, Any] = ("openai", fmt)
+    else:
+        embed = gemini_client.parse_embed_request(body, call.endpoint == "batch_embed")
+        how = ("gemini", call.endpoint == "batch_embed")
+    upstream = UPSTREAMS[model.provider.format]
+    path, up = upstream.build_embed_request(embed, model.upstream_model)
+    return Plan("embed", path, up, False, 0, internal.estimate_embed(embed), upstream=upstream, ctx=ctx, embed=how)
+
+
+def _plan_count(call: Call, body: dict[str, Any]) -> Plan:
+    if call.dialect == "anthropic":
+        chat = anthropic_client.parse_request(body, for_count=True)
+        return Plan("count", prompt_estimate=internal.estimate_prompt(chat), client=anthropic_client)
+    chat = gemini_client.parse_count_request(body)
+    return Plan("count", prompt_estimate=internal.estimate_prompt(chat), client=gemini_client)
+
+
+def _bool(value: Any, param: str) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise internal.InvalidRequest(f"'{param}' must be a boolean", param)
+    return value
+
+
+def _limit(value: Any, param: str, required: bool) -> int | None:
+    if value is None:
+        if required:
+            raise internal.InvalidRequest(f"'{param}' is required", param)
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise internal.InvalidRequest(f"'{param}' must be a positive integer", param)
+    return value
+
+
+# -- metering internal events --------------------------------------------------------------
+
+
+def meter_event(meter: Meter, event: internal.Event) -> None:
+    """Count what an internal stream event adds to the answer, or take the upstream's usage."""
+    if isinstance(event, internal.TextDelta):
+        meter.add_output(event.text)
+    elif isinstance(event, internal.ThinkingDelta):
+        meter.add_output(event.text)
+    elif isinstance(event, internal.ToolCallDelta):
+        meter.add_output((event.name or "") + event.arguments)
+    elif isinstance(event, internal.UsageUpdate):
+        if event.final:
+            meter.set_upstream(event.usage)
+        else:
+            meter.set_partial(event.usage)
+
+
+def meter_reply(meter: Meter, reply: internal.Reply) -> None:
+    if reply.usage is not None:
+        meter.set_upstream(reply.usage)
+        return
+    count = TextCounter()
+    for part in reply.parts:
+        if isinstance(part, (internal.Text, internal.Thinking)):
+            meter.add_counted(count(part.text))
+        elif isinstance(part, internal.ToolCall):
+            meter.add_counted(count(part.name) + count(part.arguments))
+    meter.mark_complete()
