@@ -108,3 +108,32 @@ def test_the_database_file_is_private(tmp_path: Path) -> None:
         holder = engine.connect(str(path))
         holder.execute("BEGIN IMMEDIATE")
         engine.connect(str(path), busy_timeout_ms=0).execute("BEGIN IMMEDIATE")
+
+
+def test_wal_checkpoints_run_on_the_thread_outside_any_transaction(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    path = str(tmp_path / "books.db")
+    done: list[tuple[int, int, int]] = []
+    ran = threading.Event()
+
+    def checkpoint(conn: sqlite3.Connection) -> None:
+        assert not conn.in_transaction
+        done.append(tuple(conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()))  # type: ignore[arg-type]
+        ran.set()
+
+    monkeypatch.setattr(engine, "CHECKPOINT_EVERY_COMMITS", 2)
+    monkeypatch.setattr(engine, "checkpoint", checkpoint)
+
+    async def go() -> None:
+        db = store.Store(path)
+        await db.start()
+        try:
+            for i in range(2):  # two loop turns, two commits on the loop's connection
+                await db.run_hot(lambda c, n=i: c.execute("INSERT INTO settings VALUES (?, 'v')", (f"s{n}",)))
+            await asyncio.get_running_loop().run_in_executor(None, ran.wait, 10)
+        finally:
+            await db.close()
+
+    run(go())
+    busy, frames, copied = done[0]
+    assert busy == 0 and frames > 0 and copied == frames  # the whole WAL went back into the database

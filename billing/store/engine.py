@@ -4,6 +4,7 @@ each transaction whole and commits whatever is queued together (group commit, WA
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import queue
 import sqlite3
@@ -19,6 +20,8 @@ PAGE_SIZE = 1024
 WAL_CHECKPOINT_PAGES = 4000  # 4 MiB of WAL between checkpoints
 CHECKPOINT_EVERY_COMMITS = 500  # the event loop's commits between two checkpoints on the thread
 BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+CHECKPOINT = "checkpoint"  # a queue item: checkpoint the WAL on the database thread
+log = logging.getLogger("tokentoll.store")
 SCHEMA = """
 CREATE TABLE accounts (
     id INTEGER PRIMARY KEY,
@@ -136,7 +139,7 @@ class Store:
         self.path = path
         self.synchronous = synchronous
         self.hot_inline = hot_inline and path != ":memory:"  # a memory database is private to one connection
-        self._queue: queue.SimpleQueue[list[_Op] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[_Op] | str | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
@@ -195,7 +198,7 @@ class Store:
         _settle_all(results)
         self._hot_commits += 1
         if self._hot_commits % CHECKPOINT_EVERY_COMMITS == 0:
-            self._queue.put([_Op(checkpoint, (), self._loop.create_future())])
+            self._queue.put(CHECKPOINT)
 
     # -- the database thread ----------------------------------------------------------------
 
@@ -213,19 +216,28 @@ class Store:
             first = self._queue.get()
             if first is None:
                 break
-            batch = first
+            batch: list[_Op] = []
+            checkpoint_due = False
+            item: list[_Op] | str | None = first
             while True:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
+                if item is None:
                     stop = True
                     break
-                batch.extend(nxt)
-            results = run_batch(conn, batch, busy_gives_up=False)
-            assert results is not None
-            self._loop.call_soon_threadsafe(_settle_all, results)
+                if item == CHECKPOINT:
+                    checkpoint_due = True
+                else:
+                    assert isinstance(item, list)
+                    batch.extend(item)
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                results = run_batch(conn, batch, busy_gives_up=False)
+                assert results is not None
+                self._loop.call_soon_threadsafe(_settle_all, results)
+            if checkpoint_due:
+                checkpoint(conn)
         conn.close()
 
 
@@ -272,8 +284,12 @@ def run_batch(conn: sqlite3.Connection, batch: list[_Op], busy_gives_up: bool) -
 
 
 def checkpoint(conn: sqlite3.Connection) -> None:
-    """Copy the WAL back into the database file without waiting for (or blocking) the writers."""
-    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    """Copy the WAL back into the database file without waiting for (or blocking) the writers; outside
+    any transaction. A failure only postpones it to the next one."""
+    try:
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    except sqlite3.Error as exc:
+        log.warning("WAL checkpoint postponed: %s", exc)
 
 
 def _settle_future(future: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:
