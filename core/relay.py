@@ -421,8 +421,8 @@ class Relay:
                             failed = True
                             x.error_code = "upstream_stream_error"
                             self._count_upstream_error(x, "stream_error")
-                            if translated:
-                                out.append(x.writer.error(event.message, "upstream_stream_error"))
+                            if translated:  # the upstream's kind (overloaded...) picks the dialect's code
+                                out.append(x.writer.error(event.message, event.kind or "upstream_stream_error"))
                         elif translated:
                             out.append(x.writer.write(event))
                     if not translated:
@@ -435,7 +435,8 @@ class Relay:
                 if not chunk:
                     break
             if failed:
-                pass
+                if array:  # the upstream's error chunk went out inside the array: close it
+                    await send({"type": "http.response.body", "body": b"]", "more_body": True})
             elif not complete:
                 raise UpstreamClosed("the upstream ended the stream before it was complete")
             else:

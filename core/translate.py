@@ -134,6 +134,10 @@ def _plan_native(call: Call, body: dict[str, Any], model: Model) -> Plan:
         return Plan("native", f"/models/{m}:{verb}", _gemini_embed_body(body, m), False, 0,
                     internal.estimate_embed(embed), upstream=gemini_upstream)
     config = body.get("generationConfig", body.get("generation_config"))
+    candidates = config.get("candidateCount", config.get("candidate_count")) if isinstance(config, dict) else None
+    if candidates not in (None, 1):  # one answer per request is what is held for and metered
+        raise internal.InvalidRequest("generationConfig.candidateCount must be 1 through this gateway; send "
+                                      "several requests for several answers", "generationConfig.candidateCount")
     requested = _limit(config.get("maxOutputTokens", config.get("max_output_tokens")) if isinstance(config, dict)
                        else None, "generationConfig.maxOutputTokens", required=False)
     max_output = min(requested or cap, cap)

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import anthropic
+import urllib.error
 import urllib.request
 import openai
 import pytest
@@ -191,3 +192,33 @@ def test_upstreams_get_their_own_credentials(native_gw: GatewayProcess, native_k
     assert sent["gemini"]["x-goog-api-key"] == "native-upstream-key"
     for headers in sent.values():
         assert native_key not in " ".join(headers.values())  # the caller's key never goes upstream
+
+
+def post_status(url: str, body: Any, headers: dict[str, str]) -> tuple[int, Any]:
+    req = urllib.request.Request(url, json.dumps(body).encode(), {"content-type": "application/json", **headers})
+    try:
+        with urllib.request.urlopen(req, timeout=20) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_bad_input_is_a_4xx_in_the_callers_dialect_never_a_500(native_gw: GatewayProcess, native_key: str) -> None:
+    gem = {"x-goog-api-key": native_key}
+    hi = [{"role": "user", "parts": [{"text": "hi"}]}]
+    status, body = post_status(f"{native_gw.url}/v1beta/models/scripted-openai:generateContent",
+                               {"contents": hi, "generationConfig": {"seed": 1e20}}, gem)
+    assert status == 400 and body["error"]["code"] == 400 and body["error"]["status"] == "INVALID_ARGUMENT"
+    status, body = post_status(f"{native_gw.url}/v1beta/models/scripted-gemini:generateContent",
+                               {"contents": hi, "generationConfig": {"candidateCount": 8}}, gem)
+    assert status == 400 and "candidateCount" in body["error"]["message"]  # one answer is what is held for
+    status, body = post_status(native_gw.base_url + "/responses", {"model": "scripted-anthropic", "input": "hi",
+                                                                   "reasoning": {"effort": ["high"]}},
+                               {"authorization": f"Bearer {native_key}"})
+    assert status == 400 and body["error"]["param"] == "reasoning.effort"
+    tool = {"name": "f", "input_schema": {"type": "object", "properties": {"a": {"type": "string"}},
+                                          "required": [{}]}}  # nonsense in `required` is dropped, not a crash
+    status, body = post_status(native_gw.url + "/v1/messages", {"model": "scripted-gemini", "max_tokens": 20,
+                                                                "messages": HELLO, "tools": [tool]},
+                               {"x-api-key": native_key, "anthropic-version": "2023-06-01"})
+    assert status == 200 and body["type"] == "message"

@@ -39,14 +39,17 @@ def _number(obj: dict[str, Any], name: str, low: float, high: float) -> float | 
     return float(value)
 
 
+MAX_INT = 2**31 - 1  # every integer field of generationConfig is an int32 at Google
+
+
 def _count(obj: dict[str, Any], name: str, low: int = 1) -> int | None:
     value = _f(obj, name)
     if value is None:
         return None
     if isinstance(value, float) and value.is_integer():  # google-genai types topK as a float
         value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise InvalidRequest(f"generationConfig.{name} must be an integer of at least {low}", name)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= MAX_INT:
+        raise InvalidRequest(f"generationConfig.{name} must be an integer from {low} to {MAX_INT}", name)
     return value
 
 

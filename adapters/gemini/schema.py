@@ -89,7 +89,7 @@ def _clean(node: Any, defs: dict[str, Any], seen: frozenset[str], depth: int) ->
         props = {str(k): _clean(v, defs, seen, depth + 1) for k, v in node["properties"].items()}
         if props:
             out["properties"] = props
-            required = [r for r in _list(node.get("required")) if r in props]
+            required = [r for r in _list(node.get("required")) if isinstance(r, str) and r in props]
             if required:
                 out["required"] = required
     if out.get("type") == "ARRAY":

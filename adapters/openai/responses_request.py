@@ -353,7 +353,7 @@ def _parse_reasoning(value: Any) -> Reasoning | None:
         raise InvalidRequest("'reasoning' must be an object", "reasoning")
     effort = value.get("effort")
     summary = value.get("summary") or value.get("generate_summary")  # the latter: its deprecated name
-    if effort is not None and effort != "none" and effort not in EFFORTS:
+    if effort is not None and (not isinstance(effort, str) or effort != "none" and effort not in EFFORTS):
         raise InvalidRequest("'reasoning.effort' must be none, minimal, low, medium, high or xhigh",
                              "reasoning.effort")
     if summary is not None and summary not in _SUMMARIES:
