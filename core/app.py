@@ -31,6 +31,7 @@ from billing.safetynet import SafetyNet, owner_id
 from billing.store import Store
 from core.config import Settings
 from core.dialects import relay_call, wants_anthropic, wants_gemini
+from core.media import MediaFetcher
 from core.metrics import Metrics
 from core.relay import Receive, Relay, Scope, Send
 from core.requestlog import RequestLog
@@ -58,7 +59,8 @@ class Gateway:
         self.upstreams = Upstreams(settings)
         self.store = Store(settings.billing.database, settings.billing.synchronous)
         self.ledger = Ledger(self.store, settings.billing.default_rpm, settings.billing.default_tpm, owner_id())
-        self.relay = Relay(settings, self.upstreams, self.metrics, self.log, self.ledger)
+        self.media = MediaFetcher(settings.server.media_fetch_bytes, settings.server.media_fetch_private)
+        self.relay = Relay(settings, self.upstreams, self.metrics, self.log, self.ledger, self.media)
         self.operations = Operations(self.store, self.ledger)
         self.admin = AdminAPI(self.operations, self.store)
         self.ready = False
@@ -103,6 +105,7 @@ class Gateway:
         if not self.settings.billing.enabled:
             log.warning("billing is disabled: relay routes take no key and charge nothing (billing.enabled = false)")
         await self.upstreams.start()
+        await self.media.start()
         encoding()  # load the tokenizer now, not on the first request
         b = self.settings.billing
         safety_net = SafetyNet(self.ledger, self.store, b.hold_ttl, b.sweep_interval)
@@ -115,6 +118,7 @@ class Gateway:
             self.ready = False
             await safety_net.stop()
             await self.upstreams.close()
+            await self.media.close()
             await self.store.close()
             self.log.close()
 
@@ -175,8 +179,13 @@ class Gateway:
             return await self.get_gemini_model(request)
         if wants_anthropic(request.scope["headers"]):
             m = self.settings.models.get(request.path_params["model_id"])
-            if m is not None:
-                return JSONResponse(anthropic_client.model_object(m.name, m.name, m.created))
+            if m is None:
+                body = anthropic_client.error_body(404, f"the model {request.path_params['model_id']!r} does not "
+                                                        "exist; GET /v1/models lists them", "model_not_found", None,
+                                                   request.scope["tt_request_id"])
+                return Response(body, status_code=404, media_type="application/json",
+                                headers={"request-id": request.scope["tt_request_id"]})
+            return JSONResponse(anthropic_client.model_object(m.name, m.name, m.created))
         model_id = request.path_params["model_id"]
         model = self.settings.models.get(model_id)
         if model is None:

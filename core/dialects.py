@@ -41,6 +41,7 @@ GEMINI_METHODS = {
     "batchEmbedContents": "batch_embed",
 }
 GEMINI_PREFIXES = ("/v1beta/models/", "/v1/models/")
+UNKNOWN_METHOD = "unknown_method"
 
 
 def relay_call(method: str, path: str, query_string: bytes) -> Call | None:
@@ -52,9 +53,9 @@ def relay_call(method: str, path: str, query_string: bytes) -> Call | None:
         return None
     rest = path[len("/v1beta/models/"):] if path.startswith("/v1beta/") else path[len("/v1/models/"):]
     model, colon, verb = rest.rpartition(":")  # model names may hold '/' and even ':'; the method is last
-    endpoint = GEMINI_METHODS.get(verb)
-    if not colon or not model or endpoint is None:
+    if not colon:
         return None
+    endpoint = GEMINI_METHODS.get(verb, UNKNOWN_METHOD)  # refused by the relay, in Gemini's dialect
     stream = verb == "streamGenerateContent"
     sse = b"alt=sse" in query_string
     return Call("gemini", endpoint, model.removeprefix("models/"), stream, sse)

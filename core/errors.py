@@ -30,6 +30,10 @@ class ModelNotFound(GatewayError):
     status, code = 404, "model_not_found"
 
 
+class UnknownMethod(GatewayError):
+    status, code = 404, "unknown_method"
+
+
 class MethodNotAllowed(GatewayError):
     status, code = 405, "method_not_allowed"
 

@@ -15,6 +15,7 @@ import orjson
 from adapters import internal, openai
 from adapters.anthropic import client as anthropic_client
 from adapters.gemini import client as gemini_client
+from adapters.gemini import upstream as gemini_upstream
 from adapters.openai import chat_client as openai_chat
 from billing.keys import Presented
 from billing.ledger import Ledger
@@ -22,7 +23,7 @@ from billing.metering import NO_USAGE, Meter, UsageRecord
 from core.auth import NO_RETRY, admission_error, presented_key
 from core import sse
 from core.config import Model, Settings
-from core.dialects import Call, error_body, id_headers
+from core.dialects import UNKNOWN_METHOD, Call, error_body, id_headers
 from core.translate import Plan, finish_translate, meter_event, meter_reply, plan_request
 from core.errors import (
     BadRequest,
@@ -37,7 +38,9 @@ from core.errors import (
     UpstreamClosed,
     UpstreamError,
     UpstreamOverloaded,
+    UnknownMethod,
 )
+from core.media import MediaFetcher
 from core.metrics import Metrics
 from core.requestlog import RequestLog
 from core.upstream import UpstreamResponse, Upstreams
@@ -67,7 +70,7 @@ class Exchange:
 
     __slots__ = ("request_id", "id_headers", "route", "call", "endpoint", "model", "status", "started", "stream",
                  "t0", "t_first", "upstream_wait", "client_gone", "meter", "sent", "error_code",
-                 "upstream_error_kind", "finished", "key", "held", "plan", "writer")
+                 "upstream_error_kind", "finished", "key", "held", "plan", "writer", "headers")
 
     def __init__(self, request_id: str, route: str, call: Call, t0: float) -> None:
         self.request_id = request_id
@@ -92,6 +95,7 @@ class Exchange:
         self.held = False  # a hold was placed: the request must be settled
         self.plan: Plan | None = None
         self.writer: Any = None  # the client dialect's stream writer (translated streams)
+        self.headers: list[tuple[bytes, bytes]] = []  # the client's request headers
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
@@ -120,7 +124,8 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
 
 class Relay:
     def __init__(self, settings: Settings, upstreams: Upstreams, metrics: Metrics, log: RequestLog,
-                 ledger: Ledger) -> None:
+                 ledger: Ledger, media: MediaFetcher) -> None:
+        self.media = media
         self.settings = settings
         self.ledger = ledger
         self.billing = settings.billing.enabled
@@ -131,6 +136,7 @@ class Relay:
 
     async def __call__(self, call: Call, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         x = Exchange(request_id, route_label(scope["path"], call), call, perf_counter())
+        x.headers = scope["headers"]
         watch: asyncio.Future[Any] | None = None
         task = asyncio.current_task()
         assert task is not None
@@ -175,6 +181,9 @@ class Relay:
     # -- the exchange ---------------------------------------------------------------------
 
     async def _exchange(self, x: Exchange, raw: bytes, send: Send) -> None:
+        if x.endpoint == UNKNOWN_METHOD:
+            raise UnknownMethod(f"unknown method {x.route.rpartition(':')[2]!r}: this gateway serves generateContent, "
+                                f"streamGenerateContent, countTokens, embedContent and batchEmbedContents")
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -189,11 +198,13 @@ class Relay:
             raise ModelNotFound(f"the model {name!r} does not exist; GET /v1/models lists the models served here",
                                 param="model")
         x.model = model
-        plan = x.plan = plan_request(x.call, body, model, x.request_id)
+        plan = x.plan = plan_request(x.call, body, model, x.request_id, x.headers)
         if plan.lane == "count":
             await self._count(x, plan, send)
             return
         if plan.chat is not None:
+            if model.provider.format == "gemini":  # Gemini cannot fetch URLs itself: they go inline
+                await self.media.inline(gemini_upstream.remote_media(plan.chat))
             try:
                 finish_translate(plan, model)
             except internal.InvalidRequest as exc:
@@ -236,12 +247,26 @@ class Relay:
             refusal = await self.ledger.check_key(x.key, x.model.name)
             if refusal.error:
                 raise admission_error(refusal, x.model.name)
-        await self._send_json(x, plan.client.count_tokens_body(plan.prompt_estimate), send)
+        if not plan.path:
+            await self._send_json(x, plan.client.count_tokens_body(plan.prompt_estimate), send)
+            return
+        t = perf_counter()  # a same-format upstream counts exactly (and does not charge for it)
+        try:
+            resp = await self.upstreams.open(x.model.provider, plan.path, plan.body, False, plan.headers)
+        finally:
+            x.upstream_wait += perf_counter() - t
+        try:
+            if resp.status != 200:
+                await self._upstream_refused(x, resp)
+            await self._send_json(x, await _read_timed(x, resp), send)
+        finally:
+            resp.close()
 
     async def _upstream_refused(self, x: Exchange, resp: UpstreamResponse) -> None:
         raw = await _read_timed(x, resp)
         status = resp.status
-        if status in (401, 403, 407):  # about the gateway's own credentials: nothing the caller can act on
+        if status in (401, 403, 407) or (status == 400 and b"API_KEY_INVALID" in raw):
+            # about the gateway's own credentials (Gemini says 400 API_KEY_INVALID): nothing the caller can act on
             raise UpstreamBadStatus(f"the upstream provider refused the gateway's credentials ({status}); "
                                     "the operator has been told", headers=NO_RETRY)
         if status in (503, 529):  # overloaded: the caller may retry, after Retry-After when there is one

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 import orjson
 
+
 from adapters import internal
 from adapters.anthropic import client as anthropic_client
 from adapters.anthropic import upstream as anthropic_upstream
@@ -78,8 +79,10 @@ def _embed_lane(fmt: str, model: str) -> Lane:
     return "embed"
 
 
-def plan_request(call: Call, body: dict[str, Any], model: Model, request_id: str) -> Plan:
-    """Validate the client's body and build the upstream request (pure: no I/O)."""
+def plan_request(call: Call, body: dict[str, Any], model: Model, request_id: str,
+                 headers: list[tuple[bytes, bytes]] = ()) -> Plan:  # type: ignore[assignment]
+    """Validate the client's body and build the upstream request (pure: no I/O). `headers` are the
+    client's: an Anthropic client's betas go on to an Anthropic upstream."""
     fmt = model.provider.format
     lane = lane_for(call, fmt, model.name)
     try:
@@ -88,9 +91,11 @@ def plan_request(call: Call, body: dict[str, Any], model: Model, request_id: str
             return Plan("openai", openai_passthrough.UPSTREAM_PATHS[call.endpoint], prepared.upstream_body,
                         prepared.stream, prepared.max_output, prepared.prompt_estimate, prepared.include_usage)
         if lane == "count":
-            return _plan_count(call, body)
+            return _plan_count(call, body, model, _betas(call, fmt, headers))
         if lane == "native":
-            return _plan_native(call, body, model)
+            plan = _plan_native(call, body, model)
+            plan.headers = _betas(call, fmt, headers)
+            return plan
         if lane == "embed":
             return _plan_embed(call, body, model, request_id)
         return _plan_translate(call, body, model, request_id)
@@ -131,8 +136,8 @@ def _plan_native(call: Call, body: dict[str, Any], model: Model) -> Plan:
     if call.endpoint in ("embed", "batch_embed"):
         embed = gemini_client.parse_embed_request(body, call.endpoint == "batch_embed")
         verb = "batchEmbedContents" if call.endpoint == "batch_embed" else "embedContent"
-        return Plan("native", f"/models/{m}:{verb}", _gemini_embed_body(body, m), False, 0,
-                    internal.estimate_embed(embed), upstream=gemini_upstream)
+        return Plan("native", gemini_upstream.method_path(m, verb), gemini_upstream.with_upstream_model(body, m),
+                    False, 0, internal.estimate_embed(embed), upstream=gemini_upstream)
     config = body.get("generationConfig", body.get("generation_config"))
     candidates = config.get("candidateCount", config.get("candidate_count")) if isinstance(config, dict) else None
     if candidates not in (None, 1):  # one answer per request is what is held for and metered
@@ -141,20 +146,9 @@ def _plan_native(call: Call, body: dict[str, Any], model: Model) -> Plan:
     requested = _limit(config.get("maxOutputTokens", config.get("max_output_tokens")) if isinstance(config, dict)
                        else None, "generationConfig.maxOutputTokens", required=False)
     max_output = min(requested or cap, cap)
-    path = f"/models/{m}:streamGenerateContent?alt=sse" if call.stream else f"/models/{m}:generateContent"
+    path = gemini_upstream.method_path(m, "streamGenerateContent?alt=sse" if call.stream else "generateContent")
     return Plan("native", path, gemini_upstream.passthrough_body(body, m, max_output), call.stream, max_output,
                 gemini_client.estimate_prompt(body), upstream=gemini_upstream)
-
-
-def _gemini_embed_body(body: dict[str, Any], upstream_model: str) -> bytes:
-    """The client's embedding body with every model name replaced by the upstream's."""
-    out = dict(body)
-    if "model" in out:
-        out["model"] = f"models/{upstream_model}"
-    if isinstance(out.get("requests"), list):
-        out["requests"] = [{**r, "model": f"models/{upstream_model}"} if isinstance(r, dict) else r
-                           for r in out["requests"]]
-    return orjson.dumps(out)
 
 
 def _plan_embed(call: Call, body: dict[str, Any], model: Model, request_id: str) -> Plan:
@@ -171,12 +165,29 @@ def _plan_embed(call: Call, body: dict[str, Any], model: Model, request_id: str)
     return Plan("embed", path, up, False, 0, internal.estimate_embed(embed), upstream=upstream, ctx=ctx, embed=how)
 
 
-def _plan_count(call: Call, body: dict[str, Any]) -> Plan:
+def _plan_count(call: Call, body: dict[str, Any], model: Model, betas: dict[str, str]) -> Plan:
+    """Token counting: a same-format upstream counts exactly (the request goes there unbilled); for
+    another format the gateway estimates."""
+    fmt, m = model.provider.format, model.upstream_model
     if call.dialect == "anthropic":
+        if fmt == "anthropic":
+            return Plan("count", "/messages/count_tokens", orjson.dumps({**body, "model": m}), headers=betas,
+                        client=anthropic_client)
         chat = anthropic_client.parse_request(body, for_count=True)
         return Plan("count", prompt_estimate=internal.estimate_prompt(chat), client=anthropic_client)
+    if fmt == "gemini":
+        return Plan("count", gemini_upstream.method_path(m, "countTokens"),
+                    gemini_upstream.with_upstream_model(body, m), client=gemini_client)
     chat = gemini_client.parse_count_request(body)
     return Plan("count", prompt_estimate=internal.estimate_prompt(chat), client=gemini_client)
+
+
+def _betas(call: Call, fmt: str, headers: Any) -> dict[str, str]:
+    """An Anthropic client's `anthropic-beta` header, for an Anthropic upstream only."""
+    if call.dialect != "anthropic" or fmt != "anthropic":
+        return {}
+    values = [v.decode("latin-1") for k, v in headers if k == b"anthropic-beta"]
+    return {"anthropic-beta": ",".join(values)} if values else {}
 
 
 def _bool(value: Any, param: str) -> bool:

@@ -77,7 +77,7 @@ def build_request(chat: Chat, upstream_model: str, max_output: int) -> tuple[str
         body["toolConfig"] = {"functionCallingConfig": config}
     body["generationConfig"] = _upstream_config(chat, upstream_model, max_output)
     method = "streamGenerateContent?alt=sse" if chat.stream else "generateContent"
-    return f"/{_model_path(upstream_model)}:{method}", orjson.dumps(body)
+    return method_path(upstream_model, method), orjson.dumps(body)
 
 
 def _declaration(tool: Tool) -> dict[str, Any]:
@@ -186,6 +186,26 @@ def _media_part(media: Media) -> dict[str, Any]:
     if media.mime:
         file["mimeType"] = media.mime
     return {"fileData": file}
+
+
+def method_path(upstream_model: str, method: str) -> str:
+    """The URL path of a model's method, relative to the base URL: /models/{m}:{method}."""
+    return f"/{_model_path(upstream_model)}:{method}"
+
+
+def with_upstream_model(body: dict[str, Any], upstream_model: str) -> bytes:
+    """Same-format embeddings and token counts: every model name in the body replaced (batch requests
+    carry one each, countTokens may wrap a whole generateContentRequest)."""
+    out = dict(body)
+    model = _model_path(upstream_model)
+    if "model" in out:
+        out["model"] = model
+    if isinstance(out.get("requests"), list):
+        out["requests"] = [{**r, "model": model} if isinstance(r, dict) else r for r in out["requests"]]
+    key = _key(out, "generateContentRequest")
+    if isinstance(out.get(key), dict) and "model" in out[key]:
+        out[key] = {**out[key], "model": model}
+    return orjson.dumps(out)
 
 
 def passthrough_body(body: dict[str, Any], upstream_model: str, max_output: int) -> bytes:
