@@ -66,6 +66,8 @@ class Server:
     upstream_pool_size: int = 256
     workers: int = 1  # processes sharing the listening socket
     shutdown_grace: float = 10.0  # seconds open requests may run on after SIGTERM
+    media_fetch_bytes: int = 20 * 1024 * 1024  # largest image or document fetched from a URL for Gemini
+    media_fetch_private: bool = False  # let media URLs point at private addresses (tests, trusted networks)
 
 
 @dataclass(frozen=True)
@@ -143,11 +145,8 @@ def _billing(t: dict[str, Any]) -> Billing:
     except PriceError:
         raise ConfigError(f"{at}.demo_balance: more than 9 decimals") from None
     values = {key: _seconds(t, key, at, getattr(d, key), positive=True) for key in ("hold_ttl", "sweep_interval")}
-    enabled = t.get("enabled", True)
-    if not isinstance(enabled, bool):
-        raise ConfigError(f"{at}.enabled: must be true or false")
     return Billing(
-        enabled=enabled,
+        enabled=_bool(t, "enabled", at, d.enabled),
         database=_str(t, "database", at, d.database),
         synchronous=sync,
         default_rpm=_int(t, "default_rpm", at, d.default_rpm),
@@ -159,7 +158,7 @@ def _billing(t: dict[str, Any]) -> Billing:
 
 def _server(t: dict[str, Any]) -> Server:
     _only_keys(t, "server", {"host", "port", "max_body_bytes", "request_log", "upstream_pool_size", "workers",
-                                 "shutdown_grace"})
+                                 "shutdown_grace", "media_fetch_bytes", "media_fetch_private"})
     d = Server()
     return Server(
         host=_str(t, "host", "server", d.host),
@@ -169,6 +168,8 @@ def _server(t: dict[str, Any]) -> Server:
         upstream_pool_size=_int(t, "upstream_pool_size", "server", d.upstream_pool_size, lo=1),
         workers=_int(t, "workers", "server", d.workers, lo=1, hi=64),
         shutdown_grace=_seconds(t, "shutdown_grace", "server", d.shutdown_grace),
+        media_fetch_bytes=_int(t, "media_fetch_bytes", "server", d.media_fetch_bytes, lo=1024),
+        media_fetch_private=_bool(t, "media_fetch_private", "server", d.media_fetch_private),
     )
 
 
@@ -307,6 +308,13 @@ def _str(t: dict[str, Any], key: str, at: str, default: str | None, allow_empty:
     v = t[key]
     if not isinstance(v, str) or (not v and not allow_empty):
         raise ConfigError(f"{at}.{key}: must be a non-empty string")
+    return v
+
+
+def _bool(t: dict[str, Any], key: str, at: str, default: bool) -> bool:
+    v = t.get(key, default)
+    if not isinstance(v, bool):
+        raise ConfigError(f"{at}.{key}: must be true or false")
     return v
 
 

@@ -300,6 +300,7 @@ def matrix_config(native: str, log_path: Path) -> str:
 host = "127.0.0.1"
 port = 0
 request_log = "{log_path}"
+media_fetch_private = true   # the media URLs of the tests are on loopback
 
 [billing]
 database = "{log_path.parent / 'tokentoll.db'}"

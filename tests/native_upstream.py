@@ -231,6 +231,11 @@ def _error(fmt: str, status: int, message: str) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json", headers=headers)
 
 
+COUNTED = 42  # what the providers' own token counting answers
+PNG_DOT = bytes.fromhex("89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c4890000000d49444154789c6360"
+                        "f8cfc0f01f0005000201ab0b1d2b0000000049454e44ae426082")  # a 1x1 PNG
+
+
 class NativeUpstream:
     def __init__(self) -> None:
         self.requests: list[Recorded] = []
@@ -262,7 +267,9 @@ class NativeUpstream:
         app.router.add_post("/openai/v1/chat/completions", self._chat)
         app.router.add_post("/openai/v1/embeddings", self._openai_embeddings)
         app.router.add_post("/openai/v1/responses", self._responses)
+        app.router.add_get("/media/{name}", self._media)
         app.router.add_post("/anthropic/v1/messages", self._chat)
+        app.router.add_post("/anthropic/v1/messages/count_tokens", self._count)
         app.router.add_post("/gemini/{version:v1beta|v1}/models/{rest:.+}", self._gemini)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
         self._loop.run_until_complete(self._runner.setup())
@@ -298,6 +305,23 @@ class NativeUpstream:
         n = 1 if isinstance(inp, str) or (isinstance(inp, list) and all(isinstance(x, int) for x in inp)) else len(inp)
         data = [{"object": "embedding", "index": i, "embedding": EMBEDDING} for i in range(n)]
         return _json({"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": 5, "total_tokens": 5}})
+
+    async def _media(self, request: web.Request) -> web.StreamResponse:
+        """Files for media URLs: a tiny PNG, a redirect to it, and a page that is not media."""
+        name = request.match_info["name"]
+        if name == "dot.png":
+            return web.Response(body=PNG_DOT, content_type="image/png")
+        if name == "hop.png":
+            raise web.HTTPFound("/media/dot.png")
+        return web.Response(text="<html></html>", content_type="text/html")
+
+    async def _count(self, request: web.Request) -> web.StreamResponse:
+        """Token counting, exact at the provider: always 42 here, so a test can tell it from an estimate."""
+        await self._record(request)
+        return _json({"input_tokens": COUNTED})
+
+    async def _count_recorded(self, body: Any) -> web.StreamResponse:
+        return _json({"totalTokens": COUNTED})
 
     async def _responses(self, request: web.Request) -> web.StreamResponse:
         """The Responses API, for OpenAI clients passed through: the scripted behaviour only."""
@@ -342,6 +366,8 @@ class NativeUpstream:
             if early := self._early(request, "gemini", model, body):
                 return early
             return _json({"embeddings": [{"values": EMBEDDING} for _ in body.get("requests") or ()]})
+        if method == "countTokens":
+            return await self._count_recorded(body)
         if method not in ("generateContent", "streamGenerateContent"):
             return _error("gemini", 404, f"method {method!r} not found")
         return await self._generate(request, "gemini", body, method == "streamGenerateContent", model)

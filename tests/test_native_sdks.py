@@ -222,3 +222,34 @@ def test_bad_input_is_a_4xx_in_the_callers_dialect_never_a_500(native_gw: Gatewa
                                                                 "messages": HELLO, "tools": [tool]},
                                {"x-api-key": native_key, "anthropic-version": "2023-06-01"})
     assert status == 200 and body["type"] == "message"
+
+
+def test_same_format_token_counts_come_from_the_upstream(native_gw: GatewayProcess, native_key: str,
+                                                         native: NativeUpstream) -> None:
+    """Exact and free at the provider (the mock says 42); another format gets the gateway's estimate."""
+    c = claude(native_gw, native_key)
+    assert c.messages.count_tokens(model="scripted-anthropic", messages=HELLO).input_tokens == 42
+    assert native.requests[-1].body["model"] == "scripted"  # the upstream's own name for the model
+    assert c.messages.count_tokens(model="scripted-openai", messages=HELLO).input_tokens != 42
+    g = gemini(native_gw, native_key)
+    assert g.models.count_tokens(model="scripted-gemini", contents="hello").total_tokens == 42
+    assert g.models.count_tokens(model="scripted-anthropic", contents="hello").total_tokens != 42
+
+
+def test_anthropic_betas_go_to_anthropic_upstreams_only(native_gw: GatewayProcess, native_key: str,
+                                                        native: NativeUpstream) -> None:
+    c = claude(native_gw, native_key)
+    c.beta.messages.create(model="scripted-anthropic", max_tokens=20, messages=HELLO, betas=["context-1m-2025-08-07"])
+    assert native.requests[-1].headers.get("anthropic-beta") == "context-1m-2025-08-07"
+    assert native.requests[-1].path == "/anthropic/v1/messages"
+    c.beta.messages.create(model="scripted-openai", max_tokens=20, messages=HELLO, betas=["context-1m-2025-08-07"])
+    assert "anthropic-beta" not in native.requests[-1].headers
+
+
+def test_unknown_things_are_404_in_the_callers_dialect(native_gw: GatewayProcess, native_key: str) -> None:
+    status, body = post_status(f"{native_gw.url}/v1beta/models/scripted-gemini:fooBar", {},
+                               {"x-goog-api-key": native_key})
+    assert status == 404 and body["error"]["status"] == "NOT_FOUND" and "fooBar" in body["error"]["message"]
+    with pytest.raises(anthropic.NotFoundError) as missing:
+        claude(native_gw, native_key).models.retrieve("no-such-model")
+    assert missing.value.type == "not_found_error"
