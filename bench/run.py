@@ -81,6 +81,7 @@ class Route:
     name: str
     path: str
     stream: bool
+    dialect: str = "openai"  # "anthropic": the same upstream answer asked for through /v1/messages (translated)
 
     @property
     def model(self) -> str:
@@ -88,7 +89,8 @@ class Route:
 
     @property
     def request_file(self) -> Path:
-        return OUT / f"request-{self.name}.json"
+        return OUT / (f"request-{self.name}.json" if self.dialect == "openai" else
+                      f"request-{self.name}-{self.dialect}.json")
 
 
 CHAT = Route("chat", "/json/v1/chat/completions", stream=False)
@@ -96,6 +98,12 @@ STREAM = Route("stream", "/sse/v1/chat/completions", stream=True)  # a static fi
 PACED = Route("paced", "/paced/v1/chat/completions", stream=True)  # one event per PACE_MS, as providers send
 FIRST = Route("first", "/first/v1/chat/completions", stream=True)  # the first event PACE_MS before the rest
 ROUTES = (CHAT, STREAM, PACED, FIRST)
+# The translated lane: an Anthropic-format client served by the same OpenAI-format upstream answers
+CLAUDE_CHAT = Route("chat", CHAT.path, stream=False, dialect="anthropic")
+CLAUDE_STREAM = Route("stream", STREAM.path, stream=True, dialect="anthropic")
+TRANSLATED = (CLAUDE_CHAT, CLAUDE_STREAM)
+MESSAGES_PATH = "/v1/messages"
+TARGET_TRANSLATION_RATIO = 0.75  # translation costs at most 25% of passthrough throughput
 
 
 # -- canned bodies -----------------------------------------------------------------------------
@@ -153,6 +161,10 @@ def echo_directives(parts: list[list[bytes]]) -> str:
 
 
 def request_body(route: Route) -> bytes:
+    if route.dialect == "anthropic":
+        return compact({"model": route.model, "system": "You are a concise assistant.", "max_tokens": 256,
+                        "temperature": 0.7, "stream": route.stream, "messages": [
+                            {"role": "user", "content": "Write one sentence about a fox and a dog, fifty words at most."}]})
     body: dict[str, Any] = {
         "model": route.model,
         "messages": [{"role": "system", "content": "You are a concise assistant."},
@@ -187,12 +199,28 @@ def sse_data(raw: bytes) -> list[bytes]:
 
 
 def check_answer(route: Route, raw: bytes, where: str) -> None:
+    if route.dialect == "anthropic":
+        check_claude_answer(route, raw, where)
+        return
     if route.stream:
         check_stream_answer(raw, where)
         return
     obj = json.loads(raw)
     if obj.get("object") != "chat.completion" or obj.get("usage", {}).get("completion_tokens") != CHUNKS:
         raise BenchError(f"{where}: the non-stream answer is not the canned chat completion: {raw[:200]!r}")
+
+
+def check_claude_answer(route: Route, raw: bytes, where: str) -> None:
+    """The canned answer as an Anthropic Message (or its event stream), with the upstream's usage."""
+    if route.stream:
+        names = [line[7:] for line in raw.decode().splitlines() if line.startswith("event: ")]
+        deltas = names.count("content_block_delta")
+        if names[:1] != ["message_start"] or names[-1:] != ["message_stop"] or deltas != CHUNKS:
+            raise BenchError(f"{where}: not the canned answer as an Anthropic stream: {raw[:200]!r}")
+        return
+    obj = json.loads(raw)
+    if obj.get("type") != "message" or obj.get("usage", {}).get("output_tokens") != CHUNKS:
+        raise BenchError(f"{where}: not the canned answer as an Anthropic message: {raw[:200]!r}")
 
 
 def check_stream_answer(raw: bytes, where: str) -> None:
@@ -390,6 +418,8 @@ class Target:
         return self.proc.pid
 
     def url_for(self, route: Route) -> str:
+        if route.dialect == "anthropic":
+            return self.url + MESSAGES_PATH
         return self.url + (self.path or route.path)
 
 
@@ -590,6 +620,16 @@ async def verify(nginx: str, relays: tuple[Target, ...] = ()) -> None:
                         raise BenchError(f"{relay.title}'s answer for {route.model} differs from the upstream's")
 
 
+async def verify_translated(gateway: Target) -> None:
+    """The translated lane answers the canned upstream answer in Anthropic's format, usage included."""
+    async with aiohttp.ClientSession() as session:
+        for route in TRANSLATED:
+            status, raw = await post_read(session, gateway.url_for(route), request_body(route))
+            if status != 200:
+                raise BenchError(f"{gateway.title} answered {status} on POST {MESSAGES_PATH}: {raw[:300]!r}")
+            check_answer(route, raw, f"{gateway.title} {MESSAGES_PATH}")
+
+
 async def first_byte_times(url: str, body: bytes, count: int, warmup: int) -> list[float]:
     """Milliseconds from sending each stream request to its first body byte, one request at a time;
     each stream is read to its end and must finish with [DONE]."""
@@ -646,6 +686,14 @@ class BillingOff:
 
 
 @dataclass
+class Translated:
+    """The gateway (billing on) serving an Anthropic-format client from the OpenAI-format upstream."""
+
+    reqs: WrkResult  # non-stream, plan.conns connections
+    streams: WrkResult
+
+
+@dataclass
 class Figures:
     conns: int
     direct: Side
@@ -660,6 +708,7 @@ class Figures:
     floor_rss_idle_kib: int
     settle_s: float
     notes: list[str]
+    translated: Translated
 
 
 def step(text: str) -> None:
@@ -667,7 +716,7 @@ def step(text: str) -> None:
 
 
 def measure(plan: Plan, nginx: str, stack: ExitStack) -> Figures:
-    for route in ROUTES:
+    for route in (*ROUTES, *TRANSLATED):
         route.request_file.write_bytes(request_body(route))
     asyncio.run(verify(nginx))
     for setup in (BILLING_ON, BILLING_OFF):
@@ -682,13 +731,14 @@ def measure(plan: Plan, nginx: str, stack: ExitStack) -> Figures:
     off = start_gateway(stack, nginx, BILLING_OFF)
     asyncio.run(verify(nginx, (floor, gw, off)))
     asyncio.run(verify_billing(gw, off))
+    asyncio.run(verify_translated(gw))
     time.sleep(2)
     rss_idle, floor_rss_idle = rss_kib(gw.pid), rss_kib(floor.pid)
     sampler = RssSampler(gw.pid)
     sampler.start()
     try:
-        (direct, floor_side, gateway), billing_off = load(plan, (Target("direct", "nginx", nginx, nginx), floor, gw),
-                                                          off)
+        (direct, floor_side, gateway), billing_off, translated = load(
+            plan, (Target("direct", "nginx", nginx, nginx), floor, gw), off)
     finally:
         rss_peak = sampler.stop()
     step(f"letting the gateway settle for {plan.settle_s:g} s")
@@ -701,9 +751,9 @@ def measure(plan: Plan, nginx: str, stack: ExitStack) -> Figures:
     idle_holds = operator_cli(GATEWAY_CONFIG, "holds")
     stop_relay(gw)
     c = plan.conns
-    # wrk cuts off up to c requests when each run ends: 5 runs at c connections (2 of them warm-ups) and one at 1
-    # for the gateway under test, 4 at c (2 warm-ups) for the billing-off one
-    billed = check_request_log(BILLING_ON, allowed_cut=5 * c + 1)
+    # wrk cuts off up to c requests when each run ends: 9 runs at c connections (4 of them warm-ups) and one at 1
+    # for the gateway under test (the translated lane's 4 included), 4 at c (2 warm-ups) for the billing-off one
+    billed = check_request_log(BILLING_ON, allowed_cut=9 * c + 1)
     unbilled = check_request_log(BILLING_OFF, allowed_cut=4 * c)
     notes = [billed.note, unbilled.note, check_wallet(billed, idle_holds, plan.settle_s),
              f"billing: the gateway column is the gateway with billing on (a fresh SQLite database, synchronous "
@@ -713,11 +763,14 @@ def measure(plan: Plan, nginx: str, stack: ExitStack) -> Figures:
              connection_note(c, {"gateway": gateway, "stack floor": floor_side}, billing_off),
              f"a paced stream takes {1000 * c / direct.paced.per_second:.0f} ms straight from nginx (timer "
              "granularity), so the direct paced figure is bounded by the pacing, not by nginx"]
+    notes.append(f"translated lane: the gateway with billing on, an Anthropic-format client (POST {MESSAGES_PATH}, "
+                 "Bearer key) of the same model and upstream answers, translated both ways; compared with the "
+                 "gateway's own passthrough runs of the same run")
     return Figures(c, direct, floor_side, gateway, billing_off, rss_cold, rss_idle, rss_peak, rss_after,
-                   floor_rss_cold, floor_rss_idle, plan.settle_s, notes)
+                   floor_rss_cold, floor_rss_idle, plan.settle_s, notes, translated)
 
 
-def load(plan: Plan, targets: tuple[Target, ...], off: Target) -> tuple[list[Side], BillingOff]:
+def load(plan: Plan, targets: tuple[Target, ...], off: Target) -> tuple[list[Side], BillingOff, Translated]:
     """The same runs against every target, one measurement at a time, the targets in turn; the billing-off
     gateway joins the non-stream and stream throughput runs, right after the gateway under test."""
     s, c, warmup = plan.seconds, plan.conns, min(2.0, plan.seconds)
@@ -732,12 +785,19 @@ def load(plan: Plan, targets: tuple[Target, ...], off: Target) -> tuple[list[Sid
     warm_up((*relays, off), STREAM, c, warmup)
     streams = run_each(targets, "stream", STREAM, c, s)
     off_streams = run_on(off, "stream", STREAM, c, s)
+    step(f"translated lane: an Anthropic-format client, non-stream and {CHUNKS}-chunk streams, {c} connections")
+    gateway = relays[-1]
+    warm_up((gateway,), CLAUDE_CHAT, c, warmup)
+    claude_reqs = run_on(gateway, "claude-chat", CLAUDE_CHAT, c, s)
+    warm_up((gateway,), CLAUDE_STREAM, c, warmup)
+    claude_streams = run_on(gateway, "claude-stream", CLAUDE_STREAM, c, s)
     step(f"{CHUNKS}-chunk streams paced {PACE_MS} ms per event, {c} connections")
     paced = run_each(targets, "paced", PACED, c, s)
     step(f"stream time to first byte, 1 connection, {plan.ttfb_requests} streams each target")
     body = request_body(FIRST)
     ttfb = [asyncio.run(first_byte_times(t.url_for(FIRST), body, plan.ttfb_requests, 50)) for t in targets]
-    return [Side(*runs) for runs in zip(reqs, lat, streams, paced, ttfb)], BillingOff(off_reqs, off_streams)
+    return ([Side(*runs) for runs in zip(reqs, lat, streams, paced, ttfb)], BillingOff(off_reqs, off_streams),
+            Translated(claude_reqs, claude_streams))
 
 
 # A relay's log must show no error; the only warning allowed is the billing-off gateway's own notice.
@@ -967,7 +1027,24 @@ def rows(f: Figures) -> list[Row]:
         cpu_row(f"CPU per stream, c={f.conns}", f.floor.streams, f.gateway.streams),
         cpu_row(f"CPU per paced stream, c={f.conns}", f.floor.paced, f.gateway.paced),
         *billing_rows(f),
+        *translated_rows(f),
     ]
+
+
+def translated_rows(f: Figures) -> list[Row]:
+    """The translated lane beside the passthrough lane, and what translation costs: translated / passthrough."""
+    c, out = f.conns, []
+    for metric, translated, passthrough in ((f"non-stream req/s, c={c}", f.translated.reqs, f.gateway.reqs),
+                                            (f"streams/s ({CHUNKS} chunks), c={c}", f.translated.streams,
+                                             f.gateway.streams)):
+        share = translated.per_second / passthrough.per_second
+        out.append(Row(f"{metric}, Anthropic client (translated)", gateway=f"{translated.per_second:,.0f}"))
+        out.append(Row(f"translation cost: {metric.split(',')[0]} translated / passthrough, c={c}",
+                       gateway=f"{translated.per_second:,.0f} / {passthrough.per_second:,.0f} = {share:.3f}",
+                       target=f">= {TARGET_TRANSLATION_RATIO:g}", result=verdict(share >= TARGET_TRANSLATION_RATIO)))
+    out.append(Row(f"CPU per non-stream request, c={c}, translated", gateway=cpu_per_request(f.translated.reqs)))
+    out.append(Row(f"CPU per stream, c={c}, translated", gateway=cpu_per_request(f.translated.streams)))
+    return out
 
 
 def billing_rows(f: Figures) -> list[Row]:
