@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 from time import perf_counter
 from typing import Any
 
@@ -17,17 +16,30 @@ from adapters.anthropic import client as anthropic_client
 from adapters.gemini import client as gemini_client
 from adapters.gemini import upstream as gemini_upstream
 from adapters.openai import chat_client as openai_chat
-from billing.keys import Presented
 from billing.ledger import Ledger
-from billing.metering import NO_USAGE, Meter, UsageRecord
+from billing.metering import Meter
 from core.auth import NO_RETRY, admission_error, presented_key
 from core import sse
-from core.config import Model, Settings
-from core.dialects import UNKNOWN_METHOD, Call, error_body, id_headers
+from core.config import Settings
+from core.dialects import UNKNOWN_METHOD, Call, error_body
+from core.exchange import (
+    ClientGone,
+    Exchange,
+    Receive,
+    Scope,
+    Send,
+    charged_usage,
+    error_kind,
+    read_body,
+    read_chunk_timed,
+    read_timed,
+    route_label,
+    upstream_code,
+    with_upstream_message,
+)
 from core.translate import Plan, finish_translate, meter_event, meter_reply, plan_request
 from core.errors import (
     BadRequest,
-    BodyTooLarge,
     GatewayError,
     GatewayShuttingDown,
     InvalidJSON,
@@ -45,10 +57,6 @@ from core.metrics import Metrics
 from core.requestlog import RequestLog
 from core.upstream import UpstreamResponse, Upstreams
 
-Scope = dict[str, Any]
-Receive = Any
-Send = Any
-
 STREAM_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -59,67 +67,6 @@ PASSED_ON_HEADERS = ("retry-after", "retry-after-ms")
 log = logging.getLogger("tokentoll.relay")
 CLIENT_GONE_STATUS = 499  # nginx's convention, for the log and metrics only
 DRAIN_SECONDS = 0.5  # after the answer is complete, how long the upstream may take to end its body
-
-
-class ClientGone(Exception):
-    """The client disconnected before the request body was complete."""
-
-
-class Exchange:
-    """The state of one request as it moves through the relay."""
-
-    __slots__ = ("request_id", "id_headers", "route", "call", "endpoint", "model", "status", "started", "stream",
-                 "t0", "t_first", "upstream_wait", "client_gone", "meter", "sent", "error_code",
-                 "upstream_error_kind", "finished", "key", "held", "plan", "writer", "headers")
-
-    def __init__(self, request_id: str, route: str, call: Call, t0: float) -> None:
-        self.request_id = request_id
-        self.id_headers = id_headers(call.dialect, request_id)
-        self.route = route
-        self.call = call
-        self.endpoint = call.endpoint
-        self.model: Model | None = None
-        self.status = 0
-        self.started = False  # response headers sent
-        self.stream = False
-        self.t0 = t0
-        self.t_first = 0.0
-        self.upstream_wait = 0.0
-        self.client_gone = False
-        self.meter: Meter | None = None
-        self.sent = False  # the request went to the upstream
-        self.error_code = ""
-        self.upstream_error_kind = ""
-        self.finished = False
-        self.key: Presented | None = None
-        self.held = False  # a hold was placed: the request must be settled
-        self.plan: Plan | None = None
-        self.writer: Any = None  # the client dialect's stream writer (translated streams)
-        self.headers: list[tuple[bytes, bytes]] = []  # the client's request headers
-
-
-async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            if not value.isdigit():
-                raise BadRequest("invalid Content-Length header")
-            if int(value) > limit:
-                raise BodyTooLarge(f"the request body is larger than the limit of {limit} bytes")
-            break
-    parts: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone()
-        chunk = message.get("body", b"")
-        if chunk:
-            size += len(chunk)
-            if size > limit:
-                raise BodyTooLarge(f"the request body is larger than the limit of {limit} bytes")
-            parts.append(chunk)
-        if not message.get("more_body", False):
-            return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 class Relay:
@@ -258,12 +205,12 @@ class Relay:
         try:
             if resp.status != 200:
                 await self._upstream_refused(x, resp)
-            await self._send_json(x, await _read_timed(x, resp), send)
+            await self._send_json(x, await read_timed(x, resp), send)
         finally:
             resp.close()
 
     async def _upstream_refused(self, x: Exchange, resp: UpstreamResponse) -> None:
-        raw = await _read_timed(x, resp)
+        raw = await read_timed(x, resp)
         status = resp.status
         if status in (401, 403, 407) or (status == 400 and b"API_KEY_INVALID" in raw):
             # about the gateway's own credentials (Gemini says 400 API_KEY_INVALID): nothing the caller can act on
@@ -271,20 +218,20 @@ class Relay:
                                     "the operator has been told", headers=NO_RETRY)
         if status in (503, 529):  # overloaded: the caller may retry, after Retry-After when there is one
             headers = {k: resp.headers[k] for k in PASSED_ON_HEADERS if k in resp.headers}
-            raise UpstreamOverloaded(_with_upstream_message(f"the upstream provider is overloaded ({status})", raw),
+            raise UpstreamOverloaded(with_upstream_message(f"the upstream provider is overloaded ({status})", raw),
                                      headers=headers)
         if status >= 500 or status < 400:
-            raise UpstreamBadStatus(_with_upstream_message(f"the upstream provider answered {status}", raw))
+            raise UpstreamBadStatus(with_upstream_message(f"the upstream provider answered {status}", raw))
         headers = {k: resp.headers[k] for k in PASSED_ON_HEADERS if k in resp.headers}
         raise UpstreamClientError(status, raw, headers)
 
     async def _not_a_stream(self, x: Exchange, resp: UpstreamResponse) -> None:
         """Some upstreams answer a stream request with a JSON error and status 200."""
-        raw = await _read_timed(x, resp)
-        raise UpstreamBadStatus(_with_upstream_message("the upstream answered JSON instead of an event stream", raw))
+        raw = await read_timed(x, resp)
+        raise UpstreamBadStatus(with_upstream_message("the upstream answered JSON instead of an event stream", raw))
 
     async def _relay_body(self, x: Exchange, resp: UpstreamResponse, send: Send) -> None:
-        raw = await _read_timed(x, resp)
+        raw = await read_timed(x, resp)
         assert x.meter is not None
         try:
             obj = orjson.loads(raw)
@@ -313,11 +260,7 @@ class Relay:
         self.metrics.open_streams.inc()
         try:
             while not complete:
-                t = perf_counter()
-                try:
-                    chunk = await resp.read_chunk()
-                finally:
-                    x.upstream_wait += perf_counter() - t
+                chunk = await read_chunk_timed(x, resp)
                 out: list[bytes] = []
                 for ev in decoder.feed(chunk) if chunk else decoder.finish():
                     if complete:
@@ -373,7 +316,7 @@ class Relay:
     async def _cross_body(self, x: Exchange, resp: UpstreamResponse, plan: Plan, send: Send) -> None:
         """A non-stream answer in another lane: native bodies pass through as they are (metered from their
         usage), translated ones are rendered in the client's dialect with the usage that is charged."""
-        raw = await _read_timed(x, resp)
+        raw = await read_timed(x, resp)
         meter = x.meter
         assert meter is not None
         try:
@@ -431,11 +374,7 @@ class Relay:
         self.metrics.open_streams.inc()
         try:
             while not (complete or failed):
-                t = perf_counter()
-                try:
-                    chunk = await resp.read_chunk()
-                finally:
-                    x.upstream_wait += perf_counter() - t
+                chunk = await read_chunk_timed(x, resp)
                 out: list[bytes] = []
                 for ev in decoder.feed(chunk) if chunk else decoder.finish():
                     if not ev.has_data or complete or failed:
@@ -517,8 +456,8 @@ class Relay:
                 await send({"type": "http.response.body", "body": b""})
             return
         if isinstance(err, UpstreamClientError):  # the upstream's refusal, in our shape, with our request id
-            code, param = _upstream_code(err.body)
-            message = _with_upstream_message(f"the upstream refused the request ({err.status})", err.body)
+            code, param = upstream_code(err.body)
+            message = with_upstream_message(f"the upstream refused the request ({err.status})", err.body)
             body = error_body(x.call.dialect, err.status, message, code or err.code, param, x.request_id)
         else:
             body = error_body(x.call.dialect, err.status, err.message, err.code, err.param, x.request_id)
@@ -586,77 +525,6 @@ class Relay:
             "upstream_error": x.upstream_error_kind or None,
             "worker": self.pid,
         })
-
-
-def error_kind(err: GatewayError) -> str:
-    """The `kind` label of tokentoll_upstream_errors_total for an upstream failure."""
-    if isinstance(err, UpstreamClientError):
-        return f"status_{err.status}"
-    return getattr(err, "kind", "error")
-
-
-def charged_usage(x: Exchange) -> UsageRecord:
-    """What a finished request owes: the upstream's usage, else what was observed; the bare prompt
-    estimate only when the client left after the request went upstream. An upstream that failed
-    before producing anything costs nothing."""
-    if x.meter is None:
-        return NO_USAGE
-    record = x.meter.record()
-    if record.source == "estimate" and not (x.client_gone and x.sent):
-        return NO_USAGE
-    return record
-
-
-async def _read_timed(x: Exchange, resp: UpstreamResponse) -> bytes:
-    """The whole upstream body; the wait counts as upstream time, not gateway overhead."""
-    t = perf_counter()
-    try:
-        return await resp.read()
-    finally:
-        x.upstream_wait += perf_counter() - t
-
-
-_SECRETS = re.compile(r"\b(?:sk|pk|rk)-[A-Za-z0-9_*\-]{6,}|\borg-[A-Za-z0-9]{6,}|\bproj_[A-Za-z0-9]{6,}")
-
-
-def _upstream_message(raw: bytes) -> str:
-    """The upstream's own error message, shortened and with anything that looks like the operator's
-    key, organization or project taken out; never request content."""
-    try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        text = raw[:200].decode("utf-8", "replace").strip()
-    else:
-        err = obj.get("error") if isinstance(obj, dict) else None
-        msg = err.get("message") if isinstance(err, dict) else err if isinstance(err, str) else None
-        text = msg[:300] if isinstance(msg, str) else ""
-    return _SECRETS.sub("[redacted]", text)
-
-
-def _with_upstream_message(text: str, raw: bytes) -> str:
-    detail = _upstream_message(raw)
-    return f"{text}: {detail}" if detail else text
-
-
-def _upstream_code(raw: bytes) -> tuple[str | None, str | None]:
-    """The upstream's error code and param (e.g. context_length_exceeded), which clients act on."""
-    try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None, None
-    err = obj.get("error") if isinstance(obj, dict) else None
-    if not isinstance(err, dict):
-        return None, None
-    code, param = err.get("code"), err.get("param")
-    return (code if isinstance(code, str) else None), (param if isinstance(param, str) else None)
-
-
-def route_label(path: str, call: Call) -> str:
-    """A bounded label for metrics and the log: Gemini paths carry the model, so they are named by method."""
-    if call.dialect != "gemini":
-        return path
-    base = "/v1beta/models" if path.startswith("/v1beta/") else "/v1/models"
-    return f"{base}/{{model}}:{path.rpartition(':')[2]}"
 
 
 def _native_frame(ev: sse.SSEEvent, gemini: bool, array: bool, after_first: bool) -> bytes:

@@ -1,0 +1,163 @@
+"""One exchange's state and the helpers around it: reading the client's body, the upstream's body and chunks
+(timed as upstream time), what a finished request owes, and the upstream's own error message made safe to show."""
+
+from __future__ import annotations
+
+import re
+from time import perf_counter
+from typing import Any
+
+import orjson
+
+from billing.keys import Presented
+from billing.metering import NO_USAGE, Meter, UsageRecord
+from core.config import Model
+from core.dialects import Call, id_headers
+from core.errors import BadRequest, BodyTooLarge, GatewayError, UpstreamClientError
+from core.translate import Plan
+from core.upstream import UpstreamResponse
+
+Scope = dict[str, Any]
+Receive = Any
+Send = Any
+
+
+class ClientGone(Exception):
+    """The client disconnected before the request body was complete."""
+
+
+class Exchange:
+    """The state of one request as it moves through the relay."""
+
+    __slots__ = ("request_id", "id_headers", "route", "call", "endpoint", "model", "status", "started", "stream",
+                 "t0", "t_first", "upstream_wait", "client_gone", "meter", "sent", "error_code",
+                 "upstream_error_kind", "finished", "key", "held", "plan", "writer", "headers")
+
+    def __init__(self, request_id: str, route: str, call: Call, t0: float) -> None:
+        self.request_id = request_id
+        self.id_headers = id_headers(call.dialect, request_id)
+        self.route = route
+        self.call = call
+        self.endpoint = call.endpoint
+        self.model: Model | None = None
+        self.status = 0
+        self.started = False  # response headers sent
+        self.stream = False
+        self.t0 = t0
+        self.t_first = 0.0
+        self.upstream_wait = 0.0
+        self.client_gone = False
+        self.meter: Meter | None = None
+        self.sent = False  # the request went to the upstream
+        self.error_code = ""
+        self.upstream_error_kind = ""
+        self.finished = False
+        self.key: Presented | None = None
+        self.held = False  # a hold was placed: the request must be settled
+        self.plan: Plan | None = None
+        self.writer: Any = None  # the client dialect's stream writer (translated streams)
+        self.headers: list[tuple[bytes, bytes]] = []  # the client's request headers
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            if not value.isdigit():
+                raise BadRequest("invalid Content-Length header")
+            if int(value) > limit:
+                raise BodyTooLarge(f"the request body is larger than the limit of {limit} bytes")
+            break
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone()
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge(f"the request body is larger than the limit of {limit} bytes")
+            parts.append(chunk)
+        if not message.get("more_body", False):
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def error_kind(err: GatewayError) -> str:
+    """The `kind` label of tokentoll_upstream_errors_total for an upstream failure."""
+    if isinstance(err, UpstreamClientError):
+        return f"status_{err.status}"
+    return getattr(err, "kind", "error")
+
+
+def charged_usage(x: Exchange) -> UsageRecord:
+    """What a finished request owes: the upstream's usage, else what was observed; the bare prompt
+    estimate only when the client left after the request went upstream. An upstream that failed
+    before producing anything costs nothing."""
+    if x.meter is None:
+        return NO_USAGE
+    record = x.meter.record()
+    if record.source == "estimate" and not (x.client_gone and x.sent):
+        return NO_USAGE
+    return record
+
+
+async def read_chunk_timed(x: Exchange, resp: UpstreamResponse) -> bytes:
+    """The next stream chunk; the wait counts as upstream time, not gateway overhead."""
+    t = perf_counter()
+    try:
+        return await resp.read_chunk()
+    finally:
+        x.upstream_wait += perf_counter() - t
+
+
+async def read_timed(x: Exchange, resp: UpstreamResponse) -> bytes:
+    """The whole upstream body; the wait counts as upstream time, not gateway overhead."""
+    t = perf_counter()
+    try:
+        return await resp.read()
+    finally:
+        x.upstream_wait += perf_counter() - t
+
+
+_SECRETS = re.compile(r"\b(?:sk|pk|rk)-[A-Za-z0-9_*\-]{6,}|\borg-[A-Za-z0-9]{6,}|\bproj_[A-Za-z0-9]{6,}")
+
+
+def upstream_message(raw: bytes) -> str:
+    """The upstream's own error message, shortened and with anything that looks like the operator's
+    key, organization or project taken out; never request content."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        text = raw[:200].decode("utf-8", "replace").strip()
+    else:
+        err = obj.get("error") if isinstance(obj, dict) else None
+        msg = err.get("message") if isinstance(err, dict) else err if isinstance(err, str) else None
+        text = msg[:300] if isinstance(msg, str) else ""
+    return _SECRETS.sub("[redacted]", text)
+
+
+def with_upstream_message(text: str, raw: bytes) -> str:
+    detail = upstream_message(raw)
+    return f"{text}: {detail}" if detail else text
+
+
+def upstream_code(raw: bytes) -> tuple[str | None, str | None]:
+    """The upstream's error code and param (e.g. context_length_exceeded), which clients act on."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None, None
+    err = obj.get("error") if isinstance(obj, dict) else None
+    if not isinstance(err, dict):
+        return None, None
+    code, param = err.get("code"), err.get("param")
+    return (code if isinstance(code, str) else None), (param if isinstance(param, str) else None)
+
+
+def route_label(path: str, call: Call) -> str:
+    """A bounded label for metrics and the log: Gemini paths carry the model, so they are named by method."""
+    if call.dialect != "gemini":
+        return path
+    base = "/v1beta/models" if path.startswith("/v1beta/") else "/v1/models"
+    return f"{base}/{{model}}:{path.rpartition(':')[2]}"
