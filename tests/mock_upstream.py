@@ -12,6 +12,7 @@ from aiohttp import web
 
 from core import demo
 from core.config import Provider, Timeouts
+from tests.loopback import LoopbackServer
 
 DEMO = Provider("mock", "openai", "", "", Timeouts(), "demo", 0.0)
 
@@ -55,48 +56,16 @@ def awkward_pieces() -> list[bytes]:
     return [p for p in pieces if p]
 
 
-class MockUpstream:
+class MockUpstream(LoopbackServer):
+    name = "mock upstream"
+
     def __init__(self) -> None:
+        super().__init__()
         self.requests: list[dict[str, Any]] = []
         self.stream_closed = threading.Event()  # a slow stream saw its client (the gateway) leave
-        self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._runner: web.AppRunner | None = None
 
-    # -- lifecycle ------------------------------------------------------------------------
-
-    def start(self) -> MockUpstream:
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("mock upstream did not start")
-        return self
-
-    def stop(self) -> None:
-        async def shutdown() -> None:
-            assert self._runner is not None
-            await self._runner.cleanup()
-            pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in pending:  # handlers still sleeping in the hang/stall behaviours
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-
-        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+    def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/{tail:.*}", self.handle)
-        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
-        self._loop.run_until_complete(self._runner.setup())
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        self._loop.run_until_complete(site.start())
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self._ready.set()
-        self._loop.run_forever()
 
     @property
     def base_url(self) -> str:

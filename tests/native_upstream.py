@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -12,6 +11,8 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+
+from tests.loopback import LoopbackServer
 
 TOOL_NAME, TOOL_ARGS = "get_weather", {"city": "Paris"}
 ARG_FRAGMENTS = ('{"city":', '"Paris"}')  # the compact JSON of TOOL_ARGS, in 2 fragments
@@ -236,34 +237,14 @@ PNG_DOT = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000
                         "f8cfc0f01f0005000201ab0b1d2b0000000049454e44ae426082")  # a 1x1 PNG
 
 
-class NativeUpstream:
+class NativeUpstream(LoopbackServer):
+    name = "native upstream"
+
     def __init__(self) -> None:
+        super().__init__()
         self.requests: list[Recorded] = []
-        self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._runner: web.AppRunner | None = None
 
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> NativeUpstream:
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("native upstream did not start")
-        return self
-
-    def stop(self) -> None:
-        assert self._runner is not None
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+    def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/openai/v1/chat/completions", self._chat)
         app.router.add_post("/openai/v1/embeddings", self._openai_embeddings)
         app.router.add_post("/openai/v1/responses", self._responses)
@@ -271,13 +252,6 @@ class NativeUpstream:
         app.router.add_post("/anthropic/v1/messages", self._chat)
         app.router.add_post("/anthropic/v1/messages/count_tokens", self._count)
         app.router.add_post("/gemini/{version:v1beta|v1}/models/{rest:.+}", self._gemini)
-        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
-        self._loop.run_until_complete(self._runner.setup())
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        self._loop.run_until_complete(site.start())
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self._ready.set()
-        self._loop.run_forever()
 
     # -- handlers -------------------------------------------------------------------------------------
 
