@@ -288,10 +288,7 @@ class Relay:
                             continue
                         data = openai.without_usage(data)
                     out.append(sse.encode(data, ev.event))
-                if out:
-                    if not x.started:
-                        await self._start_stream(x, send)
-                    await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
+                await self._send_events(x, out, send)
                 if not chunk:
                     break
             if not complete:
@@ -392,10 +389,7 @@ class Relay:
                     if not translated:
                         out.append(_native_frame(ev, gemini, array, x.started or bool(out)))
                     complete = reader.done
-                if out:
-                    if not x.started:
-                        await self._start_stream(x, send)
-                    await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
+                await self._send_events(x, out, send)
                 if not chunk:
                     break
             if failed:
@@ -406,10 +400,7 @@ class Relay:
             else:
                 meter.mark_complete()
                 tail = x.writer.close(meter.record().usage) if translated else b"]" if array else b""
-                if tail:
-                    if not x.started:
-                        await self._start_stream(x, send)
-                    await send({"type": "http.response.body", "body": tail, "more_body": True})
+                await self._send_events(x, [tail] if tail else [], send)
         except UpstreamError as err:
             if not x.started:
                 raise
@@ -435,6 +426,13 @@ class Relay:
         if x.call.dialect == "gemini":
             return gemini_client.stream_error_event(message, code, x.request_id, x.call.sse)
         return openai.stream_error_event(x.endpoint, message, code, x.request_id, 0)
+
+    async def _send_events(self, x: Exchange, out: list[bytes], send: Send) -> None:
+        """Pass on what one upstream read produced; the response starts with the first of it."""
+        if out:
+            if not x.started:
+                await self._start_stream(x, send)
+            await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
 
     async def _start_stream(self, x: Exchange, send: Send) -> None:
         x.started = True
