@@ -245,41 +245,57 @@ Results = list[tuple["asyncio.Future[Any]", Any, "BaseException | None"]]
 
 
 def run_batch(conn: sqlite3.Connection, batch: list[_Op], busy_gives_up: bool) -> Results | None:
-    """Run each operation as its own savepoint inside one transaction, and commit once. An operation
-    that raises is rolled back alone and its caller gets the exception. None (with busy_gives_up):
-    another connection holds the write lock and nothing was done."""
+    """Run the operations in one transaction and commit once. An operation that raises is undone alone
+    and its caller gets the exception: the batch runs again with a savepoint around each operation
+    (operations only read and write the database, so running one again is safe). None (with
+    busy_gives_up): another connection holds the write lock and nothing was done."""
+    failed = _begin(conn)
+    if failed is not None:
+        return None if busy_gives_up and _busy(failed) else [(op.future, None, failed) for op in batch]
     try:
-        conn.execute("BEGIN IMMEDIATE")
-    except sqlite3.OperationalError as exc:
-        if busy_gives_up and exc.sqlite_errorcode & 0xFF in BUSY_CODES:  # primary code of an extended one
-            return None
-        return [(op.future, None, exc) for op in batch]
-    results: Results = []
-    try:
-        if len(batch) == 1:  # a batch of one needs no savepoint: its failure rolls the transaction back
-            op = batch[0]
-            try:
-                results.append((op.future, op.fn(conn, *op.args), None))
-            except Exception as exc:  # noqa: BLE001 - the op's own failure, for its caller
-                conn.execute("ROLLBACK")
-                return [(op.future, None, exc)]
-        else:
-            for op in batch:
-                conn.execute("SAVEPOINT op")
-                try:
-                    value = op.fn(conn, *op.args)
-                except Exception as exc:  # noqa: BLE001 - the op's own failure, for its caller
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    results.append((op.future, None, exc))
-                else:
-                    conn.execute("RELEASE op")
-                    results.append((op.future, value, None))
+        try:  # the common case, with no savepoint statements: nothing raises
+            results: Results = [(op.future, op.fn(conn, *op.args), None) for op in batch]
+        except Exception as exc:  # noqa: BLE001 - handed to its caller below
+            conn.execute("ROLLBACK")
+            if len(batch) == 1:
+                return [(batch[0].future, None, exc)]
+            failed = _begin(conn)
+            if failed is not None:
+                return None if busy_gives_up and _busy(failed) else [(op.future, None, failed) for op in batch]
+            results = _run_isolated(conn, batch)
         conn.execute("COMMIT")
     except sqlite3.Error as exc:  # the commit itself failed: nothing of the batch happened
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         return [(op.future, None, exc) for op in batch]
+    return results
+
+
+def _begin(conn: sqlite3.Connection) -> sqlite3.OperationalError | None:
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        return exc
+    return None
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    return exc.sqlite_errorcode & 0xFF in BUSY_CODES  # the primary code of an extended one
+
+
+def _run_isolated(conn: sqlite3.Connection, batch: list[_Op]) -> Results:
+    results: Results = []
+    for op in batch:
+        conn.execute("SAVEPOINT op")
+        try:
+            value = op.fn(conn, *op.args)
+        except Exception as exc:  # noqa: BLE001 - the op's own failure, for its caller
+            conn.execute("ROLLBACK TO op")
+            conn.execute("RELEASE op")
+            results.append((op.future, None, exc))
+        else:
+            conn.execute("RELEASE op")
+            results.append((op.future, value, None))
     return results
 
 
