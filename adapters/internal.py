@@ -293,12 +293,16 @@ def media_from_url(url: str, detail: str | None = None, name: str | None = None)
     """A `data:` URL becomes inline base64 with its mime type; anything else stays a URL."""
     m = _DATA_URL.match(url)
     if m:
-        return Media(mime=m.group(1) or "application/octet-stream", data=url[m.end():], detail=detail, name=name)
+        mime = (m.group(1) or "application/octet-stream").lower()
+        mime = "image/jpeg" if mime == "image/jpg" else mime  # a common misspelling no provider accepts
+        return Media(mime=mime, data=url[m.end():], detail=detail, name=name)
     return Media(mime="", url=url, detail=detail, name=name)
 
 
 def data_url(media: Media) -> str:
-    return media.url if media.data is None else f"data:{media.mime};base64,{media.data}"
+    if media.data is None:
+        return media.url or ""
+    return f"data:{media.mime};base64,{media.data}"
 
 
 _CALL_ID_OK = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
