@@ -691,6 +691,8 @@ class Translated:
 
     reqs: WrkResult  # non-stream, plan.conns connections
     streams: WrkResult
+    passthrough_reqs: WrkResult  # the passthrough runs just before and after, added together
+    passthrough_streams: WrkResult
 
 
 @dataclass
@@ -751,9 +753,9 @@ def measure(plan: Plan, nginx: str, stack: ExitStack) -> Figures:
     idle_holds = operator_cli(GATEWAY_CONFIG, "holds")
     stop_relay(gw)
     c = plan.conns
-    # wrk cuts off up to c requests when each run ends: 9 runs at c connections (4 of them warm-ups) and one at 1
-    # for the gateway under test (the translated lane's 4 included), 4 at c (2 warm-ups) for the billing-off one
-    billed = check_request_log(BILLING_ON, allowed_cut=9 * c + 1)
+    # wrk cuts off up to c requests when each run ends: 13 runs at c connections (4 of them warm-ups) and one at 1
+    # for the gateway under test (the translated lane's 8 included), 4 at c (2 warm-ups) for the billing-off one
+    billed = check_request_log(BILLING_ON, allowed_cut=13 * c + 1)
     unbilled = check_request_log(BILLING_OFF, allowed_cut=4 * c)
     notes = [billed.note, unbilled.note, check_wallet(billed, idle_holds, plan.settle_s),
              f"billing: the gateway column is the gateway with billing on (a fresh SQLite database, synchronous "
@@ -764,8 +766,9 @@ def measure(plan: Plan, nginx: str, stack: ExitStack) -> Figures:
              f"a paced stream takes {1000 * c / direct.paced.per_second:.0f} ms straight from nginx (timer "
              "granularity), so the direct paced figure is bounded by the pacing, not by nginx"]
     notes.append(f"translated lane: the gateway with billing on, an Anthropic-format client (POST {MESSAGES_PATH}, "
-                 "Bearer key) of the same model and upstream answers, translated both ways; compared with the "
-                 "gateway's own passthrough runs of the same run")
+                 "Bearer key) of the same model and upstream answers, translated both ways; each translated run "
+                 "sits between two passthrough runs of the same kind on the same gateway, and is compared with "
+                 "their mean (so that a machine that speeds up or slows down during the run does not bias it)")
     return Figures(c, direct, floor_side, gateway, billing_off, rss_cold, rss_idle, rss_peak, rss_after,
                    floor_rss_cold, floor_rss_idle, plan.settle_s, notes, translated)
 
@@ -785,19 +788,26 @@ def load(plan: Plan, targets: tuple[Target, ...], off: Target) -> tuple[list[Sid
     warm_up((*relays, off), STREAM, c, warmup)
     streams = run_each(targets, "stream", STREAM, c, s)
     off_streams = run_on(off, "stream", STREAM, c, s)
-    step(f"translated lane: an Anthropic-format client, non-stream and {CHUNKS}-chunk streams, {c} connections")
+    step(f"translated lane: an Anthropic-format client, non-stream and {CHUNKS}-chunk streams, {c} connections, "
+         "each between two passthrough runs of the same kind")
     gateway = relays[-1]
-    warm_up((gateway,), CLAUDE_CHAT, c, warmup)
-    claude_reqs = run_on(gateway, "claude-chat", CLAUDE_CHAT, c, s)
-    warm_up((gateway,), CLAUDE_STREAM, c, warmup)
-    claude_streams = run_on(gateway, "claude-stream", CLAUDE_STREAM, c, s)
+    lanes = []
+    for passthrough, translated in ((CHAT, CLAUDE_CHAT), (STREAM, CLAUDE_STREAM)):
+        warm_up((gateway,), translated, c, warmup)
+        before = run_on(gateway, f"{passthrough.name}-before-translated", passthrough, c, s)
+        lanes.append(run_on(gateway, f"claude-{translated.name}", translated, c, s))
+        after = run_on(gateway, f"{passthrough.name}-after-translated", passthrough, c, s)
+        lanes.append(WrkResult(before.requests + after.requests, before.seconds + after.seconds,
+                               (before.p50_ms + after.p50_ms) / 2, max(before.p99_ms, after.p99_ms),
+                               (before.cpu + after.cpu) / 2, (before.cpu_sys + after.cpu_sys) / 2))
+    claude_reqs, around_reqs, claude_streams, around_streams = lanes
     step(f"{CHUNKS}-chunk streams paced {PACE_MS} ms per event, {c} connections")
     paced = run_each(targets, "paced", PACED, c, s)
     step(f"stream time to first byte, 1 connection, {plan.ttfb_requests} streams each target")
     body = request_body(FIRST)
     ttfb = [asyncio.run(first_byte_times(t.url_for(FIRST), body, plan.ttfb_requests, 50)) for t in targets]
     return ([Side(*runs) for runs in zip(reqs, lat, streams, paced, ttfb)], BillingOff(off_reqs, off_streams),
-            Translated(claude_reqs, claude_streams))
+            Translated(claude_reqs, claude_streams, around_reqs, around_streams))
 
 
 # A relay's log must show no error; the only warning allowed is the billing-off gateway's own notice.
@@ -1034,9 +1044,9 @@ def rows(f: Figures) -> list[Row]:
 def translated_rows(f: Figures) -> list[Row]:
     """The translated lane beside the passthrough lane, and what translation costs: translated / passthrough."""
     c, out = f.conns, []
-    for metric, translated, passthrough in ((f"non-stream req/s, c={c}", f.translated.reqs, f.gateway.reqs),
-                                            (f"streams/s ({CHUNKS} chunks), c={c}", f.translated.streams,
-                                             f.gateway.streams)):
+    t = f.translated
+    for metric, translated, passthrough in ((f"non-stream req/s, c={c}", t.reqs, t.passthrough_reqs),
+                                            (f"streams/s ({CHUNKS} chunks), c={c}", t.streams, t.passthrough_streams)):
         share = translated.per_second / passthrough.per_second
         out.append(Row(f"{metric}, Anthropic client (translated)", gateway=f"{translated.per_second:,.0f}"))
         out.append(Row(f"translation cost: {metric.split(',')[0]} translated / passthrough, c={c}",
