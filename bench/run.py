@@ -679,10 +679,13 @@ class Side:
 
 @dataclass
 class BillingOff:
-    """The billing-off gateway's figures, from the runs that the billing cost compares."""
+    """The billing-off gateway's figures, from the runs that the billing cost compares: each billing-off
+    run sits between two runs of the gateway under test (billing on), whose mean it is compared with."""
 
     reqs: WrkResult  # non-stream, plan.conns connections
     streams: WrkResult
+    on_reqs: WrkResult  # billing on: the run before and the run after, together
+    on_streams: WrkResult
 
 
 @dataclass
@@ -753,15 +756,16 @@ def measure(plan: Plan, nginx: str, stack: ExitStack) -> Figures:
     idle_holds = operator_cli(GATEWAY_CONFIG, "holds")
     stop_relay(gw)
     c = plan.conns
-    # wrk cuts off up to c requests when each run ends: 13 runs at c connections (4 of them warm-ups) and one at 1
+    # wrk cuts off up to c requests when each run ends: 15 runs at c connections (4 of them warm-ups) and one at 1
     # for the gateway under test (the translated lane's 8 included), 4 at c (2 warm-ups) for the billing-off one
-    billed = check_request_log(BILLING_ON, allowed_cut=13 * c + 1)
+    billed = check_request_log(BILLING_ON, allowed_cut=15 * c + 1)
     unbilled = check_request_log(BILLING_OFF, allowed_cut=4 * c)
     notes = [billed.note, unbilled.note, check_wallet(billed, idle_holds, plan.settle_s),
              f"billing: the gateway column is the gateway with billing on (a fresh SQLite database, synchronous "
              f"NORMAL, hold_ttl {HOLD_TTL} s, no rate limits; one account, one key sent by every client); "
              "\"billing off\" rows are a second gateway process with the same config but `[billing] enabled = "
-             "false`, measured right after it in each run",
+             "false`; each billing-off run sits between two runs of the gateway with billing on, and the billing "
+             "cost compares it with their mean",
              connection_note(c, {"gateway": gateway, "stack floor": floor_side}, billing_off),
              f"a paced stream takes {1000 * c / direct.paced.per_second:.0f} ms straight from nginx (timer "
              "granularity), so the direct paced figure is bounded by the pacing, not by nginx"]
@@ -773,6 +777,12 @@ def measure(plan: Plan, nginx: str, stack: ExitStack) -> Figures:
                    floor_rss_cold, floor_rss_idle, plan.settle_s, notes, translated)
 
 
+def joined(a: WrkResult, b: WrkResult) -> WrkResult:
+    """Two runs of the same kind as one: their requests over their time, mean latency and CPU."""
+    return WrkResult(a.requests + b.requests, a.seconds + b.seconds, (a.p50_ms + b.p50_ms) / 2,
+                     max(a.p99_ms, b.p99_ms), (a.cpu + b.cpu) / 2, (a.cpu_sys + b.cpu_sys) / 2)
+
+
 def load(plan: Plan, targets: tuple[Target, ...], off: Target) -> tuple[list[Side], BillingOff, Translated]:
     """The same runs against every target, one measurement at a time, the targets in turn; the billing-off
     gateway joins the non-stream and stream throughput runs, right after the gateway under test."""
@@ -782,12 +792,14 @@ def load(plan: Plan, targets: tuple[Target, ...], off: Target) -> tuple[list[Sid
     warm_up((*relays, off), CHAT, c, warmup)
     reqs = run_each(targets, "chat", CHAT, c, s)
     off_reqs = run_on(off, "chat", CHAT, c, s)
+    on_after_reqs = run_on(targets[-1], "chat-after-billing-off", CHAT, c, s)
     step("non-stream latency, 1 connection")
     lat = run_each(targets, "chat", CHAT, 1, s)
     step(f"{CHUNKS}-chunk stream throughput, {c} connections (and the billing-off gateway)")
     warm_up((*relays, off), STREAM, c, warmup)
     streams = run_each(targets, "stream", STREAM, c, s)
     off_streams = run_on(off, "stream", STREAM, c, s)
+    on_after_streams = run_on(targets[-1], "stream-after-billing-off", STREAM, c, s)
     step(f"translated lane: an Anthropic-format client, non-stream and {CHUNKS}-chunk streams, {c} connections, "
          "each between two passthrough runs of the same kind")
     gateway = relays[-1]
@@ -797,16 +809,17 @@ def load(plan: Plan, targets: tuple[Target, ...], off: Target) -> tuple[list[Sid
         before = run_on(gateway, f"{passthrough.name}-before-translated", passthrough, c, s)
         lanes.append(run_on(gateway, f"claude-{translated.name}", translated, c, s))
         after = run_on(gateway, f"{passthrough.name}-after-translated", passthrough, c, s)
-        lanes.append(WrkResult(before.requests + after.requests, before.seconds + after.seconds,
-                               (before.p50_ms + after.p50_ms) / 2, max(before.p99_ms, after.p99_ms),
-                               (before.cpu + after.cpu) / 2, (before.cpu_sys + after.cpu_sys) / 2))
+        lanes.append(joined(before, after))
     claude_reqs, around_reqs, claude_streams, around_streams = lanes
     step(f"{CHUNKS}-chunk streams paced {PACE_MS} ms per event, {c} connections")
     paced = run_each(targets, "paced", PACED, c, s)
     step(f"stream time to first byte, 1 connection, {plan.ttfb_requests} streams each target")
     body = request_body(FIRST)
     ttfb = [asyncio.run(first_byte_times(t.url_for(FIRST), body, plan.ttfb_requests, 50)) for t in targets]
-    return ([Side(*runs) for runs in zip(reqs, lat, streams, paced, ttfb)], BillingOff(off_reqs, off_streams),
+    sides = [Side(*runs) for runs in zip(reqs, lat, streams, paced, ttfb)]
+    billing_off = BillingOff(off_reqs, off_streams, joined(sides[-1].reqs, on_after_reqs),
+                             joined(sides[-1].streams, on_after_streams))
+    return (sides, billing_off,
             Translated(claude_reqs, claude_streams, around_reqs, around_streams))
 
 
@@ -1060,8 +1073,8 @@ def translated_rows(f: Figures) -> list[Row]:
 def billing_rows(f: Figures) -> list[Row]:
     """The gateway with billing off, from the same runs, and what billing costs: billing on / off."""
     off, c = f.billing_off, f.conns
-    pairs = ((f"non-stream req/s, c={c}", f.gateway.reqs, off.reqs),
-             (f"streams/s ({CHUNKS} chunks), c={c}", f.gateway.streams, off.streams))
+    pairs = ((f"non-stream req/s, c={c}", off.on_reqs, off.reqs),
+             (f"streams/s ({CHUNKS} chunks), c={c}", off.on_streams, off.streams))
     out = [Row(f"{metric}, billing off", gateway=f"{off_run.per_second:,.0f}",
                vs_direct=ratio(off_run.per_second, direct.per_second),
                vs_floor=ratio(off_run.per_second, floor.per_second))
