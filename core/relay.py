@@ -297,10 +297,8 @@ class Relay:
         except UpstreamError as err:
             if not x.started:
                 raise
-            self._count_upstream_error(x, error_kind(err))
-            x.error_code = err.code
-            await send({"type": "http.response.body", "more_body": True,
-                        "body": openai.stream_error_event(endpoint, err.message, err.code, x.request_id, sequence)})
+            await self._end_in_band(x, err, openai.stream_error_event(endpoint, err.message, err.code,
+                                                                       x.request_id, sequence), send)
         finally:
             self.metrics.open_streams.dec()
         if not x.started:  # an upstream that sent nothing but comments
@@ -404,10 +402,7 @@ class Relay:
         except UpstreamError as err:
             if not x.started:
                 raise
-            self._count_upstream_error(x, error_kind(err))
-            x.error_code = err.code
-            await send({"type": "http.response.body", "more_body": True,
-                        "body": self._stream_error(x, err.message, err.code)})
+            await self._end_in_band(x, err, self._stream_error(x, err.message, err.code), send)
         finally:
             self.metrics.open_streams.dec()
         if not x.started:
@@ -416,6 +411,12 @@ class Relay:
         await send({"type": "http.response.body", "body": b""})
         if complete:
             await resp.drain(DRAIN_SECONDS)
+
+    async def _end_in_band(self, x: Exchange, err: UpstreamError, event: bytes, send: Send) -> None:
+        """An upstream failure after the stream started: counted, and told to the client in-band."""
+        self._count_upstream_error(x, error_kind(err))
+        x.error_code = err.code
+        await send({"type": "http.response.body", "more_body": True, "body": event})
 
     def _stream_error(self, x: Exchange, message: str, code: str) -> bytes:
         """The in-band error that ends a started stream, in the client's own dialect."""
