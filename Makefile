@@ -22,7 +22,7 @@ $(VENV)/.test-installed: requirements-test.lock $(VENV)/.runtime-installed
 	@touch $@
 
 run: $(VENV)/.runtime-installed
-	$(PY) gateway.py $(CONFIG_ARG)
+	$(PY) gateway.py $(CONFIG_ARG) $(ARGS)
 
 check: $(VENV)/.runtime-installed
 	$(PY) gateway.py $(CONFIG_ARG) --check

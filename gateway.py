@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sock = socket.create_server((host, port), backlog=4096)
     except OSError as exc:
-        print(f"tokentoll: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
+        print(f"tokentoll: cannot listen on {host}:{port}: {exc.strerror} (choose another port with --port N, "
+              f"or `make run ARGS=\"--port N\"`)", file=sys.stderr)
         return 1
     bound = sock.getsockname()
     print(f"tokentoll: serving http://{host}:{bound[1]} ({len(settings.models)} models from {path}, "

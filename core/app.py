@@ -39,6 +39,7 @@ from core.upstream import Upstreams
 
 log = logging.getLogger("tokentoll")
 
+KNOWN_ROUTES = ("/v1/models", "/v1beta/models", "/v1/pricing", "/metrics", "/healthz", "/readyz", "/admin/")
 KNOWN_PATHS = frozenset({"/v1/models", "/v1beta/models", "/v1/pricing", "/metrics", "/healthz", "/readyz"})
 OPENAI_PATHS_WITHOUT_V1 = ("/chat/completions", "/completions", "/embeddings", "/responses", "/models")
 
@@ -217,13 +218,25 @@ class Gateway:
 
     async def http_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        if exc.status_code == 404:
-            return self.error(request, 404, not_found_hint(request), "unknown_url")
+        if exc.status_code == 404 or (exc.status_code == 405 and not request.url.path.startswith(KNOWN_ROUTES)):
+            return self.not_found(request)
         if exc.status_code == 405:
             allow = (exc.headers or {}).get("Allow", "GET")
             return self.error(request, 405, f"{request.method} is not allowed on {request.url.path}; use {allow}",
                               "method_not_allowed", headers={"Allow": allow})
         return self.error(request, exc.status_code, exc.detail, None)
+
+    def not_found(self, request: Request) -> Response:
+        """An unknown URL, answered in the dialect of the SDK that asked, with the base URL it should use."""
+        rid = request.scope.get("tt_request_id", "")
+        headers = request.scope["headers"]
+        if wants_anthropic(headers):
+            body = anthropic_client.error_body(404, not_found_hint(request, "anthropic"), "unknown_url", None, rid)
+            return Response(body, status_code=404, media_type="application/json", headers={"request-id": rid})
+        if wants_gemini(headers, request.scope.get("query_string", b"")):
+            body = gemini_client.error_body(404, not_found_hint(request, "gemini"), "unknown_url", None, rid)
+            return Response(body, status_code=404, media_type="application/json")
+        return self.error(request, 404, not_found_hint(request, "openai"), "unknown_url")
 
     async def internal_error(self, request: Request, exc: Exception) -> Response:
         return self.error(request, 500, "internal error in the gateway; the request id identifies it in the log",
@@ -246,16 +259,22 @@ def route_label(path: str) -> str:
     return "/v1/models/{id}" if path.startswith("/v1/models/") else "other"
 
 
-def not_found_hint(request: Request) -> str:
-    """Most 404s are a base URL one segment off: say exactly how to fix it."""
+def not_found_hint(request: Request, dialect: str) -> str:
+    """Most 404s are a base URL one segment off: say exactly how to fix it, for the SDK that asked."""
     path = request.url.path
-    host = request.headers.get("host", "HOST")
-    scheme = request.url.scheme
+    root = f"{request.url.scheme}://{request.headers.get('host', 'HOST')}"
+    if dialect == "anthropic":
+        return (f"unknown URL {request.method} {path}. The Anthropic SDK adds /v1 itself: set base_url to {root} "
+                f"(Anthropic(base_url=\"{root}\")), with no path.")
+    if dialect == "gemini":
+        return (f"unknown URL {request.method} {path}. google-genai adds the API version itself: set base_url to "
+                f"{root} (http_options={{\"base_url\": \"{root}\"}}), with no path.")
     if path.startswith("/v1/v1/"):
         return (f"unknown URL {path}: the base URL ends in /v1 twice. "
-                f"Set base_url to {scheme}://{host}/v1 (the SDK adds the rest).")
+                f"Set base_url to {root}/v1 (the SDK adds the rest).")
     if path in OPENAI_PATHS_WITHOUT_V1 or path.startswith("/models/"):
         return (f"unknown URL {path}: the base URL lacks /v1. "
-                f"Set base_url to {scheme}://{host}/v1 (for example OpenAI(base_url=\"{scheme}://{host}/v1\")).")
-    return (f"unknown URL {request.method} {path}. TokenToll serves the OpenAI API under /v1, "
-            f"for example POST {scheme}://{host}/v1/chat/completions and GET {scheme}://{host}/v1/models.")
+                f"Set base_url to {root}/v1 (for example OpenAI(base_url=\"{root}/v1\")).")
+    return (f"unknown URL {request.method} {path}. TokenToll serves the OpenAI API under /v1 (for example POST "
+            f"{root}/v1/chat/completions), Anthropic's at {root}/v1/messages and Gemini's at "
+            f"{root}/v1beta/models/{{model}}:generateContent.")

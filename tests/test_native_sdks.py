@@ -253,3 +253,16 @@ def test_unknown_things_are_404_in_the_callers_dialect(native_gw: GatewayProcess
     with pytest.raises(anthropic.NotFoundError) as missing:
         claude(native_gw, native_key).models.retrieve("no-such-model")
     assert missing.value.type == "not_found_error"
+
+
+def test_a_base_url_one_segment_off_gets_advice_for_the_sdk_that_asked(native_gw: GatewayProcess,
+                                                                       native_key: str) -> None:
+    wrong = anthropic.Anthropic(base_url=native_gw.url + "/v1", api_key=native_key, max_retries=0)
+    with pytest.raises(anthropic.NotFoundError) as claude_404:
+        wrong.messages.create(model="scripted-anthropic", max_tokens=10, messages=HELLO)
+    assert f"set base_url to {native_gw.url} " in claude_404.value.message and claude_404.value.request_id
+    for suffix in ("/v1", "/v1beta"):
+        g = genai.Client(api_key=native_key, http_options=gt.HttpOptions(base_url=native_gw.url + suffix))
+        with pytest.raises(gerrors.ClientError) as gemini_404:
+            g.models.generate_content(model="scripted-gemini", contents="hi")
+        assert gemini_404.value.code == 404 and "with no path" in (gemini_404.value.message or "")
