@@ -12,6 +12,7 @@ import signal
 import socket
 import time
 import traceback
+from typing import Any
 
 import uvloop
 from hypercorn.asyncio import serve
@@ -48,7 +49,17 @@ async def serve_worker(settings: Settings, sock: socket.socket) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.set_exception_handler(_quiet_cancellations)
     await serve(Gateway(settings), hypercorn_config(sock, settings.server.shutdown_grace), shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+
+
+def _quiet_cancellations(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """When the grace period ends, hypercorn cancels the open connections; Python 3.11's stream protocol
+    then reports each cancelled connection task as an error (fixed in 3.12). A cancellation at shutdown
+    is the plan, not an error: everything else goes to the default handler."""
+    if isinstance(context.get("exception"), asyncio.CancelledError):
+        return
+    loop.default_exception_handler(context)
 
 
 def _die_with_parent() -> None:

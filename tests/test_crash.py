@@ -111,6 +111,8 @@ def test_sigterm_ends_open_streams_in_band_and_settles_them(upstream: MockUpstre
     assert len(received) >= 3  # the stream ran until the grace period ended...
     assert err.value.body["code"] == "gateway_shutting_down"  # ...and then said why it ended  # type: ignore[index]
     assert gw.proc.wait(15) == 0
+    gw._drain.join(5)  # everything it wrote has been read
+    assert not [line for line in gw.stderr_lines if "Traceback" in line or "ERROR" in line], gw.stderr_lines
     assert cli(config, "holds", env=env) == []  # settled on the way out
     db = sqlite3.connect(tmp_path / "tokentoll.db")
     assert db.execute("SELECT source FROM usage").fetchall() == [("observed",)]
