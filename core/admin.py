@@ -64,6 +64,7 @@ class AdminAPI:
                 r.path_params["account"], _text(b, "usd"), _text(b, "note")))),
             self._route("/admin/usage", "GET", lambda r: o.usage(
                 r.query_params.get("account"), _int_param(r, "key"), r.query_params.get("month"))),
+            self._route("/admin/usage/{request_id}", "GET", lambda r: o.request_usage(r.path_params["request_id"])),
             self._route("/admin/holds", "GET", lambda r: o.holds()),
         ]
 

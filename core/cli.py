@@ -59,6 +59,7 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--account")
     p.add_argument("--key", type=int, dest="key_id")
     p.add_argument("--month", help="YYYY-MM (default: this month, UTC)")
+    p.add_argument("--request", help="one request's row, by its X-TT-Request-ID")
     sub.add_parser("holds", help="open holds")
     for name, subparser in sub.choices.items():
         for action in getattr(subparser, "_subparsers", None) and subparser._subparsers._group_actions or ():
@@ -103,6 +104,8 @@ async def _dispatch(ops: Operations, a: argparse.Namespace) -> Any:
             return await ops.wallet(a.account)
         case "wallet", "history":
             return await ops.history(a.account, a.limit)
+        case "usage", _ if a.request:
+            return await ops.request_usage(a.request)
         case "usage", _:
             return await ops.usage(a.account, a.key_id, a.month)
         case "holds", _:

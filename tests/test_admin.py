@@ -48,6 +48,7 @@ def test_admin_api_end_to_end(gateway: GatewayProcess) -> None:
     assert api.patch(f"/keys/{key_id}", json={"rpm": 10, "monthly_limit": None}).json()["rpm"] == 10
     assert api.post(f"/keys/{key_id}/disable").json()["status"] == "disabled"
     assert api.get("/holds").status_code == 200
+    assert api.get("/usage/req_nothing").status_code == 404
     assert cli(gateway.config, "wallet", "show", "via-api", env=gateway.env)["held"] == 0
 
 

@@ -152,6 +152,9 @@ def test_a_settled_request_is_charged_its_real_usage(gateway: GatewayProcess) ->
     expected = ceil_div(usage.prompt_tokens * 1_000_000_000 + usage.completion_tokens * 2_000_000_000,
                         TOKENS_PER_PRICE)
     assert entry["cost_nanousd"] == expected
+    row = cli(gateway.config, "usage", "--request", raw.headers["x-tt-request-id"], env=gateway.env)
+    assert (row["cost"], row["source"], row["input_tokens"], row["status"]) == \
+        (expected, "upstream", usage.prompt_tokens, 200)  # one request's charge, for the operator
     w = wallet(gateway, "exact")
     assert w["balance"] == 1_000_000_000 - expected and w["held"] == 0
 

@@ -121,6 +121,12 @@ def tx_usage(conn: sqlite3.Connection, account_id: int | None, key_id: int | Non
     return [dict(r) for r in rows]
 
 
+def tx_request_usage(conn: sqlite3.Connection, request_id: str) -> dict[str, Any] | None:
+    """One request's usage row: its tokens, what it was charged and where the figures came from."""
+    row = conn.execute("SELECT * FROM usage WHERE request_id = ?", (request_id,)).fetchone()
+    return dict(row) if row is not None else None
+
+
 def tx_take_lease(conn: sqlite3.Connection, name: str, holder: str, now: float, ttl: float) -> bool:
     """One holder at a time across processes: true if `holder` has the lease until now + ttl."""
     conn.execute("INSERT INTO leases (name, holder, expires_at) VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
