@@ -31,7 +31,7 @@ class Exchange:
 
     __slots__ = ("request_id", "id_headers", "route", "call", "endpoint", "model", "status", "started", "stream",
                  "t0", "t_first", "upstream_wait", "client_gone", "meter", "sent", "error_code",
-                 "upstream_error_kind", "finished", "key", "held", "plan", "writer", "headers")
+                 "upstream_error_kind", "finished", "key", "held", "plan", "writer", "headers", "rename")
 
     def __init__(self, request_id: str, route: str, call: Call, t0: float) -> None:
         self.request_id = request_id
@@ -57,6 +57,7 @@ class Exchange:
         self.plan: Plan | None = None
         self.writer: Any = None  # the client dialect's stream writer (translated streams)
         self.headers: list[tuple[bytes, bytes]] = []  # the client's request headers
+        self.rename: tuple[bytes, bytes] | None = None  # passthrough: the upstream's model name -> the public one
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
@@ -161,3 +162,23 @@ def route_label(path: str, call: Call) -> str:
         return path
     base = "/v1beta/models" if path.startswith("/v1beta/") else "/v1/models"
     return f"{base}/{{model}}:{path.rpartition(':')[2]}"
+
+
+def model_rename(upstream_model: str, public: str) -> tuple[bytes, bytes] | None:
+    """The JSON string forms of both names, when a passed-through answer must have its name replaced."""
+    if upstream_model == public:
+        return None
+    return orjson.dumps(upstream_model)[1:-1], orjson.dumps(public)[1:-1]
+
+
+def renamed(data: bytes, rename: tuple[bytes, bytes] | None) -> bytes:
+    """A passed-through body or event with the upstream's model name (an operator's deployment name, say)
+    replaced by the public one the client asked for; a cheap byte replace of the `"model"` field only."""
+    if rename is None or rename[0] not in data:
+        return data
+    up, public = rename
+    for sep in (b'":"', b'": "'):
+        field = b'"model' + sep + up + b'"'
+        if field in data:
+            return data.replace(field, b'"model' + sep + public + b'"', 1)
+    return data

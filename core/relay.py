@@ -30,9 +30,11 @@ from core.exchange import (
     Send,
     charged_usage,
     error_kind,
+    model_rename,
     read_body,
     read_chunk_timed,
     read_timed,
+    renamed,
     route_label,
     upstream_code,
     with_upstream_message,
@@ -145,6 +147,7 @@ class Relay:
             raise ModelNotFound(f"the model {name!r} does not exist; GET /v1/models lists the models served here",
                                 param="model")
         x.model = model
+        x.rename = model_rename(model.upstream_model, model.name)
         plan = x.plan = plan_request(x.call, body, model, x.request_id, x.headers)
         if plan.lane == "count":
             await self._count(x, plan, send)
@@ -239,6 +242,7 @@ class Relay:
             raise UpstreamBadStatus("the upstream answered 200 with a body that is not JSON") from None
         openai.meter_response(x.endpoint, obj, x.meter)
         x.meter.mark_complete()
+        raw = renamed(raw, x.rename)
         ctype = resp.headers.get("content-type", "application/json").encode()
         x.status = 200
         x.started = True
@@ -287,7 +291,7 @@ class Relay:
                         if flags & openai.USAGE_ONLY:
                             continue
                         data = openai.without_usage(data)
-                    out.append(sse.encode(data, ev.event))
+                    out.append(sse.encode(renamed(data, x.rename), ev.event))
                 await self._send_events(x, out, send)
                 if not chunk:
                     break
@@ -333,6 +337,8 @@ class Relay:
             return
         reply = plan.upstream.parse_response(obj)
         meter_reply(meter, reply)
+        if plan.lane == "native":
+            raw = renamed(raw, x.rename)
         if plan.lane == "translate":
             assert plan.ctx is not None
             reply.usage = meter.record().usage
@@ -385,7 +391,7 @@ class Relay:
                         elif translated:
                             out.append(x.writer.write(event))
                     if not translated:
-                        out.append(_native_frame(ev, gemini, array, x.started or bool(out)))
+                        out.append(_native_frame(ev, gemini, array, x.started or bool(out), x.rename))
                     complete = reader.done
                 await self._send_events(x, out, send)
                 if not chunk:
@@ -526,11 +532,12 @@ class Relay:
         })
 
 
-def _native_frame(ev: sse.SSEEvent, gemini: bool, array: bool, after_first: bool) -> bytes:
-    """A passed-through event: Anthropic keeps its event names; Gemini gets bare `data: ` lines, or its
-    JSON-array framing when the client did not ask for SSE."""
+def _native_frame(ev: sse.SSEEvent, gemini: bool, array: bool, after_first: bool,
+                  rename: tuple[bytes, bytes] | None) -> bytes:
+    """A passed-through event: Anthropic keeps its event names (and gets the public model name); Gemini
+    gets bare `data: ` lines, or its JSON-array framing when the client did not ask for SSE."""
     if not gemini:
-        return sse.encode(ev.data, ev.event)
+        return sse.encode(renamed(ev.data, rename), ev.event)
     if array:
         return (b",\r\n" if after_first else b"[") + ev.data
     return sse.encode(ev.data)

@@ -266,3 +266,10 @@ def test_a_base_url_one_segment_off_gets_advice_for_the_sdk_that_asked(native_gw
         with pytest.raises(gerrors.ClientError) as gemini_404:
             g.models.generate_content(model="scripted-gemini", contents="hi")
         assert gemini_404.value.code == 404 and "with no path" in (gemini_404.value.message or "")
+
+
+def test_native_passthrough_answers_carry_the_public_model_name(native_gw: GatewayProcess, native_key: str) -> None:
+    c = claude(native_gw, native_key)
+    assert c.messages.create(model="scripted-anthropic", max_tokens=10, messages=HELLO).model == "scripted-anthropic"
+    with c.messages.stream(model="scripted-anthropic", max_tokens=10, messages=HELLO) as s:
+        assert s.get_final_message().model == "scripted-anthropic"

@@ -383,3 +383,12 @@ def test_pricing_is_public_and_exact(gateway: GatewayProcess) -> None:
     prices = {m["model"]: m for m in r.json()["data"]}
     assert prices["demo-echo"]["input"] == "0.500000000" and prices["demo-echo"]["output"] == "1.500000000"
     assert prices["mock-ok"]["cache_read"] == "1.000000000"  # unset: cached input costs the input price
+
+
+def test_passed_through_answers_carry_the_public_model_name(client: openai.OpenAI) -> None:
+    """The upstream's own name for a model (an operator's deployment name) never reaches the client."""
+    assert client.chat.completions.create(model="mock-ok", messages=[{"role": "user", "content": "hi"}]).model \
+        == "mock-ok"
+    chunks = list(client.chat.completions.create(model="vendor/model-x", stream=True,
+                                                 messages=[{"role": "user", "content": "hi there"}]))
+    assert chunks and {c.model for c in chunks} == {"vendor/model-x"}
