@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from datetime import datetime, timezone
 from typing import Any
 
 import orjson
@@ -144,11 +145,16 @@ def human(result: Any) -> str:
         return "(none)"
     hidden = {"hash"}
     cols = [c for c in rows[0] if c not in hidden and not (c + "_usd" in rows[0])]
-    widths = {c: max(len(c), *(len(_cell(r.get(c))) for r in rows)) for c in cols}
+    widths = {c: max(len(c), *(len(_cell(r.get(c), c)) for r in rows)) for c in cols}
     lines = ["  ".join(c.ljust(widths[c]) for c in cols)]
-    lines += ["  ".join(_cell(r.get(c)).ljust(widths[c]) for c in cols) for r in rows]
+    lines += ["  ".join(_cell(r.get(c), c).ljust(widths[c]) for c in cols) for r in rows]
     return "\n".join(lines)
 
 
-def _cell(value: Any) -> str:
-    return "-" if value is None else str(value)
+def _cell(value: Any, column: str = "") -> str:
+    """A value for a person: times (the *_at columns, unix seconds in the JSON) in UTC."""
+    if value is None:
+        return "-"
+    if column.endswith("_at") and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return str(value)
