@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import re
 from time import perf_counter
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import orjson
 
@@ -17,6 +18,7 @@ from core.errors import BadRequest, BodyTooLarge, GatewayError, UpstreamClientEr
 from core.translate import Plan
 from core.upstream import UpstreamResponse
 
+T = TypeVar("T")
 Scope = dict[str, Any]
 Receive = Any
 Send = Any
@@ -103,20 +105,12 @@ def charged_usage(x: Exchange) -> UsageRecord:
     return record
 
 
-async def read_chunk_timed(x: Exchange, resp: UpstreamResponse) -> bytes:
-    """The next stream chunk; the wait counts as upstream time, not gateway overhead."""
+async def upstream_time(x: Exchange, waiting: Awaitable[T]) -> T:
+    """Await something of the upstream's (its answer, its body, its next chunk); the wait counts as
+    upstream time, not gateway overhead."""
     t = perf_counter()
     try:
-        return await resp.read_chunk()
-    finally:
-        x.upstream_wait += perf_counter() - t
-
-
-async def read_timed(x: Exchange, resp: UpstreamResponse) -> bytes:
-    """The whole upstream body; the wait counts as upstream time, not gateway overhead."""
-    t = perf_counter()
-    try:
-        return await resp.read()
+        return await waiting
     finally:
         x.upstream_wait += perf_counter() - t
 

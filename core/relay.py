@@ -15,7 +15,6 @@ from adapters import internal, openai
 from adapters.anthropic import client as anthropic_client
 from adapters.gemini import client as gemini_client
 from adapters.gemini import upstream as gemini_upstream
-from adapters.openai import chat_client as openai_chat
 from billing.ledger import Ledger
 from billing.metering import Meter
 from core.auth import NO_RETRY, admission_error, presented_key
@@ -32,10 +31,9 @@ from core.exchange import (
     error_kind,
     model_rename,
     read_body,
-    read_chunk_timed,
-    read_timed,
     renamed,
     route_label,
+    upstream_time,
     upstream_code,
     with_upstream_message,
 )
@@ -167,12 +165,9 @@ class Relay:
             if admission.error:
                 raise admission_error(admission, model.name)
         x.meter = Meter(plan.prompt_estimate)
-        t = perf_counter()
-        try:
-            x.sent = True  # from here on the upstream may be doing work for us
-            resp = await self.upstreams.open(model.provider, plan.path, plan.body, plan.stream, plan.headers)
-        finally:
-            x.upstream_wait += perf_counter() - t
+        x.sent = True  # from here on the upstream may be doing work for us
+        resp = await upstream_time(x, self.upstreams.open(model.provider, plan.path, plan.body, plan.stream,
+                                                          plan.headers))
         try:
             if resp.status != 200:
                 await self._upstream_refused(x, resp)
@@ -191,50 +186,47 @@ class Relay:
             resp.close()
 
     async def _count(self, x: Exchange, plan: Plan, send: Send) -> None:
-        """count_tokens / countTokens: the gateway's own estimate, for any key that may use the model."""
+        """count_tokens / countTokens, for any key that may use the model, never charged: counted by a
+        same-format upstream, else the gateway's own estimate."""
         assert x.model is not None
         if x.key is not None:
             refusal = await self.ledger.check_key(x.key, x.model.name)
             if refusal.error:
                 raise admission_error(refusal, x.model.name)
-        if not plan.path:
-            await self._send_json(x, plan.client.count_tokens_body(plan.prompt_estimate), send)
+        if plan.render is not None:
+            await self._send_json(x, plan.render(plan.prompt_estimate), send)
             return
-        t = perf_counter()  # a same-format upstream counts exactly (and does not charge for it)
-        try:
-            resp = await self.upstreams.open(x.model.provider, plan.path, plan.body, False, plan.headers)
-        finally:
-            x.upstream_wait += perf_counter() - t
+        resp = await upstream_time(x, self.upstreams.open(x.model.provider, plan.path, plan.body, False,
+                                                          plan.headers))
         try:
             if resp.status != 200:
                 await self._upstream_refused(x, resp)
-            await self._send_json(x, await read_timed(x, resp), send)
+            await self._send_json(x, await upstream_time(x, resp.read()), send)
         finally:
             resp.close()
 
     async def _upstream_refused(self, x: Exchange, resp: UpstreamResponse) -> None:
-        raw = await read_timed(x, resp)
+        raw = await upstream_time(x, resp.read())
         status = resp.status
         if status in (401, 403, 407) or (status == 400 and b"API_KEY_INVALID" in raw):
             # about the gateway's own credentials (Gemini says 400 API_KEY_INVALID): nothing the caller can act on
             raise UpstreamBadStatus(f"the upstream provider refused the gateway's credentials ({status}); "
                                     "the operator has been told", headers=NO_RETRY)
+        retry = {k: resp.headers[k] for k in PASSED_ON_HEADERS if k in resp.headers}
         if status in (503, 529):  # overloaded: the caller may retry, after Retry-After when there is one
-            headers = {k: resp.headers[k] for k in PASSED_ON_HEADERS if k in resp.headers}
             raise UpstreamOverloaded(with_upstream_message(f"the upstream provider is overloaded ({status})", raw),
-                                     headers=headers)
+                                     headers=retry)
         if status >= 500 or status < 400:
             raise UpstreamBadStatus(with_upstream_message(f"the upstream provider answered {status}", raw))
-        headers = {k: resp.headers[k] for k in PASSED_ON_HEADERS if k in resp.headers}
-        raise UpstreamClientError(status, raw, headers)
+        raise UpstreamClientError(status, raw, retry)
 
     async def _not_a_stream(self, x: Exchange, resp: UpstreamResponse) -> None:
         """Some upstreams answer a stream request with a JSON error and status 200."""
-        raw = await read_timed(x, resp)
+        raw = await upstream_time(x, resp.read())
         raise UpstreamBadStatus(with_upstream_message("the upstream answered JSON instead of an event stream", raw))
 
     async def _relay_body(self, x: Exchange, resp: UpstreamResponse, send: Send) -> None:
-        raw = await read_timed(x, resp)
+        raw = await upstream_time(x, resp.read())
         assert x.meter is not None
         try:
             obj = orjson.loads(raw)
@@ -264,7 +256,7 @@ class Relay:
         self.metrics.open_streams.inc()
         try:
             while not complete:
-                chunk = await read_chunk_timed(x, resp)
+                chunk = await upstream_time(x, resp.read_chunk())
                 out: list[bytes] = []
                 for ev in decoder.feed(chunk) if chunk else decoder.finish():
                     if complete:
@@ -315,35 +307,28 @@ class Relay:
     async def _cross_body(self, x: Exchange, resp: UpstreamResponse, plan: Plan, send: Send) -> None:
         """A non-stream answer in another lane: native bodies pass through as they are (metered from their
         usage), translated ones are rendered in the client's dialect with the usage that is charged."""
-        raw = await read_timed(x, resp)
+        raw = await upstream_time(x, resp.read())
         meter = x.meter
         assert meter is not None
         try:
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise UpstreamBadStatus("the upstream answered 200 with a body that is not JSON") from None
-        if plan.lane == "embed" or plan.embed is not None or x.endpoint in ("embed", "batch_embed"):
+        if plan.embeddings:
             vectors = plan.upstream.parse_embed_response(obj)
             if vectors.usage is not None:
                 meter.set_upstream(vectors.usage)
             meter.mark_complete()
-            if plan.lane == "embed":
-                assert plan.embed is not None and plan.ctx is not None
-                dialect, option = plan.embed
-                reply = internal.EmbedReply(vectors.vectors, meter.record().usage)
-                raw = (openai_chat.render_embed(reply, plan.ctx, option) if dialect == "openai"
-                       else gemini_client.render_embed(reply, option))
-            await self._send_json(x, raw, send)
-            return
-        reply = plan.upstream.parse_response(obj)
-        meter_reply(meter, reply)
-        if plan.lane == "native":
-            raw = renamed(raw, x.rename)
-        if plan.lane == "translate":
-            assert plan.ctx is not None
-            reply.usage = meter.record().usage
-            raw = (plan.client.render_response(reply, plan.ctx, plan.request) if plan.request is not None
-                   else plan.client.render_response(reply, plan.ctx))
+            if plan.render is not None:
+                raw = plan.render(internal.EmbedReply(vectors.vectors, meter.record().usage))
+        else:
+            reply = plan.upstream.parse_response(obj)
+            meter_reply(meter, reply)
+            if plan.render is not None:  # translated: told the usage that is charged
+                reply.usage = meter.record().usage
+                raw = plan.render(reply)
+            else:
+                raw = renamed(raw, x.rename)
         await self._send_json(x, raw, send)
 
     async def _send_json(self, x: Exchange, raw: bytes, send: Send) -> None:
@@ -365,17 +350,15 @@ class Relay:
         translated = plan.lane == "translate"
         gemini = x.call.dialect == "gemini"
         if translated:
-            assert plan.ctx is not None
-            x.writer = (gemini_client.StreamWriter(plan.ctx, x.call.sse) if gemini
-                        else plan.client.StreamWriter(plan.ctx, plan.request) if plan.request is not None
-                        else plan.client.StreamWriter(plan.ctx))
+            assert plan.new_writer is not None
+            x.writer = plan.new_writer()
         array = gemini and not translated and not x.call.sse  # Gemini's JSON-array stream, framed here
         decoder = sse.SSEDecoder()
         complete = failed = False
         self.metrics.open_streams.inc()
         try:
             while not (complete or failed):
-                chunk = await read_chunk_timed(x, resp)
+                chunk = await upstream_time(x, resp.read_chunk())
                 out: list[bytes] = []
                 for ev in decoder.feed(chunk) if chunk else decoder.finish():
                     if not ev.has_data or complete or failed:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import partial
+from collections.abc import Callable
 from typing import Any, Literal
 
 import orjson
@@ -43,11 +45,12 @@ class Plan:
     max_output: int = 0
     prompt_estimate: int = 0
     include_usage: bool = False  # OpenAI passthrough: the client asked for the usage chunk
-    client: Any = None  # the client-side adapter module (translate, embed and count lanes)
     upstream: Any = None  # the upstream-side adapter module (native, translate and embed lanes)
-    ctx: internal.StreamContext | None = None
-    request: dict[str, Any] | None = None  # the client's body, for dialects that echo it (Responses)
-    embed: tuple[str, Any] | None = None  # embed lane: ("openai", encoding_format) or ("gemini", batch)
+    embeddings: bool = False  # the answer is embeddings (native Gemini embeddings and the embed lane)
+    # What the client gets, in its dialect, where it is not the upstream's own bytes: a translated reply,
+    # embeddings, or a token count; and a new writer for a translated stream.
+    render: Callable[[Any], bytes] | None = None
+    new_writer: Callable[[], Any] | None = None
     headers: dict[str, str] = field(default_factory=dict)  # extra upstream headers (anthropic-beta)
     chat: internal.Chat | None = None  # translate lane: the request, until its media are fetched
 
@@ -118,9 +121,15 @@ def _plan_translate(call: Call, body: dict[str, Any], model: Model, request_id: 
     estimate = internal.estimate_prompt(chat)
     max_output = min(chat.max_output or model.max_output_tokens, model.max_output_tokens)
     ctx = internal.StreamContext(request_id, model.name, int(time.time()), chat.include_usage, estimate)
-    return Plan("translate", stream=chat.stream, max_output=max_output, prompt_estimate=estimate, client=client,
-                upstream=UPSTREAMS[model.provider.format], ctx=ctx,
-                request=body if call.endpoint == "responses" else None, chat=chat)
+    if call.endpoint == "responses":  # the Responses dialect echoes the request's settings
+        render: Callable[[Any], bytes] = lambda reply: client.render_response(reply, ctx, body)
+        new_writer: Callable[[], Any] = lambda: client.StreamWriter(ctx, body)
+    elif call.dialect == "gemini":  # with alt=sse, or Gemini's JSON-array stream
+        render, new_writer = partial(client.render_response, ctx=ctx), partial(client.StreamWriter, ctx, call.sse)
+    else:
+        render, new_writer = partial(client.render_response, ctx=ctx), partial(client.StreamWriter, ctx)
+    return Plan("translate", stream=chat.stream, max_output=max_output, prompt_estimate=estimate,
+                upstream=UPSTREAMS[model.provider.format], render=render, new_writer=new_writer, chat=chat)
 
 
 def _plan_native(call: Call, body: dict[str, Any], model: Model) -> Plan:
@@ -129,15 +138,14 @@ def _plan_native(call: Call, body: dict[str, Any], model: Model) -> Plan:
         stream = _bool(body.get("stream"), "stream")
         requested = _limit(body.get("max_tokens"), "max_tokens", required=True)
         max_output = min(requested or cap, cap)
-        plan = Plan("native", "/messages", anthropic_upstream.passthrough_body(body, model.upstream_model, max_output),
+        return Plan("native", "/messages", anthropic_upstream.passthrough_body(body, model.upstream_model, max_output),
                     stream, max_output, anthropic_client.estimate_prompt(body), upstream=anthropic_upstream)
-        return plan
     m = model.upstream_model
     if call.endpoint in ("embed", "batch_embed"):
         embed = gemini_client.parse_embed_request(body, call.endpoint == "batch_embed")
         verb = "batchEmbedContents" if call.endpoint == "batch_embed" else "embedContent"
         return Plan("native", gemini_upstream.method_path(m, verb), gemini_upstream.with_upstream_model(body, m),
-                    False, 0, internal.estimate_embed(embed), upstream=gemini_upstream)
+                    False, 0, internal.estimate_embed(embed), upstream=gemini_upstream, embeddings=True)
     config = body.get("generationConfig", body.get("generation_config"))
     candidates = config.get("candidateCount", config.get("candidate_count")) if isinstance(config, dict) else None
     if candidates not in (None, 1):  # one answer per request is what is held for and metered
@@ -152,17 +160,19 @@ def _plan_native(call: Call, body: dict[str, Any], model: Model) -> Plan:
 
 
 def _plan_embed(call: Call, body: dict[str, Any], model: Model, request_id: str) -> Plan:
-    ctx = internal.StreamContext(request_id, model.name, int(time.time()))
     if call.dialect == "openai":
         embed = openai_chat.parse_embed_request(body)
-        fmt = body.get("encoding_format") or "float"
-        how: tuple[str, Any] = ("openai", fmt)
+        ctx = internal.StreamContext(request_id, model.name, int(time.time()))
+        render: Callable[[Any], bytes] = partial(openai_chat.render_embed, ctx=ctx,
+                                                 encoding_format=body.get("encoding_format") or "float")
     else:
-        embed = gemini_client.parse_embed_request(body, call.endpoint == "batch_embed")
-        how = ("gemini", call.endpoint == "batch_embed")
+        batch = call.endpoint == "batch_embed"
+        embed = gemini_client.parse_embed_request(body, batch)
+        render = partial(gemini_client.render_embed, batch=batch)
     upstream = UPSTREAMS[model.provider.format]
     path, up = upstream.build_embed_request(embed, model.upstream_model)
-    return Plan("embed", path, up, False, 0, internal.estimate_embed(embed), upstream=upstream, ctx=ctx, embed=how)
+    return Plan("embed", path, up, False, 0, internal.estimate_embed(embed), upstream=upstream, embeddings=True,
+                render=render)
 
 
 def _plan_count(call: Call, body: dict[str, Any], model: Model, betas: dict[str, str]) -> Plan:
@@ -171,15 +181,13 @@ def _plan_count(call: Call, body: dict[str, Any], model: Model, betas: dict[str,
     fmt, m = model.provider.format, model.upstream_model
     if call.dialect == "anthropic":
         if fmt == "anthropic":
-            return Plan("count", "/messages/count_tokens", orjson.dumps({**body, "model": m}), headers=betas,
-                        client=anthropic_client)
+            return Plan("count", "/messages/count_tokens", orjson.dumps({**body, "model": m}), headers=betas)
         chat = anthropic_client.parse_request(body, for_count=True)
-        return Plan("count", prompt_estimate=internal.estimate_prompt(chat), client=anthropic_client)
+        return Plan("count", prompt_estimate=internal.estimate_prompt(chat), render=anthropic_client.count_tokens_body)
     if fmt == "gemini":
-        return Plan("count", gemini_upstream.method_path(m, "countTokens"),
-                    gemini_upstream.with_upstream_model(body, m), client=gemini_client)
+        return Plan("count", gemini_upstream.method_path(m, "countTokens"), gemini_upstream.with_upstream_model(body, m))
     chat = gemini_client.parse_count_request(body)
-    return Plan("count", prompt_estimate=internal.estimate_prompt(chat), client=gemini_client)
+    return Plan("count", prompt_estimate=internal.estimate_prompt(chat), render=gemini_client.count_tokens_body)
 
 
 def _betas(call: Call, fmt: str, headers: Any) -> dict[str, str]:
