@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -259,20 +260,27 @@ def upstream() -> Iterator[MockUpstream]:
     mock.stop()
 
 
-@pytest.fixture(scope="session")
-def gateway(upstream: MockUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    tmp = tmp_path_factory.mktemp("gateway")
+def serve_gateway(tmp: Path, config_text: Callable[[Path], str], env_extra: dict[str, str], account: str,
+                  credit: str, forbidden: tuple[str, ...]) -> Iterator[GatewayProcess]:
+    """A session's gateway: its config (given the request log's path), one funded account, and after the
+    tests, a stop and a check that stderr holds none of the `forbidden` words."""
     log_path = tmp / "requests.log"
     config = tmp / "config.toml"
-    config.write_text(gateway_config(upstream.base_url, log_path))
-    env = {**os.environ, "TT_TEST_UPSTREAM_KEY": UPSTREAM_KEY}
+    config.write_text(config_text(log_path))
+    env = {**os.environ, **env_extra}
     env.pop("TOKENTOLL_CONFIG", None)
-    cli(config, "accounts", "create", "tester", "--credit", "1000", env=env)
+    cli(config, "accounts", "create", account, "--credit", credit, env=env)
     gw = GatewayProcess(config, log_path, env)
     yield gw
     gw.stop()
-    errors = [line for line in gw.stderr_lines if "Traceback" in line or "Error" in line]
+    errors = [line for line in gw.stderr_lines if any(word in line for word in forbidden)]
     assert not errors, "the gateway wrote errors to stderr:\n" + "".join(gw.stderr_lines)
+
+
+@pytest.fixture(scope="session")
+def gateway(upstream: MockUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    yield from serve_gateway(tmp_path_factory.mktemp("gateway"), partial(gateway_config, upstream.base_url),
+                             {"TT_TEST_UPSTREAM_KEY": UPSTREAM_KEY}, "tester", "1000", ("Traceback", "Error"))
 
 
 @pytest.fixture(scope="session")
@@ -331,17 +339,8 @@ def native() -> Iterator[NativeUpstream]:
 
 @pytest.fixture(scope="session")
 def native_gw(native: NativeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    tmp = tmp_path_factory.mktemp("matrix")
-    config = tmp / "config.toml"
-    config.write_text(matrix_config(native.base_url, tmp / "requests.log"))
-    env = {**os.environ, "TT_NATIVE_KEY": NATIVE_KEY}
-    env.pop("TOKENTOLL_CONFIG", None)
-    cli(config, "accounts", "create", "matrix", "--credit", "100", env=env)
-    process = GatewayProcess(config, tmp / "requests.log", env)
-    yield process
-    process.stop()
-    errors = [line for line in process.stderr_lines if "Traceback" in line]
-    assert not errors, "the gateway wrote errors to stderr:\n" + "".join(process.stderr_lines)
+    yield from serve_gateway(tmp_path_factory.mktemp("matrix"), partial(matrix_config, native.base_url),
+                             {"TT_NATIVE_KEY": NATIVE_KEY}, "matrix", "100", ("Traceback",))
 
 
 @pytest.fixture(scope="session")
