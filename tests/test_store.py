@@ -65,9 +65,9 @@ def test_hot_operations_wait_on_the_thread_while_another_connection_writes(tmp_p
             released = threading.Event()
 
             def release() -> None:
+                released.set()  # before the commit: the waiting operation can only finish after it
                 blocker.execute("COMMIT")
                 blocker.close()
-                released.set()
 
             threading.Thread(target=release).start()
             account = await pending
