@@ -46,24 +46,46 @@ class Ledger:
             estimate=estimate, tokens=prompt_estimate + max_output, now=now, month=month_of(now),
             window=int(now // 60), default_rpm=self.default_rpm, default_tpm=self.default_tpm))
 
+    async def admit_amount(self, request_id: str, key: Presented, model: str, amount: int, kind: str = "request",
+                           estimate: int = 0) -> store.Admission:
+        """Authenticate the key and hold a priced amount (images by the image, async tasks, cache hits) in one
+        transaction. `estimate` is what the safety net charges if the request never settles itself; `kind`
+        "task" leaves the hold to the task poller."""
+        now = time.time()
+        return await self.db.run_hot(store.tx_admit, store.HoldRequest(
+            request_id=request_id, owner=self.owner, key_hash=key.hash, model=model, amount=amount,
+            estimate=estimate, tokens=0, now=now, month=month_of(now), window=int(now // 60),
+            default_rpm=self.default_rpm, default_tpm=self.default_tpm, kind=kind))
+
     async def check_key(self, key: Presented, model: str) -> store.Admission:
         """Whether the key may use the model, without holding anything (unbilled calls)."""
         return await self.db.run_hot(store.tx_check_key, key.hash, model, time.time())
 
     async def settle(self, request_id: str, prices: TokenPrices, record: UsageRecord, status: int,
-                     duration_ms: float | None) -> store.Settled | None:
-        """Charge what the usage record says (nothing for source "none") and release the rest."""
-        cost = 0 if record.source == "none" else pricing.token_cost(prices, record.usage)
-        return await self._settle(request_id, cost, record, status, duration_ms)
+                     duration_ms: float | None, full_prices: TokenPrices | None = None) -> store.Settled | None:
+        """Charge what the usage record says (nothing for source "none") and release the rest. The saving
+        recorded is the usage at `full_prices` (the model's, where `prices` are a cache hit's) less the cost."""
+        if record.source == "none":
+            return await self._settle(request_id, 0, record, status, duration_ms)
+        cost = pricing.token_cost(prices, record.usage)
+        savings = pricing.full_price_cost(full_prices or prices, record.usage) - cost
+        return await self._settle(request_id, cost, record, status, duration_ms, savings=max(savings, 0))
+
+    async def settle_amount(self, request_id: str, cost: int, record: UsageRecord, status: int,
+                            duration_ms: float | None, units: int = 0, by: str = "request") -> store.Settled | None:
+        """Charge a priced amount (images returned, a completed task; 0 for none) and release the rest."""
+        return await self._settle(request_id, cost, record, status, duration_ms, by=by, units=units)
 
     async def _settle(self, request_id: str, cost: int, record: UsageRecord, status: int,
-                      duration_ms: float | None, by: str = "request") -> store.Settled | None:
+                      duration_ms: float | None, by: str = "request", savings: int = 0,
+                      units: int = 0) -> store.Settled | None:
         now = time.time()
         u = record.usage
         return await self.db.run_hot(store.tx_settle, store.Settlement(
             request_id=request_id, cost=cost, input_tokens=u.in_total, output_tokens=u.out_total,
             cache_read_tokens=u.cache_read, cache_write_tokens=u.cache_write, source=record.source,
-            status=status, duration_ms=duration_ms, now=now, month=month_of(now), by=by))
+            status=status, duration_ms=duration_ms, now=now, month=month_of(now), by=by, savings=savings,
+            units=units))
 
     async def settle_stale(self, older_than: float, batch: int = 500) -> int:
         """The safety net's pass: every hold open for longer than `older_than` seconds, or placed by a

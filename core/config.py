@@ -83,12 +83,32 @@ class Billing:
 
 
 @dataclass(frozen=True)
+class Cache:
+    """The gateway's own response cache (see core/response_cache.py)."""
+
+    enabled: bool = True
+    ttl: float = 3600.0  # seconds an answer may be served from the cache
+    max_bytes: int = 256 * 1024 * 1024  # all entries together; the least recently used go first
+    shared: bool = False  # false: each account has its own cache; true: one cache for all accounts
+
+
+@dataclass(frozen=True)
+class Tasks:
+    """Async tasks (video generation)."""
+
+    ttl: float = 6 * 3600.0  # a task not completed this long after submission is expired, its hold released
+    poll_interval: float = 10.0  # seconds between the background poller's looks at an open task
+
+
+@dataclass(frozen=True)
 class Settings:
     server: Server
     providers: dict[str, Provider]
     models: dict[str, Model] = field(default_factory=dict)
     billing: Billing = field(default_factory=Billing)
     source: str = ""
+    cache: Cache = field(default_factory=Cache)
+    tasks: Tasks = field(default_factory=Tasks)
 
 
 def config_path(cli_value: str | None) -> Path:
@@ -109,11 +129,12 @@ def load(path: Path, environ: dict[str, str] | None = None) -> Settings:
     billing = settings.billing
     if not os.path.isabs(billing.database):  # relative to the config file, not to the working directory
         billing = Billing(**{**billing.__dict__, "database": str(path.parent / billing.database)})
-    return Settings(settings.server, settings.providers, settings.models, billing, str(path))
+    return Settings(settings.server, settings.providers, settings.models, billing, str(path), settings.cache,
+                    settings.tasks)
 
 
 def parse(raw: dict[str, Any], environ: dict[str, str] | os._Environ[str]) -> Settings:
-    _only_keys(raw, "", {"server", "providers", "models", "billing"})
+    _only_keys(raw, "", {"server", "providers", "models", "billing", "cache", "tasks"})
     server = _server(_table(raw, "server", "server"))
     providers_raw = _table(raw, "providers", "providers")
     if not providers_raw:
@@ -128,7 +149,24 @@ def parse(raw: dict[str, Any], environ: dict[str, str] | os._Environ[str]) -> Se
     if billing.hold_ttl <= longest:
         raise ConfigError(f"billing.hold_ttl: must be longer than the longest request allowed "
                           f"(a provider's total timeout is {longest:g}s)")
-    return Settings(server, providers, models, billing)
+    return Settings(server, providers, models, billing, cache=_cache(_table(raw, "cache", "cache")),
+                    tasks=_tasks(_table(raw, "tasks", "tasks")))
+
+
+def _cache(t: dict[str, Any]) -> Cache:
+    at = "cache"
+    _only_keys(t, at, {"enabled", "ttl", "max_bytes", "shared"})
+    d = Cache()
+    return Cache(enabled=_bool(t, "enabled", at, d.enabled), ttl=_seconds(t, "ttl", at, d.ttl, positive=True),
+                 max_bytes=_int(t, "max_bytes", at, d.max_bytes, lo=1024), shared=_bool(t, "shared", at, d.shared))
+
+
+def _tasks(t: dict[str, Any]) -> Tasks:
+    at = "tasks"
+    _only_keys(t, at, {"ttl", "poll_interval"})
+    d = Tasks()
+    return Tasks(ttl=_seconds(t, "ttl", at, d.ttl, positive=True),
+                 poll_interval=_seconds(t, "poll_interval", at, d.poll_interval, positive=True))
 
 
 def _billing(t: dict[str, Any]) -> Billing:

@@ -149,3 +149,41 @@ def test_a_request_that_outlives_its_hold_is_charged_its_real_cost_once(tmp_path
         await db.close()
 
     asyncio.run(scenario())
+
+
+def test_priced_amounts_are_held_and_charged_and_task_holds_are_left_to_the_task_poller(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        db, ledger, plaintext, account_id = await open_books(tmp_path / "db", balance=10_000)
+        key = check_presented(plaintext)
+        assert not (await ledger.admit_amount("img", key, "m", 3000)).error  # 3 images at 1000
+        assert not (await ledger.admit_amount("task", key, "m", 5000, kind="task")).error
+        short = await ledger.admit_amount("more", key, "m", 2001)
+        assert short.error == "billing_shortfall" and short.detail == {"needed": 2001, "available": 2000}
+        assert await ledger.settle_stale(older_than=-1) == 1  # the image hold; the task's stays open
+        assert [h["request_id"] for h in await db.run(store.tx_open_holds)] == ["task"]
+        done = await ledger.settle_amount("task", 4000, UsageRecord(Usage(), "upstream"), 200, None, units=8,
+                                          by="task")
+        assert done is not None and done.charged == 4000 and done.released == 1000
+        assert (await ledger.settle_amount("task", 4000, UsageRecord(Usage(), "upstream"), 200, None)).already
+        row = await db.run(store.tx_request_usage, "task")
+        assert (row["cost"], row["units"], row["source"]) == (4000, 8, "upstream")
+        account = await db.run(store.tx_account, account_id)
+        assert account["balance"] == 10_000 - 4000 and account["held"] == 0  # the image hold: estimate 0
+        await check_books(db)
+        await db.close()
+
+    asyncio.run(scenario())
+
+
+def test_savings_are_the_full_price_less_the_cost(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        db, ledger, plaintext, account_id = await open_books(tmp_path / "db", balance=10_000)
+        key = check_presented(plaintext)
+        cached = TokenPrices(input=1_000_000, output=2_000_000, cache_read=100_000)
+        assert not (await ledger.admit("r", key, "m", cached, 1000, 10)).error
+        settled = await ledger.settle("r", cached, UsageRecord(Usage(1000, 10, cache_read=800), "upstream"), 200, 1.0)
+        assert settled is not None and settled.charged == 200 + 80 + 20
+        assert (await db.run(store.tx_request_usage, "r"))["savings"] == (1000 + 20) - 300
+        await db.close()
+
+    asyncio.run(scenario())

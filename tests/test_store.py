@@ -137,3 +137,38 @@ def test_wal_checkpoints_run_on_the_thread_outside_any_transaction(tmp_path: Pat
     run(go())
     busy, frames, copied = done[0]
     assert busy == 0 and frames > 0 and copied == frames  # the whole WAL went back into the database
+
+
+def test_a_version_1_database_is_upgraded_in_place_and_keeps_its_rows(tmp_path: Path) -> None:
+    path = str(tmp_path / "books.db")
+    old = sqlite3.connect(path)
+    old.executescript((Path(__file__).parent / "data" / "schema_v1.sql").read_text() + "PRAGMA user_version=1;")
+    old.execute("INSERT INTO accounts (name, balance, created_at) VALUES ('old', 7, 0)")
+    old.execute("INSERT INTO usage (request_id, account_id, model, input_tokens, output_tokens, cache_read_tokens, "
+                "cache_write_tokens, cost, source, status, created_at) VALUES ('r1', 1, 'm', 1, 2, 0, 0, 3, "
+                "'upstream', 200, 0)")
+    old.commit()
+    old.close()
+    conn = engine.connect(path)
+    engine.migrate(conn)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == engine.SCHEMA_VERSION
+    row = conn.execute("SELECT cost, savings, units FROM usage WHERE request_id = 'r1'").fetchone()
+    assert tuple(row) == (3, 0, 0)
+    assert conn.execute("SELECT balance FROM accounts WHERE name = 'old'").fetchone()[0] == 7
+    fresh = sqlite3.connect(str(tmp_path / "fresh.db"))
+    engine.migrate(fresh)
+
+    def columns(c: sqlite3.Connection) -> dict[str, list[str]]:
+        tables = [r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        return {t: sorted(r[1] for r in c.execute(f"PRAGMA table_info({t})")) for t in tables}
+
+    assert columns(conn) == columns(fresh)  # the upgraded database has what a new one has
+    engine.migrate(conn)  # a second start changes nothing
+    conn.close()
+
+
+def test_a_database_from_a_newer_gateway_is_refused(tmp_path: Path) -> None:
+    conn = sqlite3.connect(str(tmp_path / "new.db"))
+    conn.execute(f"PRAGMA user_version={engine.SCHEMA_VERSION + 1}")
+    with pytest.raises(RuntimeError, match="newer or unknown"):
+        engine.migrate(conn)

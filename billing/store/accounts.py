@@ -116,7 +116,8 @@ def tx_usage(conn: sqlite3.Connection, account_id: int | None, key_id: int | Non
     rows = conn.execute(
         "SELECT account_id, key_id, model, COUNT(*) AS requests, SUM(input_tokens) AS input_tokens, "
         "SUM(output_tokens) AS output_tokens, SUM(cache_read_tokens) AS cache_read_tokens, "
-        "SUM(cache_write_tokens) AS cache_write_tokens, SUM(cost) AS cost, SUM(unbilled) AS unbilled FROM usage WHERE "
+        "SUM(cache_write_tokens) AS cache_write_tokens, SUM(cost) AS cost, SUM(unbilled) AS unbilled, "
+        "SUM(savings) AS savings, SUM(units) AS units FROM usage WHERE "
         + " AND ".join(clauses) + " GROUP BY account_id, key_id, model ORDER BY account_id, key_id, model", args)
     return [dict(r) for r in rows]
 

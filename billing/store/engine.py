@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 PAGE_SIZE = 1024
 WAL_CHECKPOINT_PAGES = 4000  # 4 MiB of WAL between checkpoints
 CHECKPOINT_EVERY_COMMITS = 500  # the event loop's commits between two checkpoints on the thread
@@ -62,6 +62,7 @@ CREATE TABLE holds (
     window INTEGER NOT NULL,              -- the rate-limit minute it was counted in
     status TEXT NOT NULL DEFAULT 'open' CHECK (status IN ('open', 'settled', 'released')),
     owner TEXT NOT NULL,                  -- the process serving the request (its heartbeat is a lease)
+    kind TEXT NOT NULL DEFAULT 'request', -- 'task': an async task's hold, closed by the task poller, not the net
     closed_by TEXT,                       -- 'request', or 'safety_net' when the net closed it
     charged INTEGER,
     created_at REAL NOT NULL,
@@ -93,7 +94,9 @@ CREATE TABLE usage (
     source TEXT NOT NULL,
     status INTEGER NOT NULL,
     duration_ms REAL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    savings INTEGER NOT NULL DEFAULT 0,   -- the full price less the cost: what cache reads saved
+    units INTEGER NOT NULL DEFAULT 0      -- images returned, or seconds of video, where priced so
 );
 CREATE INDEX usage_account ON usage (account_id, created_at);
 CREATE INDEX usage_key ON usage (key_id, created_at);
@@ -109,6 +112,37 @@ CREATE TABLE leases (
     holder TEXT NOT NULL,
     expires_at REAL NOT NULL
 );
+CREATE TABLE response_cache (
+    key BLOB PRIMARY KEY,                 -- sha256 of scope, model and the canonical request
+    scope TEXT NOT NULL,                  -- 'account:<id>' or 'shared'
+    model TEXT NOT NULL,
+    body BLOB NOT NULL,                   -- the answer in the gateway's internal shape (JSON)
+    size INTEGER NOT NULL,
+    input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    used_at REAL NOT NULL                 -- the least recently used go first when the cache is full
+);
+CREATE INDEX response_cache_used ON response_cache (used_at);
+CREATE INDEX response_cache_expires ON response_cache (expires_at);
+CREATE TABLE tasks (
+    id TEXT PRIMARY KEY,                  -- the id the client sees
+    upstream_id TEXT NOT NULL,
+    account_id INTEGER NOT NULL REFERENCES accounts(id),
+    key_id INTEGER,
+    model TEXT NOT NULL,
+    request_id TEXT NOT NULL,             -- the hold's request id
+    status TEXT NOT NULL,                 -- queued, in_progress, completed, failed, cancelled, expired
+    amount INTEGER NOT NULL,              -- held at submission
+    object TEXT NOT NULL,                 -- the last task object seen (JSON), as the client sees it
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    expires_at REAL NOT NULL,             -- not completed by then: expired, released
+    polled_at REAL NOT NULL DEFAULT 0
+);
+CREATE INDEX tasks_open ON tasks (polled_at) WHERE status IN ('queued', 'in_progress');
+CREATE INDEX tasks_account ON tasks (account_id, created_at);
 CREATE TABLE settings (
     name TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -348,14 +382,28 @@ def connect(path: str, synchronous: str = "NORMAL", busy_timeout_ms: int = 30000
     return conn
 
 
+# From each older version to the next; a new database gets SCHEMA whole.
+UPGRADES = {
+    1: """
+ALTER TABLE holds ADD COLUMN kind TEXT NOT NULL DEFAULT 'request';
+ALTER TABLE usage ADD COLUMN savings INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE usage ADD COLUMN units INTEGER NOT NULL DEFAULT 0;
+""" + SCHEMA[SCHEMA.index("CREATE TABLE response_cache"):SCHEMA.index("CREATE TABLE settings")],
+}
+
+
 def migrate(conn: sqlite3.Connection) -> None:
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version == SCHEMA_VERSION:
         return
-    if version != 0:
+    if version > SCHEMA_VERSION or (version != 0 and version not in UPGRADES):
         raise RuntimeError(f"database schema version {version} is newer or unknown (this gateway knows {SCHEMA_VERSION})")
+    if version == 0:
+        script = SCHEMA
+    else:
+        script = "".join(UPGRADES[v] for v in range(version, SCHEMA_VERSION))
     try:  # one script, one transaction: a half-made schema is never left behind
-        conn.executescript(f"BEGIN IMMEDIATE;\n{SCHEMA}\nPRAGMA user_version={SCHEMA_VERSION};\nCOMMIT;")
+        conn.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version={SCHEMA_VERSION};\nCOMMIT;")
     except Exception:
         if conn.in_transaction:
             conn.execute("ROLLBACK")

@@ -37,6 +37,7 @@ class HoldRequest:
     window: int
     default_rpm: int
     default_tpm: int
+    kind: str = "request"  # or "task": closed by the task poller, never by the safety net
 
 
 def tx_admit(conn: sqlite3.Connection, r: HoldRequest) -> Admission:
@@ -78,9 +79,9 @@ def tx_admit(conn: sqlite3.Connection, r: HoldRequest) -> Admission:
         return Admission("billing_shortfall", {"needed": r.amount, "available": row["available"]})
     window = r.window if limited else 0  # 0: not counted against any rate window
     conn.execute("INSERT INTO holds (request_id, account_id, key_id, model, amount, estimate, tokens, window, "
-                 "owner, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 "owner, kind, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                  (r.request_id, account_id, key["id"], r.model, r.amount, r.estimate, r.tokens, window, r.owner,
-                  r.now))
+                  r.kind, r.now))
     conn.execute("INSERT INTO ledger (account_id, kind, balance_delta, held_delta, request_id, key_id, created_at) "
                  "VALUES (?, 'hold', 0, ?, ?, ?, ?)", (account_id, r.amount, r.request_id, key["id"], r.now))
     if limited:
@@ -124,7 +125,9 @@ class Settlement:
     duration_ms: float | None
     now: float
     month: str
-    by: str = "request"  # or "safety_net"
+    by: str = "request"  # or "safety_net", or "task"
+    savings: int = 0  # the full price less the cost (cache reads)
+    units: int = 0  # images returned, or seconds of video
 
 
 @dataclass(slots=True)
@@ -172,11 +175,11 @@ def tx_settle(conn: sqlite3.Connection, s: Settlement) -> Settled | None:
     conn.execute("UPDATE holds SET status = ?, charged = ?, closed_at = ?, closed_by = ? WHERE request_id = ?",
                  ("settled" if charged else "released", charged, s.now, s.by, s.request_id))
     conn.execute("INSERT OR IGNORE INTO usage (request_id, account_id, key_id, model, input_tokens, output_tokens, "
-                 "cache_read_tokens, cache_write_tokens, cost, unbilled, source, status, duration_ms, created_at) "
-                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 "cache_read_tokens, cache_write_tokens, cost, unbilled, source, status, duration_ms, created_at, "
+                 "savings, units) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                  (s.request_id, hold["account_id"], hold["key_id"], hold["model"], s.input_tokens, s.output_tokens,
                   s.cache_read_tokens, s.cache_write_tokens, charged, s.cost - charged, s.source, s.status,
-                  s.duration_ms, s.now))
+                  s.duration_ms, s.now, s.savings, s.units))
     return Settled(charged, released, s.cost - charged)
 
 
@@ -203,9 +206,10 @@ def _settle_late(conn: sqlite3.Connection, hold: sqlite3.Row, s: Settlement) -> 
     conn.execute("UPDATE holds SET charged = ?, closed_by = 'request', status = ? WHERE request_id = ?",
                  (charged, "settled" if charged else "released", s.request_id))
     conn.execute("UPDATE usage SET input_tokens = ?, output_tokens = ?, cache_read_tokens = ?, cache_write_tokens = ?, "
-                 "cost = ?, unbilled = ?, source = ?, status = ?, duration_ms = ? WHERE request_id = ?",
+                 "cost = ?, unbilled = ?, source = ?, status = ?, duration_ms = ?, savings = ?, units = ? "
+                 "WHERE request_id = ?",
                  (s.input_tokens, s.output_tokens, s.cache_read_tokens, s.cache_write_tokens, charged,
-                  s.cost - charged, s.source, s.status, s.duration_ms, s.request_id))
+                  s.cost - charged, s.source, s.status, s.duration_ms, s.savings, s.units, s.request_id))
     return Settled(charged, 0, s.cost - charged)
 
 
@@ -213,9 +217,9 @@ def tx_stale_holds(conn: sqlite3.Connection, before: float, now: float, limit: i
     """Open holds older than `before`, or whose owner's heartbeat has lapsed (a process that died)."""
     conn.execute("DELETE FROM rate_windows WHERE window < ?", (int(now // 60) - 2,))  # housekeeping
     rows = conn.execute(
-        "SELECT request_id, estimate, created_at FROM holds WHERE status = 'open' AND (created_at < ? OR NOT EXISTS "
-        "(SELECT 1 FROM leases WHERE name = 'worker:' || holds.owner AND expires_at >= ?)) ORDER BY created_at "
-        "LIMIT ?", (before, now, limit)).fetchall()
+        "SELECT request_id, estimate, created_at FROM holds WHERE status = 'open' AND kind = 'request' AND "
+        "(created_at < ? OR NOT EXISTS (SELECT 1 FROM leases WHERE name = 'worker:' || holds.owner AND "
+        "expires_at >= ?)) ORDER BY created_at LIMIT ?", (before, now, limit)).fetchall()
     return [dict(r) for r in rows]
 
 
