@@ -19,7 +19,7 @@ TOKENS_PER_IMAGE = 765  # a 1024x1024 high-detail image (85 + 4 tiles x 170)
 TOKENS_PER_IMAGE_LOW = 85
 BASE64_CHARS_PER_TOKEN = 4  # audio and files we cannot tokenize: 3 raw bytes per token
 
-UsageSource = Literal["upstream", "observed", "estimate", "none"]
+UsageSource = Literal["upstream", "observed", "estimate", "cache", "none"]
 
 _encoding: tiktoken.Encoding | None = None
 # Stream deltas are mostly a word or two: their counts are memoized (exact, bounded, cleared when full).

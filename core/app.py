@@ -35,6 +35,7 @@ from core.media import MediaFetcher
 from core.metrics import Metrics
 from core.relay import Receive, Relay, Scope, Send
 from core.requestlog import RequestLog
+from core.response_cache import ResponseCache
 from core.upstream import Upstreams
 
 log = logging.getLogger("tokentoll")
@@ -61,7 +62,9 @@ class Gateway:
         self.store = Store(settings.billing.database, settings.billing.synchronous)
         self.ledger = Ledger(self.store, settings.billing.default_rpm, settings.billing.default_tpm, owner_id())
         self.media = MediaFetcher(settings.server.media_fetch_bytes, settings.server.media_fetch_private)
-        self.relay = Relay(settings, self.upstreams, self.metrics, self.log, self.ledger, self.media)
+        self.response_cache = ResponseCache(settings.cache, self.store)
+        self.relay = Relay(settings, self.upstreams, self.metrics, self.log, self.ledger, self.media,
+                           self.response_cache)
         self.operations = Operations(self.store, self.ledger)
         self.admin = AdminAPI(self.operations, self.store)
         self.ready = False

@@ -12,6 +12,7 @@ import orjson
 
 from billing.keys import Presented
 from billing.metering import NO_USAGE, Meter, UsageRecord
+from billing.pricing import TokenPrices
 from core.config import Model
 from core.dialects import Call, id_headers
 from core.errors import BadRequest, BodyTooLarge, GatewayError, UpstreamClientError
@@ -33,7 +34,8 @@ class Exchange:
 
     __slots__ = ("request_id", "id_headers", "route", "call", "endpoint", "model", "status", "started", "stream",
                  "t0", "t_first", "upstream_wait", "client_gone", "meter", "sent", "error_code",
-                 "upstream_error_kind", "finished", "key", "held", "plan", "writer", "headers", "rename")
+                 "upstream_error_kind", "finished", "key", "held", "plan", "writer", "headers", "rename",
+                 "cache_state", "cache_key", "cache_scope", "collector", "reader", "answer", "prices")
 
     def __init__(self, request_id: str, route: str, call: Call, t0: float) -> None:
         self.request_id = request_id
@@ -60,6 +62,14 @@ class Exchange:
         self.writer: Any = None  # the client dialect's stream writer (translated streams)
         self.headers: list[tuple[bytes, bytes]] = []  # the client's request headers
         self.rename: tuple[bytes, bytes] | None = None  # passthrough: the upstream's model name -> the public one
+        # The response cache (core/response_cache.py): "" on routes without it, else hit / miss / bypass.
+        self.cache_state = ""
+        self.cache_key = b""
+        self.cache_scope = ""
+        self.collector: Any = None  # a missed stream's AnswerCollector
+        self.reader: Any = None  # a missed OpenAI passthrough stream's reader, for the collector
+        self.answer: Any = None  # the complete answer (internal Reply) to store after a miss
+        self.prices: TokenPrices | None = None  # what the request is charged at, when not the model's prices
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:

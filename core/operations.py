@@ -179,14 +179,14 @@ class Operations:
         since, until = _month_range(month)
         account_id = (await self._account(account))["id"] if account else None
         rows = await self.db.run(store.tx_usage, account_id, key_id, since, until)
-        return [_money(r, "cost") for r in rows]
+        return [_money(r, "cost", "savings") for r in rows]
 
     async def request_usage(self, request_id: str) -> dict[str, Any]:
         row = await self.db.run(store.tx_request_usage, request_id)
         if row is None:
             raise OperationError(f"no usage row for {request_id!r}: requests refused before a hold (401, 402, 403, "
                                  "429) are only in the request log")
-        return _money(row, "cost", "unbilled")
+        return _money(row, "cost", "unbilled", "savings")
 
     async def holds(self) -> list[dict[str, Any]]:
         return [_money(h, "amount") for h in await self.db.run(store.tx_open_holds)]

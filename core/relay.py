@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from time import perf_counter
 from typing import Any
 
@@ -15,8 +16,9 @@ from adapters import internal, openai
 from adapters.anthropic import client as anthropic_client
 from adapters.gemini import client as gemini_client
 from adapters.gemini import upstream as gemini_upstream
+from adapters.openai import chat_upstream as openai_upstream
 from billing.ledger import Ledger
-from billing.metering import Meter
+from billing.metering import Meter, Usage, UsageRecord
 from core.auth import NO_RETRY, admission_error, presented_key
 from core import sse
 from core.config import Settings
@@ -37,7 +39,9 @@ from core.exchange import (
     upstream_code,
     with_upstream_message,
 )
-from core.translate import Plan, finish_translate, meter_event, meter_reply, plan_request
+from core import response_cache
+from core.response_cache import ResponseCache
+from core.translate import Plan, client_output, finish_translate, meter_event, meter_reply, parse_chat, plan_request
 from core.errors import (
     BadRequest,
     GatewayError,
@@ -71,8 +75,9 @@ DRAIN_SECONDS = 0.5  # after the answer is complete, how long the upstream may t
 
 class Relay:
     def __init__(self, settings: Settings, upstreams: Upstreams, metrics: Metrics, log: RequestLog,
-                 ledger: Ledger, media: MediaFetcher) -> None:
+                 ledger: Ledger, media: MediaFetcher, cache: ResponseCache) -> None:
         self.media = media
+        self.cache = cache
         self.settings = settings
         self.ledger = ledger
         self.billing = settings.billing.enabled
@@ -150,6 +155,11 @@ class Relay:
         if plan.lane == "count":
             await self._count(x, plan, send)
             return
+        x.stream = plan.stream
+        if x.endpoint in response_cache.HEADER_ENDPOINTS:
+            x.cache_state = "bypass"
+            if await self._from_cache(x, plan, body, send):
+                return
         if plan.chat is not None:
             if model.provider.format == "gemini":  # Gemini cannot fetch URLs itself: they go inline
                 await self.media.inline(gemini_upstream.remote_media(plan.chat))
@@ -157,7 +167,6 @@ class Relay:
                 finish_translate(plan, model)
             except internal.InvalidRequest as exc:
                 raise BadRequest(str(exc), param=exc.param) from None
-        x.stream = plan.stream
         if x.key is not None:
             x.held = True  # before the await: a request cancelled while its hold commits still settles it
             admission = await self.ledger.admit(x.request_id, x.key, model.name, model.prices,
@@ -184,6 +193,71 @@ class Relay:
                 await self._cross_body(x, resp, plan, send)
         finally:
             resp.close()
+
+    async def _from_cache(self, x: Exchange, plan: Plan, body: dict[str, Any], send: Send) -> bool:
+        """The response cache's part of a generation request: True when the answer came from the cache
+        (held and charged at the cache_read price); otherwise a miss is prepared to be stored."""
+        model = x.model
+        assert model is not None
+        if x.endpoint not in response_cache.CACHED_ENDPOINTS or not self.settings.cache.enabled:
+            return False
+        mode = response_cache.requested_mode(x.headers)
+        if not response_cache.worth_a_look(x.call.dialect, body, mode):
+            return False
+        try:
+            chat = parse_chat(x.call, body) if plan.chat is None else plan.chat
+        except internal.InvalidRequest:  # a passthrough request the internal shape cannot hold: not cached
+            return False
+        if not response_cache.cacheable(chat, mode):
+            return False
+        account_id = None
+        if x.key is not None:
+            account_id = self.cache.account_of(x.key.hash)
+            if account_id is None:
+                refusal = await self.ledger.check_key(x.key, model.name)
+                if refusal.error:
+                    raise admission_error(refusal, model.name)
+                account_id = refusal.account_id
+                self.cache.remember_account(x.key.hash, account_id)
+        x.cache_scope = response_cache.scope_of(account_id, self.settings.cache.shared)
+        x.cache_key = response_cache.cache_key(x.cache_scope, model.name, plan.max_output, chat)
+        found = await self.cache.get(x.cache_key, time.time())
+        if found is None:
+            x.cache_state = "miss"
+            if plan.stream:
+                x.collector = response_cache.AnswerCollector()
+                if plan.lane == "openai":
+                    x.reader = openai_upstream.StreamReader()
+            return False
+        x.cache_state = "hit"
+        reply = response_cache.decode_answer(found.answer, "tt-cache-" + x.request_id.removeprefix("req_"), model.name)
+        x.prices = response_cache.hit_prices(model.prices)
+        if x.key is not None:
+            x.held = True
+            admission = await self.ledger.admit(x.request_id, x.key, model.name, x.prices, found.input_tokens,
+                                                found.output_tokens)
+            if admission.error:
+                raise admission_error(admission, model.name)
+        assert reply.usage is not None
+        x.meter = Meter(found.input_tokens)
+        x.meter.set_upstream(reply.usage)
+        render, new_writer = client_output(x.call, body, model, x.request_id, chat, found.input_tokens)
+        if not plan.stream:
+            await self._send_json(x, render(reply), send)
+            return True
+        writer = new_writer()
+        events = [writer.write(event) for event in response_cache.replay(reply)]
+        await self._send_events(x, [*events, writer.close(reply.usage)], send)
+        x.finished = True
+        await send({"type": "http.response.body", "body": b""})
+        return True
+
+    def _cache_headers(self, x: Exchange, known: bool = True) -> list[tuple[bytes, bytes]]:
+        if not x.cache_state:
+            return []
+        assert x.model is not None
+        usage = x.meter.record().usage if x.meter is not None else None
+        return response_cache.headers(x.cache_state, usage, x.model.prices, x.prices or x.model.prices, known)  # type: ignore[arg-type]
 
     async def _count(self, x: Exchange, plan: Plan, send: Send) -> None:
         """count_tokens / countTokens, for any key that may use the model, never charged: counted by a
@@ -234,13 +308,16 @@ class Relay:
             raise UpstreamBadStatus("the upstream answered 200 with a body that is not JSON") from None
         openai.meter_response(x.endpoint, obj, x.meter)
         x.meter.mark_complete()
+        if x.cache_state == "miss":
+            x.answer = openai_upstream.parse_response(obj)
         raw = renamed(raw, x.rename)
         ctype = resp.headers.get("content-type", "application/json").encode()
         x.status = 200
         x.started = True
         x.t_first = perf_counter()
         await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", ctype), (b"content-length", b"%d" % len(raw)), *x.id_headers]})
+                    "headers": [(b"content-type", ctype), (b"content-length", b"%d" % len(raw)), *x.id_headers,
+                                *self._cache_headers(x)]})
         x.finished = True  # from here a disconnect is the normal end of the exchange
         await send({"type": "http.response.body", "body": raw})
 
@@ -273,6 +350,9 @@ class Relay:
                     flags = openai.meter_stream_event(endpoint, ev.data, meter)
                     if flags & openai.NOT_JSON:
                         continue  # it would crash the SDK; the bytes are not part of an answer
+                    if x.reader is not None:
+                        for event in x.reader.feed(ev.event or "", ev.data):
+                            x.collector.add(event)
                     if flags & openai.TERMINAL:
                         complete = True
                     if flags & openai.UPSTREAM_ERROR:
@@ -290,6 +370,8 @@ class Relay:
             if not complete:
                 raise UpstreamClosed("the upstream ended the stream before it was complete")
             meter.mark_complete()
+            if x.collector is not None and not x.error_code:
+                x.answer = x.collector.reply()
         except UpstreamError as err:
             if not x.started:
                 raise
@@ -324,6 +406,8 @@ class Relay:
         else:
             reply = plan.upstream.parse_response(obj)
             meter_reply(meter, reply)
+            if x.cache_state == "miss":
+                x.answer = reply
             if plan.render is not None:  # translated: told the usage that is charged
                 reply.usage = meter.record().usage
                 raw = plan.render(reply)
@@ -336,7 +420,8 @@ class Relay:
         x.started = True
         x.t_first = perf_counter()
         await send({"type": "http.response.start", "status": 200,
-                    "headers": [*JSON_HEADERS, (b"content-length", b"%d" % len(raw)), *x.id_headers]})
+                    "headers": [*JSON_HEADERS, (b"content-length", b"%d" % len(raw)), *x.id_headers,
+                                *self._cache_headers(x)]})
         x.finished = True  # from here a disconnect is the normal end of the exchange
         await send({"type": "http.response.body", "body": raw})
 
@@ -365,6 +450,8 @@ class Relay:
                         continue  # comments are never passed on (they break google-genai)
                     for event in reader.feed(ev.event, ev.data):
                         meter_event(meter, event)
+                        if x.collector is not None:
+                            x.collector.add(event)
                         if isinstance(event, internal.StreamError):
                             failed = True
                             x.error_code = "upstream_stream_error"
@@ -386,6 +473,8 @@ class Relay:
                 raise UpstreamClosed("the upstream ended the stream before it was complete")
             else:
                 meter.mark_complete()
+                if x.collector is not None:
+                    x.answer = x.collector.reply()
                 tail = x.writer.close(meter.record().usage) if translated else b"]" if array else b""
                 await self._send_events(x, [tail] if tail else [], send)
         except UpstreamError as err:
@@ -428,7 +517,8 @@ class Relay:
         x.started = True
         x.status = 200
         x.t_first = perf_counter()
-        await send({"type": "http.response.start", "status": 200, "headers": [*STREAM_HEADERS, *x.id_headers]})
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [*STREAM_HEADERS, *x.id_headers, *self._cache_headers(x, x.cache_state == "hit")]})
 
     # -- errors and the end of a request --------------------------------------------------
 
@@ -454,13 +544,22 @@ class Relay:
             status = 529  # Anthropic's own overloaded status: the SDK raises OverloadedError and retries
             body = error_body("anthropic", 529, err.message, err.code, None, x.request_id)
         headers = [*JSON_HEADERS, (b"content-length", b"%d" % len(body)), *x.id_headers,
-                   *((k.encode(), v.encode()) for k, v in err.headers.items())]
+                   *((k.encode(), v.encode()) for k, v in err.headers.items()), *self._cache_headers(x, False)]
         x.status = status
         x.started = True
         x.t_first = perf_counter()
         await send({"type": "http.response.start", "status": status, "headers": headers})
         x.finished = True
         await send({"type": "http.response.body", "body": body})
+
+    async def _store_answer(self, x: Exchange, usage: Usage) -> None:
+        """A complete answer that missed the cache goes into it; a failure to store costs the request nothing."""
+        assert x.model is not None
+        try:
+            await self.cache.put(x.cache_key, x.cache_scope, x.model.name, response_cache.encode_answer(x.answer, usage),
+                                 usage, time.time())
+        except Exception:  # noqa: BLE001 - the answer was delivered and charged; only the cache lost it
+            log.exception("could not store the answer of %s in the response cache", x.request_id)
 
     def _count_upstream_error(self, x: Exchange, kind: str) -> None:
         x.upstream_error_kind = kind
@@ -469,13 +568,18 @@ class Relay:
 
     async def _finish(self, x: Exchange, now: float) -> None:
         record = charged_usage(x)
+        if x.cache_state == "hit":
+            record = UsageRecord(record.usage, "cache")
         status = x.status if x.started else CLIENT_GONE_STATUS if x.client_gone else 500
         model = x.model.name if x.model else "-"
         total = now - x.t0
         cost = None
         if x.held and x.model is not None:
-            settled = await self.ledger.settle(x.request_id, x.model.prices, record, status, round(total * 1000, 3))
+            settled = await self.ledger.settle(x.request_id, x.prices or x.model.prices, record, status,
+                                               round(total * 1000, 3), x.model.prices)
             cost = settled.charged if settled is not None else None
+        if x.answer is not None and x.model is not None and record.source in ("upstream", "observed"):
+            await self._store_answer(x, record.usage)
         overhead = max(total - x.upstream_wait, 0.0)
         m = self.metrics
         m.child(m.requests, x.route, model, str(status)).inc()
@@ -503,6 +607,7 @@ class Relay:
             "cache_write_tokens": usage.cache_write,
             "reasoning_tokens": usage.reasoning,
             "usage_source": record.source,
+            "cache": x.cache_state or None,
             "cost_nanousd": cost,
             "duration_ms": round(total * 1000, 3),
             "ttfb_ms": round((x.t_first - x.t0) * 1000, 3) if x.started else None,

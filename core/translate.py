@@ -114,22 +114,33 @@ def finish_translate(plan: Plan, model: Model) -> None:
 
 
 def _plan_translate(call: Call, body: dict[str, Any], model: Model, request_id: str) -> Plan:
-    client = CLIENTS[call.endpoint]
-    chat: internal.Chat = client.parse_request(body)
-    if call.dialect == "gemini":
-        chat.stream = call.stream
+    chat = parse_chat(call, body)
     estimate = internal.estimate_prompt(chat)
     max_output = min(chat.max_output or model.max_output_tokens, model.max_output_tokens)
-    ctx = internal.StreamContext(request_id, model.name, int(time.time()), chat.include_usage, estimate)
-    if call.endpoint == "responses":  # the Responses dialect echoes the request's settings
-        render: Callable[[Any], bytes] = lambda reply: client.render_response(reply, ctx, body)
-        new_writer: Callable[[], Any] = lambda: client.StreamWriter(ctx, body)
-    elif call.dialect == "gemini":  # with alt=sse, or Gemini's JSON-array stream
-        render, new_writer = partial(client.render_response, ctx=ctx), partial(client.StreamWriter, ctx, call.sse)
-    else:
-        render, new_writer = partial(client.render_response, ctx=ctx), partial(client.StreamWriter, ctx)
+    render, new_writer = client_output(call, body, model, request_id, chat, estimate)
     return Plan("translate", stream=chat.stream, max_output=max_output, prompt_estimate=estimate,
                 upstream=UPSTREAMS[model.provider.format], render=render, new_writer=new_writer, chat=chat)
+
+
+def parse_chat(call: Call, body: dict[str, Any]) -> internal.Chat:
+    """The client's generation request in the internal shape (raises InvalidRequest)."""
+    chat: internal.Chat = CLIENTS[call.endpoint].parse_request(body)
+    if call.dialect == "gemini":
+        chat.stream = call.stream
+    return chat
+
+
+def client_output(call: Call, body: dict[str, Any], model: Model, request_id: str, chat: internal.Chat,
+                  estimate: int) -> tuple[Callable[[Any], bytes], Callable[[], Any]]:
+    """How an answer in the internal shape reaches this client: a renderer for a whole reply, and a
+    factory of stream writers, in the client's dialect."""
+    client = CLIENTS[call.endpoint]
+    ctx = internal.StreamContext(request_id, model.name, int(time.time()), chat.include_usage, estimate)
+    if call.endpoint == "responses":  # the Responses dialect echoes the request's settings
+        return (lambda reply: client.render_response(reply, ctx, body)), (lambda: client.StreamWriter(ctx, body))
+    if call.dialect == "gemini":  # with alt=sse, or Gemini's JSON-array stream
+        return partial(client.render_response, ctx=ctx), partial(client.StreamWriter, ctx, call.sse)
+    return partial(client.render_response, ctx=ctx), partial(client.StreamWriter, ctx)
 
 
 def _plan_native(call: Call, body: dict[str, Any], model: Model) -> Plan:

@@ -13,3 +13,6 @@ from billing.store.accounts import (  # noqa: F401
     tx_rotate_key, SETTABLE_KEY_FIELDS, tx_set_key, tx_history, tx_ledger_totals, tx_open_holds, tx_usage, tx_request_usage,
     tx_take_lease, tx_setting,
 )
+from billing.store.cache import (  # noqa: F401
+    CacheEntry, CachedAnswer, tx_cache_get, tx_cache_put, tx_cache_stats,
+)
