@@ -31,11 +31,13 @@ from billing.safetynet import SafetyNet, owner_id
 from billing.store import Store
 from core.config import Settings
 from core.dialects import relay_call, wants_anthropic, wants_gemini
+from core.images import ImageRelay
 from core.media import MediaFetcher
 from core.metrics import Metrics
 from core.relay import Receive, Relay, Scope, Send
 from core.requestlog import RequestLog
 from core.response_cache import ResponseCache
+from core.tasks import TaskRelay
 from core.upstream import Upstreams
 
 log = logging.getLogger("tokentoll")
@@ -65,6 +67,8 @@ class Gateway:
         self.response_cache = ResponseCache(settings.cache, self.store)
         self.relay = Relay(settings, self.upstreams, self.metrics, self.log, self.ledger, self.media,
                            self.response_cache)
+        self.images = ImageRelay(settings, self.upstreams, self.metrics, self.log, self.ledger)
+        self.tasks = TaskRelay(settings, self.upstreams, self.metrics, self.log, self.ledger, self.store)
         self.operations = Operations(self.store, self.ledger)
         self.admin = AdminAPI(self.operations, self.store)
         self.ready = False
@@ -115,11 +119,13 @@ class Gateway:
         safety_net = SafetyNet(self.ledger, self.store, b.hold_ttl, b.sweep_interval)
         await safety_net.heartbeat()  # before any hold of ours exists
         safety_net.start()
+        await self.tasks.start()
         self.ready = True
         try:
             yield
         finally:
             self.ready = False
+            await self.tasks.stop()
             await safety_net.stop()
             await self.upstreams.close()
             await self.media.close()
@@ -134,6 +140,13 @@ class Gateway:
         call = relay_call(scope["method"], scope["path"], scope.get("query_string", b""))
         if call is not None:
             await self.relay(call, scope, receive, send, request_id)
+            return
+        path = scope["path"]
+        if path.startswith("/v1/images/"):
+            await self.images(scope, receive, send, request_id)
+            return
+        if path == "/v1/videos" or path.startswith("/v1/videos/"):
+            await self.tasks(scope, receive, send, request_id)
             return
         scope["tt_request_id"] = request_id
         rid = request_id.encode()

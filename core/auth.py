@@ -22,7 +22,8 @@ def presented_key(scope: dict[str, Any]) -> Presented:
         raise AuthenticationFailed(exc.message, code=exc.code, headers=NO_RETRY) from None
 
 
-def admission_error(adm: Admission, model: str) -> GatewayError:
+def admission_error(adm: Admission, model: str, smaller: str = "lower max_tokens") -> GatewayError:
+    """The refusal a client sees; `smaller` says how this kind of request can ask for less (a 402's advice)."""
     d = adm.detail or {}
     if adm.error == "key_unknown":
         return AuthenticationFailed("the API key is unknown or has been rotated: use the current key, or rotate "
@@ -39,7 +40,7 @@ def admission_error(adm: Admission, model: str) -> GatewayError:
     if adm.error == "billing_shortfall":
         return PaymentRequired(f"insufficient balance: this request needs up to ${units_to_usd(d['needed'])} held "
                                f"and ${units_to_usd(max(d['available'], 0))} is available; recharge the wallet or "
-                               f"lower max_tokens", code="billing_shortfall", headers=NO_RETRY)
+                               f"{smaller}", code="billing_shortfall", headers=NO_RETRY)
     if adm.error == "api_key_quota_exceeded":
         return PaymentRequired(f"this API key's monthly limit of ${units_to_usd(d['limit'])} would be exceeded: "
                                f"${units_to_usd(d['committed'])} is spent or held this month and this request needs "

@@ -15,6 +15,7 @@ import orjson
 
 from adapters import openai
 from billing.metering import count_text
+from core import demo_images, demo_videos
 from core.config import Provider
 
 GREETING = "Hello! I am the TokenToll demo model. Send me a message and I will echo it back."
@@ -200,3 +201,14 @@ def _responses_events(rid: str, model: str, created: int, pieces: list[str], usa
     kind = "response.completed" if finished else "response.incomplete"
     emit(kind, response=response("completed" if finished else "incomplete", [done_item], final_usage))
     return out
+
+
+async def request(provider: Provider, method: str, path: str, body: bytes | None,
+                  content_type: str | None) -> DemoResponse:
+    """The demo's image and video endpoints (Upstreams.request): generated in-process, deterministically."""
+    if path.startswith("/images/"):
+        return await demo_images.answer(method, path, body, content_type)
+    if path.startswith("/videos"):
+        return await demo_videos.answer(provider, method, path, body, content_type)
+    return DemoResponse(404, orjson.dumps({"error": {"message": f"the demo provider has no {method} {path}",
+                                                     "type": "invalid_request_error", "code": "not_found"}}), [], 0)

@@ -30,6 +30,26 @@ class ModelNotFound(GatewayError):
     status, code = 404, "model_not_found"
 
 
+class NotFound(GatewayError):
+    """No such route, or no such object of the caller's (another account's video is not found either)."""
+
+    status, code = 404, "not_found"
+
+
+class ContentBlocked(GatewayError):
+    """The upstream answered, but its safety filter stopped the prompt: nothing was made."""
+
+    status, code = 400, "content_policy_violation"
+
+
+class VideoNotReady(GatewayError):
+    status, code = 400, "video_not_ready"
+
+
+class TasksNeedBilling(GatewayError):
+    status, code = 501, "tasks_need_billing"
+
+
 class UnknownMethod(GatewayError):
     status, code = 404, "unknown_method"
 

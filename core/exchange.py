@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from time import perf_counter
 from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import orjson
 
@@ -14,10 +14,11 @@ from billing.keys import Presented
 from billing.metering import NO_USAGE, Meter, UsageRecord
 from billing.pricing import TokenPrices
 from core.config import Model
-from core.dialects import Call, id_headers
-from core.errors import BadRequest, BodyTooLarge, GatewayError, UpstreamClientError
+from core.auth import NO_RETRY
+from core.dialects import Call, Dialect, error_body, id_headers
+from core.errors import (BadRequest, BodyTooLarge, GatewayError, UpstreamBadStatus, UpstreamClientError,
+                         UpstreamOverloaded)
 from core.translate import Plan
-from core.upstream import UpstreamResponse
 
 T = TypeVar("T")
 Scope = dict[str, Any]
@@ -115,7 +116,11 @@ def charged_usage(x: Exchange) -> UsageRecord:
     return record
 
 
-async def upstream_time(x: Exchange, waiting: Awaitable[T]) -> T:
+class Timed(Protocol):
+    upstream_wait: float  # seconds spent waiting on the upstream
+
+
+async def upstream_time(x: Timed, waiting: Awaitable[T]) -> T:
     """Await something of the upstream's (its answer, its body, its next chunk); the wait counts as
     upstream time, not gateway overhead."""
     t = perf_counter()
@@ -158,6 +163,35 @@ def upstream_code(raw: bytes) -> tuple[str | None, str | None]:
         return None, None
     code, param = err.get("code"), err.get("param")
     return (code if isinstance(code, str) else None), (param if isinstance(param, str) else None)
+
+
+PASSED_ON_HEADERS = ("retry-after", "retry-after-ms")
+
+
+def upstream_refusal(status: int, headers: Any, raw: bytes) -> GatewayError:
+    """An upstream's non-200 answer as the error the client gets: a refusal of the gateway's own credentials
+    (Gemini says 400 API_KEY_INVALID) is the operator's affair; overloaded may be retried (after Retry-After
+    when the upstream sent one); other 5xx are a bad status; the upstream's 4xx/429 is passed on."""
+    if status in (401, 403, 407) or (status == 400 and b"API_KEY_INVALID" in raw):
+        return UpstreamBadStatus(f"the upstream provider refused the gateway's credentials ({status}); "
+                                 "the operator has been told", headers=NO_RETRY)
+    retry = {k: headers[k] for k in PASSED_ON_HEADERS if k in headers}
+    if status in (503, 529):
+        return UpstreamOverloaded(with_upstream_message(f"the upstream provider is overloaded ({status})", raw),
+                                  headers=retry)
+    if status >= 500 or status < 400:
+        return UpstreamBadStatus(with_upstream_message(f"the upstream provider answered {status}", raw))
+    return UpstreamClientError(status, raw, retry)
+
+
+def failure_body(dialect: Dialect, err: GatewayError, request_id: str) -> bytes:
+    """A failure's body in the client's dialect; an upstream's own refusal keeps its code and param
+    (context_length_exceeded...) and gets our request id."""
+    if isinstance(err, UpstreamClientError):
+        code, param = upstream_code(err.body)
+        message = with_upstream_message(f"the upstream refused the request ({err.status})", err.body)
+        return error_body(dialect, err.status, message, code or err.code, param, request_id)
+    return error_body(dialect, err.status, err.message, err.code, err.param, request_id)
 
 
 def route_label(path: str, call: Call) -> str:

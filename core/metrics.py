@@ -53,5 +53,17 @@ class Metrics:
             found = self._children[key] = metric.labels(*labels)
         return found
 
+    def observe_request(self, route: str, model: str, status: int, total: float, overhead: float,
+                        ttfb: float | None, client_gone: bool) -> None:
+        """One finished request: its count, duration, the gateway's own share, time to first byte (None:
+        nothing was sent) and whether the client left."""
+        self.child(self.requests, route, model, str(status)).inc()
+        self.child(self.duration, route).observe(total)
+        self.child(self.overhead, route).observe(overhead)
+        if ttfb is not None:
+            self.child(self.ttfb, route).observe(ttfb)
+        if client_gone:
+            self.child(self.client_disconnects, route).inc()
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

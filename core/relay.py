@@ -19,7 +19,7 @@ from adapters.gemini import upstream as gemini_upstream
 from adapters.openai import chat_upstream as openai_upstream
 from billing.ledger import Ledger
 from billing.metering import Meter, Usage, UsageRecord
-from core.auth import NO_RETRY, admission_error, presented_key
+from core.auth import admission_error, presented_key
 from core import sse
 from core.config import Settings
 from core.dialects import UNKNOWN_METHOD, Call, error_body
@@ -31,12 +31,13 @@ from core.exchange import (
     Send,
     charged_usage,
     error_kind,
+    failure_body,
     model_rename,
     read_body,
     renamed,
     route_label,
+    upstream_refusal,
     upstream_time,
-    upstream_code,
     with_upstream_message,
 )
 from core import response_cache
@@ -67,7 +68,6 @@ STREAM_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 JSON_HEADERS = [(b"content-type", b"application/json")]
-PASSED_ON_HEADERS = ("retry-after", "retry-after-ms")
 log = logging.getLogger("tokentoll.relay")
 CLIENT_GONE_STATUS = 499  # nginx's convention, for the log and metrics only
 DRAIN_SECONDS = 0.5  # after the answer is complete, how long the upstream may take to end its body
@@ -280,19 +280,7 @@ class Relay:
             resp.close()
 
     async def _upstream_refused(self, x: Exchange, resp: UpstreamResponse) -> None:
-        raw = await upstream_time(x, resp.read())
-        status = resp.status
-        if status in (401, 403, 407) or (status == 400 and b"API_KEY_INVALID" in raw):
-            # about the gateway's own credentials (Gemini says 400 API_KEY_INVALID): nothing the caller can act on
-            raise UpstreamBadStatus(f"the upstream provider refused the gateway's credentials ({status}); "
-                                    "the operator has been told", headers=NO_RETRY)
-        retry = {k: resp.headers[k] for k in PASSED_ON_HEADERS if k in resp.headers}
-        if status in (503, 529):  # overloaded: the caller may retry, after Retry-After when there is one
-            raise UpstreamOverloaded(with_upstream_message(f"the upstream provider is overloaded ({status})", raw),
-                                     headers=retry)
-        if status >= 500 or status < 400:
-            raise UpstreamBadStatus(with_upstream_message(f"the upstream provider answered {status}", raw))
-        raise UpstreamClientError(status, raw, retry)
+        raise upstream_refusal(resp.status, resp.headers, await upstream_time(x, resp.read()))
 
     async def _not_a_stream(self, x: Exchange, resp: UpstreamResponse) -> None:
         """Some upstreams answer a stream request with a JSON error and status 200."""
@@ -533,12 +521,7 @@ class Relay:
                             "body": self._stream_error(x, err.message, err.code)})
                 await send({"type": "http.response.body", "body": b""})
             return
-        if isinstance(err, UpstreamClientError):  # the upstream's refusal, in our shape, with our request id
-            code, param = upstream_code(err.body)
-            message = with_upstream_message(f"the upstream refused the request ({err.status})", err.body)
-            body = error_body(x.call.dialect, err.status, message, code or err.code, param, x.request_id)
-        else:
-            body = error_body(x.call.dialect, err.status, err.message, err.code, err.param, x.request_id)
+        body = failure_body(x.call.dialect, err, x.request_id)
         status = err.status
         if isinstance(err, UpstreamOverloaded) and x.call.dialect == "anthropic":
             status = 529  # Anthropic's own overloaded status: the SDK raises OverloadedError and retries
@@ -582,13 +565,8 @@ class Relay:
             await self._store_answer(x, record.usage)
         overhead = max(total - x.upstream_wait, 0.0)
         m = self.metrics
-        m.child(m.requests, x.route, model, str(status)).inc()
-        m.child(m.duration, x.route).observe(total)
-        m.child(m.overhead, x.route).observe(overhead)
-        if x.started:
-            m.child(m.ttfb, x.route).observe(x.t_first - x.t0)
-        if x.client_gone:
-            m.child(m.client_disconnects, x.route).inc()
+        m.observe_request(x.route, model, status, total, overhead, x.t_first - x.t0 if x.started else None,
+                          x.client_gone)
         usage = record.usage
         for kind, n in (("input", usage.in_total), ("output", usage.out_total), ("cache_read", usage.cache_read),
                         ("cache_write", usage.cache_write), ("reasoning", usage.reasoning)):

@@ -139,6 +139,40 @@ class Upstreams:
             raise UpstreamClosed(f"the upstream closed the connection before answering: {type(exc).__name__}") from None
         return HttpResponse(resp, provider, deadline)
 
+    async def request(self, provider: Provider, method: str, path: str, body: bytes | None = None,
+                      content_type: str | None = None, stream: bool = False) -> UpstreamResponse:
+        """Any other call (images, video tasks): a method, a body of any content type (multipart for
+        edits), and with `stream` a body to read chunk by chunk (a video download). Built-in
+        providers answer in-process."""
+        if provider.builtin:
+            return await demo.request(provider, method, path, body, content_type)
+        assert self._session is not None, "Upstreams.start() was not awaited"
+        t = provider.timeouts
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + t.total
+        headers = {"User-Agent": USER_AGENT, "Accept": "*/*" if stream else "application/json"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        if provider.api_key:
+            headers.update(UPSTREAM_ADAPTERS[provider.format].auth_headers(provider.api_key))
+        if stream:
+            timeout = aiohttp.ClientTimeout(total=None, connect=t.connect, sock_connect=t.connect)
+        else:
+            timeout = aiohttp.ClientTimeout(total=t.total, sock_connect=t.connect, sock_read=t.first_byte)
+        url = yarl.URL(provider.base_url + path, encoded=True)
+        try:
+            async with asyncio.timeout_at(min(loop.time() + t.connect + t.first_byte, deadline)):
+                resp = await self._session.request(method, url, data=body, headers=headers, timeout=timeout)
+        except TimeoutError as exc:
+            raise _timeout_error(exc, t, "first_byte") from None
+        except aiohttp.ClientConnectorError as exc:
+            reason = os.strerror(exc.errno) if exc.errno else type(exc).__name__
+            raise UpstreamConnectError(f"cannot connect to the upstream provider {provider.name!r}: "
+                                       f"{reason.lower()}") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamClosed(f"the upstream closed the connection before answering: {type(exc).__name__}") from None
+        return HttpResponse(resp, provider, deadline)
+
     def _plan(self, provider: Provider, path: str, stream: bool) -> RequestPlan:
         """URL, headers and timeouts for one kind of request, built once and reused."""
         key = (provider.name, path, stream)

@@ -43,7 +43,7 @@ class HoldRequest:
 def tx_admit(conn: sqlite3.Connection, r: HoldRequest) -> Admission:
     """Authenticate, check the key's limits, and place the hold: all or nothing."""
     key = conn.execute("SELECT * FROM api_keys WHERE hash = ?", (r.key_hash,)).fetchone()
-    refusal = _key_refusal(key, r.model, r.now)
+    refusal = key_refusal(key, r.model, r.now)
     if refusal is not None:
         return refusal
     rpm = key["rpm"] if key["rpm"] is not None else r.default_rpm
@@ -92,15 +92,15 @@ def tx_admit(conn: sqlite3.Connection, r: HoldRequest) -> Admission:
                           "tokens_used": used_tokens + r.tokens}, key["id"], account_id)
 
 
-def _key_refusal(key: sqlite3.Row | None, model: str, now: float) -> Admission | None:
-    """Why a key may not be used for this model now, or None."""
+def key_refusal(key: sqlite3.Row | None, model: str | None, now: float) -> Admission | None:
+    """Why a key may not be used for this model now (with model None: for anything), or None."""
     if key is None:
         return Admission("key_unknown")
     if key["status"] != "active":
         return Admission("key_disabled")
     if key["expires_at"] is not None and key["expires_at"] <= now:
         return Admission("key_expired", {"expired_at": key["expires_at"]})
-    if key["models"] is not None and model not in json.loads(key["models"]):
+    if model is not None and key["models"] is not None and model not in json.loads(key["models"]):
         return Admission("model_not_allowed", {"allowed": json.loads(key["models"])})
     return None
 
@@ -108,7 +108,7 @@ def _key_refusal(key: sqlite3.Row | None, model: str, now: float) -> Admission |
 def tx_check_key(conn: sqlite3.Connection, key_hash: bytes, model: str, now: float) -> Admission:
     """The key checks of admission alone (for unbilled calls such as token counting): no hold, no rate."""
     key = conn.execute("SELECT * FROM api_keys WHERE hash = ?", (key_hash,)).fetchone()
-    refusal = _key_refusal(key, model, now)
+    refusal = key_refusal(key, model, now)
     return refusal if refusal is not None else Admission("", None, key["id"], key["account_id"])
 
 
