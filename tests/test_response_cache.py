@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from decimal import Decimal
 from collections.abc import Iterator
 from functools import partial
@@ -29,7 +30,7 @@ from billing.metering import Usage
 from billing.pricing import TokenPrices
 from core import response_cache as rc
 from core.errors import BadRequest
-from tests.conftest import NATIVE_KEY, GatewayProcess, NativeUpstream, cli, matrix_config, serve_gateway
+from tests.conftest import NATIVE_KEY, GatewayProcess, NativeUpstream, cli, matrix_config, serve_gateway, wait_for
 
 # -- the rule and the key --------------------------------------------------------------------------
 
@@ -346,3 +347,29 @@ def test_answers_survive_a_restart(native: NativeUpstream, tmp_path: Path) -> No
         next(gws)  # the first process's stderr is checked as it ends
     conn = sqlite3.connect(str(tmp_path / "tokentoll.db"))
     assert conn.execute("SELECT COUNT(*) FROM response_cache").fetchone()[0] == 1
+
+
+def test_an_answer_is_served_until_its_ttl_and_then_asked_again(native: NativeUpstream, tmp_path: Path) -> None:
+    short = partial(matrix_config, native.base_url)
+    gws = serve_gateway(tmp_path, lambda log: short(log) + "\n[cache]\nttl = 1\n", {"TT_NATIVE_KEY": NATIVE_KEY},
+                        "brief", "10", ("Traceback",))
+    gw = next(gws)
+    key = cli(gw.config, "keys", "create", "--account", "brief", env=gw.env)["key"]
+    _, first = openai_call(gw, key, CACHE_MODEL, "short-lived", False)
+    stored_at = time.monotonic()
+    gw.log_entry(first["x-tt-request-id"])
+    states = []
+
+    def expired() -> bool:
+        _, headers = openai_call(gw, key, CACHE_MODEL, "short-lived", False)
+        states.append((headers["x-tt-cache"], time.monotonic() - stored_at))
+        gw.log_entry(headers["x-tt-request-id"])
+        return headers["x-tt-cache"] == "miss"
+
+    wait_for(expired, 10, "the cached answer to expire")
+    assert first["x-tt-cache"] == "miss" and states[0][0] == "hit"  # served while fresh...
+    assert states[-1][1] > 0.9  # ...and asked of the upstream again only once its second (stored as the
+    # request ended, a moment before the client measured) had passed
+    assert all(state == "hit" for state, _ in states[:-1])
+    with pytest.raises(StopIteration):
+        next(gws)
