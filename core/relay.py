@@ -89,6 +89,8 @@ class Relay:
     async def __call__(self, call: Call, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         x = Exchange(request_id, route_label(scope["path"], call), call, perf_counter())
         x.headers = scope["headers"]
+        if call.endpoint in response_cache.HEADER_ENDPOINTS:
+            x.cache_state = "bypass"  # until the cache is asked
         watch: asyncio.Future[Any] | None = None
         task = asyncio.current_task()
         assert task is not None
@@ -156,10 +158,8 @@ class Relay:
             await self._count(x, plan, send)
             return
         x.stream = plan.stream
-        if x.endpoint in response_cache.HEADER_ENDPOINTS:
-            x.cache_state = "bypass"
-            if await self._from_cache(x, plan, body, send):
-                return
+        if x.cache_state and await self._from_cache(x, plan, body, send):
+            return
         if plan.chat is not None:
             if model.provider.format == "gemini":  # Gemini cannot fetch URLs itself: they go inline
                 await self.media.inline(gemini_upstream.remote_media(plan.chat))
@@ -199,9 +199,9 @@ class Relay:
         (held and charged at the cache_read price); otherwise a miss is prepared to be stored."""
         model = x.model
         assert model is not None
+        mode = response_cache.requested_mode(x.headers)  # a wrong value is a 400 on every generation route
         if x.endpoint not in response_cache.CACHED_ENDPOINTS or not self.settings.cache.enabled:
             return False
-        mode = response_cache.requested_mode(x.headers)
         if not response_cache.worth_a_look(x.call.dialect, body, mode):
             return False
         try:
@@ -220,7 +220,8 @@ class Relay:
                 account_id = refusal.account_id
                 self.cache.remember_account(x.key.hash, account_id)
         x.cache_scope = response_cache.scope_of(account_id, self.settings.cache.shared)
-        x.cache_key = response_cache.cache_key(x.cache_scope, model.name, plan.max_output, chat)
+        passed_on = response_cache.unmodeled(x.endpoint, body) if plan.lane in ("openai", "native") else None
+        x.cache_key = response_cache.cache_key(x.cache_scope, model.name, plan.max_output, chat, passed_on)
         found = await self.cache.get(x.cache_key, time.time())
         if found is None:
             x.cache_state = "miss"
@@ -255,9 +256,10 @@ class Relay:
     def _cache_headers(self, x: Exchange, known: bool = True) -> list[tuple[bytes, bytes]]:
         if not x.cache_state:
             return []
-        assert x.model is not None
-        usage = x.meter.record().usage if x.meter is not None else None
-        return response_cache.headers(x.cache_state, usage, x.model.prices, x.prices or x.model.prices, known)  # type: ignore[arg-type]
+        if x.model is None or x.meter is None:
+            return response_cache.headers(x.cache_state, None, None, None, False)
+        usage = x.meter.record().usage
+        return response_cache.headers(x.cache_state, usage, x.model.prices, x.prices or x.model.prices, known)
 
     async def _count(self, x: Exchange, plan: Plan, send: Send) -> None:
         """count_tokens / countTokens, for any key that may use the model, never charged: counted by a
@@ -290,10 +292,7 @@ class Relay:
     async def _relay_body(self, x: Exchange, resp: UpstreamResponse, send: Send) -> None:
         raw = await upstream_time(x, resp.read())
         assert x.meter is not None
-        try:
-            obj = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise UpstreamBadStatus("the upstream answered 200 with a body that is not JSON") from None
+        obj = _answer_object(raw)
         openai.meter_response(x.endpoint, obj, x.meter)
         x.meter.mark_complete()
         if x.cache_state == "miss":
@@ -380,10 +379,7 @@ class Relay:
         raw = await upstream_time(x, resp.read())
         meter = x.meter
         assert meter is not None
-        try:
-            obj = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise UpstreamBadStatus("the upstream answered 200 with a body that is not JSON") from None
+        obj = _answer_object(raw)
         if plan.embeddings:
             vectors = plan.upstream.parse_embed_response(obj)
             if vectors.usage is not None:
@@ -551,8 +547,9 @@ class Relay:
 
     async def _finish(self, x: Exchange, now: float) -> None:
         record = charged_usage(x)
-        if x.cache_state == "hit":
-            record = UsageRecord(record.usage, "cache")
+        if x.cache_state == "hit":  # every token of a hit was read from the cache, as its headers say
+            u = record.usage
+            record = UsageRecord(Usage(u.in_total, u.out_total, u.in_total + u.out_total, 0, u.reasoning), "cache")
         status = x.status if x.started else CLIENT_GONE_STATUS if x.client_gone else 500
         model = x.model.name if x.model else "-"
         total = now - x.t0
@@ -561,7 +558,7 @@ class Relay:
             settled = await self.ledger.settle(x.request_id, x.prices or x.model.prices, record, status,
                                                round(total * 1000, 3), x.model.prices)
             cost = settled.charged if settled is not None else None
-        if x.answer is not None and x.model is not None and record.source in ("upstream", "observed"):
+        if x.answer is not None and x.answer.parts and x.model is not None and record.source in ("upstream", "observed"):
             await self._store_answer(x, record.usage)
         overhead = max(total - x.upstream_wait, 0.0)
         m = self.metrics
@@ -596,6 +593,21 @@ class Relay:
             "upstream_error": x.upstream_error_kind or None,
             "worker": self.pid,
         })
+
+
+ANSWER_FIELDS = ("choices", "output", "data", "content", "candidates", "embeddings", "embedding")
+
+
+def _answer_object(raw: bytes) -> Any:
+    """A 200 body as JSON. Some upstreams answer 200 with nothing but an error: that is a failure (never
+    charged, never cached), not an answer."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise UpstreamBadStatus("the upstream answered 200 with a body that is not JSON") from None
+    if isinstance(obj, dict) and obj.get("error") and not any(k in obj for k in ANSWER_FIELDS):
+        raise UpstreamBadStatus(with_upstream_message("the upstream answered 200 with an error", raw))
+    return obj
 
 
 def _native_frame(ev: sse.SSEEvent, gemini: bool, array: bool, after_first: bool,

@@ -64,15 +64,60 @@ def cacheable(chat: internal.Chat, mode: str) -> bool:
     return mode == "use" or chat.temperature == 0
 
 
+# What each client format's parser turns into the internal shape: at the top level, in each message, and (Gemini)
+# in generationConfig. In a passed-through body anything else reaches the upstream as it is and may change the
+# answer, so it goes into the key as it is (and such a request is answered only to its own format).
+_NEUTRAL = frozenset({"model", "stream", "stream_options", "user", "safety_identifier", "metadata", "store",
+                      "prompt_cache_key", "labels"})
+_MODELED: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    "chat": (frozenset({"messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "stop",
+                        "tools", "tool_choice", "parallel_tool_calls", "response_format", "reasoning_effort", "n",
+                        "seed", "presence_penalty", "frequency_penalty", "modalities", "logprobs"}),
+             frozenset({"role", "content", "tool_calls", "tool_call_id"})),
+    "messages": (frozenset({"messages", "system", "max_tokens", "temperature", "top_p", "top_k", "stop_sequences",
+                            "tools", "tool_choice", "thinking", "output_config"}),
+                 frozenset({"role", "content"})),
+    "generate": (frozenset({"contents", "systemInstruction", "system_instruction", "tools", "toolConfig",
+                            "tool_config", "generationConfig", "generation_config"}),
+                 frozenset({"role", "parts"})),
+}
+_GEMINI_CONFIG = frozenset({
+    "temperature", "topP", "top_p", "topK", "top_k", "maxOutputTokens", "max_output_tokens", "stopSequences",
+    "stop_sequences", "candidateCount", "candidate_count", "seed", "presencePenalty", "presence_penalty",
+    "frequencyPenalty", "frequency_penalty", "responseMimeType", "response_mime_type", "responseSchema",
+    "response_schema", "responseJsonSchema", "response_json_schema", "thinkingConfig", "thinking_config"})
+
+
+def unmodeled(endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a passed-through body that the internal shape does not hold (empty for most requests)."""
+    top, per_message = _MODELED[endpoint]
+    extra = {k: v for k, v in body.items() if k not in top and k not in _NEUTRAL}
+    messages = body.get("contents" if endpoint == "generate" else "messages")
+    if isinstance(messages, list):
+        odd = [{k: v for k, v in m.items() if k not in per_message} if isinstance(m, dict) else m for m in messages]
+        if any(odd):
+            extra["(messages)"] = odd
+    config = body.get("generationConfig", body.get("generation_config")) if endpoint == "generate" else None
+    if isinstance(config, dict):
+        odd_config = {k: v for k, v in config.items() if k not in _GEMINI_CONFIG}
+        if odd_config:
+            extra["(generationConfig)"] = odd_config
+    return extra
+
+
 def scope_of(account_id: int | None, shared: bool) -> str:
     """Whose cache a request reads: its account's own, or with [cache] shared = true the one of every account."""
     return "shared" if shared or account_id is None else f"account:{account_id}"
 
 
-def cache_key(scope: str, model: str, max_output: int, chat: internal.Chat) -> bytes:
+def cache_key(scope: str, model: str, max_output: int, chat: internal.Chat,
+              extra: dict[str, Any] | None = None) -> bytes:
     """sha256 of the scope, the public model, the output limit actually asked of the upstream, and the request
-    in the internal shape with its keys sorted: the same question in any of the three formats has one key."""
+    in the internal shape with its keys sorted: the same question in any of the three formats has one key.
+    `extra`: what a passed-through body holds beyond the internal shape (see unmodeled)."""
     canonical = {"scope": scope, "model": model, "max_output": max_output, "chat": _canonical(chat)}
+    if extra:
+        canonical["extra"] = _canonical(extra)
     return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).digest()
 
 
@@ -124,14 +169,14 @@ def decode_answer(raw: bytes, reply_id: str, model: str) -> internal.Reply:
     return internal.Reply(reply_id, model, parts, obj["finish"], obj.get("stop_sequence"), usage)
 
 
-def headers(state: State, usage: Usage | None, prices: TokenPrices, charged: TokenPrices,
+def headers(state: State, usage: Usage | None, prices: TokenPrices | None, charged: TokenPrices | None,
             known: bool = True) -> list[tuple[bytes, bytes]]:
     """The X-TT-Cache headers: the state, and when the usage is known (not at the start of a stream that
     missed) the tokens read from and written to a cache and the USD saved against the model's full price,
     whether the saving came from this cache or the upstream's prompt cache. A hit counts its input and
     output tokens as read."""
     out = [(b"x-tt-cache", state.encode())]
-    if not known or usage is None:
+    if not known or usage is None or prices is None or charged is None:
         return out
     read = usage.in_total + usage.out_total if state == "hit" else usage.cache_read
     saved = max(full_price_cost(prices, usage) - token_cost(charged, usage), 0)

@@ -392,3 +392,15 @@ def test_passed_through_answers_carry_the_public_model_name(client: openai.OpenA
     chunks = list(client.chat.completions.create(model="vendor/model-x", stream=True,
                                                  messages=[{"role": "user", "content": "hi there"}]))
     assert chunks and {c.model for c in chunks} == {"vendor/model-x"}
+
+
+def test_a_200_that_carries_only_an_error_is_a_failure_never_charged_nor_cached(
+        client: openai.OpenAI, gateway: GatewayProcess) -> None:
+    for attempt in range(2):  # the second would be a cache hit if the first had been stored
+        with pytest.raises(openai.APIStatusError) as err:
+            client.chat.completions.with_raw_response.create(
+                model="mock-json-for-stream", messages=MSG, temperature=0)
+        assert err.value.status_code == 502 and "streaming is off today" in err.value.message
+        assert err.value.response.headers["x-tt-cache"] == "miss", attempt
+        entry = gateway.log_entry(err.value.request_id)  # type: ignore[arg-type]
+        assert entry["cost_nanousd"] == 0 and entry["usage_source"] == "none"

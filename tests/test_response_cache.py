@@ -246,6 +246,7 @@ def test_a_miss_then_a_hit_in_each_format_is_charged_at_the_cache_read_price(
         "29", "0", "0.000035100")
     row = charge(cache_gw, hit["x-tt-request-id"])
     assert (row["source"], row["input_tokens"], row["output_tokens"], row["cost"]) == ("cache", 20, 9, 2900)
+    assert row["cache_read_tokens"] == 29  # as the header says: every token of a hit was read from the cache
     assert row["savings"] == 35100
     entry = cache_gw.log_entry(hit["x-tt-request-id"])
     assert entry["cache"] == "hit" and entry["usage_source"] == "cache"
@@ -373,3 +374,44 @@ def test_an_answer_is_served_until_its_ttl_and_then_asked_again(native: NativeUp
     assert all(state == "hit" for state, _ in states[:-1])
     with pytest.raises(StopIteration):
         next(gws)
+
+
+def test_fields_a_passthrough_carries_beyond_the_internal_shape_are_part_of_the_key() -> None:
+    chat = chat_client.parse_request(openai_body())
+    plain = rc.cache_key("s", "m", 50, chat, rc.unmodeled("chat", openai_body(stream=True, user="u", metadata={"a": 1})))
+    assert plain == rc.cache_key("s", "m", 50, chat)  # only fields that cannot change the answer: the shared key
+    low = rc.cache_key("s", "m", 50, chat, rc.unmodeled("chat", openai_body(verbosity="low")))
+    high = rc.cache_key("s", "m", 50, chat, rc.unmodeled("chat", openai_body(verbosity="high")))
+    assert len({plain, low, high}) == 3
+    named = {**openai_body(), "messages": [{"role": "user", "content": "cache me", "name": "alice"}]}
+    assert rc.unmodeled("chat", named) == {"(messages)": [{"name": "alice"}]}
+    gemini = {"contents": [{"role": "user", "parts": [{"text": "x"}]}],
+              "generationConfig": {"temperature": 0, "responseLogprobs": True}, "safetySettings": [{"x": 1}]}
+    assert rc.unmodeled("generate", gemini) == {"safetySettings": [{"x": 1}],
+                                                "(generationConfig)": {"responseLogprobs": True}}
+    assert rc.unmodeled("messages", {"model": "m", "max_tokens": 5, "messages": [], "temperature": 0}) == {}
+
+
+def test_a_passthrough_request_with_extra_fields_is_cached_apart(cache_gw: GatewayProcess, cache_key: str) -> None:
+    client = OpenAI(base_url=cache_gw.base_url, api_key=cache_key, max_retries=0)
+    states = []
+    for verbosity in ("low", "high", "high"):
+        raw = client.chat.completions.with_raw_response.create(
+            model=CACHE_MODEL, messages=[{"role": "user", "content": "verbose?"}], temperature=0,
+            extra_body={"verbosity": verbosity})
+        cache_gw.log_entry(raw.headers["x-tt-request-id"])
+        states.append(raw.headers["x-tt-cache"])
+    assert states == ["miss", "miss", "hit"]
+
+
+def test_every_response_of_a_generation_route_says_its_cache_state(cache_gw: GatewayProcess, cache_key: str) -> None:
+    for path, body in (("/v1/chat/completions", b"{not json"), ("/v1/responses", b'{"model": "nope"}'),
+                       ("/v1/messages", b"{}")):
+        r = httpx2.post(cache_gw.url + path, content=body, headers={"Authorization": f"Bearer {cache_key}"})
+        assert r.status_code in (400, 404) and r.headers["x-tt-cache"] == "bypass", (path, r.status_code)
+    unauthenticated = httpx2.post(cache_gw.url + "/v1/chat/completions", content=b"{}")
+    assert unauthenticated.status_code == 401 and unauthenticated.headers["x-tt-cache"] == "bypass"
+    for path in ("/v1/responses", "/v1/completions"):  # a wrong X-TT-Cache is refused where nothing is cached too
+        r = httpx2.post(cache_gw.url + path, headers={"Authorization": f"Bearer {cache_key}", "X-TT-Cache": "yes"},
+                        json={"model": CACHE_MODEL, "input": "x", "prompt": "x"})
+        assert r.status_code == 400 and "'use' or 'bypass'" in r.text, path
