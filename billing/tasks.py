@@ -154,7 +154,8 @@ class TaskBook:
 class TaskPoller:
     """The background poller: in one process at a time (a lease), each pass closes the holds left open by a
     crash, releases holds that never became tasks, expires overdue tasks and advances the open tasks nobody
-    polled within the poll interval. It reads everything from the database, so it survives restarts."""
+    polled within the poll interval. It reads everything from the database, so it survives restarts. The lease
+    (3 ticks + 1 s) is renewed every tick while a pass runs, so a pass waiting on slow upstreams keeps it."""
 
     def __init__(self, book: TaskBook, holder: str, poll_interval: float, orphan_age: float,
                  advance: Callable[[dict[str, Any]], Awaitable[None]],
@@ -187,11 +188,37 @@ class TaskPoller:
         except store.StoreClosed:
             pass
 
+    async def _take_lease(self) -> bool:
+        return await self.db.run(store.tx_take_lease, LEASE, self.holder, time.time(), self.tick * 3 + 1)
+
+    async def _keep_lease(self, lost: asyncio.Event) -> None:
+        """Renew the lease every tick while a pass runs (a pass may wait on slow upstreams for longer than the
+        lease lasts); if another process took it meanwhile, say so: the pass starts no further task."""
+        while True:
+            await asyncio.sleep(self.tick)
+            if not await self._take_lease():
+                log.warning("task poller: the lease was lost during a pass; the rest of the pass is skipped")
+                lost.set()
+                return
+
     async def run_pass(self) -> bool:
-        """One pass, if this process holds the lease. Returns whether it ran."""
+        """One pass, if this process holds the lease (kept renewed while the pass runs). Returns whether it ran."""
         now = time.time()
-        if not await self.db.run(store.tx_take_lease, LEASE, self.holder, now, self.tick * 3 + 1):
+        if not await self._take_lease():
             return False
+        lost = asyncio.Event()
+        keeper = asyncio.create_task(self._keep_lease(lost), name="tokentoll-task-poller-lease")
+        try:
+            await self._pass(now, lost)
+        finally:
+            keeper.cancel()
+            try:
+                await keeper
+            except (asyncio.CancelledError, Exception):  # a renewal's trouble is the next pass's to meet
+                pass
+        return True
+
+    async def _pass(self, now: float, lost: asyncio.Event) -> None:
         await self.book.repair()
         await self.book.release_orphans(self.orphan_age)
         due = await self.db.run(task_store.tx_due_tasks, now - self.poll_interval, now, BATCH)
@@ -199,6 +226,8 @@ class TaskPoller:
 
         async def one(row: dict[str, Any]) -> None:
             async with gate:
+                if lost.is_set():  # another process polls now
+                    return
                 try:
                     if row["expires_at"] <= now:
                         won, _ = await self.book.end(row, "expired")
@@ -213,7 +242,6 @@ class TaskPoller:
                     log.warning("task poller: task %s not advanced: %s", row["id"], exc)
 
         await asyncio.gather(*(one(row) for row in due))
-        return True
 
     async def _run(self) -> None:
         while True:

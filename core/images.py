@@ -1,5 +1,9 @@
 """Image generation and edits (POST /v1/images/generations, /v1/images/edits), billed by the image: n x the
-price of the size and quality held, each image returned charged, nothing when none came back."""
+price of the size and quality held, each image returned charged, nothing when none came back.
+
+The quality sent upstream is exactly the one billed: a SIZE/QUALITY price sends that quality; a plain SIZE price
+bills the upstream's default quality, so no quality is sent (a client's quality is dropped); where the size has
+SIZE/QUALITY prices, a quality without its own price is a 400 naming the priced ones (adapters/openai/images.py)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,12 @@
 """Async video tasks in the shape of OpenAI's /v1/videos (create, list, retrieve, content, delete, cancel),
-relayed to OpenAI-format upstreams: held at submission, settled on completion, released otherwise (billing/tasks.py)."""
+relayed to OpenAI-format upstreams: held at submission, settled on completion, released otherwise (billing/tasks.py).
+
+Cancelling (POST /v1/videos/{id}/cancel, or DELETE of an open task) first asks the upstream how the task stands:
+one the upstream has completed is settled as completed and charged (a cancel of it is a 400
+`video_already_completed`; a DELETE deletes it, charged, as any ended task); only a task the upstream still
+reports open is cancelled and its hold released. An upstream that cannot be asked refuses the cancel (502) and
+nothing is released: the work may be done and billed to the operator. A submission interrupted while its task
+was being recorded looks the task up by id before releasing: a recorded task keeps its hold for its lifecycle."""
 
 from __future__ import annotations
 
@@ -188,6 +195,10 @@ class TaskRelay:
                 raise UpstreamBadStatus("the video request took too long to be recorded; it was not charged, "
                                         "retry it")
         except BaseException as exc:  # never a task: the hold is released at once
+            if not recorded and isinstance(exc, asyncio.CancelledError):
+                # cancelled (a shutdown) while the task row may have been committing: the database thread runs
+                # its work in order, so this read sees that commit; a recorded task keeps its hold
+                recorded = await self.book.get(vid, None) is not None
             if not recorded:
                 status = exc.status if isinstance(exc, GatewayError) else 499 if isinstance(
                     exc, asyncio.CancelledError) else 500
@@ -300,15 +311,20 @@ class TaskRelay:
             resp.close()
 
     async def _cancel(self, c: Call, scope: dict[str, Any], send: Any, row: dict[str, Any]) -> None:
-        """POST /v1/videos/{id}/cancel: an open task ends `cancelled` (shown as failed, code video_cancelled)
-        and its hold is released; an ended task is answered as it is."""
+        """POST /v1/videos/{id}/cancel: a task the upstream still reports open ends `cancelled` (shown as failed,
+        code video_cancelled) and its hold is released; a completed one (charged) is a 400; any other ended
+        task is answered as it is."""
         if row["status"] in OPEN:
             row = await self._cancel_task(c, row)
+        if row["status"] == "completed":
+            raise BadRequest(f"the video {row['id']} already completed (and was charged); a completed video cannot "
+                             "be cancelled (DELETE /v1/videos/{id} deletes it)", code="video_already_completed")
         await self._send_row(c, send, row)
 
     async def _delete(self, c: Call, scope: dict[str, Any], send: Any, row: dict[str, Any]) -> None:
-        """DELETE /v1/videos/{id}: an open task is cancelled first (released, not charged); a completed or
-        failed one is deleted upstream too. Then the task is gone for its owner (its books stay)."""
+        """DELETE /v1/videos/{id}: an open task is cancelled first (released, not charged, unless the upstream
+        has completed it: then charged); a completed or failed one is deleted upstream too. Then the task is
+        gone for its owner (its books stay)."""
         if row["status"] in OPEN:
             row = await self._cancel_task(c, row)
         if row["status"] in ("completed", "failed"):
@@ -325,6 +341,18 @@ class TaskRelay:
         await self._send(c, send, 200, videos.deleted(row["id"]))
 
     async def _cancel_task(self, c: Call, row: dict[str, Any]) -> dict[str, Any]:
+        """Cancel an open task, after asking the upstream how it stands: completed there, it is settled as
+        completed (charged); only one still open there is cancelled and released. Unasked: a 502, nothing moves."""
+        try:
+            row = await self._refresh(c, row)
+        except (UpstreamError, UpstreamClientError) as exc:
+            refused = UpstreamBadStatus(f"the upstream could not be asked whether video {row['id']} is done "
+                                        f"({exc.message}); it was not cancelled and is still held: retry the "
+                                        "cancel")
+            refused.kind = error_kind(exc)  # the metric keeps what went wrong (connect, timeout, status...)
+            raise refused from None
+        if row["status"] not in OPEN:  # ended upstream (or expired here): not cancelled
+            return row
         row = await self._end(c, row, "cancelled")
         if c.task_status == "cancelled":
             await self._cancel_upstream(row)

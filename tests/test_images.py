@@ -227,6 +227,22 @@ def test_urls_are_counted(gw: GatewayProcess, client: openai.OpenAI, upstream: I
     assert usage_row(gw, rid)["cost"] == 2 * PRICE  # type: ignore[index]
 
 
+def test_the_quality_made_is_the_quality_paid_for(gw: GatewayProcess, client: openai.OpenAI,
+                                                 upstream: ImagesUpstream) -> None:
+    before = wallet(gw)
+    sent = len(upstream.of("img-ok"))
+    with pytest.raises(openai.BadRequestError) as exc:  # 1024x1024 prices hd apart: "high" has no price of its own
+        client.images.generate(model="img-openai", prompt=PROMPT, size="1024x1024", quality="high")
+    assert exc.value.param == "quality" and "hd" in exc.value.message
+    assert len(upstream.of("img-ok")) == sent and wallet(gw) == before  # nothing held, nothing sent
+    _, rid = generate(client, model="img-openai", size="1024x1024")  # the SIZE price: the upstream's default
+    assert "quality" not in upstream.of("img-ok")[-1]["json"]
+    assert usage_row(gw, rid)["cost"] == PRICE  # type: ignore[index]
+    _, rid = generate(client, model="img-openai", size="1792x1024", quality="hd")  # a plain SIZE price only
+    assert "quality" not in upstream.of("img-ok")[-1]["json"]  # billed at SIZE: the default quality is made
+    assert usage_row(gw, rid)["cost"] == 2 * PRICE  # type: ignore[index]
+
+
 def test_edit_reaches_the_upstream_intact(gw: GatewayProcess, client: openai.OpenAI, upstream: ImagesUpstream) -> None:
     mask = b"\x89PNG\r\n\x1a\n" + b"mask\r\n--not-a-boundary\r\n" * 50
     raw = client.images.with_raw_response.edit(model="img-openai", prompt=PROMPT, n=2, quality="hd",

@@ -87,7 +87,6 @@ def test_upstream_json_renames_the_model_and_writes_in_what_is_billed() -> None:
     (None, None, "1024x1024"),  # the first configured size
     ("1024x1024", None, "1024x1024"),
     ("1024x1024", "hd", "1024x1024/hd"),
-    ("1024x1024", "standard", "1024x1024"),  # SIZE prices every quality without its own key
     ("1792x1024", "hd", "1792x1024/hd"),
     ("1792x1024", None, "1792x1024/standard"),  # the first quality configured for the size
 ])
@@ -100,12 +99,40 @@ def test_price_key(size: str | None, quality: str | None, key: str) -> None:
     ("512x512", None, "size"),
     ("auto", None, "size"),
     ("1792x1024", "low", "quality"),
+    ("1024x1024", "standard", "quality"),  # the size has per-quality prices: an unpriced quality is not billed at SIZE
 ])
 def test_unpriced_size_or_quality_is_refused(size: str, quality: str | None, param: str) -> None:
     with pytest.raises(InvalidRequest) as exc:
         images.choose_price(PRICES, size, quality)
     assert exc.value.param == param
     assert "1024x1024" in str(exc.value) or "standard" in str(exc.value)
+
+
+def test_the_quality_sent_upstream_is_exactly_the_one_billed() -> None:
+    # the size has per-quality prices: a quality without its own is refused, naming the priced ones
+    with pytest.raises(InvalidRequest) as exc:
+        images.choose_price(PRICES, "1024x1024", "high")
+    assert exc.value.param == "quality" and "hd" in str(exc.value)
+    # omitted: the SIZE price, which bills the upstream's default quality, so no quality goes upstream
+    choice = images.choose_price(PRICES, "1024x1024", None)
+    assert (choice.key, choice.quality) == ("1024x1024", None)
+    out = orjson.loads(images.upstream_json(images.parse_generation(gen(size="1024x1024")), "d", choice))
+    assert "quality" not in out
+    # a plain SIZE price only: any quality may be asked, billed at SIZE, and none is sent upstream
+    plain = {"1024x1024": 40}
+    choice = images.choose_price(plain, "1024x1024", "hd")
+    assert (choice.key, choice.price, choice.quality) == ("1024x1024", 40, None)
+    out = orjson.loads(images.upstream_json(images.parse_generation(gen(quality="hd")), "d", choice))
+    assert "quality" not in out and out["size"] == "1024x1024"
+    raw, ctype = sdk_form({"prompt": "fox", "model": "m", "quality": "hd"}, [("image", ("x.png", PNG, "image/png"))])
+    req = images.parse_edit(raw, ctype)
+    body, out_type = images.upstream_form(req, "u", images.choose_price(plain, req.size, req.quality), "tt-b")
+    assert "quality" not in {p.name for p in multipart.parse_multipart(body, out_type)}
+    # a priced quality asked: sent as asked, once
+    raw, ctype = sdk_form({"prompt": "fox", "model": "m", "quality": "hd"}, [("image", ("x.png", PNG, "image/png"))])
+    req = images.parse_edit(raw, ctype)
+    body, out_type = images.upstream_form(req, "u", images.choose_price(PRICES, req.size, req.quality), "tt-b")
+    assert [p.data for p in multipart.parse_multipart(body, out_type) if p.name == "quality"] == [b"hd"]
 
 
 def test_first_configured_key_with_a_quality_is_the_default() -> None:

@@ -218,6 +218,60 @@ def test_cancel_by_delete_and_by_post(gw: GatewayProcess, vup: VideosUpstream) -
     assert settled(gw, name, 10 * USD)
 
 
+def test_a_cancel_after_the_upstream_finished_is_charged(gw: GatewayProcess, vup: VideosUpstream) -> None:
+    """The upstream finished the video before the cancel (or the DELETE) arrived: it is settled as completed and
+    charged; a cancel of it is a 400, a DELETE deletes it (charged)."""
+    name, client = account(gw)
+    video = client.videos.create(model="video-sec", prompt="finish then cancel", seconds="8")
+    vup.complete(vup.by_prompt("finish then cancel"))
+    with pytest.raises(openai.BadRequestError) as err:
+        client.post(f"/videos/{video.id}/cancel", cast_to=openai.types.Video)
+    assert err.value.code == "video_already_completed" and "completed" in err.value.message
+    assert settled(gw, name, 10 * USD - 8 * USD // 10)
+    assert client.videos.retrieve(video.id).status == "completed"
+    gone = client.videos.create(model="video-task", prompt="finish then delete")
+    vup.complete(vup.by_prompt("finish then delete"))
+    assert client.videos.delete(gone.id).deleted
+    assert settled(gw, name, 10 * USD - 8 * USD // 10 - USD // 2)
+    with pytest.raises(openai.NotFoundError):
+        client.videos.retrieve(gone.id)
+
+
+def test_a_cancel_is_refused_while_the_upstream_cannot_say(gw: GatewayProcess, vup: VideosUpstream) -> None:
+    name, client = account(gw)
+    video = client.videos.create(model="video-sec", prompt="unanswered", seconds="8")
+    upstream_id = vup.by_prompt("unanswered")
+    vup.unanswered.add(upstream_id)
+    try:
+        for call in (lambda: client.post(f"/videos/{video.id}/cancel", cast_to=openai.types.Video),
+                     lambda: client.videos.delete(video.id)):
+            with pytest.raises(openai.InternalServerError) as err:
+                call()
+            assert err.value.status_code == 502 and "not cancelled" in err.value.message
+        assert wallet(gw, name) == (10 * USD, 8 * USD // 10)  # still held: the work may be done
+        assert upstream_id not in vup.deleted
+    finally:
+        vup.unanswered.discard(upstream_id)
+    cancelled = client.post(f"/videos/{video.id}/cancel", cast_to=openai.types.Video)
+    assert cancelled.error is not None and cancelled.error.code == "video_cancelled"
+    assert settled(gw, name, 10 * USD)
+
+
+def test_a_cancel_of_a_finished_demo_video_is_charged(gw: GatewayProcess) -> None:
+    import time
+
+    from core.demo_videos import RENDER_SECONDS
+
+    name, client = account(gw)
+    t0 = time.time()
+    video = client.videos.create(model="demo-video", prompt="a demo to cancel", seconds="12")
+    wait_for(lambda: time.time() > t0 + RENDER_SECONDS + 0.2, 10, "the demo to finish the video")
+    with pytest.raises(openai.BadRequestError) as err:
+        client.post(f"/videos/{video.id}/cancel", cast_to=openai.types.Video)
+    assert err.value.code == "video_already_completed"
+    assert settled(gw, name, 10 * USD - 12 * USD // 10)
+
+
 def test_only_the_owner_sees_a_task(gw: GatewayProcess, vup: VideosUpstream) -> None:
     owner_name, owner = account(gw)
     _, other = account(gw)
@@ -446,6 +500,99 @@ def test_one_poller_at_a_time(tmp_path: Path) -> None:
         a.start()
         await a.stop()  # gives the lease up: b takes over at once
         assert await b.run_pass() and not await a.run_pass()
+        await db.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_submission_cancelled_while_its_task_commits_keeps_its_hold(tmp_path: Path) -> None:
+    """The handler is cancelled (a shutdown) just as the task row commits: the hold is left to the task."""
+    import tomllib
+
+    from core import config
+    from core.metrics import Metrics
+    from core.requestlog import RequestLog
+    from core.tasks import TaskRelay
+    from core.upstream import Upstreams
+
+    async def scenario() -> None:
+        settings = config.parse(tomllib.loads(f"""
+[server]
+request_log = ""
+[billing]
+database = "{tmp_path / 'db'}"
+[providers.demo]
+builtin = "demo"
+[models.demo-video]
+provider = "demo"
+upstream_model = "sora-2"
+max_output_tokens = 1
+price = {{ input = "0", output = "0", second = "100" }}
+"""), {})
+        db = store.Store(settings.billing.database)
+        await db.start()
+        acct = await db.run(store.tx_create_account, "acct", 0.0, 10_000 * USD)
+        key = new_key()
+        await db.run(store.tx_create_key, acct["id"], "k", key.display, key.hash, 0.0, {})
+        ledger = Ledger(db, 0, 0, "owner-x")
+        relay = TaskRelay(settings, Upstreams(settings), Metrics(), RequestLog(""), ledger, db)
+        recorded = relay.book.record
+
+        async def record_then_cancelled(task: task_store.NewTask) -> bool:
+            await recorded(task)  # the row commits on the database thread...
+            raise asyncio.CancelledError  # ...while the handler awaiting it is cancelled
+
+        relay.book.record = record_then_cancelled  # type: ignore[method-assign]
+        body = orjson.dumps({"model": "demo-video", "prompt": "interrupted", "seconds": "4"})
+        scope = {"type": "http", "method": "POST", "path": "/v1/videos", "query_string": b"",
+                 "headers": [(b"authorization", b"Bearer " + key.plaintext.encode()),
+                             (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]}
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            return None
+
+        rid = f"req_{7:025x}"
+        with pytest.raises(asyncio.CancelledError):
+            await relay(scope, receive, send, rid)
+        row = await db.run(task_store.tx_task, "video_tt_" + rid[4:], None)
+        assert row is not None and row["status"] == "queued"
+        assert [h["request_id"] for h in await db.run(store.tx_open_holds)] == [rid]  # held for the task
+        done = {**orjson.loads(row["object"]), "status": "completed", "seconds": "4"}
+        await relay.book.end(row, "completed", done)  # its lifecycle settles it: charged, not free
+        account_row = await db.run(store.tx_account, acct["id"])
+        assert (account_row["balance"], account_row["held"]) == (10_000 * USD - 400 * USD, 0)
+        await db.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_lease_is_kept_through_a_long_pass(tmp_path: Path) -> None:
+    """A pass waiting on a slow upstream for longer than the lease lasts keeps the lease: no second poller."""
+    async def scenario() -> None:
+        db, ledger, key, account_id = await books(tmp_path / "db", 10_000)
+        book = TaskBook(ledger, db, PRICES.get)
+        await submit(db, ledger, key, account_id, 1)
+        entered, release = asyncio.Event(), asyncio.Event()
+
+        async def slow(row: dict[str, Any]) -> None:
+            entered.set()
+            await release.wait()
+
+        async def nothing(row: dict[str, Any]) -> None:
+            return None
+
+        a = TaskPoller(book, "a", 0.2, 300, slow, nothing)  # a tick of 0.1 s: the lease lasts 1.3 s
+        b = TaskPoller(book, "b", 0.2, 300, nothing, nothing)
+        await asyncio.sleep(0.3)  # the task is due a look (polled more than poll_interval ago)
+        running = asyncio.create_task(a.run_pass())
+        await asyncio.wait_for(entered.wait(), 5)
+        await asyncio.sleep(1.6)  # longer than the lease
+        assert not await b.run_pass()
+        release.set()
+        assert await running
         await db.close()
 
     asyncio.run(scenario())

@@ -27,6 +27,7 @@ class VideosUpstream(LoopbackServer):
         self.created: list[dict[str, Any]] = []  # what each create carried: fields, content type, auth
         self.deleted: list[str] = []
         self.polls: dict[str, int] = {}
+        self.unanswered: set[str] = set()  # ids whose GET answers 500 (an upstream that cannot say how they stand)
         self._ids = itertools.count(1)
 
     def add_routes(self, app: web.Application) -> None:
@@ -90,6 +91,9 @@ class VideosUpstream(LoopbackServer):
             obj = self.videos.get(vid)
             self.polls[vid] = self.polls.get(vid, 0) + 1
             obj = dict(obj) if obj is not None else None
+            unanswered = vid in self.unanswered
+        if unanswered:
+            return web.json_response({"error": {"message": "boom", "type": "server_error"}}, status=500)
         if obj is None:
             return web.json_response({"error": {"message": "not found", "code": "not_found"}}, status=404)
         return web.json_response(obj)

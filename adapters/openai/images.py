@@ -39,7 +39,8 @@ class ImageRequest:
 
 @dataclass(frozen=True, slots=True)
 class PriceChoice:
-    """The price key that bills the request, and the size and quality it stands for (None: any quality)."""
+    """The price key that bills the request, and the size and quality it stands for: exactly what is written
+    upstream (quality None: a plain SIZE price, which bills the upstream's default quality, so none is sent)."""
 
     key: str
     size: str
@@ -116,9 +117,11 @@ def _checked(endpoint: str, model: Any, prompt: Any, n: Any, size: Any, quality:
 
 
 def choose_price(prices: dict[str, int], size: str | None, quality: str | None) -> PriceChoice:
-    """The price key for a size and quality: SIZE/QUALITY if the model prices it, else SIZE (one price for
-    every quality). An omitted size is the model's first configured size; an omitted quality takes the
-    SIZE price, else the first SIZE/QUALITY configured for that size. Anything unpriced is a 400."""
+    """The price key for a size and quality. SIZE/QUALITY bills that quality; a plain SIZE price bills the
+    upstream's default quality (no quality is sent upstream, whatever quality the client named). When the size
+    has SIZE/QUALITY prices, a quality without a price of its own is a 400 naming the priced ones. An omitted
+    size is the model's first configured size; an omitted quality takes the SIZE price, else the first
+    SIZE/QUALITY configured for that size. Anything unpriced is a 400."""
     if not prices:
         raise InvalidRequest("this model has no image prices", "model")
     if size is None:
@@ -126,49 +129,53 @@ def choose_price(prices: dict[str, int], size: str | None, quality: str | None) 
     sizes = list(dict.fromkeys(k.partition("/")[0] for k in prices))
     if size not in sizes:
         raise InvalidRequest(f"'size' {size!r} is not offered for this model; sizes: {', '.join(sizes)}", "size")
-    if quality is not None:
+    qualities = [k.partition("/")[2] for k in prices if k.startswith(size + "/")]
+    if quality is not None and qualities:
         key = f"{size}/{quality}"
         if key in prices:
             return PriceChoice(key, size, quality, prices[key])
-        if size in prices:
-            return PriceChoice(size, size, quality, prices[size])
-        offered = [k.partition("/")[2] for k in prices if k.startswith(size + "/")]
-        raise InvalidRequest(f"'quality' {quality!r} is not offered at size {size} for this model; qualities: "
-                             f"{', '.join(offered)}", "quality")
+        default = " (or leave 'quality' out for the default quality)" if size in prices else ""
+        raise InvalidRequest(f"'quality' {quality!r} has no price at size {size} for this model; priced qualities: "
+                             f"{', '.join(qualities)}{default}", "quality")
     if size in prices:
         return PriceChoice(size, size, None, prices[size])
-    key = next(k for k in prices if k.startswith(size + "/"))
-    return PriceChoice(key, size, key.partition("/")[2], prices[key])
+    key = f"{size}/{qualities[0]}"
+    return PriceChoice(key, size, qualities[0], prices[key])
 
 
 # -- the upstream's request (same format: passed through) ---------------------------------------
 
 
 def upstream_json(req: ImageRequest, upstream_model: str, choice: PriceChoice) -> bytes:
-    """The client's JSON with the upstream model name, and the size and quality that are billed written in
-    when the client left them out (so the image made is the image paid for)."""
-    body = {**req.body, "model": upstream_model}
-    if req.size is None:
-        body["size"] = choice.size
-    if req.quality is None and choice.quality is not None:
+    """The client's JSON with the upstream model name, the billed size, and exactly the billed quality (none
+    for a plain SIZE price), so the image made is the image paid for."""
+    body = {**req.body, "model": upstream_model, "size": choice.size}
+    body.pop("quality", None)
+    if choice.quality is not None:
         body["quality"] = choice.quality
     return orjson.dumps(body)
 
 
 def upstream_form(req: ImageRequest, upstream_model: str, choice: PriceChoice, boundary: str) -> tuple[bytes, str]:
     """The client's form, every part as it came (headers and bytes), but the model field carrying the
-    upstream name; the billed size and quality appended when omitted. Returns the body and its Content-Type."""
-    parts = []
+    upstream name; the billed size appended when omitted, and the quality exactly the billed one (none for a
+    plain SIZE price; the client's part kept when it is the billed one). Returns the body and its Content-Type."""
+    billed = choice.quality.encode() if choice.quality is not None else None
+    parts, quality_sent = [], False
     for p in req.parts:
         if p.name == "model":
             p = Part(p.name, None, None, upstream_model.encode(), p.raw_headers)
-        elif p.name in ("size", "quality") and not p.data:
+        elif p.name == "size" and not p.data:
             continue  # an empty field is an omitted one: its billed value is appended below
+        elif p.name == "quality":
+            if quality_sent or p.data != billed:
+                continue  # not what is billed: the billed quality (if any) is appended below
+            quality_sent = True
         parts.append(p)
     if req.size is None:
         parts.append(Part("size", None, None, choice.size.encode()))
-    if req.quality is None and choice.quality is not None:
-        parts.append(Part("quality", None, None, choice.quality.encode()))
+    if billed is not None and not quality_sent:
+        parts.append(Part("quality", None, None, billed))
     return encode_multipart(parts, boundary), form_content_type(boundary)
 
 
