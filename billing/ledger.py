@@ -4,6 +4,7 @@ through the store's transactions, in integer nano-dollars (see billing/pricing.p
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 
 from billing import pricing, store
@@ -29,11 +30,17 @@ def month_of(ts: float) -> str:
 
 
 class Ledger:
-    def __init__(self, db: store.Store, default_rpm: int, default_tpm: int, owner: str = "") -> None:
+    def __init__(self, db: store.Store, default_rpm: int, default_tpm: int, owner: str = "",
+                 on_failure: Callable[[], None] | None = None) -> None:
         self.db = db
         self.default_rpm = default_rpm
         self.default_tpm = default_tpm
         self.owner = owner  # this process, on every hold it places (see billing/safetynet.py)
+        self.on_failure = on_failure  # called when a hold or settle transaction raises (a metric, an alert)
+
+    def _failed(self) -> None:
+        if self.on_failure is not None:
+            self.on_failure()
 
     async def admit(self, request_id: str, key: Presented, model: str, prices: TokenPrices, prompt_estimate: int,
                     max_output: int) -> store.Admission:
@@ -41,10 +48,14 @@ class Ledger:
         now = time.time()
         amount = pricing.hold_amount(prices, prompt_estimate, max_output)
         estimate = pricing.hold_amount(prices, prompt_estimate, 0)
-        return await self.db.run_hot(store.tx_admit, store.HoldRequest(
-            request_id=request_id, owner=self.owner, key_hash=key.hash, model=model, amount=amount,
-            estimate=estimate, tokens=prompt_estimate + max_output, now=now, month=month_of(now),
-            window=int(now // 60), default_rpm=self.default_rpm, default_tpm=self.default_tpm))
+        try:
+            return await self.db.run_hot(store.tx_admit, store.HoldRequest(
+                request_id=request_id, owner=self.owner, key_hash=key.hash, model=model, amount=amount,
+                estimate=estimate, tokens=prompt_estimate + max_output, now=now, month=month_of(now),
+                window=int(now // 60), default_rpm=self.default_rpm, default_tpm=self.default_tpm))
+        except Exception:
+            self._failed()
+            raise
 
     async def admit_amount(self, request_id: str, key: Presented, model: str, amount: int, kind: str = "request",
                            estimate: int = 0) -> store.Admission:
@@ -52,10 +63,14 @@ class Ledger:
         transaction. `estimate` is what the safety net charges if the request never settles itself; `kind`
         "task" leaves the hold to the task poller."""
         now = time.time()
-        return await self.db.run_hot(store.tx_admit, store.HoldRequest(
-            request_id=request_id, owner=self.owner, key_hash=key.hash, model=model, amount=amount,
-            estimate=estimate, tokens=0, now=now, month=month_of(now), window=int(now // 60),
-            default_rpm=self.default_rpm, default_tpm=self.default_tpm, kind=kind))
+        try:
+            return await self.db.run_hot(store.tx_admit, store.HoldRequest(
+                request_id=request_id, owner=self.owner, key_hash=key.hash, model=model, amount=amount,
+                estimate=estimate, tokens=0, now=now, month=month_of(now), window=int(now // 60),
+                default_rpm=self.default_rpm, default_tpm=self.default_tpm, kind=kind))
+        except Exception:
+            self._failed()
+            raise
 
     async def check_key(self, key: Presented, model: str) -> store.Admission:
         """Whether the key may use the model, without holding anything (unbilled calls)."""
@@ -81,11 +96,15 @@ class Ledger:
                       units: int = 0) -> store.Settled | None:
         now = time.time()
         u = record.usage
-        return await self.db.run_hot(store.tx_settle, store.Settlement(
-            request_id=request_id, cost=cost, input_tokens=u.in_total, output_tokens=u.out_total,
-            cache_read_tokens=u.cache_read, cache_write_tokens=u.cache_write, source=record.source,
-            status=status, duration_ms=duration_ms, now=now, month=month_of(now), by=by, savings=savings,
-            units=units))
+        try:
+            return await self.db.run_hot(store.tx_settle, store.Settlement(
+                request_id=request_id, cost=cost, input_tokens=u.in_total, output_tokens=u.out_total,
+                cache_read_tokens=u.cache_read, cache_write_tokens=u.cache_write, source=record.source,
+                status=status, duration_ms=duration_ms, now=now, month=month_of(now), by=by, savings=savings,
+                units=units))
+        except Exception:
+            self._failed()
+            raise
 
     async def settle_stale(self, older_than: float, batch: int = 500) -> int:
         """The safety net's pass: every hold open for longer than `older_than` seconds, or placed by a

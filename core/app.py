@@ -28,7 +28,8 @@ from billing.pricing import units_to_usd
 from core.admin import ADMIN_TOKEN_ENV, AdminAPI
 from core.operations import Operations
 from billing.safetynet import SafetyNet, owner_id
-from billing.store import Store
+from billing.store import Store, tx_oldest_open_hold
+from core.clientip import from_scope
 from core.config import Settings
 from core.dialects import relay_call, wants_anthropic, wants_gemini
 from core.images import ImageRelay
@@ -62,7 +63,8 @@ class Gateway:
         self.log = RequestLog(settings.server.request_log)
         self.upstreams = Upstreams(settings)
         self.store = Store(settings.billing.database, settings.billing.synchronous)
-        self.ledger = Ledger(self.store, settings.billing.default_rpm, settings.billing.default_tpm, owner_id())
+        self.ledger = Ledger(self.store, settings.billing.default_rpm, settings.billing.default_tpm, owner_id(),
+                             on_failure=self.metrics.ledger_write_failures.inc)
         self.media = MediaFetcher(settings.server.media_fetch_bytes, settings.server.media_fetch_private)
         self.response_cache = ResponseCache(settings.cache, self.store)
         self.relay = Relay(settings, self.upstreams, self.metrics, self.log, self.ledger, self.media,
@@ -167,7 +169,8 @@ class Gateway:
             self.metrics.child(self.metrics.requests, route, "-", str(status)).inc()
             if route != "/metrics":  # scrapes every few seconds would drown the log
                 self.log.write({"request_id": request_id, "route": route, "method": scope["method"],
-                                "status": status, "duration_ms": round((perf_counter() - started) * 1000, 3)})
+                                "status": status, "duration_ms": round((perf_counter() - started) * 1000, 3),
+                                "client_ip": from_scope(scope, self.settings.server.trusted_proxies)})
 
     # -- routes ---------------------------------------------------------------------------
 
@@ -215,6 +218,10 @@ class Gateway:
         return Response(self._pricing, media_type="application/json")
 
     async def render_metrics(self, request: Request) -> Response:
+        try:  # read at scrape time, so the gauge is as fresh as the scrape
+            self.metrics.set_oldest_open_hold(await self.store.run(tx_oldest_open_hold, time.time()))
+        except Exception:  # noqa: BLE001 - the other metrics still matter; the gauge keeps its last value
+            log.warning("could not read the oldest open hold for /metrics", exc_info=True)
         return Response(self.metrics.render(), media_type=self.metrics.content_type)
 
     async def healthz(self, request: Request) -> Response:

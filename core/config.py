@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from billing.pricing import PriceError, TokenPrices, usd_to_units
+from core.clientip import Network, parse_networks
 
 CONFIG_ENV = "TOKENTOLL_CONFIG"
 FORMATS = ("openai", "anthropic", "gemini")
@@ -44,9 +45,20 @@ class Provider:
 
 
 @dataclass(frozen=True)
+class Channel:
+    """One way to serve a model: a provider and its name for the model. The highest priority is tried
+    first, and within one priority the weights share the traffic."""
+
+    provider: Provider
+    upstream_model: str
+    priority: int = 0
+    weight: int = 1
+
+
+@dataclass(frozen=True)
 class Model:
     name: str
-    provider: Provider
+    provider: Provider  # the first channel's (the one a model with a single channel has)
     upstream_model: str
     max_output_tokens: int
     prices: TokenPrices  # nano-dollars per 1M tokens, converted exactly from the file's USD
@@ -55,6 +67,7 @@ class Model:
     image_prices: dict[str, int] = field(default_factory=dict)  # "1024x1024" or "1024x1024/hd" -> per image
     task_price: int | None = None  # per async task
     second_price: int | None = None  # per second of async output (video)
+    channels: tuple[Channel, ...] = ()  # every way to serve it, the first being provider + upstream_model
 
 
 @dataclass(frozen=True)
@@ -68,6 +81,7 @@ class Server:
     shutdown_grace: float = 10.0  # seconds open requests may run on after SIGTERM
     media_fetch_bytes: int = 20 * 1024 * 1024  # largest image or document fetched from a URL for Gemini
     media_fetch_private: bool = False  # let media URLs point at private addresses (tests, trusted networks)
+    trusted_proxies: tuple[Network, ...] = ()  # proxies whose X-Forwarded-For / X-Real-IP are believed
 
 
 @dataclass(frozen=True)
@@ -80,6 +94,14 @@ class Billing:
     default_rpm: int = 0  # per key; 0 = no limit
     default_tpm: int = 0
     demo_balance: int = 0  # nano-dollars; > 0: a fresh database gets a demo account and key
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Failover between a model's channels (see core/routing.py)."""
+
+    breaker_failures: int = 3  # failures in a row that take a channel out
+    breaker_seconds: float = 30.0  # how long it stays out before one request probes it again
 
 
 @dataclass(frozen=True)
@@ -109,6 +131,7 @@ class Settings:
     source: str = ""
     cache: Cache = field(default_factory=Cache)
     tasks: Tasks = field(default_factory=Tasks)
+    routing: Routing = field(default_factory=Routing)
 
 
 def config_path(cli_value: str | None) -> Path:
@@ -130,11 +153,11 @@ def load(path: Path, environ: dict[str, str] | None = None) -> Settings:
     if not os.path.isabs(billing.database):  # relative to the config file, not to the working directory
         billing = Billing(**{**billing.__dict__, "database": str(path.parent / billing.database)})
     return Settings(settings.server, settings.providers, settings.models, billing, str(path), settings.cache,
-                    settings.tasks)
+                    settings.tasks, settings.routing)
 
 
 def parse(raw: dict[str, Any], environ: dict[str, str] | os._Environ[str]) -> Settings:
-    _only_keys(raw, "", {"server", "providers", "models", "billing", "cache", "tasks"})
+    _only_keys(raw, "", {"server", "providers", "models", "billing", "cache", "tasks", "routing"})
     server = _server(_table(raw, "server", "server"))
     providers_raw = _table(raw, "providers", "providers")
     if not providers_raw:
@@ -150,7 +173,15 @@ def parse(raw: dict[str, Any], environ: dict[str, str] | os._Environ[str]) -> Se
         raise ConfigError(f"billing.hold_ttl: must be longer than the longest request allowed "
                           f"(a provider's total timeout is {longest:g}s)")
     return Settings(server, providers, models, billing, cache=_cache(_table(raw, "cache", "cache")),
-                    tasks=_tasks(_table(raw, "tasks", "tasks")))
+                    tasks=_tasks(_table(raw, "tasks", "tasks")), routing=_routing(_table(raw, "routing", "routing")))
+
+
+def _routing(t: dict[str, Any]) -> Routing:
+    at = "routing"
+    _only_keys(t, at, {"breaker_failures", "breaker_seconds"})
+    d = Routing()
+    return Routing(breaker_failures=_int(t, "breaker_failures", at, d.breaker_failures, lo=1, hi=1000),
+                   breaker_seconds=_seconds(t, "breaker_seconds", at, d.breaker_seconds, positive=True))
 
 
 def _cache(t: dict[str, Any]) -> Cache:
@@ -196,7 +227,7 @@ def _billing(t: dict[str, Any]) -> Billing:
 
 def _server(t: dict[str, Any]) -> Server:
     _only_keys(t, "server", {"host", "port", "max_body_bytes", "request_log", "upstream_pool_size", "workers",
-                                 "shutdown_grace", "media_fetch_bytes", "media_fetch_private"})
+                                 "shutdown_grace", "media_fetch_bytes", "media_fetch_private", "trusted_proxies"})
     d = Server()
     return Server(
         host=_str(t, "host", "server", d.host),
@@ -208,7 +239,18 @@ def _server(t: dict[str, Any]) -> Server:
         shutdown_grace=_seconds(t, "shutdown_grace", "server", d.shutdown_grace),
         media_fetch_bytes=_int(t, "media_fetch_bytes", "server", d.media_fetch_bytes, lo=1024),
         media_fetch_private=_bool(t, "media_fetch_private", "server", d.media_fetch_private),
+        trusted_proxies=_networks(t, "trusted_proxies", "server"),
     )
+
+
+def _networks(t: dict[str, Any], key: str, at: str) -> tuple[Network, ...]:
+    v = t.get(key, [])
+    if not isinstance(v, list) or not all(isinstance(e, str) for e in v):
+        raise ConfigError(f"{at}.{key}: must be a list of IP addresses or CIDRs, like [\"127.0.0.1\", \"10.0.0.0/8\"]")
+    try:
+        return parse_networks(v)
+    except ValueError as exc:
+        raise ConfigError(f"{at}.{key}: {exc}") from None
 
 
 def _seconds(t: dict[str, Any], key: str, at: str, default: float, positive: bool = False) -> float:
@@ -271,10 +313,9 @@ def _model(name: str, t: dict[str, Any], providers: dict[str, Provider]) -> Mode
     at = f"models.{_q(name)}"
     if not name or name != name.strip():
         raise ConfigError(f"{at}: a model name must be non-empty and have no surrounding spaces")
-    _only_keys(t, at, {"provider", "upstream_model", "max_output_tokens", "price", "owned_by", "created"})
-    pname = _str(t, "provider", at, None)
-    if pname not in providers:
-        raise ConfigError(f"{at}.provider: unknown provider {pname!r} (defined: {', '.join(sorted(providers))})")
+    _only_keys(t, at, {"provider", "upstream_model", "channels", "max_output_tokens", "price", "owned_by", "created"})
+    channels = _channels(t, at, name, providers)
+    pname = channels[0].provider.name
     price_t = _table(t, "price", f"{at}.price")
     _only_keys(price_t, f"{at}.price", {"input", "output", "cache_read", "cache_write", "image", "task", "second"})
     for key in ("input", "output"):  # a forgotten price must not make a model free
@@ -292,8 +333,9 @@ def _model(name: str, t: dict[str, Any], providers: dict[str, Provider]) -> Mode
         images[size] = _money(images_t, size, f"{at}.price.image")
     return Model(
         name=name,
-        provider=providers[pname],
-        upstream_model=_str(t, "upstream_model", at, name),
+        provider=channels[0].provider,
+        upstream_model=channels[0].upstream_model,
+        channels=channels,
         max_output_tokens=_int(t, "max_output_tokens", at, 4096, lo=1),
         prices=TokenPrices(**prices),
         image_prices=images,
@@ -302,6 +344,35 @@ def _model(name: str, t: dict[str, Any], providers: dict[str, Provider]) -> Mode
         owned_by=_str(t, "owned_by", at, pname),
         created=_int(t, "created", at, 1_700_000_000, lo=0),
     )
+
+
+def _channels(t: dict[str, Any], at: str, name: str, providers: dict[str, Provider]) -> tuple[Channel, ...]:
+    """provider (+ upstream_model) for one channel, or `channels = [{ provider, upstream_model, priority,
+    weight }, ...]` for several; the first is the one of the highest priority listed first."""
+    def provider_of(value: Any, where: str) -> Provider:
+        if value not in providers:
+            raise ConfigError(f"{where}: unknown provider {value!r} (defined: {', '.join(sorted(providers))})")
+        return providers[value]
+
+    if "channels" not in t:
+        return (Channel(provider_of(_str(t, "provider", at, None), f"{at}.provider"),
+                        _str(t, "upstream_model", at, name)),)
+    if "provider" in t or "upstream_model" in t:
+        raise ConfigError(f"{at}.channels: give either provider/upstream_model or channels, not both")
+    raw = t["channels"]
+    if not isinstance(raw, list) or not raw or not all(isinstance(c, dict) for c in raw):
+        raise ConfigError(f"{at}.channels: must be a non-empty array of tables like "
+                          "{ provider = \"a\", upstream_model = \"m\", priority = 1, weight = 1 }")
+    out = []
+    for i, c in enumerate(raw):
+        where = f"{at}.channels[{i}]"
+        _only_keys(c, where, {"provider", "upstream_model", "priority", "weight"})
+        out.append(Channel(provider_of(_str(c, "provider", where, None), f"{where}.provider"),
+                           _str(c, "upstream_model", where, name), _int(c, "priority", where, 0, lo=-1000, hi=1000),
+                           _int(c, "weight", where, 1, lo=1, hi=1_000_000)))
+    if len({(c.provider.name, c.upstream_model) for c in out}) != len(out):
+        raise ConfigError(f"{at}.channels: a provider and upstream_model pair is listed twice")
+    return tuple(sorted(out, key=lambda c: -c.priority))  # stable: the file's order within a priority
 
 
 # -- small typed readers: each names the key on failure ------------------------------------

@@ -1,5 +1,7 @@
 """Prometheus metrics for /metrics: requests, durations, time to first byte, gateway overhead,
-tokens, open streams and upstream errors. One registry per app, so tests can run several."""
+tokens, open streams, upstream errors, the age of the oldest open hold and failed ledger writes.
+One registry per app, so tests can run several. Names follow Prometheus conventions (base units,
+counters exposed with _total) and pass `promtool check metrics` (tests/test_metrics_lint.py)."""
 
 from __future__ import annotations
 
@@ -44,6 +46,14 @@ class Metrics:
         self.client_disconnects = Counter(
             "tokentoll_client_disconnects", "Requests whose client left before the answer was complete.",
             ["route"], registry=r)
+        self.oldest_open_hold = Gauge(
+            "tokentoll_oldest_open_hold_age_seconds",
+            "Age of the oldest open hold, by kind (request: closed by the safety net after billing.hold_ttl; "
+            "task: by the task poller after tasks.ttl); 0 when there is none. Read from the database at scrape time.",
+            ["kind"], registry=r)
+        self.ledger_write_failures = Counter(
+            "tokentoll_ledger_write_failures", "Hold or settle transactions that raised (money may be held "
+            "until the safety net settles it).", registry=r)
 
     def child(self, metric: Any, *labels: str) -> Any:
         """metric.labels(*labels), memoized: the hot path skips prometheus_client's lock and checks."""
@@ -64,6 +74,10 @@ class Metrics:
             self.child(self.ttfb, route).observe(ttfb)
         if client_gone:
             self.child(self.client_disconnects, route).inc()
+
+    def set_oldest_open_hold(self, ages: dict[str, float]) -> None:
+        for kind, age in ages.items():
+            self.oldest_open_hold.labels(kind).set(age)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import time
+from dataclasses import replace
 from time import perf_counter
 from typing import Any
 
@@ -21,7 +23,8 @@ from billing.ledger import Ledger
 from billing.metering import Meter, Usage, UsageRecord
 from core.auth import admission_error, presented_key
 from core import sse
-from core.config import Settings
+from core.clientip import from_scope
+from core.config import Channel, Model, Settings
 from core.dialects import UNKNOWN_METHOD, Call, error_body
 from core.exchange import (
     ClientGone,
@@ -42,6 +45,7 @@ from core.exchange import (
 )
 from core import response_cache
 from core.response_cache import ResponseCache
+from core.routing import Router
 from core.translate import Plan, client_output, finish_translate, meter_event, meter_reply, parse_chat, plan_request
 from core.errors import (
     BadRequest,
@@ -78,6 +82,7 @@ class Relay:
                  ledger: Ledger, media: MediaFetcher, cache: ResponseCache) -> None:
         self.media = media
         self.cache = cache
+        self.router = Router(settings.routing)
         self.settings = settings
         self.ledger = ledger
         self.billing = settings.billing.enabled
@@ -130,7 +135,7 @@ class Relay:
             if watch is not None:
                 watch.remove_done_callback(on_disconnect)
                 watch.cancel()
-            await self._finish(x, perf_counter())
+            await self._finish(x, perf_counter(), from_scope(scope, self.settings.server.trusted_proxies))
 
     # -- the exchange ---------------------------------------------------------------------
 
@@ -151,7 +156,8 @@ class Relay:
         if model is None:
             raise ModelNotFound(f"the model {name!r} does not exist; GET /v1/models lists the models served here",
                                 param="model")
-        x.model = model
+        channels = self.router.order(model, time.monotonic())
+        model = x.model = on_channel(model, channels[0])
         x.rename = model_rename(model.upstream_model, model.name)
         plan = x.plan = plan_request(x.call, body, model, x.request_id, x.headers)
         if plan.lane == "count":
@@ -160,13 +166,7 @@ class Relay:
         x.stream = plan.stream
         if x.cache_state and await self._from_cache(x, plan, body, send):
             return
-        if plan.chat is not None:
-            if model.provider.format == "gemini":  # Gemini cannot fetch URLs itself: they go inline
-                await self.media.inline(gemini_upstream.remote_media(plan.chat))
-            try:
-                finish_translate(plan, model)
-            except internal.InvalidRequest as exc:
-                raise BadRequest(str(exc), param=exc.param) from None
+        await self._finish_plan(x, plan)
         if x.key is not None:
             x.held = True  # before the await: a request cancelled while its hold commits still settles it
             admission = await self.ledger.admit(x.request_id, x.key, model.name, model.prices,
@@ -175,13 +175,9 @@ class Relay:
                 raise admission_error(admission, model.name)
         x.meter = Meter(plan.prompt_estimate)
         x.sent = True  # from here on the upstream may be doing work for us
-        resp = await upstream_time(x, self.upstreams.open(model.provider, plan.path, plan.body, plan.stream,
-                                                          plan.headers))
+        resp = await self._open(x, body, channels)
+        plan = x.plan
         try:
-            if resp.status != 200:
-                await self._upstream_refused(x, resp)
-            if plan.stream and "json" in resp.headers.get("content-type", ""):
-                await self._not_a_stream(x, resp)
             if plan.lane == "openai":
                 if plan.stream:
                     await self._relay_stream(x, resp, plan.include_usage, send)
@@ -193,6 +189,72 @@ class Relay:
                 await self._cross_body(x, resp, plan, send)
         finally:
             resp.close()
+
+    async def _finish_plan(self, x: Exchange, plan: Plan) -> None:
+        """A translated request's upstream body, once its media are inline for a Gemini upstream (which
+        cannot fetch URLs itself)."""
+        if plan.chat is None:
+            return
+        assert x.model is not None
+        if x.model.provider.format == "gemini":
+            await self.media.inline(gemini_upstream.remote_media(plan.chat))
+        try:
+            finish_translate(plan, x.model)
+        except internal.InvalidRequest as exc:
+            raise BadRequest(str(exc), param=exc.param) from None
+
+    async def _open(self, x: Exchange, body: dict[str, Any], channels: list[Channel]) -> UpstreamResponse:
+        """Send the request to the first channel that answers 200 with the right kind of body. Before anything
+        reached the client, a connect error, a timeout, a 5xx or a 429 moves on to the next channel (the one
+        hold covers every attempt); an upstream's other 4xx is the request's own fault and ends it."""
+        public = self.settings.models[x.model.name]  # type: ignore[union-attr]
+        refusals: list[UpstreamClientError] = []
+        for i, channel in enumerate(channels):
+            if i:  # another channel may speak another format: the request is planned again for it
+                model = x.model = on_channel(public, channel)
+                x.rename = model_rename(model.upstream_model, model.name)
+                x.plan = plan_request(x.call, body, model, x.request_id, x.headers)
+                await self._finish_plan(x, x.plan)
+            plan, model = x.plan, x.model
+            assert plan is not None and model is not None
+            self.router.trying(channel, time.monotonic())
+            resp: UpstreamResponse | None = None
+            try:
+                resp = await upstream_time(x, self.upstreams.open(model.provider, plan.path, plan.body, plan.stream,
+                                                                  plan.headers))
+                if resp.status != 200:
+                    await self._upstream_refused(x, resp)
+                if plan.stream and "json" in resp.headers.get("content-type", ""):
+                    await self._not_a_stream(x, resp)
+            except (UpstreamError, UpstreamClientError) as err:
+                if resp is not None:
+                    resp.close()
+                if isinstance(err, UpstreamClientError) and err.status != 429:
+                    raise
+                self.router.failed(channel, time.monotonic(), _retry_after(err))
+                if i == len(channels) - 1:
+                    if isinstance(err, UpstreamClientError) and len(refusals) == i:  # every channel said 429
+                        raise self._all_rate_limited(public, err) from None
+                    raise
+                if isinstance(err, UpstreamClientError):
+                    refusals.append(err)
+                self._count_upstream_error(x, error_kind(err))
+                x.attempts += 1
+                continue
+            except BaseException:
+                if resp is not None:
+                    resp.close()
+                raise
+            self.router.succeeded(channel)
+            return resp
+        raise AssertionError("a model has at least one channel")
+
+    def _all_rate_limited(self, model: Model, last: UpstreamClientError) -> UpstreamClientError:
+        """Every channel answered 429: the client gets a 429 whose Retry-After is when the first is back."""
+        wait = self.router.retry_after(model, time.monotonic())
+        if wait is None:
+            return last
+        return UpstreamClientError(429, last.body, {**last.headers, "retry-after": str(max(1, math.ceil(wait)))})
 
     async def _from_cache(self, x: Exchange, plan: Plan, body: dict[str, Any], send: Send) -> bool:
         """The response cache's part of a generation request: True when the answer came from the cache
@@ -545,7 +607,7 @@ class Relay:
         provider = x.model.provider.name if x.model else "-"
         self.metrics.child(self.metrics.upstream_errors, provider, kind).inc()
 
-    async def _finish(self, x: Exchange, now: float) -> None:
+    async def _finish(self, x: Exchange, now: float, client_ip: str = "") -> None:
         record = charged_usage(x)
         if x.cache_state == "hit":  # every token of a hit was read from the cache, as its headers say
             u = record.usage
@@ -581,6 +643,7 @@ class Relay:
             "cache_read_tokens": usage.cache_read,
             "cache_write_tokens": usage.cache_write,
             "reasoning_tokens": usage.reasoning,
+            "attempts": x.attempts + 1 if x.sent else 0,
             "usage_source": record.source,
             "cache": x.cache_state or None,
             "cost_nanousd": cost,
@@ -589,6 +652,7 @@ class Relay:
             "upstream_ms": round(x.upstream_wait * 1000, 3),
             "overhead_ms": round(overhead * 1000, 3),
             "client_disconnected": x.client_gone,
+            "client_ip": client_ip,
             "error": x.error_code or None,
             "upstream_error": x.upstream_error_kind or None,
             "worker": self.pid,
@@ -608,6 +672,25 @@ def _answer_object(raw: bytes) -> Any:
     if isinstance(obj, dict) and obj.get("error") and not any(k in obj for k in ANSWER_FIELDS):
         raise UpstreamBadStatus(with_upstream_message("the upstream answered 200 with an error", raw))
     return obj
+
+
+def on_channel(model: Model, channel: Channel) -> Model:
+    """The model as served by one of its channels: the same public name, prices and limits."""
+    if channel.provider is model.provider and channel.upstream_model == model.upstream_model:
+        return model
+    return replace(model, provider=channel.provider, upstream_model=channel.upstream_model)
+
+
+def _retry_after(err: GatewayError) -> float | None:
+    """The upstream's Retry-After (seconds) or retry-after-ms, when it sent one."""
+    value = err.headers.get("retry-after-ms")
+    try:
+        if value is not None:
+            return float(value) / 1000
+        value = err.headers.get("retry-after")
+        return float(value) if value is not None else None
+    except ValueError:  # an HTTP date: not worth parsing for a rest of seconds
+        return None
 
 
 def _native_frame(ev: sse.SSEEvent, gemini: bool, array: bool, after_first: bool,

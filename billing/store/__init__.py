@@ -16,3 +16,4 @@ from billing.store.accounts import (  # noqa: F401
 from billing.store.cache import (  # noqa: F401
     CacheEntry, CachedAnswer, tx_cache_get, tx_cache_put, tx_cache_stats,
 )
+from billing.store.ops import HOLD_KINDS, tx_oldest_open_hold  # noqa: F401
