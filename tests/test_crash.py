@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sqlite3
 import threading
 from pathlib import Path
@@ -116,4 +117,42 @@ def test_sigterm_ends_open_streams_in_band_and_settles_them(upstream: MockUpstre
     assert cli(config, "holds", env=env) == []  # settled on the way out
     db = sqlite3.connect(tmp_path / "tokentoll.db")
     assert db.execute("SELECT source FROM usage").fetchall() == [("observed",)]
+    db.close()
+
+
+def test_sigterm_stops_accepting_and_lets_a_stream_that_ends_within_the_grace_finish(
+        upstream: MockUpstream, tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(crash_config(upstream.base_url, tmp_path).replace("[server]", "[server]\nshutdown_grace = 20")
+                      + '\n[providers.demo]\nbuiltin = "demo"\ndemo_chunk_delay = 0.05\n'
+                        '\n[models.echo]\nprovider = "demo"\nupstream_model = "echo"\nprice = { input = "1", output = "2" }\n')
+    env = {**os.environ, "TT_TEST_UPSTREAM_KEY": UPSTREAM_KEY}
+    cli(config, "accounts", "create", "graceful", "--credit", "1", env=env)
+    key = cli(config, "keys", "create", "--account", "graceful", env=env)["key"]
+    gw = GatewayProcess(config, tmp_path / "requests.log", env)
+    client = openai.OpenAI(base_url=gw.base_url, api_key=key, max_retries=0, timeout=10)
+    words = " ".join(f"word{i}" for i in range(30))  # 30 chunks, 50 ms apart: done well inside the grace
+    pieces, finish = [], None
+    with client.chat.completions.with_streaming_response.create(
+            model="echo", messages=[{"role": "user", "content": words}], stream=True) as resp:
+        for chunk in resp.parse():
+            if chunk.choices:
+                pieces.append(chunk.choices[0].delta.content or "")
+                finish = chunk.choices[0].finish_reason or finish
+            if len(pieces) == 3:
+                gw.proc.send_signal(signal.SIGTERM)
+
+                def refused() -> bool:  # no new connection is accepted once the signal is in
+                    try:
+                        socket.create_connection(("127.0.0.1", int(gw.url.rsplit(":", 1)[1])), timeout=1).close()
+                    except OSError:
+                        return True
+                    return False
+
+                wait_for(refused, 5, "the listening socket to close")
+    assert "".join(pieces).strip() == words and finish == "stop"  # the open stream ran to its end
+    assert gw.proc.wait(15) == 0
+    assert cli(config, "holds", env=env) == []
+    db = sqlite3.connect(tmp_path / "tokentoll.db")
+    assert db.execute("SELECT status, source FROM usage").fetchall() == [(200, "upstream")]
     db.close()
