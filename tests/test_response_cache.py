@@ -415,3 +415,11 @@ def test_every_response_of_a_generation_route_says_its_cache_state(cache_gw: Gat
         r = httpx2.post(cache_gw.url + path, headers={"Authorization": f"Bearer {cache_key}", "X-TT-Cache": "yes"},
                         json={"model": CACHE_MODEL, "input": "x", "prompt": "x"})
         assert r.status_code == 400 and "'use' or 'bypass'" in r.text, path
+
+
+def test_scope_is_the_account_unless_the_cache_is_shared() -> None:
+    assert rc.scope_of(7, shared=False) == "account:7" and rc.scope_of(7, shared=True) == "shared"
+    assert rc.scope_of(None, shared=False) == "shared"  # billing off: there are no accounts to keep apart
+    chat = chat_client.parse_request(openai_body())
+    keys = {rc.cache_key(rc.scope_of(a, shared=True), "m", 50, chat) for a in (1, 2)}
+    assert len(keys) == 1  # shared: one answer serves every account
