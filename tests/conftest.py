@@ -104,23 +104,30 @@ def fresh_minute(margin: float = 5.0) -> None:
         time.sleep(left + 0.05)
 
 
-def gateway_config(upstream_url: str, log_path: Path, extra: str = "") -> str:
+def base_config(log_path: Path, **server: Any) -> str:
+    """The [server] and [billing] sections every test gateway starts from: loopback on a free port, its
+    request log and database beside each other, a short hold TTL and a fast safety net; `server` adds
+    [server] settings (written as JSON, which TOML reads the same for strings, numbers, bools and lists)."""
+    extra = "".join(f"{name} = {orjson.dumps(value).decode()}\n" for name, value in server.items())
     return f"""
 [server]
 host = "127.0.0.1"
 port = 0
-max_body_bytes = 65536
 request_log = "{log_path}"
-
+{extra}
 [billing]
 database = "{log_path.parent / 'tokentoll.db'}"
 hold_ttl = 120
 sweep_interval = 1
+"""
 
-[providers.demo]
-format = "openai"
-builtin = "demo"
 
+def demo_provider(chunk_delay: float = 0.0) -> str:
+    return f'\n[providers.demo]\nformat = "openai"\nbuiltin = "demo"\ndemo_chunk_delay = {chunk_delay}\n'
+
+
+def gateway_config(upstream_url: str, log_path: Path, extra: str = "") -> str:
+    return base_config(log_path, max_body_bytes=65536) + demo_provider() + f"""
 [providers.mock]
 format = "openai"
 base_url = "{upstream_url}"
@@ -303,18 +310,7 @@ NATIVE_KEY = "native-upstream-key"
 
 
 def matrix_config(native: str, log_path: Path) -> str:
-    parts = [f"""
-[server]
-host = "127.0.0.1"
-port = 0
-request_log = "{log_path}"
-media_fetch_private = true   # the media URLs of the tests are on loopback
-
-[billing]
-database = "{log_path.parent / 'tokentoll.db'}"
-hold_ttl = 120
-sweep_interval = 1
-"""]
+    parts = [base_config(log_path, media_fetch_private=True)]  # the media URLs of the tests are on loopback
     version = {"openai": "v1", "anthropic": "v1", "gemini": "v1beta"}
     for fmt in FORMATS:
         parts.append(f'[providers.up-{fmt}]\nformat = "{fmt}"\nbase_url = "{native}/{fmt}/{version[fmt]}"\n'

@@ -15,7 +15,7 @@ import pytest
 from core.config import Channel, Model, Provider, Routing, Timeouts
 from billing.pricing import TokenPrices
 from core.routing import Router
-from tests.conftest import NATIVE_KEY, UPSTREAM_KEY, GatewayProcess, NativeUpstream, cli, serve_gateway
+from tests.conftest import NATIVE_KEY, UPSTREAM_KEY, GatewayProcess, NativeUpstream, base_config, cli, serve_gateway
 from tests.mock_upstream import MockUpstream
 
 # -- the order and the breaker (pure) -------------------------------------------------------------
@@ -88,16 +88,7 @@ def failover_config(upstream: str, native: str, log_path: Path) -> str:
         return f'[models.{name}]\nchannels = [{listed}]\nmax_output_tokens = 100\n{price}\n'
 
     return f"""
-[server]
-host = "127.0.0.1"
-port = 0
-request_log = "{log_path}"
-
-[billing]
-database = "{log_path.parent / 'tokentoll.db'}"
-hold_ttl = 120
-sweep_interval = 1
-
+{base_config(log_path)}
 [routing]
 breaker_failures = 2
 breaker_seconds = 300

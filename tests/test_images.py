@@ -17,7 +17,7 @@ import openai
 import orjson
 import pytest
 
-from tests.conftest import ROOT, GatewayProcess, cli, fresh_minute, serve_gateway
+from tests.conftest import ROOT, GatewayProcess, base_config, cli, demo_provider, fresh_minute, serve_gateway
 from tests.images_upstream import ImagesUpstream, image_bytes
 
 KEY_ENV = "TT_IMAGES_UPSTREAM_KEY"
@@ -33,21 +33,7 @@ def images_config(upstream: str, log_path: Path) -> str:
     openai_prices = 'image = { "1024x1024" = "0.04", "1024x1024/hd" = "0.08", "1792x1024" = "0.08" }'
     gemini_prices = 'image = { "1024x1024" = "0.039", "1536x1024" = "0.039" }'
     parts = [f"""
-[server]
-host = "127.0.0.1"
-port = 0
-max_body_bytes = 262144
-request_log = "{log_path}"
-
-[billing]
-database = "{log_path.parent / 'tokentoll.db'}"
-hold_ttl = 120
-sweep_interval = 1
-
-[providers.demo]
-format = "openai"
-builtin = "demo"
-
+{base_config(log_path, max_body_bytes=262144)}{demo_provider()}
 [providers.up-openai]
 format = "openai"
 base_url = "{upstream}/openai/v1"

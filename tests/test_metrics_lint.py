@@ -25,7 +25,7 @@ from billing.ledger import Ledger
 from billing.metering import NO_USAGE
 from billing.pricing import TokenPrices
 from core.metrics import Metrics
-from tests.conftest import GatewayProcess, cli, serve_gateway
+from tests.conftest import GatewayProcess, base_config, cli, demo_provider, serve_gateway
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -44,21 +44,7 @@ def promtool(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProc
 
 def config(log_path: Path) -> str:
     return f"""
-[server]
-host = "127.0.0.1"
-port = 0
-request_log = "{log_path}"
-
-[billing]
-database = "{log_path.parent / 'tokentoll.db'}"
-hold_ttl = 120
-sweep_interval = 1
-
-[providers.demo]
-format = "openai"
-builtin = "demo"
-demo_chunk_delay = {CHUNK_DELAY}
-
+{base_config(log_path)}{demo_provider(CHUNK_DELAY)}
 [providers.nowhere]
 format = "openai"
 base_url = "http://127.0.0.1:9/v1"

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import GatewayProcess, cli, serve_gateway, wait_for
+from tests.conftest import GatewayProcess, base_config, cli, demo_provider, serve_gateway, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY_CONF = ROOT / "deploy" / "nginx.conf"
@@ -73,23 +73,7 @@ def free_port() -> int:
 
 def gateway_config(log_path: Path) -> str:
     return f"""
-[server]
-host = "127.0.0.1"
-port = 0
-max_body_bytes = {GATEWAY_BODY_LIMIT}
-request_log = "{log_path}"
-trusted_proxies = ["127.0.0.1"]
-
-[billing]
-database = "{log_path.parent / 'tokentoll.db'}"
-hold_ttl = 120
-sweep_interval = 1
-
-[providers.demo]
-format = "openai"
-builtin = "demo"
-demo_chunk_delay = {CHUNK_DELAY}
-
+{base_config(log_path, max_body_bytes=GATEWAY_BODY_LIMIT, trusted_proxies=["127.0.0.1"])}{demo_provider(CHUNK_DELAY)}
 [models.demo-echo]
 provider = "demo"
 upstream_model = "echo"

@@ -21,7 +21,7 @@ from billing.keys import check_presented, new_key
 from billing.ledger import Ledger
 from billing.store import tasks as task_store
 from billing.tasks import TaskBook, TaskPoller
-from tests.conftest import GatewayProcess, cli, serve_gateway, wait_for
+from tests.conftest import GatewayProcess, base_config, cli, serve_gateway, wait_for
 from tests.videos_upstream import MP4, UPSTREAM_KEY, VideosUpstream
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the SDK marks the Sora API deprecated
@@ -32,17 +32,7 @@ _names = itertools.count(1)
 
 def videos_config(upstream_url: str, ttl: float, poll: float, log_path: Path) -> str:
     return f"""
-[server]
-host = "127.0.0.1"
-port = 0
-max_body_bytes = 65536
-request_log = "{log_path}"
-
-[billing]
-database = "{log_path.parent / 'tokentoll.db'}"
-hold_ttl = 120
-sweep_interval = 1
-
+{base_config(log_path, max_body_bytes=65536)}
 [tasks]
 ttl = {ttl}
 poll_interval = {poll}
