@@ -172,6 +172,11 @@ def parse(raw: dict[str, Any], environ: dict[str, str] | os._Environ[str]) -> Se
     if billing.hold_ttl <= longest:
         raise ConfigError(f"billing.hold_ttl: must be longer than the longest request allowed "
                           f"(a provider's total timeout is {longest:g}s)")
+    for m in models.values():  # failover: a request may wait on each of its channels in turn
+        worst = sum(c.provider.timeouts.total for c in m.channels if not c.provider.builtin)
+        if billing.hold_ttl <= worst:
+            raise ConfigError(f"billing.hold_ttl: must be longer than the longest request allowed (the model "
+                              f"{m.name!r} may try channels whose total timeouts add up to {worst:g}s)")
     return Settings(server, providers, models, billing, cache=_cache(_table(raw, "cache", "cache")),
                     tasks=_tasks(_table(raw, "tasks", "tasks")), routing=_routing(_table(raw, "routing", "routing")))
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import tomllib
 from decimal import Decimal
 from pathlib import Path
 
@@ -102,3 +104,45 @@ def test_unreadable_and_invalid_toml(tmp_path: Path) -> None:
     broken.write_text("[server\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load(broken)
+
+
+def test_channels_are_read_in_priority_order_and_checked() -> None:
+    base = """
+[providers.a]
+base_url = "http://a/v1"
+timeouts = { total = 100 }
+[providers.b]
+format = "anthropic"
+base_url = "http://b/v1"
+timeouts = { total = 100 }
+[billing]
+hold_ttl = 250
+"""
+    settings = parse(tomllib.loads(base + """
+[models.m]
+channels = [{ provider = "a", upstream_model = "x", priority = 1 },
+            { provider = "b", upstream_model = "y", priority = 5, weight = 3 }]
+price = { input = "1", output = "1" }
+"""), {})
+    m = settings.models["m"]
+    assert [(c.provider.name, c.upstream_model, c.priority, c.weight) for c in m.channels] == [
+        ("b", "y", 5, 3), ("a", "x", 1, 1)]
+    assert (m.provider.name, m.upstream_model) == ("b", "y")  # the first channel is the model's own
+    single = parse(tomllib.loads(base + '[models.s]\nprovider = "a"\nprice = { input = "1", output = "1" }\n'), {})
+    assert [(c.provider.name, c.upstream_model) for c in single.models["s"].channels] == [("a", "s")]
+    for bad, message in (
+            ('channels = [{ provider = "a" }]\nprovider = "a"', "either provider/upstream_model or channels"),
+            ('channels = []', "non-empty array"),
+            ('channels = [{ provider = "zz" }]', "channels[0].provider: unknown provider 'zz'"),
+            ('channels = [{ provider = "a", weight = 0 }]', "channels[0].weight"),
+            ('channels = [{ provider = "a" }, { provider = "a" }]', "listed twice"),
+            ('channels = [{ provider = "a", colour = "red" }]', "colour")):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            parse(tomllib.loads(base + f'[models.m]\n{bad}\nprice = {{ input = "1", output = "1" }}\n'), {})
+    three = base.replace("hold_ttl = 250", "hold_ttl = 150")
+    with pytest.raises(ConfigError, match=r"hold_ttl.*'m' may try channels whose total timeouts add up to 200s"):
+        parse(tomllib.loads(three + """
+[models.m]
+channels = [{ provider = "a" }, { provider = "b" }]
+price = { input = "1", output = "1" }
+"""), {})
