@@ -172,3 +172,30 @@ def test_a_database_from_a_newer_gateway_is_refused(tmp_path: Path) -> None:
     conn.execute(f"PRAGMA user_version={engine.SCHEMA_VERSION + 1}")
     with pytest.raises(RuntimeError, match="newer or unknown"):
         engine.migrate(conn)
+
+
+def test_processes_starting_together_on_a_new_database_make_its_schema_once(tmp_path: Path) -> None:
+    path = str(tmp_path / "books.db")
+    start = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def starter() -> None:
+        conn = engine.connect(path)
+        start.wait()
+        try:
+            engine.migrate(conn)
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=starter) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == []
+    conn = engine.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == engine.SCHEMA_VERSION
+    assert conn.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = 'accounts'").fetchone()[0] == 1
+    conn.close()

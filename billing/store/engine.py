@@ -393,18 +393,36 @@ ALTER TABLE usage ADD COLUMN units INTEGER NOT NULL DEFAULT 0;
 
 
 def migrate(conn: sqlite3.Connection) -> None:
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version == SCHEMA_VERSION:
+    """Bring the database to SCHEMA_VERSION in one transaction, under the write lock: of several processes
+    starting together on a new database, one creates the schema and the others find it made."""
+    if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
         return
-    if version > SCHEMA_VERSION or (version != 0 and version not in UPGRADES):
-        raise RuntimeError(f"database schema version {version} is newer or unknown (this gateway knows {SCHEMA_VERSION})")
-    if version == 0:
-        script = SCHEMA
-    else:
-        script = "".join(UPGRADES[v] for v in range(version, SCHEMA_VERSION))
-    try:  # one script, one transaction: a half-made schema is never left behind
-        conn.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version={SCHEMA_VERSION};\nCOMMIT;")
-    except Exception:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]  # again, now that no one else can write
+        if version != SCHEMA_VERSION:
+            if version > SCHEMA_VERSION or (version != 0 and version not in UPGRADES):
+                raise RuntimeError(f"database schema version {version} is newer or unknown (this gateway knows "
+                                   f"{SCHEMA_VERSION})")
+            script = SCHEMA if version == 0 else "".join(UPGRADES[v] for v in range(version, SCHEMA_VERSION))
+            for statement in _statements(script):  # a half-made schema is never left behind
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+def _statements(script: str) -> list[str]:
+    """A script's statements one by one (executescript would commit the transaction they must share)."""
+    out, pending = [], ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            out.append(pending)
+            pending = ""
+    if pending.strip() and not all(p.strip().startswith("--") for p in pending.splitlines() if p.strip()):
+        raise ValueError("the schema script ends with an incomplete statement")
+    return out
