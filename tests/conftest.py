@@ -104,7 +104,7 @@ def fresh_minute(margin: float = 5.0) -> None:
         time.sleep(left + 0.05)
 
 
-def base_config(log_path: Path, **server: Any) -> str:
+def base_config(log_path: Path, hold_ttl: float = 120, **server: Any) -> str:
     """The [server] and [billing] sections every test gateway starts from: loopback on a free port, its
     request log and database beside each other, a short hold TTL and a fast safety net; `server` adds
     [server] settings (written as JSON, which TOML reads the same for strings, numbers, bools and lists)."""
@@ -117,7 +117,7 @@ request_log = "{log_path}"
 {extra}
 [billing]
 database = "{log_path.parent / 'tokentoll.db'}"
-hold_ttl = 120
+hold_ttl = {hold_ttl}
 sweep_interval = 1
 """
 

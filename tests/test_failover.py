@@ -88,7 +88,7 @@ def failover_config(upstream: str, native: str, log_path: Path) -> str:
         return f'[models.{name}]\nchannels = [{listed}]\nmax_output_tokens = 100\n{price}\n'
 
     return f"""
-{base_config(log_path)}
+{base_config(log_path, hold_ttl=300)}
 [routing]
 breaker_failures = 2
 breaker_seconds = 300
