@@ -6,7 +6,7 @@ CONFIG ?=
 # --config only when CONFIG is given: otherwise $$TOKENTOLL_CONFIG, else ./config.toml
 CONFIG_ARG := $(if $(CONFIG),--config $(CONFIG))
 
-.PHONY: run test bench lock check clean
+.PHONY: run test bench lock check clean binary
 
 $(VENV)/.python-ok:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "TokenToll needs Python 3.11 or newer (set PYTHON=python3.11)")'
@@ -33,6 +33,17 @@ test: $(VENV)/.test-installed
 bench: $(VENV)/.test-installed
 	$(PY) bench/run.py $(BENCH_ARGS)
 
+# One self-contained executable, dist/tokentoll (PyInstaller onefile, packaging/tokentoll.spec): serves like
+# gateway.py, with --config, --check and every operator command. Rebuilt only when gateway.py, core/, billing/,
+# adapters/, the spec or the pinned dependencies changed; pyinstaller comes from requirements-test.lock.
+BINARY_SOURCES := gateway.py $(wildcard packaging/*) $(shell find core billing adapters -name '*.py')
+
+binary: dist/tokentoll
+
+dist/tokentoll: $(BINARY_SOURCES) $(VENV)/.test-installed
+	PYTHONHASHSEED=0 $(PY) -m PyInstaller --noconfirm --clean --log-level WARN \
+	  --distpath dist --workpath build/pyinstaller packaging/tokentoll.spec
+
 # Re-pin everything from the direct dependencies in pyproject.toml (needs the package registry).
 lock:
 	rm -rf /tmp/tokentoll-lock && $(PYTHON) -m venv /tmp/tokentoll-lock
@@ -44,4 +55,4 @@ lock:
 	  /tmp/tokentoll-lock/bin/pip freeze --exclude-editable | grep -iv '^tokentoll'; } > requirements-test.lock
 
 clean:
-	rm -rf $(VENV) .pytest_cache bench/out
+	rm -rf $(VENV) .pytest_cache bench/out dist build/pyinstaller

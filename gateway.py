@@ -13,7 +13,8 @@ from core.config import CONFIG_ENV, ConfigError, config_path, load
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="gateway.py", description="TokenToll LLM API gateway")
+    prog = "tokentoll" if getattr(sys, "frozen", False) else "gateway.py"  # the binary of `make binary`, or the script
+    p = argparse.ArgumentParser(prog=prog, description="TokenToll LLM API gateway")
     p.add_argument("--config", help=f"path to config.toml (default: ${CONFIG_ENV}, else ./config.toml)")
     p.add_argument("--host", help="listen address (overrides server.host)")
     p.add_argument("--port", type=int, help="listen port, 0 for any free port (overrides server.port)")
