@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from adapters import openai
+from adapters.internal import InvalidRequest
 from billing.metering import count_text
 from core import demo_images, demo_videos
 from core.config import Provider
@@ -49,6 +50,14 @@ class DemoResponse:
 
 
 async def answer(provider: Provider, path: str, body: bytes, stream: bool) -> DemoResponse:
+    try:
+        return await _answer(provider, path, body, stream)
+    except InvalidRequest as exc:  # what a real upstream would refuse: its 400, never an exception in the relay
+        return DemoResponse(400, orjson.dumps({"error": {"message": str(exc), "type": "invalid_request_error",
+                                                         "param": exc.param, "code": None}}), [], 0)
+
+
+async def _answer(provider: Provider, path: str, body: bytes, stream: bool) -> DemoResponse:
     req = orjson.loads(body)
     endpoint = next(e for e, p in openai.UPSTREAM_PATHS.items() if p == path)
     created = int(time.time())

@@ -88,6 +88,7 @@ def plan_request(call: Call, body: dict[str, Any], model: Model, request_id: str
     client's: an Anthropic client's betas go on to an Anthropic upstream."""
     fmt = model.provider.format
     lane = lane_for(call, fmt, model.name)
+    _check_depth(body)
     try:
         if lane == "openai":
             prepared = openai_passthrough.prepare(call.endpoint, body, model.upstream_model, model.max_output_tokens)
@@ -104,6 +105,22 @@ def plan_request(call: Call, body: dict[str, Any], model: Model, request_id: str
         return _plan_translate(call, body, model, request_id)
     except internal.InvalidRequest as exc:
         raise BadRequest(str(exc), param=exc.param) from None
+
+
+DEPTH_MARGIN = 16  # levels the gateway may wrap around a body's parts when it writes them out again
+
+
+def _check_depth(body: dict[str, Any]) -> None:
+    """orjson reads JSON nested up to 1024 levels but writes at most 254: a body in between would fail
+    (a 500) wherever the gateway writes it again (the upstream body, the estimate, the cache key). Refuse
+    it here, with room for the levels the gateway adds, in one C call."""
+    wrapped: Any = body
+    for _ in range(DEPTH_MARGIN):
+        wrapped = [wrapped]
+    try:
+        orjson.dumps(wrapped)
+    except orjson.JSONEncodeError as exc:
+        raise BadRequest(f"the request body cannot be used: {exc} (nested too deeply?)") from None
 
 
 def finish_translate(plan: Plan, model: Model) -> None:

@@ -113,6 +113,8 @@ def _parse_prompt(body: Any, strict: bool) -> Chat:
         parts = _content(msg.get("content"), msg["role"], names, strict, f"messages.{i}.content")
         if parts:
             parsed.append(Message(role=msg["role"], parts=parts))
+    if strict and not parsed:  # every message empty: nothing to answer (Anthropic refuses empty content too)
+        raise InvalidRequest("'messages' must hold at least one message with non-empty content", "messages")
     chat = Chat(messages=parsed, system=_system(body.get("system"), strict))
     chat.tools = _tools(body.get("tools"), strict)
     config = body.get("output_config")

@@ -100,6 +100,8 @@ def _parse(body: Any, strict: bool) -> Chat:
     if not isinstance(contents, list) or not contents:
         raise InvalidRequest("'contents' must be a non-empty array", "contents")
     chat = Chat(messages=_messages(contents, strict))
+    if strict and not chat.messages:  # every turn's parts empty (Gemini itself refuses a Content without parts)
+        raise InvalidRequest("'contents' must hold at least one part with content", "contents")
     chat.system = _system(_f(body, "systemInstruction"))
     if strict and _f(body, "cachedContent"):
         raise InvalidRequest("'cachedContent' needs a Gemini model", "cachedContent")
