@@ -132,5 +132,14 @@ class Ledger:
         """The demo account with its balance and key, only on a database that has no account yet."""
         return await self.db.run(store.tx_bootstrap_demo, key.display, key.hash, balance, time.time())
 
+    async def credit_deposit(self, deposit_id: int, note: str | None = None) -> int | None:
+        """A final USDT deposit, credited to its account once (see store.tx_credit_deposit); with an operator's
+        note, also a deposit held below the minimum."""
+        try:
+            return await self.db.run(store.tx_credit_deposit, deposit_id, time.time(), note)
+        except Exception:
+            self._failed()
+            raise
+
     async def adjust(self, account_id: int, amount: int, note: str) -> int:
         return await self.db.run(store.tx_credit, account_id, amount, "adjustment", note, time.time())

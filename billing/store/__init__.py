@@ -6,7 +6,7 @@ from billing.store.engine import (  # noqa: F401
 )
 from billing.store.money import (  # noqa: F401
     MAX_BALANCE, Admission, HoldRequest, tx_admit, tx_check_key, Settlement, Settled, tx_settle, tx_stale_holds, tx_credit,
-    tx_bootstrap_demo, tx_create_account,
+    tx_bootstrap_demo, tx_create_account, tx_credit_deposit,
 )
 from billing.store.accounts import (  # noqa: F401
     tx_account, tx_find_account, tx_list_accounts, KEY_COLUMNS, tx_create_key, tx_key, tx_list_keys,
@@ -17,3 +17,7 @@ from billing.store.cache import (  # noqa: F401
     CacheEntry, CachedAnswer, tx_cache_get, tx_cache_put, tx_cache_stats,
 )
 from billing.store.ops import HOLD_KINDS, tx_oldest_open_hold  # noqa: F401
+from billing.store.recharge import (  # noqa: F401
+    SeenTransfer, tx_deposit_address, tx_watched_addresses, tx_record_transfers, tx_deposits_to_confirm,
+    tx_drop_deposit, tx_cursor, tx_advance_cursor, tx_rewind_cursor, tx_deposits,
+)

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 PAGE_SIZE = 1024
 WAL_CHECKPOINT_PAGES = 4000  # 4 MiB of WAL between checkpoints
 CHECKPOINT_EVERY_COMMITS = 500  # the event loop's commits between two checkpoints on the thread
@@ -143,6 +143,52 @@ CREATE TABLE tasks (
 );
 CREATE INDEX tasks_open ON tasks (polled_at) WHERE status IN ('queued', 'in_progress');
 CREATE INDEX tasks_account ON tasks (account_id, created_at);
+CREATE TABLE deposit_addresses (       -- each account's own deposit address on each chain
+    chain TEXT NOT NULL,
+    address TEXT NOT NULL,                -- 0x + 40 lower-case hex digits (TRON: the same 20 bytes)
+    account_id INTEGER NOT NULL REFERENCES accounts(id),
+    derivation_index INTEGER NOT NULL,    -- m/44'/coin'/account'/0/index
+    created_at REAL NOT NULL,
+    PRIMARY KEY (chain, address),
+    UNIQUE (chain, account_id)
+);
+CREATE TABLE deposits (
+    id INTEGER PRIMARY KEY,
+    chain TEXT NOT NULL,
+    tx_hash TEXT NOT NULL,
+    log_index INTEGER NOT NULL,
+    account_id INTEGER NOT NULL REFERENCES accounts(id),
+    address TEXT NOT NULL,
+    amount_raw TEXT NOT NULL,             -- token base units, as decimal text (18 decimals can pass 2^63)
+    credit INTEGER NOT NULL,              -- nano-dollars it credits
+    block_number INTEGER NOT NULL,
+    block_hash TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('seen', 'credited', 'dropped', 'held')),
+    order_id INTEGER,
+    seen_at REAL NOT NULL,
+    credited_at REAL,
+    note TEXT,                            -- why an operator credited or dropped it
+    UNIQUE (chain, tx_hash, log_index)
+);
+CREATE INDEX deposits_seen ON deposits (chain, block_number) WHERE status = 'seen';
+CREATE INDEX deposits_account ON deposits (account_id, seen_at);
+CREATE TABLE recharge_orders (
+    id INTEGER PRIMARY KEY,
+    account_id INTEGER NOT NULL REFERENCES accounts(id),
+    chain TEXT NOT NULL,
+    address TEXT NOT NULL,
+    amount_raw TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'confirming', 'credited', 'expired')),
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    deposit_id INTEGER
+);
+CREATE INDEX recharge_orders_account ON recharge_orders (account_id, created_at);
+CREATE TABLE chain_cursors (
+    chain TEXT PRIMARY KEY,
+    next_block INTEGER NOT NULL,          -- every block below it was scanned and is final
+    updated_at REAL NOT NULL
+);
 CREATE TABLE settings (
     name TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -388,7 +434,8 @@ UPGRADES = {
 ALTER TABLE holds ADD COLUMN kind TEXT NOT NULL DEFAULT 'request';
 ALTER TABLE usage ADD COLUMN savings INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE usage ADD COLUMN units INTEGER NOT NULL DEFAULT 0;
-""" + SCHEMA[SCHEMA.index("CREATE TABLE response_cache"):SCHEMA.index("CREATE TABLE settings")],
+""" + SCHEMA[SCHEMA.index("CREATE TABLE response_cache"):SCHEMA.index("CREATE TABLE deposit_addresses")],
+    2: SCHEMA[SCHEMA.index("CREATE TABLE deposit_addresses"):SCHEMA.index("CREATE TABLE settings")],
 }
 
 

@@ -259,3 +259,31 @@ def tx_create_account(conn: sqlite3.Connection, name: str, now: float, credit: i
     if credit:
         tx_credit(conn, account_id, credit, "credit", note, now)
     return tx_account(conn, account_id)
+
+
+def tx_credit_deposit(conn: sqlite3.Connection, deposit_id: int, now: float, note: str | None = None) -> int | None:
+    """Credit a final deposit to its account, exactly once: marking the deposit credited and the wallet's credit
+    are one transaction. A deposit held below the minimum is credited only by an operator, with a note. The
+    account's open recharge order (else its latest expired one: a late payment) records the deposit.
+    Returns the nano-dollars credited, or None when the deposit is not one to credit (already credited, dropped)."""
+    allowed = ("seen", "held") if note else ("seen",)
+    deposit = conn.execute("SELECT * FROM deposits WHERE id = ?", (deposit_id,)).fetchone()
+    if deposit is None or deposit["status"] not in allowed:
+        return None
+    moved = conn.execute("UPDATE deposits SET status = 'credited', credited_at = ?, note = COALESCE(?, note) "
+                         "WHERE id = ? AND status = ?", (now, note, deposit_id, deposit["status"])).rowcount
+    if moved != 1:
+        return None
+    what = f"USDT deposit {deposit['chain']} {deposit['tx_hash']}:{deposit['log_index']}"
+    if deposit["credit"] > 0:
+        tx_credit(conn, deposit["account_id"], deposit["credit"], "credit", what + (f" ({note})" if note else ""), now)
+    order = conn.execute("SELECT id, status FROM recharge_orders WHERE account_id = ? AND chain = ? AND status IN "
+                         "('pending', 'confirming', 'expired') AND deposit_id IS NULL ORDER BY status = 'expired', "
+                         "created_at DESC LIMIT 1", (deposit["account_id"], deposit["chain"])).fetchone()
+    if order is not None:
+        late = order["status"] == "expired"
+        conn.execute("UPDATE recharge_orders SET deposit_id = ?, status = CASE WHEN status = 'expired' THEN "
+                     "'expired' ELSE 'credited' END WHERE id = ?", (deposit_id, order["id"]))
+        conn.execute("UPDATE deposits SET order_id = ?, note = COALESCE(note, ?) WHERE id = ?",
+                     (order["id"], f"arrived after order {order['id']} expired" if late else None, deposit_id))
+    return int(deposit["credit"])

@@ -1,0 +1,109 @@
+"""The recharge records' transactions: deposit addresses, deposits as the chain watchers see them (found, moved by
+a reorg, dropped), recharge orders and each chain's scan cursor. Crediting a deposit moves money: it is in money.py."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(slots=True)
+class SeenTransfer:
+    """A transfer of the chain's USDT to one of our deposit addresses, as read from the chain."""
+
+    tx_hash: str
+    log_index: int
+    address: str  # the recipient, 0x + 40 lower-case hex
+    amount_raw: int
+    block_number: int
+    block_hash: str
+    credit: int  # nano-dollars, already priced (billing/recharge/amounts.py)
+    held: bool = False  # below the minimum deposit: recorded, credited only by an operator
+
+
+def tx_deposit_address(conn: sqlite3.Connection, chain: str, account_id: int, address: str, index: int,
+                       now: float) -> str:
+    """The account's address on the chain, recorded on first use (derivation is deterministic, so a second
+    call finds the same one)."""
+    conn.execute("INSERT OR IGNORE INTO deposit_addresses (chain, address, account_id, derivation_index, created_at) "
+                 "VALUES (?, ?, ?, ?, ?)", (chain, address, account_id, index, now))
+    row = conn.execute("SELECT address FROM deposit_addresses WHERE chain = ? AND account_id = ?",
+                       (chain, account_id)).fetchone()
+    return str(row["address"])
+
+
+def tx_watched_addresses(conn: sqlite3.Connection, chain: str) -> dict[str, int]:
+    """Every deposit address on the chain, with its account."""
+    rows = conn.execute("SELECT address, account_id FROM deposit_addresses WHERE chain = ?", (chain,))
+    return {r["address"]: r["account_id"] for r in rows}
+
+
+def tx_record_transfers(conn: sqlite3.Connection, chain: str, transfers: list[SeenTransfer], now: float) -> int:
+    """Record what a scan found. A new transfer is a deposit 'seen' (or 'held' below the minimum); one seen
+    before and not yet credited takes the block it is in now (a reorg may have moved it). Transfers to an
+    address that is not ours are left out. Returns how many deposits are new."""
+    new = 0
+    for t in transfers:
+        owner = conn.execute("SELECT account_id FROM deposit_addresses WHERE chain = ? AND address = ?",
+                             (chain, t.address)).fetchone()
+        if owner is None:
+            continue
+        moved = conn.execute("UPDATE deposits SET block_number = ?, block_hash = ? WHERE chain = ? AND tx_hash = ? "
+                             "AND log_index = ? AND status IN ('seen', 'dropped')",
+                             (t.block_number, t.block_hash, chain, t.tx_hash, t.log_index)).rowcount
+        if moved:
+            conn.execute("UPDATE deposits SET status = 'seen' WHERE chain = ? AND tx_hash = ? AND log_index = ? "
+                         "AND status = 'dropped'", (chain, t.tx_hash, t.log_index))  # found again after a reorg
+            continue
+        new += conn.execute(
+            "INSERT OR IGNORE INTO deposits (chain, tx_hash, log_index, account_id, address, amount_raw, credit, "
+            "block_number, block_hash, status, seen_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (chain, t.tx_hash, t.log_index, owner["account_id"], t.address, str(t.amount_raw), t.credit,
+             t.block_number, t.block_hash, "held" if t.held else "seen", now)).rowcount
+        if t.held:
+            continue
+        conn.execute("UPDATE recharge_orders SET status = 'confirming' WHERE account_id = ? AND chain = ? AND "
+                     "status = 'pending'", (owner["account_id"], chain))
+    return new
+
+
+def tx_deposits_to_confirm(conn: sqlite3.Connection, chain: str, up_to_block: int) -> list[dict[str, Any]]:
+    """Deposits seen in blocks that are now deep enough to be final, oldest first."""
+    rows = conn.execute("SELECT * FROM deposits WHERE chain = ? AND status = 'seen' AND block_number <= ? "
+                        "ORDER BY block_number, log_index", (chain, up_to_block))
+    return [dict(r) for r in rows]
+
+
+def tx_drop_deposit(conn: sqlite3.Connection, deposit_id: int, note: str) -> bool:
+    """A deposit whose transfer is gone (its block was replaced and it is in no other): never credited."""
+    return conn.execute("UPDATE deposits SET status = 'dropped', note = ? WHERE id = ? AND status = 'seen'",
+                        (note, deposit_id)).rowcount == 1
+
+
+def tx_cursor(conn: sqlite3.Connection, chain: str, start: int, now: float) -> int:
+    """The first block not yet scanned and final; `start` on a chain's first scan."""
+    conn.execute("INSERT OR IGNORE INTO chain_cursors (chain, next_block, updated_at) VALUES (?, ?, ?)",
+                 (chain, start, now))
+    return int(conn.execute("SELECT next_block FROM chain_cursors WHERE chain = ?", (chain,)).fetchone()[0])
+
+
+def tx_advance_cursor(conn: sqlite3.Connection, chain: str, next_block: int, now: float) -> int:
+    """Move the cursor forward (never back); returns where it is."""
+    conn.execute("UPDATE chain_cursors SET next_block = MAX(next_block, ?), updated_at = ? WHERE chain = ?",
+                 (next_block, now, chain))
+    return int(conn.execute("SELECT next_block FROM chain_cursors WHERE chain = ?", (chain,)).fetchone()[0])
+
+
+def tx_rewind_cursor(conn: sqlite3.Connection, chain: str, block: int, now: float) -> int:
+    """An operator's rescan: the cursor goes back to `block` (deposits already recorded stay as they are)."""
+    conn.execute("UPDATE chain_cursors SET next_block = MIN(next_block, ?), updated_at = ? WHERE chain = ?",
+                 (block, now, chain))
+    return int(conn.execute("SELECT next_block FROM chain_cursors WHERE chain = ?", (chain,)).fetchone()[0])
+
+
+def tx_deposits(conn: sqlite3.Connection, account_id: int | None, limit: int) -> list[dict[str, Any]]:
+    """Recharge records, newest first (one account's, or all)."""
+    where, args = ("WHERE account_id = ?", [account_id]) if account_id is not None else ("", [])
+    rows = conn.execute(f"SELECT * FROM deposits {where} ORDER BY seen_at DESC, id DESC LIMIT ?", (*args, limit))
+    return [dict(r) for r in rows]
