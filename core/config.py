@@ -104,6 +104,35 @@ class Routing:
     breaker_seconds: float = 30.0  # how long it stays out before one request probes it again
 
 
+# Confirmations a deposit needs by default, by chain id (the issue's figures; others must be configured)
+DEFAULT_CONFIRMATIONS = {1: 12, 56: 15, 137: 64, 42161: 64}
+
+
+@dataclass(frozen=True)
+class Chain:
+    """A chain whose USDT deposits credit wallets (billing/recharge/)."""
+
+    name: str
+    kind: str  # "evm" or "tron" (TRON through its Ethereum-style JSON-RPC)
+    rpc_url: str  # may carry a provider key: never logged
+    contract: str  # 0x + 40 lower-case hex (a TRON T-address is stored in this form)
+    xpub: str  # the account-level extended PUBLIC key the deposit addresses come from
+    confirmations: int
+    decimals: int = 6
+    chain_id: int | None = None
+    batch_blocks: int = 2000
+    poll_interval: float = 5.0
+    start_block: int | None = None
+
+
+@dataclass(frozen=True)
+class Recharge:
+    usd_per_usdt: Decimal = Decimal(1)
+    fee: Decimal = Decimal(0)  # a fraction kept from each deposit (0.01 = 1%)
+    minimum: int = 1_000_000_000  # nano-dollars: smaller deposits wait for an operator
+    order_ttl: float = 3600.0  # seconds a recharge order waits for its payment
+
+
 @dataclass(frozen=True)
 class Cache:
     """The gateway's own response cache (see core/response_cache.py)."""
@@ -132,6 +161,8 @@ class Settings:
     cache: Cache = field(default_factory=Cache)
     tasks: Tasks = field(default_factory=Tasks)
     routing: Routing = field(default_factory=Routing)
+    chains: dict[str, Chain] = field(default_factory=dict)
+    recharge: Recharge = field(default_factory=Recharge)
 
 
 def config_path(cli_value: str | None) -> Path:
@@ -153,11 +184,12 @@ def load(path: Path, environ: dict[str, str] | None = None) -> Settings:
     if not os.path.isabs(billing.database):  # relative to the config file, not to the working directory
         billing = Billing(**{**billing.__dict__, "database": str(path.parent / billing.database)})
     return Settings(settings.server, settings.providers, settings.models, billing, str(path), settings.cache,
-                    settings.tasks, settings.routing)
+                    settings.tasks, settings.routing, settings.chains, settings.recharge)
 
 
 def parse(raw: dict[str, Any], environ: dict[str, str] | os._Environ[str]) -> Settings:
-    _only_keys(raw, "", {"server", "providers", "models", "billing", "cache", "tasks", "routing"})
+    _only_keys(raw, "", {"server", "providers", "models", "billing", "cache", "tasks", "routing", "chains",
+                         "recharge"})
     server = _server(_table(raw, "server", "server"))
     providers_raw = _table(raw, "providers", "providers")
     if not providers_raw:
@@ -178,7 +210,67 @@ def parse(raw: dict[str, Any], environ: dict[str, str] | os._Environ[str]) -> Se
             raise ConfigError(f"billing.hold_ttl: must be longer than the longest request allowed (the model "
                               f"{m.name!r} may try channels whose total timeouts add up to {worst:g}s)")
     return Settings(server, providers, models, billing, cache=_cache(_table(raw, "cache", "cache")),
-                    tasks=_tasks(_table(raw, "tasks", "tasks")), routing=_routing(_table(raw, "routing", "routing")))
+                    tasks=_tasks(_table(raw, "tasks", "tasks")), routing=_routing(_table(raw, "routing", "routing")),
+                    chains={n: _chain(n, _table(_table(raw, "chains", "chains"), n, f"chains.{_q(n)}"), environ)
+                            for n in _table(raw, "chains", "chains")},
+                    recharge=_recharge(_table(raw, "recharge", "recharge")))
+
+
+def _chain(name: str, t: dict[str, Any], environ: Any) -> Chain:
+    from billing.recharge import addresses  # bip-utils is only loaded when chains are configured
+
+    at = f"chains.{_q(name)}"
+    _only_keys(t, at, {"kind", "rpc_url", "rpc_url_env", "chain_id", "contract", "decimals", "confirmations", "xpub",
+                       "batch_blocks", "poll_interval", "start_block"})
+    kind = _str(t, "kind", at, "evm")
+    if kind not in ("evm", "tron"):
+        raise ConfigError(f"{at}.kind: must be \"evm\" or \"tron\"")
+    if "rpc_url_env" in t:
+        env_name = _str(t, "rpc_url_env", at, None)
+        url = environ.get(env_name, "")
+        if not url:
+            raise ConfigError(f"{at}.rpc_url_env: the environment variable {env_name} is not set")
+    else:
+        url = _str(t, "rpc_url", at, None)
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"{at}.rpc_url: must be an http(s) URL")
+    try:
+        raw_contract = _str(t, "contract", at, None)
+        contract = addresses.tron_to_evm(raw_contract) if kind == "tron" else addresses.evm_key(raw_contract)
+    except addresses.AddressError as exc:
+        raise ConfigError(f"{at}.contract: {exc}") from None
+    xpub = _str(t, "xpub", at, None)
+    try:
+        addresses.check_xpub(xpub, "tron" if kind == "tron" else "evm")
+    except addresses.AddressError as exc:
+        raise ConfigError(f"{at}.xpub: {exc}") from None
+    chain_id = _int(t, "chain_id", at, 0, lo=0) or None
+    default_confirmations = DEFAULT_CONFIRMATIONS.get(chain_id or -1, 19 if kind == "tron" else None)
+    if "confirmations" not in t and default_confirmations is None:
+        raise ConfigError(f"{at}.confirmations: required for this chain (defaults exist for Ethereum 12, BSC 15, "
+                          f"Polygon and Arbitrum 64, TRON 19)")
+    return Chain(
+        name=name, kind=kind, rpc_url=url, contract=contract, xpub=xpub,
+        confirmations=_int(t, "confirmations", at, default_confirmations or 1, lo=1, hi=10_000),
+        decimals=_int(t, "decimals", at, 6, lo=0, hi=36), chain_id=chain_id,
+        batch_blocks=_int(t, "batch_blocks", at, 2000, lo=1, hi=1_000_000),
+        poll_interval=_seconds(t, "poll_interval", at, 5.0, positive=True),
+        start_block=_int(t, "start_block", at, 0, lo=0) if "start_block" in t else None,
+    )
+
+
+def _recharge(t: dict[str, Any]) -> Recharge:
+    at = "recharge"
+    _only_keys(t, at, {"usd_per_usdt", "fee", "minimum", "order_ttl"})
+    d = Recharge()
+    rate = _number(t, "usd_per_usdt", at, d.usd_per_usdt)
+    fee = _number(t, "fee", at, d.fee)
+    if rate <= 0:
+        raise ConfigError(f"{at}.usd_per_usdt: must be positive")
+    if not 0 <= fee < 1:
+        raise ConfigError(f"{at}.fee: a fraction from 0 to below 1 (0.01 = 1%)")
+    minimum = _money(t, "minimum", at) if "minimum" in t else d.minimum
+    return Recharge(rate, fee, minimum, _seconds(t, "order_ttl", at, d.order_ttl, positive=True))
 
 
 def _routing(t: dict[str, Any]) -> Routing:

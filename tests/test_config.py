@@ -146,3 +146,43 @@ price = { input = "1", output = "1" }
 channels = [{ provider = "a" }, { provider = "b" }]
 price = { input = "1", output = "1" }
 """), {})
+
+
+def test_recharge_chains_are_read_and_checked() -> None:
+    from bip_utils import Bip39SeedGenerator, Bip44, Bip44Coins
+
+    seed = Bip39SeedGenerator("abandon " * 11 + "about").Generate()
+    eth = Bip44.FromSeed(seed, Bip44Coins.ETHEREUM).Purpose().Coin().Account(0)
+    trx = Bip44.FromSeed(seed, Bip44Coins.TRON).Purpose().Coin().Account(0)
+    base = '[providers.a]\nbase_url = "http://a/v1"\n[models.m]\nprovider = "a"\nprice = { input = "1", output = "1" }\n'
+    usdt_eth = "0xdAC17F958D2ee523a2206206994597C13D831ec7"
+    settings = parse(tomllib.loads(base + f"""
+[recharge]
+fee = 0.01
+minimum = "5"
+[chains.ethereum]
+rpc_url_env = "ETH_RPC"
+chain_id = 1
+contract = "{usdt_eth}"
+xpub = "{eth.PublicKey().ToExtended()}"
+[chains.tron]
+kind = "tron"
+rpc_url = "https://api.trongrid.io/jsonrpc"
+contract = "TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj6t"
+xpub = "{trx.PublicKey().ToExtended()}"
+""", parse_float=Decimal), {"ETH_RPC": "https://eth.example/v3/secret"})
+    eth_chain, tron_chain = settings.chains["ethereum"], settings.chains["tron"]
+    assert (eth_chain.confirmations, eth_chain.decimals, eth_chain.contract) == (12, 6, usdt_eth.lower())
+    assert eth_chain.rpc_url == "https://eth.example/v3/secret"
+    assert tron_chain.confirmations == 19 and tron_chain.contract.startswith("0x") and len(tron_chain.contract) == 42
+    assert settings.recharge.minimum == 5 * 10**9 and str(settings.recharge.fee) == "0.01"
+    for bad, message in (
+            (f'contract = "{usdt_eth}"\nxpub = "{eth.PrivateKey().ToExtended()}"\nchain_id = 1', "xpub: this is an extended PRIVATE key"),
+            (f'contract = "{usdt_eth}"\nxpub = "{eth.PublicKey().ToExtended()}"\nchain_id = 999', "confirmations: required"),
+            (f'contract = "0x12"\nxpub = "{eth.PublicKey().ToExtended()}"\nchain_id = 1', "contract: not an EVM address"),
+            (f'contract = "{usdt_eth}"\nxpub = "{eth.PublicKey().ToExtended()}"\nrpc_url_env = "NOPE"', "NOPE is not set")):
+        text = base + '[chains.x]\nrpc_url = "https://x"\n' + bad + "\n"
+        if "rpc_url_env" in bad:
+            text = text.replace('rpc_url = "https://x"\n', "")
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            parse(tomllib.loads(text), {})
