@@ -66,6 +66,14 @@ class AdminAPI:
                 r.query_params.get("account"), _int_param(r, "key"), r.query_params.get("month"))),
             self._route("/admin/usage/{request_id}", "GET", lambda r: o.request_usage(r.path_params["request_id"])),
             self._route("/admin/holds", "GET", lambda r: o.holds()),
+            self._route("/admin/recharge/addresses", "POST", lambda r: self._with_body(r, lambda b: o.recharge_address(
+                _text(b, "account"), _text(b, "chain")))),
+            self._route("/admin/recharge/deposits", "GET", lambda r: o.deposits(
+                r.query_params.get("account"), _int_param(r, "limit") or 100)),
+            self._route("/admin/recharge/deposits/{deposit_id:int}/credit", "POST", lambda r: self._with_body(
+                r, lambda b: o.credit_deposit(r.path_params["deposit_id"], _text(b, "note")))),
+            self._route("/admin/recharge/chains/{chain}/rescan", "POST", lambda r: self._with_body(
+                r, lambda b: o.rescan(r.path_params["chain"], _integer(b, "from_block")))),
         ]
 
     def _route(self, path: str, method: str, handler: Handler) -> Route:
@@ -127,6 +135,13 @@ def _limits(body: dict[str, Any], creating: bool = False) -> dict[str, Any]:
     if unknown:
         raise OperationError(f"unknown field(s): {', '.join(unknown)}")
     return {k: ("none" if body[k] is None else body[k]) for k in allowed if k in body}
+
+
+def _integer(body: dict[str, Any], name: str) -> int:
+    value = body.get(name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise OperationError(f"'{name}' is required and must be an integer")
+    return value
 
 
 def _int_param(request: Request, name: str) -> int | None:

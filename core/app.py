@@ -71,7 +71,7 @@ class Gateway:
                            self.response_cache)
         self.images = ImageRelay(settings, self.upstreams, self.metrics, self.log, self.ledger)
         self.tasks = TaskRelay(settings, self.upstreams, self.metrics, self.log, self.ledger, self.store)
-        self.operations = Operations(self.store, self.ledger)
+        self.operations = Operations(self.store, self.ledger, settings.chains)
         self.admin = AdminAPI(self.operations, self.store)
         self.ready = False
         self._models = [openai.model_object(m.name, m.created, m.owned_by) for m in settings.models.values()]

@@ -62,6 +62,20 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--month", help="YYYY-MM (default: this month, UTC)")
     p.add_argument("--request", help="one request's row, by its X-TT-Request-ID")
     sub.add_parser("holds", help="open holds")
+    recharge = sub.add_parser("recharge", help="USDT deposits: addresses, records, manual credit, rescan"
+                              ).add_subparsers(dest="action", required=True)
+    p = recharge.add_parser("address", help="an account's deposit address on a chain")
+    p.add_argument("account")
+    p.add_argument("chain")
+    p = recharge.add_parser("deposits", help="recharge records, newest first")
+    p.add_argument("--account")
+    p.add_argument("--limit", type=int, default=100)
+    p = recharge.add_parser("credit", help="credit a deposit the watcher holds (below the minimum), with a reason")
+    p.add_argument("deposit_id", type=int)
+    p.add_argument("--note", required=True)
+    p = recharge.add_parser("rescan", help="scan a chain again from a block")
+    p.add_argument("chain")
+    p.add_argument("from_block", type=int)
     for name, subparser in sub.choices.items():
         for action in getattr(subparser, "_subparsers", None) and subparser._subparsers._group_actions or ():
             for child in action.choices.values():
@@ -111,6 +125,14 @@ async def _dispatch(ops: Operations, a: argparse.Namespace) -> Any:
             return await ops.usage(a.account, a.key_id, a.month)
         case "holds", _:
             return await ops.holds()
+        case "recharge", "address":
+            return await ops.recharge_address(a.account, a.chain)
+        case "recharge", "deposits":
+            return await ops.deposits(a.account, a.limit)
+        case "recharge", "credit":
+            return await ops.credit_deposit(a.deposit_id, a.note)
+        case "recharge", "rescan":
+            return await ops.rescan(a.chain, a.from_block)
     raise OperationError(f"unknown command {a.command}")
 
 
@@ -119,7 +141,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         db = Store(settings.billing.database, settings.billing.synchronous)
         await db.start()
         try:
-            return await _dispatch(Operations(db, Ledger(db, 0, 0)), args)
+            return await _dispatch(Operations(db, Ledger(db, 0, 0), settings.chains), args)
         finally:
             await db.close()
 

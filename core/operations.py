@@ -58,9 +58,10 @@ def public_account(row: dict[str, Any]) -> dict[str, Any]:
 
 
 class Operations:
-    def __init__(self, db: store.Store, ledger: Ledger) -> None:
+    def __init__(self, db: store.Store, ledger: Ledger, chains: dict[str, Any] | None = None) -> None:
         self.db = db
         self.ledger = ledger
+        self.chains = chains or {}  # name -> core.config.Chain (USDT recharge)
 
     async def _account(self, ref: str) -> dict[str, Any]:
         try:
@@ -187,6 +188,61 @@ class Operations:
             raise OperationError(f"no usage row for {request_id!r}: requests refused before a hold (401, 402, 403, "
                                  "429) are only in the request log")
         return _money(row, "cost", "unbilled", "savings")
+
+    # -- USDT recharge ------------------------------------------------------------------------
+
+    def _chain(self, name: str) -> Any:
+        chain = self.chains.get(name)
+        if chain is None:
+            raise OperationError(f"no chain {name!r} is configured (configured: {', '.join(sorted(self.chains)) or 'none'})")
+        return chain
+
+    async def recharge_address(self, account: str, chain_name: str) -> dict[str, Any]:
+        """The account's own deposit address on a chain: m/44'/coin'/account'/0/<account id>, recorded so the
+        watcher looks for transfers to it. Any amount sent to it, at any time, credits this account."""
+        from billing.recharge import addresses
+
+        chain = self._chain(chain_name)
+        acct = await self._account(account)
+        shown = addresses.deposit_address(chain.xpub, chain.kind, acct["id"])
+        stored = addresses.tron_to_evm(shown) if chain.kind == "tron" else addresses.evm_key(shown)
+        await self.db.run(store.tx_deposit_address, chain.name, acct["id"], stored, acct["id"], time.time())
+        coin = 195 if chain.kind == "tron" else 60
+        return {"account": acct["name"], "chain": chain.name, "address": shown,
+                "derivation_path": f"m/44'/{coin}'/<account>'/0/{acct['id']}"}
+
+    async def deposits(self, account: str | None, limit: int = 100) -> list[dict[str, Any]]:
+        """Recharge records: every deposit seen, newest first, with its amount, status and credit."""
+        from billing.recharge import addresses, amounts
+
+        account_id = (await self._account(account))["id"] if account else None
+        out = []
+        for row in await self.db.run(store.tx_deposits, account_id, max(1, min(limit, 1000))):
+            chain = self.chains.get(row["chain"])
+            decimals = chain.decimals if chain is not None else 6
+            if chain is not None and chain.kind == "tron":
+                row["address"] = addresses.evm_to_tron(row["address"])
+            row["amount"] = amounts.tokens(int(row.pop("amount_raw")), decimals)
+            out.append(_money(row, "credit"))
+        return out
+
+    async def credit_deposit(self, deposit_id: int, note: str) -> dict[str, Any]:
+        """An operator's credit of a deposit the watcher does not credit (below the minimum), with the reason."""
+        if not note.strip():
+            raise OperationError("a manual credit needs a reason (--note)")
+        credited = await self.ledger.credit_deposit(deposit_id, note.strip())
+        if credited is None:
+            raise OperationError(f"deposit {deposit_id} cannot be credited: it does not exist, or it is already "
+                                 "credited, dropped, or still waiting for its confirmations")
+        return _money({"deposit_id": deposit_id, "credited": credited}, "credited")
+
+    async def rescan(self, chain_name: str, from_block: int) -> dict[str, Any]:
+        """Move a chain's scan cursor back, so the watcher reads those blocks again (nothing is credited twice)."""
+        chain = self._chain(chain_name)
+        if from_block < 0:
+            raise OperationError("a block number is never negative")
+        cursor = await self.db.run(store.tx_rewind_cursor, chain.name, from_block, time.time())
+        return {"chain": chain.name, "next_block": cursor}
 
     async def holds(self) -> list[dict[str, Any]]:
         return [_money(h, "amount") for h in await self.db.run(store.tx_open_holds)]

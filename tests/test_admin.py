@@ -77,3 +77,16 @@ def test_no_secret_character_is_stored_beyond_the_display_form(gateway: GatewayP
     stored = " ".join(str(v) for v in row)
     assert secret[4:-4] not in stored and secret[4:12] not in stored and secret[-12:-4] not in stored
     assert created["display"] == f"sk-tt-{secret[:4]}...{secret[-4:]}"
+
+
+def test_recharge_routes_answer_and_refuse_what_is_not_configured(gateway: GatewayProcess) -> None:
+    api = httpx.Client(base_url=gateway.url + "/admin",
+                       headers={"authorization": f"Bearer {admin_token(gateway)}"})
+    assert api.get("/recharge/deposits").json() == []  # no chain here, so no deposit
+    missing = api.post("/recharge/addresses", json={"account": "tester", "chain": "ethereum"})
+    assert missing.status_code == 404 and "no chain 'ethereum' is configured" in missing.json()["error"]["message"]
+    assert api.post("/recharge/chains/ethereum/rescan", json={"from_block": 5}).status_code == 404
+    assert api.post("/recharge/chains/ethereum/rescan", json={"from_block": "5"}).status_code == 400
+    no_reason = api.post("/recharge/deposits/1/credit", json={})
+    assert no_reason.status_code == 400 and "'note' is required" in no_reason.json()["error"]["message"]
+    assert api.post("/recharge/deposits/999/credit", json={"note": "x"}).status_code == 400  # no such deposit

@@ -124,3 +124,56 @@ def test_the_cursor_only_moves_forward_unless_an_operator_rescans(tmp_path: Path
         await db.close()
 
     asyncio.run(scenario())
+
+
+def test_the_operator_commands_for_recharge(tmp_path: Path) -> None:
+    """`recharge address|deposits|credit|rescan` through the CLI, on a config with an EVM chain."""
+    from bip_utils import Bip39SeedGenerator, Bip44, Bip44Coins
+
+    from tests.conftest import base_config, cli
+
+    seed = Bip39SeedGenerator("abandon " * 11 + "about").Generate()
+    xpub = Bip44.FromSeed(seed, Bip44Coins.ETHEREUM).Purpose().Coin().Account(0).PublicKey().ToExtended()
+    config = tmp_path / "config.toml"
+    config.write_text(base_config(tmp_path / "requests.log") + f"""
+[providers.demo]
+builtin = "demo"
+[models.m]
+provider = "demo"
+price = {{ input = "1", output = "1" }}
+[recharge]
+minimum = "1"
+[chains.testnet]
+rpc_url = "http://127.0.0.1:9"
+chain_id = 1337
+confirmations = 3
+contract = "0x{'de' * 20}"
+xpub = "{xpub}"
+""")
+    account = cli(config, "accounts", "create", "payer")
+    shown = cli(config, "recharge", "address", "payer", "testnet")
+    again = cli(config, "recharge", "address", "payer", "testnet")
+    assert shown == again and shown["address"].startswith("0x") and shown["derivation_path"].endswith(f"/{account['id']}")
+
+    async def dust() -> int:
+        db = store.Store(str(tmp_path / "tokentoll.db"))
+        await db.start()
+        try:
+            await db.run(store.tx_record_transfers, "testnet", [
+                SeenTransfer("0xdust", 0, shown["address"].lower(), 500_000, 5, "0xh", 500_000_000, held=True)], 1.0)
+            return (await db.run(store.tx_deposits, None, 1))[0]["id"]
+        finally:
+            await db.close()
+
+    deposit_id = asyncio.run(dust())
+    (record,) = cli(config, "recharge", "deposits", "--account", "payer")
+    assert (record["amount"], record["status"], record["credit_usd"]) == ("0.5", "held", "0.500000000")
+    credited = cli(config, "recharge", "credit", str(deposit_id), "--note", "operator: confirmed by hand")
+    assert credited["credited_usd"] == "0.500000000"
+    assert cli(config, "wallet", "show", "payer")["balance"] == 500_000_000
+    assert cli(config, "recharge", "rescan", "testnet", "0") == {"chain": "testnet", "next_block": 0}
+    import subprocess, sys  # noqa: E401 - the refusals exit 1 with a message
+    from tests.conftest import ROOT
+    again_credit = subprocess.run([sys.executable, str(ROOT / "gateway.py"), "--config", str(config), "recharge",
+                                   "credit", str(deposit_id), "--note", "twice"], capture_output=True, text=True)
+    assert again_credit.returncode == 1 and "cannot be credited" in again_credit.stderr

@@ -96,7 +96,10 @@ def tx_advance_cursor(conn: sqlite3.Connection, chain: str, next_block: int, now
 
 
 def tx_rewind_cursor(conn: sqlite3.Connection, chain: str, block: int, now: float) -> int:
-    """An operator's rescan: the cursor goes back to `block` (deposits already recorded stay as they are)."""
+    """An operator's rescan: the cursor goes back to `block` (deposits already recorded stay as they are); on a
+    chain not scanned yet, the first scan starts there."""
+    conn.execute("INSERT OR IGNORE INTO chain_cursors (chain, next_block, updated_at) VALUES (?, ?, ?)",
+                 (chain, block, now))
     conn.execute("UPDATE chain_cursors SET next_block = MIN(next_block, ?), updated_at = ? WHERE chain = ?",
                  (block, now, chain))
     return int(conn.execute("SELECT next_block FROM chain_cursors WHERE chain = ?", (chain,)).fetchone()[0])
