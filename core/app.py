@@ -28,7 +28,8 @@ from billing.pricing import units_to_usd
 from core.admin import ADMIN_TOKEN_ENV, AdminAPI
 from core.operations import Operations
 from billing.safetynet import SafetyNet, owner_id
-from billing.store import Store, tx_oldest_open_hold
+from billing.recharge.service import RechargeService
+from billing.store import Store, tx_deposit_counts, tx_oldest_open_hold
 from core.clientip import from_scope
 from core.config import Settings
 from core.dialects import relay_call, wants_anthropic, wants_gemini
@@ -72,6 +73,8 @@ class Gateway:
         self.images = ImageRelay(settings, self.upstreams, self.metrics, self.log, self.ledger)
         self.tasks = TaskRelay(settings, self.upstreams, self.metrics, self.log, self.ledger, self.store)
         self.operations = Operations(self.store, self.ledger, settings.chains)
+        self.recharge = RechargeService(settings.chains, settings.recharge, self.ledger, self.store, self.ledger.owner,
+                                        lambda chain: self.metrics.recharge_rpc_errors.labels(chain).inc())
         self.admin = AdminAPI(self.operations, self.store)
         self.ready = False
         self._models = [openai.model_object(m.name, m.created, m.owned_by) for m in settings.models.values()]
@@ -122,12 +125,14 @@ class Gateway:
         await safety_net.heartbeat()  # before any hold of ours exists
         safety_net.start()
         await self.tasks.start()
+        self.recharge.start()
         self.ready = True
         try:
             yield
         finally:
             self.ready = False
             await self.tasks.stop()
+            await self.recharge.stop()
             await safety_net.stop()
             await self.upstreams.close()
             await self.media.close()
@@ -222,6 +227,11 @@ class Gateway:
             self.metrics.set_oldest_open_hold(await self.store.run(tx_oldest_open_hold, time.time()))
         except Exception:  # noqa: BLE001 - the other metrics still matter; the gauge keeps its last value
             log.warning("could not read the oldest open hold for /metrics", exc_info=True)
+        if self.settings.chains:
+            try:
+                self.metrics.set_recharge(self.recharge.lags(), await self.store.run(tx_deposit_counts))
+            except Exception:  # noqa: BLE001 - as above
+                log.warning("could not read the recharge figures for /metrics", exc_info=True)
         return Response(self.metrics.render(), media_type=self.metrics.content_type)
 
     async def healthz(self, request: Request) -> Response:

@@ -54,6 +54,15 @@ class Metrics:
         self.ledger_write_failures = Counter(
             "tokentoll_ledger_write_failures", "Hold or settle transactions that raised (money may be held "
             "until the safety net settles it).", registry=r)
+        self.recharge_lag = Gauge(
+            "tokentoll_recharge_scan_lag_blocks", "USDT deposits: the chain's head minus the first block not yet "
+            "scanned and final, as the process running the chain's watcher last saw it.", ["chain"], registry=r)
+        self.recharge_deposits = Gauge(
+            "tokentoll_recharge_deposits", "USDT deposits recorded, by chain and status (seen, credited, dropped, "
+            "held). Read from the database at scrape time.", ["chain", "status"], registry=r)
+        self.recharge_rpc_errors = Counter(
+            "tokentoll_recharge_rpc_errors", "Watcher passes that failed on the chain's RPC (retried, nothing "
+            "skipped).", ["chain"], registry=r)
 
     def child(self, metric: Any, *labels: str) -> Any:
         """metric.labels(*labels), memoized: the hot path skips prometheus_client's lock and checks."""
@@ -78,6 +87,12 @@ class Metrics:
     def set_oldest_open_hold(self, ages: dict[str, float]) -> None:
         for kind, age in ages.items():
             self.oldest_open_hold.labels(kind).set(age)
+
+    def set_recharge(self, lags: dict[str, int], deposits: list[tuple[str, str, int]]) -> None:
+        for chain, lag in lags.items():
+            self.recharge_lag.labels(chain).set(lag)
+        for chain, status, count in deposits:
+            self.recharge_deposits.labels(chain, status).set(count)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -3,12 +3,11 @@ extended PUBLIC key (BIP32/BIP44, m/44'/coin'/account'): the gateway never holds
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from bip_utils import Base58Decoder, Base58Encoder, Bip44, Bip44Changes, Bip44Coins
-
+# bip_utils (and what it pulls in) is imported where a key is used, so that the gateway loads it only when chains
+# are configured.
 Family = Literal["evm", "tron"]
-COINS = {"evm": Bip44Coins.ETHEREUM, "tron": Bip44Coins.TRON}
 ACCOUNT_DEPTH = 3  # m/44'/coin'/account'
 MAX_INDEX = 2**31 - 1  # non-hardened child indexes
 TRON_PREFIX = b"\x41"
@@ -18,12 +17,20 @@ class AddressError(ValueError):
     """An extended key or an address that cannot be used; the message says why."""
 
 
+def _coin(family: Family) -> Any:
+    from bip_utils import Bip44Coins
+
+    return {"evm": Bip44Coins.ETHEREUM, "tron": Bip44Coins.TRON}[family]
+
+
 def check_xpub(xpub: str, family: Family) -> None:
     """An account-level extended public key (depth 3), and public only: a private key is refused, never used."""
     if xpub.startswith(("xprv", "tprv", "yprv", "zprv")):
         raise AddressError("this is an extended PRIVATE key: give the account's extended public key (xpub) only")
+    from bip_utils import Bip44
+
     try:
-        key = Bip44.FromExtendedKey(xpub, COINS[family])
+        key = Bip44.FromExtendedKey(xpub, _coin(family))
     except Exception as exc:  # noqa: BLE001 - bip_utils raises several kinds for a malformed key
         if "Depth" in type(exc).__name__:
             raise AddressError("the extended key is not at the account level: export m/44'/coin'/account' "
@@ -40,7 +47,9 @@ def deposit_address(xpub: str, family: Family, index: int) -> str:
     """The address m/44'/coin'/account'/0/index: EIP-55 checksummed on EVM chains, base58check (T...) on TRON."""
     if not 0 <= index <= MAX_INDEX:
         raise AddressError(f"address index {index} is out of range (0 to {MAX_INDEX})")
-    key = Bip44.FromExtendedKey(xpub, COINS[family])
+    from bip_utils import Bip44, Bip44Changes
+
+    key = Bip44.FromExtendedKey(xpub, _coin(family))
     return str(key.Change(Bip44Changes.CHAIN_EXT).AddressIndex(index).PublicKey().ToAddress())
 
 
@@ -54,6 +63,8 @@ def evm_key(address: str) -> str:
 
 def tron_to_evm(address: str) -> str:
     """A TRON base58check address (T...) as the 20-byte hex form its contract events carry (0x...)."""
+    from bip_utils import Base58Decoder
+
     try:
         raw = Base58Decoder.CheckDecode(address)
     except Exception:  # noqa: BLE001 - a bad checksum or alphabet
@@ -65,6 +76,8 @@ def tron_to_evm(address: str) -> str:
 
 def evm_to_tron(address: str) -> str:
     """The 20-byte hex form (0x..., or TRON's 41...) as a TRON base58check address."""
+    from bip_utils import Base58Encoder
+
     h = address.lower().removeprefix("0x")
     if len(h) == 42 and h.startswith("41"):
         h = h[2:]

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol
@@ -72,6 +73,7 @@ class Watcher:
         self.db = db
         self.lag = 0  # head minus cursor, after the last pass (for /metrics)
         self.errors = 0  # failed passes in a row
+        self.on_error: Callable[[], None] | None = None  # told of each failed pass (a metric)
 
     def seen(self, t: TransferLike) -> store.SeenTransfer:
         s = self.settings
@@ -92,8 +94,9 @@ class Watcher:
             while start <= head:
                 end = min(start + s.batch_blocks - 1, head)
                 transfers = await self.client.transfer_logs(s.contract, addresses, start, end)
-                found += await self.db.run(store.tx_record_transfers, s.name, [self.seen(t) for t in transfers],
-                                           time.time())
+                # zero-value transfers are address-poisoning spam, not deposits
+                found += await self.db.run(store.tx_record_transfers, s.name,
+                                           [self.seen(t) for t in transfers if t.amount_raw > 0], time.time())
                 scanned_to, start = end, end + 1
         else:
             scanned_to = head  # no address yet: nothing to find in these blocks
@@ -113,19 +116,22 @@ class Watcher:
         self.lag = max(head - cursor, 0)
         return PassResult(head, scanned_to, found, credited, dropped)
 
-    async def run(self) -> None:
-        while True:
-            try:
-                await self.run_pass()
-                self.errors = 0
-                delay = self.settings.poll_interval
-            except asyncio.CancelledError:
-                raise
-            except store.StoreClosed:
-                return
-            except Exception as exc:  # an RPC outage or a rate limit: back off, then scan the same blocks again
-                self.errors += 1
-                delay = min(self.settings.poll_interval * 2 ** min(self.errors, 6), 300.0) * random.uniform(0.8, 1.2)
-                log.warning("%s watcher pass failed (%s); again in %.0f s", self.settings.name, type(exc).__name__,
-                            delay)
-            await asyncio.sleep(delay)
+    async def step(self) -> None:
+        """One pass, then the wait before the next: the poll interval, or after a failure (an RPC outage, a rate
+        limit) a growing back-off, at least the rate limit's own Retry-After. The next pass scans the same blocks
+        again: nothing is skipped."""
+        try:
+            await self.run_pass()
+            self.errors = 0
+            delay = self.settings.poll_interval
+        except (asyncio.CancelledError, store.StoreClosed):
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure of the chain or its RPC: back off and retry
+            self.errors += 1
+            if self.on_error is not None:
+                self.on_error()
+            delay = min(self.settings.poll_interval * 2 ** min(self.errors, 6), 300.0) * random.uniform(0.8, 1.2)
+            delay = max(delay, getattr(exc, "retry_after", None) or 0.0)
+            log.warning("%s watcher pass failed (%s); again in %.0f s", self.settings.name, type(exc).__name__,
+                        delay)
+        await asyncio.sleep(delay)

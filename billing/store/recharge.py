@@ -105,6 +105,12 @@ def tx_rewind_cursor(conn: sqlite3.Connection, chain: str, block: int, now: floa
     return int(conn.execute("SELECT next_block FROM chain_cursors WHERE chain = ?", (chain,)).fetchone()[0])
 
 
+def tx_deposit_counts(conn: sqlite3.Connection) -> list[tuple[str, str, int]]:
+    """Deposits by chain and status, for /metrics."""
+    rows = conn.execute("SELECT chain, status, COUNT(*) FROM deposits GROUP BY chain, status")
+    return [(r[0], r[1], int(r[2])) for r in rows]
+
+
 def tx_deposits(conn: sqlite3.Connection, account_id: int | None, limit: int) -> list[dict[str, Any]]:
     """Recharge records, newest first (one account's, or all)."""
     where, args = ("WHERE account_id = ?", [account_id]) if account_id is not None else ("", [])

@@ -1,0 +1,122 @@
+"""USDT recharge end to end: the gateway watching a real local chain (ganache) with our own 6-decimal token.
+A deposit is credited only after N confirmations, exactly once, also across a restart between detection and
+confirmation; another token is ignored; a reorg before finality removes a deposit, which is never credited."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bip_utils import Bip39SeedGenerator, Bip44, Bip44Coins
+
+from tests.chain.ganache import Chain, Token, deploy_token
+from tests.conftest import GatewayProcess, base_config, cli, demo_provider, serve_gateway, wait_for
+
+pytest_plugins = ["tests.chain.fixtures"]
+
+XPUB = Bip44.FromSeed(Bip39SeedGenerator("abandon " * 11 + "about").Generate(), Bip44Coins.ETHEREUM) \
+    .Purpose().Coin().Account(0).PublicKey().ToExtended()
+CONFIRMATIONS = 3
+USDT = 10**6  # base units per token (6 decimals)
+
+
+def recharge_config(chain: Chain, token: Token, start: int, log_path: Path) -> str:
+    return base_config(log_path) + demo_provider() + f"""
+[models.demo-echo]
+provider = "demo"
+upstream_model = "echo"
+price = {{ input = "1", output = "1" }}
+
+[recharge]
+minimum = "1"
+
+[chains.local]
+rpc_url = "{chain.url}"
+chain_id = 1337
+confirmations = {CONFIRMATIONS}
+contract = "{token.address}"
+xpub = "{XPUB}"
+poll_interval = 0.1
+start_block = {start}
+"""
+
+
+@pytest.fixture(scope="module")
+def setup(chain: Chain, token: Token, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    tmp = tmp_path_factory.mktemp("recharge")
+    gws = serve_gateway(tmp, lambda log: recharge_config(chain, token, chain.block_number(), log), {}, "payer", "0",
+                        ("Traceback",))
+    gw = next(gws)
+    address = cli(gw.config, "recharge", "address", "payer", "local", env=gw.env)["address"]
+    token.mint(token.deployer, 1_000 * USDT)
+    yield {"gw": gw, "address": address, "tmp": tmp, "gens": gws}
+    try:
+        next(gws)
+    except StopIteration:
+        pass
+
+
+def deposits(gw: GatewayProcess) -> dict[str, dict[str, Any]]:
+    return {d["tx_hash"]: d for d in cli(gw.config, "recharge", "deposits", "--account", "payer", env=gw.env)}
+
+
+def status_of(gw: GatewayProcess, tx_hash: str) -> str | None:
+    found = deposits(gw).get(tx_hash)
+    return found["status"] if found else None
+
+
+def balance(gw: GatewayProcess) -> int:
+    return int(cli(gw.config, "wallet", "show", "payer", env=gw.env)["balance"])
+
+
+def test_credited_after_n_confirmations_exactly_once_across_a_restart(setup: dict[str, Any], chain: Chain,
+                                                                       token: Token) -> None:
+    gw: GatewayProcess = setup["gw"]
+    first = token.transfer(token.deployer, setup["address"], 25 * USDT)  # its own block (instamine)
+    wait_for(lambda: status_of(gw, first.hash) == "seen", 20, "the deposit to be found")
+    second = token.transfer(token.deployer, setup["address"], 2 * USDT)  # the next block
+    wait_for(lambda: status_of(gw, second.hash) == "seen", 20, "the second deposit to be found")
+    # the pass that found the second saw the first with 2 confirmations of 3: not credited
+    assert status_of(gw, first.hash) == "seen" and balance(gw) == 0
+    gw.stop()  # a restart between detection and confirmation
+    chain.mine(CONFIRMATIONS + 2)
+    again = GatewayProcess(gw.config, gw.log_path, gw.env)
+    setup["gw"] = again
+    try:
+        wait_for(lambda: {status_of(again, first.hash), status_of(again, second.hash)} == {"credited"}, 20,
+                 "both deposits to be credited")
+        assert balance(again) == 27 * 10**9
+        chain.mine(5)
+        db = sqlite3.connect(setup["tmp"] / "tokentoll.db")
+        credits = db.execute("SELECT COUNT(*), SUM(balance_delta) FROM ledger WHERE kind = 'credit' AND note LIKE "
+                             "'USDT deposit local %'").fetchone()
+        db.close()
+        assert credits == (2, 27 * 10**9)  # one credit each, whatever the passes since
+    finally:
+        again.stop()
+    setup["gw"] = GatewayProcess(gw.config, gw.log_path, gw.env)
+
+
+def test_another_token_is_ignored_and_a_reorg_before_finality_is_never_credited(
+        setup: dict[str, Any], chain: Chain, token: Token) -> None:
+    gw: GatewayProcess = setup["gw"]
+    before = balance(gw)
+    other = deploy_token(chain, symbol="FAKE")
+    other.mint(other.deployer, 100 * USDT)
+    fake = other.transfer(other.deployer, setup["address"], 50 * USDT)
+    snapshot = chain.snapshot()
+    doomed = token.transfer(token.deployer, setup["address"], 7 * USDT)
+    wait_for(lambda: status_of(gw, doomed.hash) == "seen", 20, "the doomed deposit to be found")
+    chain.revert(snapshot)  # the block that carried it is gone; the chain goes on without it
+    chain.mine(CONFIRMATIONS + 2)
+    wait_for(lambda: status_of(gw, doomed.hash) == "dropped", 20, "the reorged deposit to be dropped")
+    marker = token.transfer(token.deployer, setup["address"], 1 * USDT)
+    chain.mine(CONFIRMATIONS)
+    wait_for(lambda: status_of(gw, marker.hash) == "credited", 20, "a later deposit to be credited")
+    assert balance(gw) == before + 1 * 10**9  # the reorged 7 USDT never, the later 1 USDT once
+    assert status_of(gw, fake.hash) is None  # another token's transfer is not a deposit
+    assert status_of(gw, doomed.hash) == "dropped"
+    setup["gw"].stop()
