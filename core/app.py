@@ -37,6 +37,7 @@ from core.images import ImageRelay
 from core.media import MediaFetcher
 from core.metrics import Metrics
 from core.relay import Receive, Relay, Scope, Send
+from core.recharge_api import RechargeAPI
 from core.requestlog import RequestLog
 from core.response_cache import ResponseCache
 from core.tasks import TaskRelay
@@ -44,7 +45,8 @@ from core.upstream import Upstreams
 
 log = logging.getLogger("tokentoll")
 
-KNOWN_ROUTES = ("/v1/models", "/v1beta/models", "/v1/pricing", "/metrics", "/healthz", "/readyz", "/admin/")
+KNOWN_ROUTES = ("/v1/models", "/v1beta/models", "/v1/pricing", "/metrics", "/healthz", "/readyz", "/admin/",
+                "/v1/recharge/")
 KNOWN_PATHS = frozenset({"/v1/models", "/v1beta/models", "/v1/pricing", "/metrics", "/healthz", "/readyz"})
 OPENAI_PATHS_WITHOUT_V1 = ("/chat/completions", "/completions", "/embeddings", "/responses", "/models")
 
@@ -99,6 +101,7 @@ class Gateway:
                 Route("/healthz", self.healthz, methods=["GET"]),
                 Route("/readyz", self.readyz, methods=["GET"]),
                 *self.admin.routes(),
+                *RechargeAPI(settings, self.store).routes(),
             ],
             exception_handlers={HTTPException: self.http_error, Exception: self.internal_error},
             lifespan=self.lifespan,
@@ -287,6 +290,8 @@ def route_label(path: str) -> str:
         return path
     if path.startswith("/admin/"):
         return "/admin"
+    if path.startswith("/v1/recharge/"):
+        return "/v1/recharge/orders" if path.startswith("/v1/recharge/orders") else "/v1/recharge/deposits"
     if path.startswith("/v1beta/models/"):
         return "/v1beta/models/{id}"
     return "/v1/models/{id}" if path.startswith("/v1/models/") else "other"

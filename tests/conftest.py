@@ -70,7 +70,7 @@ class GatewayProcess:
             return []
         return [orjson.loads(line) for line in self.log_path.read_bytes().splitlines() if line.strip()]
 
-    def log_entry(self, request_id: str, timeout: float = 5.0) -> dict[str, Any]:
+    def log_entry(self, request_id: str, timeout: float = 15.0) -> dict[str, Any]:
         """The request's log line, written when the request ends (just after its last byte)."""
         found = wait_for(lambda: next((e for e in self.log_entries() if e["request_id"] == request_id), None),
                          timeout, f"log line for {request_id}")

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx2 as httpx
 import pytest
 from bip_utils import Bip39SeedGenerator, Bip44, Bip44Coins
 
@@ -32,6 +33,7 @@ price = {{ input = "1", output = "1" }}
 
 [recharge]
 minimum = "1"
+order_ttl = 5
 
 [chains.local]
 rpc_url = "{chain.url}"
@@ -52,7 +54,8 @@ def setup(chain: Chain, token: Token, tmp_path_factory: pytest.TempPathFactory) 
     gw = next(gws)
     address = cli(gw.config, "recharge", "address", "payer", "local", env=gw.env)["address"]
     token.mint(token.deployer, 1_000 * USDT)
-    yield {"gw": gw, "address": address, "tmp": tmp, "gens": gws}
+    key = cli(gw.config, "keys", "create", "--account", "payer", env=gw.env)["key"]
+    yield {"gw": gw, "address": address, "tmp": tmp, "gens": gws, "key": key}
     try:
         next(gws)
     except StopIteration:
@@ -119,4 +122,84 @@ def test_another_token_is_ignored_and_a_reorg_before_finality_is_never_credited(
     assert balance(gw) == before + 1 * 10**9  # the reorged 7 USDT never, the later 1 USDT once
     assert status_of(gw, fake.hash) is None  # another token's transfer is not a deposit
     assert status_of(gw, doomed.hash) == "dropped"
-    setup["gw"].stop()
+    gw.stop()
+
+
+def api(setup: dict[str, Any], method: str, path: str, key: str | None = None, **kwargs: Any) -> httpx.Response:
+    headers = {"authorization": f"Bearer {key or setup['key']}"}
+    return httpx.request(method, setup["gw"].url + path, headers=headers, timeout=10, **kwargs)
+
+
+def test_an_order_shows_how_to_pay_and_follows_its_deposit_to_the_credit(setup: dict[str, Any], chain: Chain,
+                                                                          token: Token) -> None:
+    setup["gw"] = GatewayProcess(setup["gw"].config, setup["gw"].log_path, setup["gw"].env)
+    gw = setup["gw"]
+    try:
+        created = api(setup, "POST", "/v1/recharge/orders", json={"chain": "local", "amount": "12.5"})
+        assert created.status_code == 201, created.text
+        order = created.json()
+        assert (order["status"], order["amount"], order["address"]) == ("pending", "12.5", setup["address"])
+        assert order["payment_uri"] == (f"ethereum:{token.address.lower()}@1337/transfer?address="
+                                        f"{setup['address']}&uint256=12500000")
+        assert 0 < order["expires_in"] <= 5
+        paid = token.transfer(token.deployer, setup["address"], 12_500_000)
+
+        def confirming() -> dict[str, Any] | None:
+            now = api(setup, "GET", f"/v1/recharge/orders/{order['id']}").json()
+            return now if now["status"] == "confirming" else None
+
+        following = wait_for(confirming, 20, "the order to see its payment")
+        assert following["confirmations"]["required"] == CONFIRMATIONS
+        assert 1 <= following["confirmations"]["received"] < CONFIRMATIONS
+        chain.mine(CONFIRMATIONS)
+        wait_for(lambda: api(setup, "GET", f"/v1/recharge/orders/{order['id']}").json()["status"] == "credited", 20,
+                 "the order to be credited")
+        records = api(setup, "GET", "/v1/recharge/deposits").json()["data"]
+        record = next(r for r in records if r["tx_hash"] == paid.hash)
+        assert (record["status"], record["credit_usd"], record["order_id"]) == ("credited", "12.500000000",
+                                                                                  order["id"])
+    finally:
+        gw.stop()
+
+
+def test_an_expired_order_then_a_late_payment_is_credited_and_recorded(setup: dict[str, Any], chain: Chain,
+                                                                        token: Token) -> None:
+    setup["gw"] = GatewayProcess(setup["gw"].config, setup["gw"].log_path, setup["gw"].env)
+    gw = setup["gw"]
+    try:
+        order = api(setup, "POST", "/v1/recharge/orders", json={"chain": "local", "amount": "3"}).json()
+        wait_for(lambda: api(setup, "GET", f"/v1/recharge/orders/{order['id']}").json()["status"] == "expired", 10,
+                 "the order to expire")
+        before = balance(gw)
+        late = token.transfer(token.deployer, setup["address"], 3 * USDT)
+        chain.mine(CONFIRMATIONS)
+        wait_for(lambda: status_of(gw, late.hash) == "credited", 20, "the late payment to be credited")
+        assert balance(gw) == before + 3 * 10**9  # a late payment is never lost
+        record = next(r for r in api(setup, "GET", "/v1/recharge/deposits").json()["data"] if r["tx_hash"] == late.hash)
+        assert record["order_id"] == order["id"] and record["note"] == f"arrived after order {order['id']} expired"
+        assert api(setup, "GET", f"/v1/recharge/orders/{order['id']}").json()["status"] == "expired"
+    finally:
+        gw.stop()
+
+
+def test_orders_refuse_bad_input_and_other_accounts(setup: dict[str, Any]) -> None:
+    setup["gw"] = GatewayProcess(setup["gw"].config, setup["gw"].log_path, setup["gw"].env)
+    gw = setup["gw"]
+    try:
+        for body, message in (({"chain": "mars", "amount": "5"}, "'chain' must be one of: local"),
+                              ({"chain": "local", "amount": 5}, "decimal string"),
+                              ({"chain": "local", "amount": "0.0000001"}, "at most 6 decimals"),
+                              ({"chain": "local", "amount": "0.5"}, "the smallest recharge is 1.000000000 USD")):
+            refused = api(setup, "POST", "/v1/recharge/orders", json=body)
+            assert refused.status_code == 400 and message in refused.json()["error"]["message"], refused.text
+        assert api(setup, "POST", "/v1/recharge/orders", content=b"{nope").status_code == 400
+        assert httpx.get(gw.url + "/v1/recharge/orders").status_code == 401
+        cli(gw.config, "accounts", "create", "stranger", env=gw.env)
+        other_key = cli(gw.config, "keys", "create", "--account", "stranger", env=gw.env)["key"]
+        mine = api(setup, "POST", "/v1/recharge/orders", json={"chain": "local", "amount": "5"}).json()
+        assert api(setup, "GET", f"/v1/recharge/orders/{mine['id']}", key=other_key).status_code == 404
+        assert api(setup, "GET", "/v1/recharge/orders", key=other_key).json()["data"] == []
+        theirs = api(setup, "POST", "/v1/recharge/orders", key=other_key, json={"chain": "local", "amount": "5"})
+        assert theirs.json()["address"] != setup["address"]  # each account has its own address
+    finally:
+        gw.stop()

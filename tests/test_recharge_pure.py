@@ -54,6 +54,11 @@ def test_only_an_account_level_public_key_is_accepted() -> None:
         addr.deposit_address(XPUB["evm"], "evm", 2**31)
 
 
+def test_evm_addresses_show_their_eip55_checksum() -> None:
+    assert addr.checksummed("0x9858effd232b4033e47d90003d41ec34ecaeda94") == "0x9858EfFD232B4033E47d90003D41EC34EcaEda94"
+    assert addr.checksummed("0x52908400098527886E0F7030069857D2E4169EE7") == "0x52908400098527886E0F7030069857D2E4169EE7"
+
+
 def test_tron_addresses_convert_between_base58check_and_the_hex_of_its_events() -> None:
     t = "TUEZSdKsoDHQMeZwihtdoBiN46zxhGWYdH"
     h = addr.tron_to_evm(t)

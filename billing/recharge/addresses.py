@@ -61,6 +61,15 @@ def evm_key(address: str) -> str:
     return a
 
 
+def checksummed(address: str) -> str:
+    """An EVM address in its EIP-55 mixed-case form, as wallets show it (and check it)."""
+    from bip_utils.utils.crypto import Kekkak256
+
+    lower = evm_key(address)[2:]
+    digest = Kekkak256.QuickDigest(lower.encode()).hex()
+    return "0x" + "".join(c.upper() if int(d, 16) >= 8 else c for c, d in zip(lower, digest))
+
+
 def tron_to_evm(address: str) -> str:
     """A TRON base58check address (T...) as the 20-byte hex form its contract events carry (0x...)."""
     from bip_utils import Base58Decoder

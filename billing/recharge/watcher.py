@@ -112,7 +112,7 @@ class Watcher:
                                    "this scan found the transfer in no block"):
                 dropped += 1  # found again later, it becomes a deposit again
                 log.warning("dropped deposit %s on %s: its block was replaced", deposit["id"], s.name)
-        cursor = await self.db.run(store.tx_advance_cursor, s.name, min(final, scanned_to) + 1, time.time())
+        cursor = await self.db.run(store.tx_advance_cursor, s.name, min(final, scanned_to) + 1, time.time(), head)
         self.lag = max(head - cursor, 0)
         return PassResult(head, scanned_to, found, credited, dropped)
 

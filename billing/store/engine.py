@@ -187,6 +187,7 @@ CREATE INDEX recharge_orders_account ON recharge_orders (account_id, created_at)
 CREATE TABLE chain_cursors (
     chain TEXT PRIMARY KEY,
     next_block INTEGER NOT NULL,          -- every block below it was scanned and is final
+    head INTEGER NOT NULL DEFAULT 0,      -- the chain's head at the last pass (for an order's confirmations)
     updated_at REAL NOT NULL
 );
 CREATE TABLE settings (

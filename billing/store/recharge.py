@@ -88,10 +88,10 @@ def tx_cursor(conn: sqlite3.Connection, chain: str, start: int, now: float) -> i
     return int(conn.execute("SELECT next_block FROM chain_cursors WHERE chain = ?", (chain,)).fetchone()[0])
 
 
-def tx_advance_cursor(conn: sqlite3.Connection, chain: str, next_block: int, now: float) -> int:
-    """Move the cursor forward (never back); returns where it is."""
-    conn.execute("UPDATE chain_cursors SET next_block = MAX(next_block, ?), updated_at = ? WHERE chain = ?",
-                 (next_block, now, chain))
+def tx_advance_cursor(conn: sqlite3.Connection, chain: str, next_block: int, now: float, head: int = 0) -> int:
+    """Move the cursor forward (never back), noting the chain's head; returns where the cursor is."""
+    conn.execute("UPDATE chain_cursors SET next_block = MAX(next_block, ?), head = MAX(head, ?), updated_at = ? "
+                 "WHERE chain = ?", (next_block, head, now, chain))
     return int(conn.execute("SELECT next_block FROM chain_cursors WHERE chain = ?", (chain,)).fetchone()[0])
 
 
@@ -103,6 +103,38 @@ def tx_rewind_cursor(conn: sqlite3.Connection, chain: str, block: int, now: floa
     conn.execute("UPDATE chain_cursors SET next_block = MIN(next_block, ?), updated_at = ? WHERE chain = ?",
                  (block, now, chain))
     return int(conn.execute("SELECT next_block FROM chain_cursors WHERE chain = ?", (chain,)).fetchone()[0])
+
+
+@dataclass(slots=True)
+class NewOrder:
+    account_id: int
+    chain: str
+    address: str
+    amount_raw: int
+    now: float
+    expires_at: float
+
+
+def tx_create_order(conn: sqlite3.Connection, o: NewOrder) -> int:
+    return int(conn.execute("INSERT INTO recharge_orders (account_id, chain, address, amount_raw, status, created_at, "
+                            "expires_at) VALUES (?, ?, ?, ?, 'pending', ?, ?)",
+                            (o.account_id, o.chain, o.address, str(o.amount_raw), o.now, o.expires_at)).lastrowid)
+
+
+def tx_orders(conn: sqlite3.Connection, account_id: int, order_id: int | None, now: float,
+              limit: int = 100) -> list[dict[str, Any]]:
+    """An account's orders, newest first (or one of them), each with what is known of its payment: orders past
+    their time with nothing arrived are expired first; a confirming order shows its deposit's block and the
+    chain's head (its confirmations)."""
+    conn.execute("UPDATE recharge_orders SET status = 'expired' WHERE account_id = ? AND status = 'pending' AND "
+                 "expires_at <= ?", (account_id, now))
+    where, args = ("AND o.id = ?", [order_id]) if order_id is not None else ("", [])
+    rows = conn.execute(
+        "SELECT o.*, c.head AS chain_head, (SELECT d.block_number FROM deposits d WHERE d.account_id = o.account_id "
+        "AND d.chain = o.chain AND d.status = 'seen' AND d.seen_at >= o.created_at ORDER BY d.block_number LIMIT 1) "
+        f"AS deposit_block FROM recharge_orders o LEFT JOIN chain_cursors c ON c.chain = o.chain "
+        f"WHERE o.account_id = ? {where} ORDER BY o.created_at DESC, o.id DESC LIMIT ?", (account_id, *args, limit))
+    return [dict(r) for r in rows]
 
 
 def tx_deposit_counts(conn: sqlite3.Connection) -> list[tuple[str, str, int]]:
