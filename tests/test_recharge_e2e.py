@@ -24,7 +24,7 @@ CONFIRMATIONS = 3
 USDT = 10**6  # base units per token (6 decimals)
 
 
-def recharge_config(chain: Chain, token: Token, start: int, log_path: Path) -> str:
+def recharge_config(rpc_url: str, token: Token, start: int, log_path: Path) -> str:
     return base_config(log_path) + demo_provider() + f"""
 [models.demo-echo]
 provider = "demo"
@@ -36,7 +36,7 @@ minimum = "1"
 order_ttl = 5
 
 [chains.local]
-rpc_url = "{chain.url}"
+rpc_url = "{rpc_url}"
 chain_id = 1337
 confirmations = {CONFIRMATIONS}
 contract = "{token.address}"
@@ -49,7 +49,7 @@ start_block = {start}
 @pytest.fixture(scope="module")
 def setup(chain: Chain, token: Token, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("recharge")
-    gws = serve_gateway(tmp, lambda log: recharge_config(chain, token, chain.block_number(), log), {}, "payer", "0",
+    gws = serve_gateway(tmp, lambda log: recharge_config(chain.url, token, chain.block_number(), log), {}, "payer", "0",
                         ("Traceback",))
     gw = next(gws)
     address = cli(gw.config, "recharge", "address", "payer", "local", env=gw.env)["address"]
@@ -203,3 +203,40 @@ def test_orders_refuse_bad_input_and_other_accounts(setup: dict[str, Any]) -> No
         assert theirs.json()["address"] != setup["address"]  # each account has its own address
     finally:
         gw.stop()
+
+
+def test_an_rpc_outage_skips_nothing_and_two_accounts_paid_in_one_block_are_both_credited(
+        chain: Chain, token: Token, tmp_path: Path) -> None:
+    from tests.chain.rpc_proxy import RpcProxy
+
+    proxy = RpcProxy(chain.url).start()
+    try:
+        failing = proxy.url("/v3/fake-key")  # the gateway reads the chain through the failing proxy
+        gws = serve_gateway(tmp_path, lambda log: recharge_config(failing, token, chain.block_number(), log)
+                            .replace("order_ttl = 5", "order_ttl = 60"), {}, "first", "0", ("Traceback",))
+        gw = next(gws)
+        cli(gw.config, "accounts", "create", "second", env=gw.env)
+        to_first = cli(gw.config, "recharge", "address", "first", "local", env=gw.env)["address"]
+        to_second = cli(gw.config, "recharge", "address", "second", "local", env=gw.env)["address"]
+        token.mint(token.deployer, 10 * USDT)
+        proxy.fail_next(4, "500", method="eth_getLogs")
+        proxy.fail_next(3, "429", method="eth_blockNumber", retry_after="1")
+        with chain.one_block():  # two accounts paid in one block: one eth_getLogs range holds both
+            first = token.transfer(token.deployer, to_first, 4 * USDT)
+            second = token.transfer(token.deployer, to_second, 6 * USDT)
+        chain.mine(CONFIRMATIONS)
+
+        def credited() -> bool:
+            rows = {d["tx_hash"]: d["status"] for d in cli(gw.config, "recharge", "deposits", env=gw.env)}
+            return rows.get(first.hash) == rows.get(second.hash) == "credited"
+
+        wait_for(credited, 60, "both deposits to be credited after the outage")
+        assert "500" in proxy.answers("eth_getLogs") and "429" in proxy.answers("eth_blockNumber")
+        balances = [cli(gw.config, "wallet", "show", name, env=gw.env)["balance"] for name in ("first", "second")]
+        assert balances == [4 * 10**9, 6 * 10**9]
+        logged = "".join(gw.stderr_lines) + gw.log_path.read_text()
+        assert "fake-key" not in logged  # the RPC URL (it may carry a provider's key) is never written
+        with pytest.raises(StopIteration):
+            next(gws)
+    finally:
+        proxy.stop()
