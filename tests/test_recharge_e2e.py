@@ -240,3 +240,49 @@ def test_an_rpc_outage_skips_nothing_and_two_accounts_paid_in_one_block_are_both
             next(gws)
     finally:
         proxy.stop()
+
+
+def test_a_trc20_deposit_on_tron_is_credited_to_the_t_address(tmp_path: Path) -> None:
+    from billing.recharge import addresses
+    from tests.tron_stub import TronStub
+
+    tron_xpub = Bip44.FromSeed(Bip39SeedGenerator("abandon " * 11 + "about").Generate(), Bip44Coins.TRON) \
+        .Purpose().Coin().Account(0).PublicKey().ToExtended()
+    usdt_trc20 = "TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj6t"
+    stub = TronStub().start()
+    try:
+        config = base_config(tmp_path / "requests.log") + demo_provider() + f"""
+[models.demo-echo]
+provider = "demo"
+upstream_model = "echo"
+price = {{ input = "1", output = "1" }}
+
+[chains.tron]
+kind = "tron"
+rpc_url = "{stub.url}"
+contract = "{usdt_trc20}"
+xpub = "{tron_xpub}"
+confirmations = 19
+poll_interval = 0.1
+"""
+        gws = serve_gateway(tmp_path, lambda log: config, {}, "tron-user", "0", ("Traceback",))
+        gw = next(gws)
+        shown = cli(gw.config, "recharge", "address", "tron-user", "tron", env=gw.env)["address"]
+        assert shown.startswith("T") and len(shown) == 34
+        tx = stub.transfer(addresses.tron_to_evm(usdt_trc20), addresses.tron_to_evm(shown), 12 * USDT)
+        stub.transfer("0x" + "99" * 20, addresses.tron_to_evm(shown), 50 * USDT)  # another TRC-20: ignored
+
+        def record() -> dict[str, Any] | None:
+            return next((d for d in cli(gw.config, "recharge", "deposits", env=gw.env) if d["tx_hash"] == tx), None)
+
+        assert wait_for(record, 20, "the TRON deposit to be seen")["status"] == "seen"
+        stub.mine(18)  # 19 confirmations, the block itself included
+        wait_for(lambda: (record() or {}).get("status") == "credited", 20, "the TRON deposit to be credited")
+        found = record()
+        assert found is not None and (found["address"], found["amount"]) == (shown, "12")
+        assert cli(gw.config, "wallet", "show", "tron-user", env=gw.env)["balance"] == 12 * 10**9
+        assert len(cli(gw.config, "recharge", "deposits", env=gw.env)) == 1
+        with pytest.raises(StopIteration):
+            next(gws)
+    finally:
+        stub.stop()
