@@ -70,6 +70,8 @@ class AdminAPI:
                 _text(b, "account"), _text(b, "chain")))),
             self._route("/admin/recharge/deposits", "GET", lambda r: o.deposits(
                 r.query_params.get("account"), _int_param(r, "limit") or 100)),
+            self._route("/admin/recharge/orders", "GET", lambda r: o.orders(
+                r.query_params.get("account"), _int_param(r, "limit") or 100)),
             self._route("/admin/recharge/deposits/{deposit_id:int}/credit", "POST", lambda r: self._with_body(
                 r, lambda b: o.credit_deposit(r.path_params["deposit_id"], _text(b, "note")))),
             self._route("/admin/recharge/chains/{chain}/rescan", "POST", lambda r: self._with_body(

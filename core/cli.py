@@ -70,6 +70,9 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     p = recharge.add_parser("deposits", help="recharge records, newest first")
     p.add_argument("--account")
     p.add_argument("--limit", type=int, default=100)
+    p = recharge.add_parser("orders", help="recharge orders, newest first")
+    p.add_argument("--account")
+    p.add_argument("--limit", type=int, default=100)
     p = recharge.add_parser("credit", help="credit a deposit the watcher holds (below the minimum), with a reason")
     p.add_argument("deposit_id", type=int)
     p.add_argument("--note", required=True)
@@ -129,6 +132,8 @@ async def _dispatch(ops: Operations, a: argparse.Namespace) -> Any:
             return await ops.recharge_address(a.account, a.chain)
         case "recharge", "deposits":
             return await ops.deposits(a.account, a.limit)
+        case "recharge", "orders":
+            return await ops.orders(a.account, a.limit)
         case "recharge", "credit":
             return await ops.credit_deposit(a.deposit_id, a.note)
         case "recharge", "rescan":

@@ -226,6 +226,20 @@ class Operations:
             out.append(_money(row, "credit"))
         return out
 
+    async def orders(self, account: str | None, limit: int = 100) -> list[dict[str, Any]]:
+        """Recharge orders, newest first: what each account asked to pay, and what became of it."""
+        from billing.recharge import addresses, amounts
+
+        account_id = (await self._account(account))["id"] if account else None
+        out = []
+        for row in await self.db.run(store.tx_all_orders, account_id, time.time(), max(1, min(limit, 1000))):
+            chain = self.chains.get(row["chain"])
+            if chain is not None and chain.kind == "tron":
+                row["address"] = addresses.evm_to_tron(row["address"])
+            row["amount"] = amounts.tokens(int(row.pop("amount_raw")), chain.decimals if chain is not None else 6)
+            out.append(row)
+        return out
+
     async def credit_deposit(self, deposit_id: int, note: str) -> dict[str, Any]:
         """An operator's credit of a deposit the watcher does not credit (below the minimum), with the reason."""
         if not note.strip():

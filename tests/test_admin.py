@@ -83,6 +83,7 @@ def test_recharge_routes_answer_and_refuse_what_is_not_configured(gateway: Gatew
     api = httpx.Client(base_url=gateway.url + "/admin",
                        headers={"authorization": f"Bearer {admin_token(gateway)}"})
     assert api.get("/recharge/deposits").json() == []  # no chain here, so no deposit
+    assert api.get("/recharge/orders").json() == []
     missing = api.post("/recharge/addresses", json={"account": "tester", "chain": "ethereum"})
     assert missing.status_code == 404 and "no chain 'ethereum' is configured" in missing.json()["error"]["message"]
     assert api.post("/recharge/chains/ethereum/rescan", json={"from_block": 5}).status_code == 404

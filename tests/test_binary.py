@@ -261,3 +261,31 @@ def test_kill_9_of_the_binary_stops_the_gateway_under_it(binary: Path, site: Pat
     gw.proc.kill()
     gw.proc.wait(5)
     wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in processes), 15, "the gateway to stop")
+
+
+def test_the_binary_reads_recharge_chains_and_derives_deposit_addresses(binary: Path, site: Path) -> None:
+    """bip-utils (the xpub derivation) is inside the binary: a config with a chain checks, and an account gets
+    the same deposit address from the binary as from the source tree."""
+    from bip_utils import Bip39SeedGenerator, Bip44, Bip44Coins
+
+    from billing.recharge.addresses import deposit_address
+
+    xpub = Bip44.FromSeed(Bip39SeedGenerator("abandon " * 11 + "about").Generate(), Bip44Coins.ETHEREUM) \
+        .Purpose().Coin().Account(0).PublicKey().ToExtended()
+    chained = site / "etc" / "chains.toml"
+    chained.write_text((site / "etc" / "config.toml").read_text() + f"""
+[chains.ethereum]
+rpc_url = "http://127.0.0.1:9"
+chain_id = 1
+contract = "0xdAC17F958D2ee523a2206206994597C13D831ec7"
+xpub = "{xpub}"
+""")
+
+    def run(*args: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([str(binary), "--config", str(chained), *args], cwd=site / "work",
+                              env=target_env(site), capture_output=True, timeout=60)
+
+    assert run("--check").returncode == 0
+    account = orjson.loads(run("accounts", "create", "chain-user", "--json").stdout)
+    shown = orjson.loads(run("recharge", "address", "chain-user", "ethereum", "--json").stdout)
+    assert shown["address"] == deposit_address(xpub, "evm", account["id"])

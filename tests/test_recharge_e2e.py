@@ -178,6 +178,8 @@ def test_an_expired_order_then_a_late_payment_is_credited_and_recorded(setup: di
         record = next(r for r in api(setup, "GET", "/v1/recharge/deposits").json()["data"] if r["tx_hash"] == late.hash)
         assert record["order_id"] == order["id"] and record["note"] == f"arrived after order {order['id']} expired"
         assert api(setup, "GET", f"/v1/recharge/orders/{order['id']}").json()["status"] == "expired"
+        listed = {o["id"]: o for o in cli(gw.config, "recharge", "orders", "--account", "payer", env=gw.env)}
+        assert (listed[order["id"]]["status"], listed[order["id"]]["amount"]) == ("expired", "3")  # the operator's view
     finally:
         gw.stop()
 

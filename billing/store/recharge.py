@@ -137,6 +137,15 @@ def tx_orders(conn: sqlite3.Connection, account_id: int, order_id: int | None, n
     return [dict(r) for r in rows]
 
 
+def tx_all_orders(conn: sqlite3.Connection, account_id: int | None, now: float, limit: int) -> list[dict[str, Any]]:
+    """Recharge orders for the operator, newest first (one account's, or all); overdue pending ones expired first."""
+    conn.execute("UPDATE recharge_orders SET status = 'expired' WHERE status = 'pending' AND expires_at <= ?", (now,))
+    where, args = ("WHERE account_id = ?", [account_id]) if account_id is not None else ("", [])
+    rows = conn.execute(f"SELECT * FROM recharge_orders {where} ORDER BY created_at DESC, id DESC LIMIT ?",
+                        (*args, limit))
+    return [dict(r) for r in rows]
+
+
 def tx_deposit_counts(conn: sqlite3.Connection) -> list[tuple[str, str, int]]:
     """Deposits by chain and status, for /metrics."""
     rows = conn.execute("SELECT chain, status, COUNT(*) FROM deposits GROUP BY chain, status")
