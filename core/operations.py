@@ -223,6 +223,8 @@ class Operations:
             if chain is not None and chain.kind == "tron":
                 row["address"] = addresses.evm_to_tron(row["address"])
             row["amount"] = amounts.tokens(int(row.pop("amount_raw")), decimals)
+            row["confirmations"] = store.confirmations(row, chain.confirmations) if chain is not None else None
+            row.pop("chain_head", None)
             out.append(_money(row, "credit"))
         return out
 

@@ -134,7 +134,10 @@ class RechargeAPI:
                 "log_index": row["log_index"], "address": _shown(chain, row["address"]),
                 "amount": amounts.tokens(int(row["amount_raw"]), chain.decimals if chain else 6),
                 "credit_usd": units_to_usd(row["credit"]), "status": row["status"],
-                "block_number": row["block_number"], "order_id": row["order_id"], "note": row["note"],
+                "block_number": row["block_number"],
+                "confirmations": {"received": store.confirmations(row, chain.confirmations) if chain else 0,
+                                  "required": chain.confirmations if chain else 0},
+                "order_id": row["order_id"], "note": row["note"],
                 "seen_at": int(row["seen_at"]),
                 "credited_at": int(row["credited_at"]) if row["credited_at"] is not None else None}
 

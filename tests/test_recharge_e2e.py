@@ -158,6 +158,7 @@ def test_an_order_shows_how_to_pay_and_follows_its_deposit_to_the_credit(setup: 
         record = next(r for r in records if r["tx_hash"] == paid.hash)
         assert (record["status"], record["credit_usd"], record["order_id"]) == ("credited", "12.500000000",
                                                                                   order["id"])
+        assert record["confirmations"] == {"received": CONFIRMATIONS, "required": CONFIRMATIONS}
     finally:
         gw.stop()
 

@@ -20,5 +20,5 @@ from billing.store.ops import HOLD_KINDS, tx_oldest_open_hold  # noqa: F401
 from billing.store.recharge import (  # noqa: F401
     SeenTransfer, tx_deposit_address, tx_watched_addresses, tx_record_transfers, tx_deposits_to_confirm,
     tx_drop_deposit, tx_cursor, tx_advance_cursor, tx_rewind_cursor, tx_deposits, tx_deposit_counts, NewOrder,
-    tx_create_order, tx_orders, tx_all_orders,
+    tx_create_order, tx_orders, tx_all_orders, confirmations,
 )

@@ -154,6 +154,13 @@ def tx_deposit_counts(conn: sqlite3.Connection) -> list[tuple[str, str, int]]:
 
 def tx_deposits(conn: sqlite3.Connection, account_id: int | None, limit: int) -> list[dict[str, Any]]:
     """Recharge records, newest first (one account's, or all)."""
-    where, args = ("WHERE account_id = ?", [account_id]) if account_id is not None else ("", [])
-    rows = conn.execute(f"SELECT * FROM deposits {where} ORDER BY seen_at DESC, id DESC LIMIT ?", (*args, limit))
+    where, args = ("WHERE d.account_id = ?", [account_id]) if account_id is not None else ("", [])
+    rows = conn.execute(f"SELECT d.*, c.head AS chain_head FROM deposits d LEFT JOIN chain_cursors c ON "
+                        f"c.chain = d.chain {where} ORDER BY d.seen_at DESC, d.id DESC LIMIT ?", (*args, limit))
     return [dict(r) for r in rows]
+
+
+def confirmations(row: dict[str, Any], required: int) -> int:
+    """How many confirmations a deposit's block has, as the watcher last saw the chain (capped at `required`)."""
+    head = row.get("chain_head") or 0
+    return min(max(head - row["block_number"] + 1, 0), required)
