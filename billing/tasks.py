@@ -184,7 +184,7 @@ class TaskPoller:
             pass
         self._task = None
         try:  # a restarted or sibling process takes over at once
-            await self.db.run(task_store.tx_drop_lease, LEASE, self.holder)
+            await self.db.run(store.tx_drop_lease, LEASE, self.holder)
         except store.StoreClosed:
             pass
 

@@ -15,7 +15,6 @@ from adapters import openai
 from billing import store
 from billing.pricing import units_to_usd
 from billing.recharge import addresses, amounts
-from billing.store.tasks import tx_key_account
 from core.auth import admission_error, presented_key
 from core.config import Chain, Settings
 from core.errors import BadRequest, GatewayError, NotFound
@@ -51,7 +50,7 @@ class RechargeAPI:
 
     async def _account(self, request: Request) -> int:
         key = presented_key(request.scope)
-        admission = await self.db.run(tx_key_account, key.hash, time.time())
+        admission = await self.db.run(store.tx_check_key, key.hash, None, time.time())
         if admission.error:
             raise admission_error(admission, "-")
         return admission.account_id

@@ -27,7 +27,6 @@ from billing import store
 from billing.keys import Presented
 from billing.ledger import Ledger
 from billing.safetynet import owner_id
-from billing.store import tasks as task_store
 from billing.tasks import OPEN, USAGE_STATUS, NewTask, TaskBook, TaskPoller, hold_amount, task_charge
 from core.auth import NO_RETRY, admission_error, presented_key
 from core.config import Model, Provider, Settings
@@ -154,7 +153,7 @@ class TaskRelay:
             self._finish(c)
 
     async def _account(self, key: Presented) -> int:
-        admission = await self.db.run(task_store.tx_key_account, key.hash, time.time())
+        admission = await self.db.run(store.tx_check_key, key.hash, None, time.time())
         if admission.error:
             raise admission_error(admission, "-")
         return admission.account_id

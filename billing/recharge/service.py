@@ -15,7 +15,6 @@ from billing import store
 from billing.ledger import Ledger
 from billing.recharge.evm import TRON_MAX_SPAN, EvmClient
 from billing.recharge.watcher import ChainSettings, Watcher
-from billing.store.tasks import tx_drop_lease
 
 log = logging.getLogger("tokentoll.recharge")
 
@@ -72,7 +71,7 @@ class RechargeService:
         self._tasks.clear()
         for name in self.watchers:  # give the leases up, so that a restarted process takes over at once
             try:
-                await self.db.run(tx_drop_lease, f"recharge:{name}", self.holder)
+                await self.db.run(store.tx_drop_lease, f"recharge:{name}", self.holder)
             except store.StoreClosed:
                 break
         if self._session is not None:

@@ -11,7 +11,7 @@ from billing.store.money import (  # noqa: F401
 from billing.store.accounts import (  # noqa: F401
     tx_account, tx_find_account, tx_list_accounts, KEY_COLUMNS, tx_create_key, tx_key, tx_list_keys,
     tx_rotate_key, SETTABLE_KEY_FIELDS, tx_set_key, tx_history, tx_ledger_totals, tx_open_holds, tx_usage, tx_request_usage,
-    tx_take_lease, tx_setting,
+    tx_take_lease, tx_drop_lease, tx_setting,
 )
 from billing.store.cache import (  # noqa: F401
     CacheEntry, CachedAnswer, tx_cache_get, tx_cache_put, tx_cache_stats,

@@ -137,6 +137,11 @@ def tx_take_lease(conn: sqlite3.Connection, name: str, holder: str, now: float, 
     return bool(row and row["holder"] == holder)
 
 
+def tx_drop_lease(conn: sqlite3.Connection, name: str, holder: str) -> None:
+    """Give a lease up (at shutdown), so that another process takes over at once."""
+    conn.execute("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder))
+
+
 
 def tx_setting(conn: sqlite3.Connection, name: str, value_if_missing: str) -> tuple[str, bool]:
     """The stored value of a setting, storing `value_if_missing` first if there is none.

@@ -105,8 +105,9 @@ def key_refusal(key: sqlite3.Row | None, model: str | None, now: float) -> Admis
     return None
 
 
-def tx_check_key(conn: sqlite3.Connection, key_hash: bytes, model: str, now: float) -> Admission:
-    """The key checks of admission alone (for unbilled calls such as token counting): no hold, no rate."""
+def tx_check_key(conn: sqlite3.Connection, key_hash: bytes, model: str | None, now: float) -> Admission:
+    """The key checks of admission alone (for unbilled calls such as token counting): no hold, no rate. With
+    model None, without the model allow-list: who the key belongs to (reading one's own tasks and orders)."""
     key = conn.execute("SELECT * FROM api_keys WHERE hash = ?", (key_hash,)).fetchone()
     refusal = key_refusal(key, model, now)
     return refusal if refusal is not None else Admission("", None, key["id"], key["account_id"])

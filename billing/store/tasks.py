@@ -7,7 +7,6 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
-from billing.store.money import Admission, key_refusal
 
 OPEN = ("queued", "in_progress")
 ENDED = ("completed", "failed", "cancelled", "expired")
@@ -127,16 +126,3 @@ def tx_orphan_task_holds(conn: sqlite3.Connection, before: float, limit: int) ->
         f"substr(h.request_id, 5)) ORDER BY created_at LIMIT ?", (before, limit))
     return [dict(r) for r in rows]
 
-
-def tx_drop_lease(conn: sqlite3.Connection, name: str, holder: str) -> None:
-    """Give a lease up (at shutdown), so that another process takes over at once."""
-    conn.execute("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder))
-
-
-def tx_key_account(conn: sqlite3.Connection, key_hash: bytes, now: float) -> Admission:
-    """Who a key that reads or cancels tasks belongs to: the key checks of admission without the model
-    allow-list (a task's owner may always see it). error "" when the key may go on."""
-    key = conn.execute("SELECT id, account_id, status, expires_at FROM api_keys WHERE hash = ?",
-                       (key_hash,)).fetchone()
-    refusal = key_refusal(key, None, now)
-    return refusal if refusal is not None else Admission("", None, key["id"], key["account_id"])
