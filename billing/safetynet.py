@@ -11,6 +11,7 @@ import socket
 import time
 
 from billing import store
+from billing.background import repeat
 from billing.ledger import Ledger
 
 log = logging.getLogger("tokentoll.safetynet")
@@ -30,10 +31,10 @@ class SafetyNet:
         self.interval = interval
         self.holder = ledger.owner or owner_id()
         self._task: asyncio.Task[None] | None = None
-        self.passes = 0
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="tokentoll-safety-net")
+        self._task = asyncio.create_task(repeat(self._pass, self.interval, "safety net pass"),
+                                         name="tokentoll-safety-net")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -56,14 +57,6 @@ class SafetyNet:
             log.warning("safety net closed %d hold(s) open for more than %gs", closed, self.hold_ttl)
         return closed
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.heartbeat()
-                await self.sweep()
-            except store.StoreClosed:
-                return
-            except Exception:  # keep the net up; the next pass tries again
-                log.exception("safety net pass failed")
-            self.passes += 1
-            await asyncio.sleep(self.interval)
+    async def _pass(self) -> None:
+        await self.heartbeat()
+        await self.sweep()

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from billing import store
+from billing.background import repeat
 from billing.ledger import Ledger
 from billing.metering import NO_USAGE, Usage, UsageRecord
 from billing.store import tasks as task_store
@@ -169,10 +170,10 @@ class TaskPoller:
         self.advance = advance
         self.on_expired = on_expired
         self._task: asyncio.Task[None] | None = None
-        self.passes = 0
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="tokentoll-task-poller")
+        self._task = asyncio.create_task(repeat(self.run_pass, self.tick, "task poller pass"),
+                                         name="tokentoll-task-poller")
 
     async def stop(self) -> None:
         if self._task is None:
@@ -242,17 +243,6 @@ class TaskPoller:
                     log.warning("task poller: task %s not advanced: %s", row["id"], exc)
 
         await asyncio.gather(*(one(row) for row in due))
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.run_pass()
-            except store.StoreClosed:
-                return
-            except Exception:  # keep the poller up; the next pass tries again
-                log.exception("task poller pass failed")
-            self.passes += 1
-            await asyncio.sleep(self.tick)
 
 
 __all__ = ["OPEN", "ENDED", "NewTask", "TaskBook", "TaskPoller", "hold_amount", "completed_cost",
