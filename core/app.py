@@ -28,6 +28,7 @@ from billing.pricing import units_to_usd
 from core.admin import ADMIN_TOKEN_ENV, AdminAPI
 from core.operations import Operations
 from billing.safetynet import SafetyNet, owner_id
+from billing.recharge.orders import RechargeDesk
 from billing.recharge.service import RechargeService
 from billing.store import Store, tx_deposit_counts, tx_oldest_open_hold
 from core.clientip import from_scope
@@ -75,6 +76,7 @@ class Gateway:
         self.images = ImageRelay(settings, self.upstreams, self.metrics, self.log, self.ledger)
         self.tasks = TaskRelay(settings, self.upstreams, self.metrics, self.log, self.ledger, self.store)
         self.operations = Operations(self.store, self.ledger, settings.chains)
+        self.recharge_desk = RechargeDesk(settings.chains, settings.recharge, self.store)
         self.recharge = RechargeService(settings.chains, settings.recharge, self.ledger, self.store, self.ledger.owner,
                                         lambda chain: self.metrics.recharge_rpc_errors.labels(chain).inc())
         self.admin = AdminAPI(self.operations, self.store)
@@ -101,7 +103,7 @@ class Gateway:
                 Route("/healthz", self.healthz, methods=["GET"]),
                 Route("/readyz", self.readyz, methods=["GET"]),
                 *self.admin.routes(),
-                *RechargeAPI(settings, self.store).routes(),
+                *RechargeAPI(self.recharge_desk, self.store).routes(),
             ],
             exception_handlers={HTTPException: self.http_error, Exception: self.internal_error},
             lifespan=self.lifespan,
