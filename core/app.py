@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import sys
@@ -22,6 +23,7 @@ from starlette.routing import Route
 from adapters import openai
 from adapters.anthropic import client as anthropic_client
 from adapters.gemini import client as gemini_client
+from billing.background import repeat
 from billing.ledger import Ledger
 from billing.metering import encoding
 from billing.pricing import units_to_usd
@@ -32,6 +34,8 @@ from billing.recharge.orders import RechargeDesk
 from billing.recharge.service import RechargeService
 from billing.store import Store, tx_deposit_counts, tx_oldest_open_hold
 from core.clientip import from_scope
+from core.console import Console
+from core.health import FLUSH_SECONDS as HEALTH_FLUSH_SECONDS
 from core.config import Settings
 from core.dialects import relay_call, wants_anthropic, wants_gemini
 from core.images import ImageRelay
@@ -47,7 +51,7 @@ from core.upstream import Upstreams
 log = logging.getLogger("tokentoll")
 
 KNOWN_ROUTES = ("/v1/models", "/v1beta/models", "/v1/pricing", "/metrics", "/healthz", "/readyz", "/admin/",
-                "/v1/recharge/")
+                "/v1/recharge/", "/console")
 KNOWN_PATHS = frozenset({"/v1/models", "/v1beta/models", "/v1/pricing", "/metrics", "/healthz", "/readyz"})
 OPENAI_PATHS_WITHOUT_V1 = ("/chat/completions", "/completions", "/embeddings", "/responses", "/models")
 
@@ -65,7 +69,7 @@ class Gateway:
         self.settings = settings
         self.metrics = Metrics()
         self.log = RequestLog(settings.server.request_log)
-        self.upstreams = Upstreams(settings)
+        self.upstreams = Upstreams(settings, self.metrics.health)
         self.store = Store(settings.billing.database, settings.billing.synchronous)
         self.ledger = Ledger(self.store, settings.billing.default_rpm, settings.billing.default_tpm, owner_id(),
                              on_failure=self.metrics.ledger_write_failures.inc)
@@ -80,6 +84,7 @@ class Gateway:
         self.recharge = RechargeService(settings.chains, settings.recharge, self.ledger, self.store, self.ledger.owner,
                                         lambda chain: self.metrics.recharge_rpc_errors.labels(chain).inc())
         self.admin = AdminAPI(self.operations, self.store)
+        self.console = Console(settings, self.operations, self.store, self.recharge_desk)
         self.ready = False
         self._models = [openai.model_object(m.name, m.created, m.owned_by) for m in settings.models.values()]
         self._anthropic_models = anthropic_client.models_list(
@@ -104,6 +109,7 @@ class Gateway:
                 Route("/readyz", self.readyz, methods=["GET"]),
                 *self.admin.routes(),
                 *RechargeAPI(self.recharge_desk, self.store).routes(),
+                *self.console.routes(),
             ],
             exception_handlers={HTTPException: self.http_error, Exception: self.internal_error},
             lifespan=self.lifespan,
@@ -112,6 +118,7 @@ class Gateway:
     @asynccontextmanager
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
         await self.store.start()
+        await self.console.start()
         admin_token = await self.admin.start()
         if admin_token:
             print(f"tokentoll: generated the admin token for /admin (shown once; or set ${ADMIN_TOKEN_ENV}):\n\n"
@@ -131,11 +138,19 @@ class Gateway:
         safety_net.start()
         await self.tasks.start()
         self.recharge.start()
+        health = self.metrics.health
+        health_flush = asyncio.create_task(repeat(lambda: health.flush(self.store, self.ledger.owner),
+                                                  HEALTH_FLUSH_SECONDS, "the upstream health flush"))
         self.ready = True
         try:
             yield
         finally:
             self.ready = False
+            health_flush.cancel()
+            try:
+                await health.flush(self.store, self.ledger.owner)
+            except Exception:  # noqa: BLE001 - a lost minute of tallies, never a failed shutdown
+                log.exception("the last upstream health flush failed")
             await self.tasks.stop()
             await self.recharge.stop()
             await safety_net.stop()
@@ -292,6 +307,8 @@ def route_label(path: str) -> str:
         return path
     if path.startswith("/admin/"):
         return "/admin"
+    if path == "/console" or path.startswith("/console/"):
+        return "/console"
     if path.startswith("/v1/recharge/"):
         return "/v1/recharge/orders" if path.startswith("/v1/recharge/orders") else "/v1/recharge/deposits"
     if path.startswith("/v1beta/models/"):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
+import os
 import sys
 from datetime import datetime, timezone
 from typing import Any
@@ -16,7 +18,8 @@ from billing.store import Store
 from core.config import Settings
 from core.operations import OperationError, Operations
 
-COMMANDS = ("accounts", "keys", "wallet", "usage", "holds")
+COMMANDS = ("accounts", "keys", "wallet", "usage", "holds", "recharge", "users")
+PASSWORD_ENV = "TOKENTOLL_PASSWORD"
 
 
 def add_commands(parser: argparse.ArgumentParser) -> None:
@@ -79,6 +82,17 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     p = recharge.add_parser("rescan", help="scan a chain again from a block")
     p.add_argument("chain")
     p.add_argument("from_block", type=int)
+    users = sub.add_parser("users", help="console log-ins (the password is read from $TOKENTOLL_PASSWORD, else "
+                           "asked for, else one line of standard input)").add_subparsers(dest="action", required=True)
+    p = users.add_parser("create", help="a log-in for an account (or for a new account named after the address)")
+    p.add_argument("email")
+    p.add_argument("--account", help="account name or id (default: a new account)")
+    p.add_argument("--operator", action="store_true", help="may use the console's Admin pages")
+    users.add_parser("list", help="console log-ins").add_argument("--account")
+    users.add_parser("set-password", help="a new password; the user's sessions end").add_argument("user")
+    p = users.add_parser("set-role", help="user or operator")
+    p.add_argument("user")
+    p.add_argument("role", choices=("user", "operator"))
     for name, subparser in sub.choices.items():
         for action in getattr(subparser, "_subparsers", None) and subparser._subparsers._group_actions or ():
             for child in action.choices.values():
@@ -138,7 +152,24 @@ async def _dispatch(ops: Operations, a: argparse.Namespace) -> Any:
             return await ops.credit_deposit(a.deposit_id, a.note)
         case "recharge", "rescan":
             return await ops.rescan(a.chain, a.from_block)
+        case "users", "create":
+            return await ops.create_user(a.email, _password(), a.account, "operator" if a.operator else "user")
+        case "users", "list":
+            return await ops.list_users(a.account)
+        case "users", "set-password":
+            return await ops.set_password(a.user, _password())
+        case "users", "set-role":
+            return await ops.set_role(a.user, a.role)
     raise OperationError(f"unknown command {a.command}")
+
+
+def _password() -> str:
+    """A password never comes on the command line (ps and shell history would keep it)."""
+    if PASSWORD_ENV in os.environ:
+        return os.environ[PASSWORD_ENV]
+    if sys.stdin.isatty():
+        return getpass.getpass("password: ")
+    return sys.stdin.readline().rstrip("\n")
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:

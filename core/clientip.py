@@ -85,3 +85,19 @@ def _address(text: str) -> Address | None:
 
 def _is_trusted(addr: Address, trusted: Sequence[Network]) -> bool:
     return any(addr.version == net.version and addr in net for net in trusted)
+
+
+def public_origin(scope: dict[str, Any], trusted: Sequence[Network]) -> tuple[str, str]:
+    """The scheme and host the caller used: the socket's, or X-Forwarded-Proto / X-Forwarded-Host when the
+    peer is a trusted proxy (nginx in front of the gateway terminating TLS)."""
+    headers = dict(scope["headers"])
+    scheme = str(scope.get("scheme", "http"))
+    host = headers.get(b"host", b"").decode("latin-1")
+    addr = _address(peer_of(scope))
+    if addr is not None and _is_trusted(addr, trusted):
+        proto = headers.get(b"x-forwarded-proto", b"").decode("latin-1").split(",")[0].strip().lower()
+        if proto in ("http", "https"):
+            scheme = proto
+        forwarded_host = headers.get(b"x-forwarded-host", b"").decode("latin-1").split(",")[0].strip()
+        host = forwarded_host or host
+    return scheme, host

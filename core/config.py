@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -152,6 +152,18 @@ class Tasks:
 
 
 @dataclass(frozen=True)
+class Console:
+    """The web console under /console (core/console/)."""
+
+    enabled: bool = True
+    signup: bool = True  # false: only an operator creates log-ins (gateway.py users create)
+    base_url: str = ""  # the public URL shown in Client Integration; "" = taken from each request
+    session_ttl: float = 7 * 86400.0  # seconds a log-in lasts
+    login_attempts: int = 5  # failed log-ins allowed per e-mail address per login_window...
+    login_window: float = 900.0  # ...seconds (and 4x as many per client address)
+
+
+@dataclass(frozen=True)
 class Settings:
     server: Server
     providers: dict[str, Provider]
@@ -163,6 +175,7 @@ class Settings:
     routing: Routing = field(default_factory=Routing)
     chains: dict[str, Chain] = field(default_factory=dict)
     recharge: Recharge = field(default_factory=Recharge)
+    console: Console = field(default_factory=Console)
 
 
 def config_path(cli_value: str | None) -> Path:
@@ -183,13 +196,12 @@ def load(path: Path, environ: dict[str, str] | None = None) -> Settings:
     billing = settings.billing
     if not os.path.isabs(billing.database):  # relative to the config file, not to the working directory
         billing = Billing(**{**billing.__dict__, "database": str(path.parent / billing.database)})
-    return Settings(settings.server, settings.providers, settings.models, billing, str(path), settings.cache,
-                    settings.tasks, settings.routing, settings.chains, settings.recharge)
+    return replace(settings, billing=billing, source=str(path))
 
 
 def parse(raw: dict[str, Any], environ: dict[str, str] | os._Environ[str]) -> Settings:
     _only_keys(raw, "", {"server", "providers", "models", "billing", "cache", "tasks", "routing", "chains",
-                         "recharge"})
+                         "recharge", "console"})
     server = _server(_table(raw, "server", "server"))
     providers_raw = _table(raw, "providers", "providers")
     if not providers_raw:
@@ -213,7 +225,21 @@ def parse(raw: dict[str, Any], environ: dict[str, str] | os._Environ[str]) -> Se
                     tasks=_tasks(_table(raw, "tasks", "tasks")), routing=_routing(_table(raw, "routing", "routing")),
                     chains={n: _chain(n, _table(_table(raw, "chains", "chains"), n, f"chains.{_q(n)}"), environ)
                             for n in _table(raw, "chains", "chains")},
-                    recharge=_recharge(_table(raw, "recharge", "recharge")))
+                    recharge=_recharge(_table(raw, "recharge", "recharge")),
+                    console=_console(_table(raw, "console", "console")))
+
+
+def _console(t: dict[str, Any]) -> Console:
+    at = "console"
+    _only_keys(t, at, {"enabled", "signup", "base_url", "session_ttl", "login_attempts", "login_window"})
+    d = Console()
+    base_url = _str(t, "base_url", at, d.base_url, allow_empty=True).rstrip("/")
+    if base_url and not base_url.startswith(("http://", "https://")):
+        raise ConfigError(f"{at}.base_url: must be an http(s) URL such as \"https://llm.example.com\", or empty")
+    return Console(enabled=_bool(t, "enabled", at, d.enabled), signup=_bool(t, "signup", at, d.signup),
+                   base_url=base_url, session_ttl=_seconds(t, "session_ttl", at, d.session_ttl, positive=True),
+                   login_attempts=_int(t, "login_attempts", at, d.login_attempts, lo=1, hi=1000),
+                   login_window=_seconds(t, "login_window", at, d.login_window, positive=True))
 
 
 def _chain(name: str, t: dict[str, Any], environ: Any) -> Chain:

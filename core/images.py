@@ -290,7 +290,7 @@ class ImageRelay:
     def _count_upstream_error(self, x: ImageExchange, kind: str) -> None:
         x.upstream_error_kind = kind
         provider = x.model.provider.name if x.model else "-"
-        self.metrics.child(self.metrics.upstream_errors, provider, kind).inc()
+        self.metrics.upstream_error(provider, kind)
 
     def _finish(self, x: ImageExchange, now: float) -> None:
         status = x.status if x.started else CLIENT_GONE_STATUS if x.client_gone else 500

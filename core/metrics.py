@@ -10,6 +10,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from core.health import UpstreamHealth
+
 disable_created_metrics()  # no *_created series: Prometheus does not need them
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -20,6 +22,7 @@ class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self) -> None:
+        self.health = UpstreamHealth()  # the same failures, tallied per minute for the console (core/health.py)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
@@ -71,6 +74,11 @@ class Metrics:
         if found is None:
             found = self._children[key] = metric.labels(*labels)
         return found
+
+    def upstream_error(self, provider: str, kind: str) -> None:
+        """An upstream failure: counted for Prometheus and in the health tally the console shows."""
+        self.child(self.upstream_errors, provider, kind).inc()
+        self.health.failure(provider)
 
     def observe_request(self, route: str, model: str, status: int, total: float, overhead: float,
                         ttfb: float | None, client_gone: bool) -> None:

@@ -3,6 +3,7 @@ CLI (and the admin API). Amounts in and out are USD strings; inside, integer nan
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import time
@@ -98,17 +99,19 @@ class Operations:
         account_id = (await self._account(account))["id"] if account else None
         return [public_key(k) for k in await self.db.run(store.tx_list_keys, account_id)]
 
-    async def rotate_key(self, key_id: int) -> dict[str, Any]:
+    async def rotate_key(self, key_id: int, owner: int | None = None) -> dict[str, Any]:
+        """A new secret; the old one fails on the next request. With `owner`, only a key of that account."""
         key = new_key()
         try:
-            row = await self.db.run(store.tx_rotate_key, key_id, key.display, key.hash, time.time())
+            row = await self.db.run(store.tx_rotate_key, key_id, key.display, key.hash, time.time(), owner)
         except LookupError as exc:
             raise OperationError(str(exc)) from None
         return {**public_key(row), "key": key.plaintext}
 
-    async def set_key(self, key_id: int, **limits: Any) -> dict[str, Any]:
+    async def set_key(self, key_id: int, owner: int | None = None, **limits: Any) -> dict[str, Any]:
+        """Change a key's status or limits. With `owner`, only a key of that account."""
         try:
-            return public_key(await self.db.run(store.tx_set_key, key_id, self._limits(limits)))
+            return public_key(await self.db.run(store.tx_set_key, key_id, self._limits(limits), owner))
         except LookupError as exc:
             raise OperationError(str(exc)) from None
 
@@ -182,12 +185,31 @@ class Operations:
         rows = await self.db.run(store.tx_usage, account_id, key_id, since, until)
         return [_money(r, "cost", "savings") for r in rows]
 
-    async def request_usage(self, request_id: str) -> dict[str, Any]:
-        row = await self.db.run(store.tx_request_usage, request_id)
+    async def request_usage(self, request_id: str, owner: int | None = None) -> dict[str, Any]:
+        row = await self.db.run(store.tx_request_usage, request_id, owner)
         if row is None:
             raise OperationError(f"no usage row for {request_id!r}: requests refused before a hold (401, 402, 403, "
                                  "429) are only in the request log")
         return _money(row, "cost", "unbilled", "savings")
+
+    async def usage_log(self, account_id: int, filters: dict[str, Any], since: float | None = None,
+                        until: float | None = None, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+        """An account's requests, newest first (see store.tx_usage_log for the filters)."""
+        rows = await self.db.run(store.tx_usage_log, account_id, filters, since, until, max(1, min(limit, 100_000)),
+                                 max(0, offset))
+        return [_money(r, "cost", "unbilled", "savings") for r in rows]
+
+    async def daily_spend(self, account_id: int, days: int, now: float | None = None) -> list[tuple[str, int]]:
+        """The last `days` UTC days, oldest first, each with what the account spent that day (nano-dollars)."""
+        today = int((now if now is not None else time.time()) // 86400)
+        spent = await self.db.run(store.tx_daily_spend, account_id, float((today - days + 1) * 86400))
+        return [(time.strftime("%Y-%m-%d", time.gmtime(day * 86400)), spent.get(day, 0))
+                for day in range(today - days + 1, today + 1)]
+
+    async def month_spend_by_key(self, account_id: int, now: float | None = None) -> dict[int, int]:
+        """What each key of the account spent this calendar month (UTC): what its monthly limit counts."""
+        month = time.strftime("%Y-%m", time.gmtime(now if now is not None else time.time()))
+        return await self.db.run(store.tx_month_spend_by_key, account_id, month)
 
     # -- USDT recharge ------------------------------------------------------------------------
 
@@ -259,6 +281,65 @@ class Operations:
             raise OperationError("a block number is never negative")
         cursor = await self.db.run(store.tx_rewind_cursor, chain.name, from_block, time.time())
         return {"chain": chain.name, "next_block": cursor}
+
+    # -- console log-ins -----------------------------------------------------------------------
+
+    async def create_user(self, email: str, password: str, account: str | None = None,
+                          role: str = "user") -> dict[str, Any]:
+        """A console log-in for an account (by id or name), or with account None a new empty account named after
+        the address (what sign-up does)."""
+        from core.console import security
+
+        address = security.normal_email(email)
+        if address is None:
+            raise OperationError(f"{email.strip()!r} is not an e-mail address")
+        problem = security.password_problem(password)
+        if problem:
+            raise OperationError(problem)
+        if role not in ("user", "operator"):
+            raise OperationError("a role is user or operator")
+        account_id = (await self._account(account))["id"] if account else None
+        hashed = await asyncio.to_thread(security.hash_password, password)
+        try:
+            return await self.db.run(store.tx_create_user, address, hashed, account_id, role, time.time())
+        except sqlite3.IntegrityError:
+            raise OperationError(f"{address} is already registered (or an account has that name)") from None
+
+    async def list_users(self, account: str | None = None) -> list[dict[str, Any]]:
+        account_id = (await self._account(account))["id"] if account else None
+        return await self.db.run(store.tx_list_users, account_id)
+
+    async def set_password(self, user: str, password: str, keep_session: bytes | None = None) -> dict[str, Any]:
+        """A new password; every other session of the user ends."""
+        from core.console import security
+
+        problem = security.password_problem(password)
+        if problem:
+            raise OperationError(problem)
+        found = await self._user(user)
+        hashed = await asyncio.to_thread(security.hash_password, password)
+        await self.db.run(store.tx_set_password, found["id"], hashed, time.time(), keep_session)
+        return found
+
+    async def set_role(self, user: str, role: str) -> dict[str, Any]:
+        if role not in ("user", "operator"):
+            raise OperationError("a role is user or operator")
+        return await self.db.run(store.tx_set_role, (await self._user(user))["id"], role)
+
+    async def _user(self, ref: str) -> dict[str, Any]:
+        try:
+            return await self.db.run(store.tx_find_user, ref)
+        except LookupError as exc:
+            raise OperationError(str(exc)) from None
+
+    async def upstream_health(self, minutes: int, now: float | None = None) -> list[dict[str, Any]]:
+        """Each provider's upstream attempts and failures over the last `minutes`, added up across workers
+        (written every few seconds by each), with the failure rate in percent."""
+        since = int((now if now is not None else time.time()) // 60) - minutes + 1
+        rows = await self.db.run(store.tx_upstream_health, since)
+        for row in rows:
+            row["error_rate"] = round(100 * row["errors"] / row["requests"], 1) if row["requests"] else 0.0
+        return rows
 
     async def holds(self) -> list[dict[str, Any]]:
         return [_money(h, "amount") for h in await self.db.run(store.tx_open_holds)]

@@ -605,7 +605,7 @@ class Relay:
     def _count_upstream_error(self, x: Exchange, kind: str) -> None:
         x.upstream_error_kind = kind
         provider = x.model.provider.name if x.model else "-"
-        self.metrics.child(self.metrics.upstream_errors, provider, kind).inc()
+        self.metrics.upstream_error(provider, kind)
 
     async def _finish(self, x: Exchange, now: float, client_ip: str = "") -> None:
         record = charged_usage(x)

@@ -450,7 +450,7 @@ class TaskRelay:
     async def _fail(self, c: Call, err: GatewayError, send: Any) -> None:
         if isinstance(err, (UpstreamError, UpstreamClientError)):
             c.upstream_error = error_kind(err)
-            self.metrics.child(self.metrics.upstream_errors, c.provider or "-", c.upstream_error).inc()
+            self.metrics.upstream_error(c.provider or "-", c.upstream_error)
         c.error_code = err.code
         if c.started:  # a download under way: end it short (the connection drops), never as if complete
             return

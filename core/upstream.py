@@ -16,6 +16,7 @@ from adapters.gemini import upstream as gemini_upstream
 from adapters.openai import chat_upstream as openai_upstream
 from core import demo
 from core.config import Provider, Settings, Timeouts
+from core.health import UpstreamHealth
 from core.errors import UpstreamClosed, UpstreamConnectError, UpstreamTimeout
 
 USER_AGENT = "TokenToll/0.1"
@@ -91,8 +92,9 @@ class HttpResponse:
 class Upstreams:
     """Opens requests to providers; built-in providers are answered in-process."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, health: UpstreamHealth | None = None) -> None:
         self._settings = settings
+        self._health = health  # every request opened is an attempt in the upstream health tally
         self._session: aiohttp.ClientSession | None = None
         self._plans: dict[tuple[str, str, bool], RequestPlan] = {}
 
@@ -115,6 +117,8 @@ class Upstreams:
     async def open(self, provider: Provider, path: str, body: bytes, stream: bool,
                    extra_headers: Mapping[str, str] | None = None) -> UpstreamResponse:
         """Send the request; returns once the upstream's status and headers have arrived."""
+        if self._health is not None:
+            self._health.attempt(provider.name)
         if provider.builtin:
             return await demo.answer(provider, path, body, stream)
         assert self._session is not None, "Upstreams.start() was not awaited"

@@ -60,9 +60,11 @@ def tx_list_keys(conn: sqlite3.Connection, account_id: int | None) -> list[dict[
 
 
 def tx_rotate_key(conn: sqlite3.Connection, key_id: int, display: str, key_hash: bytes,
-                  now: float) -> dict[str, Any]:
-    moved = conn.execute("UPDATE api_keys SET display = ?, hash = ?, rotated_at = ? WHERE id = ?",
-                         (display, key_hash, int(now), key_id)).rowcount
+                  now: float, account_id: int | None = None) -> dict[str, Any]:
+    """A new secret for a key (of that account, when one is given)."""
+    moved = conn.execute("UPDATE api_keys SET display = ?, hash = ?, rotated_at = ? WHERE id = ? "
+                         "AND (? IS NULL OR account_id = ?)",
+                         (display, key_hash, int(now), key_id, account_id, account_id)).rowcount
     if moved != 1:
         raise LookupError(f"no key {key_id}")
     return tx_key(conn, key_id)
@@ -71,15 +73,18 @@ def tx_rotate_key(conn: sqlite3.Connection, key_id: int, display: str, key_hash:
 SETTABLE_KEY_FIELDS = ("name", "status", "monthly_limit", "models", "rpm", "tpm", "expires_at")
 
 
-def tx_set_key(conn: sqlite3.Connection, key_id: int, fields: dict[str, Any]) -> dict[str, Any]:
+def tx_set_key(conn: sqlite3.Connection, key_id: int, fields: dict[str, Any],
+               account_id: int | None = None) -> dict[str, Any]:
+    """Change a key's settings (a key of that account, when one is given)."""
     for name in fields:
         if name not in SETTABLE_KEY_FIELDS:
             raise ValueError(f"{name} cannot be set on a key")
+    if conn.execute("SELECT 1 FROM api_keys WHERE id = ? AND (? IS NULL OR account_id = ?)",
+                    (key_id, account_id, account_id)).fetchone() is None:
+        raise LookupError(f"no key {key_id}")
     if fields:
         assignments = ", ".join(f"{name} = ?" for name in fields)
-        moved = conn.execute(f"UPDATE api_keys SET {assignments} WHERE id = ?", (*fields.values(), key_id)).rowcount
-        if moved != 1:
-            raise LookupError(f"no key {key_id}")
+        conn.execute(f"UPDATE api_keys SET {assignments} WHERE id = ?", (*fields.values(), key_id))
     return tx_key(conn, key_id)
 
 
@@ -122,10 +127,56 @@ def tx_usage(conn: sqlite3.Connection, account_id: int | None, key_id: int | Non
     return [dict(r) for r in rows]
 
 
-def tx_request_usage(conn: sqlite3.Connection, request_id: str) -> dict[str, Any] | None:
-    """One request's usage row: its tokens, what it was charged and where the figures came from."""
-    row = conn.execute("SELECT * FROM usage WHERE request_id = ?", (request_id,)).fetchone()
+def tx_request_usage(conn: sqlite3.Connection, request_id: str, account_id: int | None = None) -> dict[str, Any] | None:
+    """One request's usage row (of that account, when one is given): its tokens, what it was charged and where
+    the figures came from."""
+    row = conn.execute("SELECT usage.*, api_keys.name AS key_name FROM usage LEFT JOIN api_keys ON api_keys.id = "
+                       "usage.key_id WHERE request_id = ? AND (? IS NULL OR usage.account_id = ?)",
+                       (request_id, account_id, account_id)).fetchone()
     return dict(row) if row is not None else None
+
+
+USAGE_FILTERS = ("key_id", "model", "status", "source")
+
+
+def tx_usage_log(conn: sqlite3.Connection, account_id: int, filters: dict[str, Any], since: float | None,
+                 until: float | None, limit: int, offset: int = 0) -> list[dict[str, Any]]:
+    """An account's usage rows, newest first, filtered by key, model, status class ('ok': below 400, 'error': 400
+    and above, or one status), usage source and a time range."""
+    clauses, args = ["usage.account_id = ?"], [account_id]
+    for name in USAGE_FILTERS:
+        value = filters.get(name)
+        if value is None:
+            continue
+        if name == "status" and value in ("ok", "error"):
+            clauses.append("usage.status < 400" if value == "ok" else "usage.status >= 400")
+        else:
+            clauses.append(f"usage.{name} = ?")
+            args.append(value)
+    if since is not None:
+        clauses.append("usage.created_at >= ?")
+        args.append(since)
+    if until is not None:
+        clauses.append("usage.created_at < ?")
+        args.append(until)
+    rows = conn.execute("SELECT usage.*, api_keys.name AS key_name FROM usage LEFT JOIN api_keys ON api_keys.id = "
+                        "usage.key_id WHERE " + " AND ".join(clauses) + " ORDER BY usage.created_at DESC, "
+                        "usage.request_id DESC LIMIT ? OFFSET ?", (*args, limit, offset))
+    return [dict(r) for r in rows]
+
+
+def tx_daily_spend(conn: sqlite3.Connection, account_id: int, since: float) -> dict[int, int]:
+    """An account's cost per UTC day (the day's number since 1970) from `since` on."""
+    rows = conn.execute("SELECT CAST(created_at / 86400 AS INTEGER) AS day, SUM(cost) AS cost FROM usage "
+                        "WHERE account_id = ? AND created_at >= ? GROUP BY day", (account_id, since))
+    return {int(r["day"]): int(r["cost"]) for r in rows}
+
+
+def tx_month_spend_by_key(conn: sqlite3.Connection, account_id: int, month: str) -> dict[int, int]:
+    """What each of an account's keys has spent in a month (YYYY-MM): the figure its monthly limit is checked against."""
+    rows = conn.execute("SELECT key_spend.key_id, key_spend.spent FROM key_spend JOIN api_keys ON api_keys.id = "
+                        "key_spend.key_id WHERE api_keys.account_id = ? AND key_spend.month = ?", (account_id, month))
+    return {int(r["key_id"]): int(r["spent"]) for r in rows}
 
 
 def tx_take_lease(conn: sqlite3.Connection, name: str, holder: str, now: float, ttl: float) -> bool:

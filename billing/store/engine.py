@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 PAGE_SIZE = 1024
 WAL_CHECKPOINT_PAGES = 4000  # 4 MiB of WAL between checkpoints
 CHECKPOINT_EVERY_COMMITS = 500  # the event loop's commits between two checkpoints on the thread
@@ -193,6 +193,36 @@ CREATE TABLE chain_cursors (
 CREATE TABLE settings (
     name TEXT PRIMARY KEY,
     value TEXT NOT NULL
+);
+CREATE TABLE users (                  -- console log-ins: each belongs to one account
+    id INTEGER PRIMARY KEY,
+    email TEXT NOT NULL UNIQUE,           -- lower-cased
+    password TEXT NOT NULL,               -- scrypt$N$r$p$salt$hash (core/console/security.py)
+    account_id INTEGER NOT NULL REFERENCES accounts(id),
+    role TEXT NOT NULL DEFAULT 'user' CHECK (role IN ('user', 'operator')),
+    created_at REAL NOT NULL,
+    password_changed_at REAL NOT NULL
+);
+CREATE INDEX users_account ON users (account_id);
+CREATE TABLE console_sessions (
+    token_hash BLOB PRIMARY KEY,          -- sha256 of the session token; the token is only in the cookie
+    user_id INTEGER NOT NULL REFERENCES users(id),
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX console_sessions_user ON console_sessions (user_id);
+CREATE TABLE login_failures (         -- failed console log-ins, for their rate limit
+    subject TEXT NOT NULL,                -- 'email:<address>' or 'ip:<client address>'
+    at REAL NOT NULL
+);
+CREATE INDEX login_failures_subject ON login_failures (subject, at);
+CREATE TABLE upstream_health (        -- each worker's upstream outcomes per minute, flushed now and then
+    provider TEXT NOT NULL,
+    minute INTEGER NOT NULL,              -- unix minute
+    owner TEXT NOT NULL,                  -- the worker
+    requests INTEGER NOT NULL,
+    errors INTEGER NOT NULL,
+    PRIMARY KEY (provider, minute, owner)
 );
 """
 
@@ -437,6 +467,7 @@ ALTER TABLE usage ADD COLUMN savings INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE usage ADD COLUMN units INTEGER NOT NULL DEFAULT 0;
 """ + SCHEMA[SCHEMA.index("CREATE TABLE response_cache"):SCHEMA.index("CREATE TABLE deposit_addresses")],
     2: SCHEMA[SCHEMA.index("CREATE TABLE deposit_addresses"):SCHEMA.index("CREATE TABLE settings")],
+    3: SCHEMA[SCHEMA.index("CREATE TABLE users"):],
 }
 
 

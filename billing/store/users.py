@@ -1,0 +1,111 @@
+"""Console log-ins: users (an e-mail and a password hash, each tied to one account), their sessions, and the
+failed log-ins their rate limit counts. Each function runs on the database thread as one whole transaction."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from billing.store.money import tx_create_account
+
+USER_COLUMNS = ("users.id, users.email, users.account_id, users.role, users.created_at, users.password_changed_at, "
+                "accounts.name AS account_name")
+
+
+def tx_create_user(conn: sqlite3.Connection, email: str, password_hash: str, account_id: int | None, role: str,
+                   now: float) -> dict[str, Any]:
+    """A log-in for an existing account, or (account_id None) for a new empty account named after the address,
+    made in the same transaction. An address or account name already taken raises sqlite3.IntegrityError."""
+    if account_id is None:
+        account_id = int(tx_create_account(conn, email, now)["id"])
+    elif conn.execute("SELECT 1 FROM accounts WHERE id = ?", (account_id,)).fetchone() is None:
+        raise LookupError(f"no account {account_id}")
+    cur = conn.execute("INSERT INTO users (email, password, account_id, role, created_at, password_changed_at) "
+                       "VALUES (?, ?, ?, ?, ?, ?)", (email, password_hash, account_id, role, now, now))
+    return tx_user(conn, int(cur.lastrowid or 0))
+
+
+def tx_user(conn: sqlite3.Connection, user_id: int) -> dict[str, Any]:
+    row = conn.execute(f"SELECT {USER_COLUMNS} FROM users JOIN accounts ON accounts.id = users.account_id "
+                       "WHERE users.id = ?", (user_id,)).fetchone()
+    if row is None:
+        raise LookupError(f"no user {user_id}")
+    return dict(row)
+
+
+def tx_login_user(conn: sqlite3.Connection, email: str) -> dict[str, Any] | None:
+    """A user with its password hash, for checking a log-in."""
+    row = conn.execute(f"SELECT {USER_COLUMNS}, users.password FROM users JOIN accounts ON accounts.id = "
+                       "users.account_id WHERE users.email = ?", (email,)).fetchone()
+    return dict(row) if row is not None else None
+
+
+def tx_find_user(conn: sqlite3.Connection, ref: str) -> dict[str, Any]:
+    """A user by id (all digits) or by e-mail address."""
+    where, arg = ("users.id = ?", int(ref)) if ref.isdigit() else ("users.email = ?", ref.strip().lower())
+    row = conn.execute(f"SELECT {USER_COLUMNS} FROM users JOIN accounts ON accounts.id = users.account_id "
+                       f"WHERE {where}", (arg,)).fetchone()
+    if row is None:
+        raise LookupError(f"no user {ref!r}")
+    return dict(row)
+
+
+def tx_list_users(conn: sqlite3.Connection, account_id: int | None = None) -> list[dict[str, Any]]:
+    where = "WHERE users.account_id = ?" if account_id is not None else ""
+    return [dict(r) for r in conn.execute(
+        f"SELECT {USER_COLUMNS} FROM users JOIN accounts ON accounts.id = users.account_id {where} ORDER BY users.id",
+        () if account_id is None else (account_id,))]
+
+
+def tx_set_password(conn: sqlite3.Connection, user_id: int, password_hash: str, now: float,
+                    keep_session: bytes | None = None) -> None:
+    """A new password, and every session of the user ended but the one that changed it (if any)."""
+    if conn.execute("UPDATE users SET password = ?, password_changed_at = ? WHERE id = ?",
+                    (password_hash, now, user_id)).rowcount != 1:
+        raise LookupError(f"no user {user_id}")
+    conn.execute("DELETE FROM console_sessions WHERE user_id = ? AND token_hash IS NOT ?", (user_id, keep_session))
+
+
+def tx_set_role(conn: sqlite3.Connection, user_id: int, role: str) -> dict[str, Any]:
+    if conn.execute("UPDATE users SET role = ? WHERE id = ?", (role, user_id)).rowcount != 1:
+        raise LookupError(f"no user {user_id}")
+    return tx_user(conn, user_id)
+
+
+def tx_create_session(conn: sqlite3.Connection, token_hash: bytes, user_id: int, now: float,
+                      expires_at: float) -> None:
+    conn.execute("DELETE FROM console_sessions WHERE expires_at <= ?", (now,))
+    conn.execute("INSERT INTO console_sessions (token_hash, user_id, created_at, expires_at) VALUES (?, ?, ?, ?)",
+                 (token_hash, user_id, now, expires_at))
+
+
+def tx_session_user(conn: sqlite3.Connection, token_hash: bytes, now: float) -> dict[str, Any] | None:
+    """The user of a live session, or None."""
+    row = conn.execute(f"SELECT {USER_COLUMNS} FROM console_sessions JOIN users ON users.id = console_sessions.user_id "
+                       "JOIN accounts ON accounts.id = users.account_id "
+                       "WHERE console_sessions.token_hash = ? AND console_sessions.expires_at > ?",
+                       (token_hash, now)).fetchone()
+    return dict(row) if row is not None else None
+
+
+def tx_drop_session(conn: sqlite3.Connection, token_hash: bytes) -> None:
+    conn.execute("DELETE FROM console_sessions WHERE token_hash = ?", (token_hash,))
+
+
+def tx_login_failures(conn: sqlite3.Connection, subjects: list[str], since: float) -> dict[str, tuple[int, float]]:
+    """For each subject: the failed log-ins since `since`, and the time of the oldest of them."""
+    out: dict[str, tuple[int, float]] = {}
+    for subject in subjects:
+        n, oldest = conn.execute("SELECT COUNT(*), MIN(at) FROM login_failures WHERE subject = ? AND at > ?",
+                                 (subject, since)).fetchone()
+        out[subject] = (int(n), float(oldest or 0.0))
+    return out
+
+
+def tx_record_login_failure(conn: sqlite3.Connection, subjects: list[str], now: float, forget_before: float) -> None:
+    conn.execute("DELETE FROM login_failures WHERE at <= ?", (forget_before,))
+    conn.executemany("INSERT INTO login_failures (subject, at) VALUES (?, ?)", [(s, now) for s in subjects])
+
+
+def tx_clear_login_failures(conn: sqlite3.Connection, subject: str) -> None:
+    conn.execute("DELETE FROM login_failures WHERE subject = ?", (subject,))

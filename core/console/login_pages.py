@@ -1,0 +1,94 @@
+"""The console's log-in pages: sign-up (which an operator can turn off), log-in (rate-limited), log-out and
+change password. Sessions and CSRF are core/console/web.py's; the users themselves are Operations'."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
+
+from billing import store
+from core.console.web import ConsoleWeb, FormError, NotFound, Visitor, operation_message, safe_next
+from core.operations import OperationError
+
+
+def routes(web: ConsoleWeb) -> list[Route]:
+    async def home(request: Request, v: Visitor) -> Response:
+        return RedirectResponse("/console/dashboard" if v.user else "/console/login", status_code=303)
+
+    async def login_form(request: Request, v: Visitor) -> Response:
+        if v.user is not None:
+            return RedirectResponse("/console/dashboard", status_code=303)
+        return web.show(request, v, "login.html", email="", problem=None,
+                        next=safe_next(request.query_params.get("next")))
+
+    async def login(request: Request, v: Visitor) -> Response:
+        try:
+            form = await web.form(request)
+        except FormError as exc:
+            return web.render(v, "login.html", 400, email="", problem=str(exc), next="/console/dashboard")
+        email = form.get("email", "").strip().lower()
+        target = safe_next(form.get("next"))
+        outcome = await web.log_in(request, v, email, form.get("password", ""))
+        if isinstance(outcome, str):
+            status = 429 if outcome.startswith("Too many") else 401
+            return web.render(v, "login.html", status, email=email, problem=outcome, next=target)
+        return await web.start_session(v, outcome, target)
+
+    async def signup_form(request: Request, v: Visitor) -> Response:
+        if not web.settings.console.signup:
+            raise NotFound
+        return web.render(v, "signup.html", email="", problem=None)
+
+    async def signup(request: Request, v: Visitor) -> Response:
+        if not web.settings.console.signup:
+            raise NotFound
+        email = ""
+        try:
+            form = await web.form(request)
+            email = form.get("email", "")
+            if form.get("password", "") != form.get("password2", ""):
+                raise FormError("The two passwords differ.")
+            user = await web.ops.create_user(email, form.get("password", ""))
+        except FormError as exc:
+            return web.render(v, "signup.html", 400, email=email, problem=str(exc))
+        except OperationError as exc:
+            return web.render(v, "signup.html", 400, email=email, problem=operation_message(exc))
+        return await web.start_session(v, int(user["id"]), "/console/dashboard")
+
+    async def logout(request: Request, v: Visitor) -> Response:
+        if v.session_hash is not None:
+            await web.db.run(store.tx_drop_session, v.session_hash)
+        response = RedirectResponse("/console/login", status_code=303)
+        response.delete_cookie("tt_session", path="/console")
+        return response
+
+    async def password_form(request: Request, v: Visitor) -> Response:
+        return web.show(request, v, "password.html", problem=None)
+
+    async def change_password(request: Request, v: Visitor) -> Response:
+        assert v.user is not None
+        try:
+            form = await web.form(request)
+            login = await web.db.run(store.tx_login_user, v.user["email"])
+            if login is None or not await web.check_password(form.get("current", ""), login["password"]):
+                raise FormError("The current password is wrong.")
+            if form.get("password", "") != form.get("password2", ""):
+                raise FormError("The two new passwords differ.")
+            await web.ops.set_password(str(v.user["id"]), form.get("password", ""), keep_session=v.session_hash)
+        except FormError as exc:
+            return web.render(v, "password.html", 400, problem=str(exc))
+        except OperationError as exc:
+            return web.render(v, "password.html", 400, problem=operation_message(exc))
+        return web.back("/console/dashboard", "Your password was changed; your other sessions have ended.", v)
+
+    return [
+        Route("/", web.page(home, login=False), methods=["GET"]),
+        Route("/login", web.page(login_form, login=False), methods=["GET"]),
+        Route("/login", web.page(login, login=False), methods=["POST"]),
+        Route("/signup", web.page(signup_form, login=False), methods=["GET"]),
+        Route("/signup", web.page(signup, login=False), methods=["POST"]),
+        Route("/logout", web.page(logout, login=False), methods=["POST"]),
+        Route("/password", web.page(password_form), methods=["GET"]),
+        Route("/password", web.page(change_password), methods=["POST"]),
+    ]

@@ -1,0 +1,300 @@
+"""The console's web layer: who the visitor is (session cookie), CSRF checks on every change, security headers,
+rendering the templates, and the log-in pages (sign-up, log-in, log-out, change password). Pages live beside it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+
+from billing import store
+from billing.pricing import units_to_usd
+from core.clientip import from_scope, public_origin
+from core.config import Settings
+from core.console import security
+from core.operations import OperationError, Operations
+
+log = logging.getLogger("tokentoll.console")
+
+HERE = Path(__file__).parent
+SESSION_COOKIE = "tt_session"
+BROWSER_COOKIE = "tt_browser"
+FLASH_COOKIE = "tt_flash"
+MAX_FORM_BYTES = 64 * 1024
+HASHES_AT_ONCE = 2  # scrypt runs take 128 MiB each: this many at a time, the rest wait
+SECURITY_HEADERS = {
+    "content-security-policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+                               "frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+    "x-frame-options": "DENY",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "same-origin",
+    "cache-control": "no-store",
+}
+
+
+class NotFound(Exception):
+    """A page or record the visitor may not see: always the same 404, whether it exists or not."""
+
+
+class FormError(Exception):
+    """Input a form cannot take: shown on the page again, nothing changed."""
+
+
+@dataclass
+class Visitor:
+    user: dict[str, Any] | None
+    browser_id: str
+    csrf: str
+    session_hash: bytes | None
+    secure: bool
+    new_browser: bool = False
+
+    @property
+    def account_id(self) -> int:
+        assert self.user is not None
+        return int(self.user["account_id"])
+
+    @property
+    def operator(self) -> bool:
+        return self.user is not None and self.user["role"] == "operator"
+
+
+Handler = Callable[[Request, Visitor], Awaitable[Response]]
+
+
+def form_value(form: dict[str, str], name: str, default: str = "") -> str:
+    return form.get(name, default)
+
+
+class ConsoleWeb:
+    def __init__(self, settings: Settings, ops: Operations, db: store.Store) -> None:
+        self.settings = settings
+        self.ops = ops
+        self.db = db
+        self.secret = ""
+        self._dummy_hash = ""
+        self._hashing = asyncio.Semaphore(HASHES_AT_ONCE)
+        self.templates = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
+                                            autoescape=True, undefined=jinja2.StrictUndefined,
+                                            trim_blocks=True, lstrip_blocks=True)
+        self.templates.filters["usd"] = usd_text
+        self.templates.filters["when"] = _when
+        self.templates.filters["day"] = lambda ts: time.strftime("%Y-%m-%d", time.gmtime(ts)) if ts else ""
+
+    async def start(self) -> None:
+        """The signing secret, shared by every worker through the database (made at the first start)."""
+        self.secret, _ = await self.db.run(store.tx_setting, "console_secret", security.new_secret())
+        self._dummy_hash = await asyncio.to_thread(security.dummy_hash)
+
+    # -- the visitor ------------------------------------------------------------------------
+
+    async def visitor(self, request: Request) -> Visitor:
+        scheme, _host = public_origin(request.scope, self.settings.server.trusted_proxies)
+        browser_id = request.cookies.get(BROWSER_COOKIE, "")
+        new_browser = not (8 <= len(browser_id) <= 64 and browser_id.replace("-", "").replace("_", "").isalnum())
+        if new_browser:
+            browser_id = security.new_browser_id()
+        user = None
+        session_hash = None
+        token = security.session_token(self.secret, request.cookies.get(SESSION_COOKIE))
+        if token is not None:
+            session_hash = security.session_hash(token)
+            user = await self.db.run(store.tx_session_user, session_hash, time.time())
+            if user is None:
+                session_hash = None
+        return Visitor(user, browser_id, security.csrf_token(self.secret, browser_id), session_hash,
+                       scheme == "https", new_browser)
+
+    def page(self, handler: Handler, *, login: bool = True, operator: bool = False) -> Callable[[Request], Awaitable[Response]]:
+        """A console endpoint: the visitor resolved, log-in and role enforced, CSRF checked on every change,
+        errors turned into pages, and the security headers and cookies set."""
+
+        async def endpoint(request: Request) -> Response:
+            v = await self.visitor(request)
+            try:
+                if login and v.user is None:
+                    if request.method == "GET":
+                        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+                        response: Response = RedirectResponse(
+                            "/console/login?" + urllib.parse.urlencode({"next": target}), status_code=303)
+                    else:
+                        response = self.error(v, 401, "Your session has ended. Log in again.")
+                elif operator and not v.operator:
+                    raise NotFound
+                elif request.method != "GET" and not await self._csrf_passes(request, v):
+                    response = self.error(v, 403, "This form has expired or did not come from this console. "
+                                                   "Reload the page and try again.")
+                else:
+                    response = await handler(request, v)
+            except NotFound:
+                response = self.error(v, 404, "There is nothing here, or it is not yours to see.")
+            return self.finish(response, v)
+
+        return endpoint
+
+    async def _csrf_passes(self, request: Request, v: Visitor) -> bool:
+        origin = request.headers.get("origin")
+        if origin and origin != "null":
+            scheme, host = public_origin(request.scope, self.settings.server.trusted_proxies)
+            if origin != f"{scheme}://{host}":
+                return False
+        presented = request.headers.get("x-csrf-token")
+        if presented is None:
+            presented = (await self.form(request)).get("csrf_token")
+        return security.csrf_ok(self.secret, request.cookies.get(BROWSER_COOKIE), presented)
+
+    async def form(self, request: Request) -> dict[str, str]:
+        """An application/x-www-form-urlencoded body (the console's forms), read once; the last value of a name wins."""
+        cached = request.scope.get("tt_form")
+        if cached is not None:
+            return cached
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_FORM_BYTES:
+                raise FormError("the form is too large")
+        ctype = request.headers.get("content-type", "")
+        form: dict[str, str] = {}
+        if ctype.startswith("application/x-www-form-urlencoded"):
+            try:
+                form = dict(urllib.parse.parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=200))
+            except (UnicodeDecodeError, ValueError):
+                raise FormError("the form could not be read") from None
+        request.scope["tt_form"] = form
+        return form
+
+    def finish(self, response: Response, v: Visitor) -> Response:
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        if v.new_browser:
+            response.set_cookie(BROWSER_COOKIE, v.browser_id, httponly=True, samesite="strict", secure=v.secure,
+                                path="/console")
+        return response
+
+    # -- rendering ----------------------------------------------------------------------------
+
+    def render(self, v: Visitor, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+        flash = context.pop("flash", None)
+        html = self.templates.get_template(template).render(
+            user=v.user, operator=v.operator, csrf=v.csrf, flash=flash, signup=self.settings.console.signup,
+            **context)
+        return HTMLResponse(html, status_code=status)
+
+    def error(self, v: Visitor, status: int, message: str) -> HTMLResponse:
+        return self.render(v, "error.html", status=status, status_code=status, message=message)
+
+    def back(self, path: str, message: str, v: Visitor) -> Response:
+        """After a change: back to a page (303), with a one-time note shown there."""
+        response = RedirectResponse(path, status_code=303)
+        response.set_cookie(FLASH_COOKIE, urllib.parse.quote(message[:300]), httponly=True, samesite="strict",
+                            secure=v.secure, path="/console", max_age=60)
+        return response
+
+    def flash(self, request: Request, response: Response) -> str | None:
+        """The one-time note of the last change, cleared as it is shown."""
+        raw = request.cookies.get(FLASH_COOKIE)
+        if raw is None:
+            return None
+        response.delete_cookie(FLASH_COOKIE, path="/console")
+        return urllib.parse.unquote(raw)[:300]
+
+    def show(self, request: Request, v: Visitor, template: str, **context: Any) -> HTMLResponse:
+        """A GET page with the last change's note (if any)."""
+        note = request.cookies.get(FLASH_COOKIE)
+        response = self.render(v, template, flash=urllib.parse.unquote(note)[:300] if note else None, **context)
+        if note is not None:
+            response.delete_cookie(FLASH_COOKIE, path="/console")
+        return response
+
+    def base_url(self, request: Request) -> str:
+        """The gateway's public URL, as configured, else as this request reached it."""
+        if self.settings.console.base_url:
+            return self.settings.console.base_url
+        scheme, host = public_origin(request.scope, self.settings.server.trusted_proxies)
+        return f"{scheme}://{host}"
+
+    # -- log-ins ------------------------------------------------------------------------------
+
+    async def hash_password(self, password: str) -> str:
+        async with self._hashing:
+            return await asyncio.to_thread(security.hash_password, password)
+
+    async def check_password(self, password: str, stored: str | None) -> bool:
+        async with self._hashing:
+            return await asyncio.to_thread(security.check_password, password, stored or self._dummy_hash)
+
+    def client_address(self, request: Request) -> str:
+        return from_scope(request.scope, self.settings.server.trusted_proxies)
+
+    async def log_in(self, request: Request, v: Visitor, email: str, password: str) -> int | str:
+        """The user id of a right e-mail and password; else why not (wrong, or too many failures: rate-limited
+        per address and per client, across workers)."""
+        c = self.settings.console
+        now = time.time()
+        subjects = [f"email:{email}", f"ip:{self.client_address(request)}"]
+        failures = await self.db.run(store.tx_login_failures, subjects, now - c.login_window)
+        limits = {subjects[0]: c.login_attempts, subjects[1]: c.login_attempts * 4}
+        for subject, (count, oldest) in failures.items():
+            if count >= limits[subject]:
+                wait = max(1, int(oldest + c.login_window - now) + 1)
+                return f"Too many failed log-ins. Try again in {_duration(wait)}."
+        user = await self.db.run(store.tx_login_user, email)
+        if not await self.check_password(password, user["password"] if user else None) or user is None:
+            await self.db.run(store.tx_record_login_failure, subjects, now, now - c.login_window)
+            return "Wrong e-mail address or password."
+        await self.db.run(store.tx_clear_login_failures, subjects[0])
+        return int(user["id"])
+
+    async def start_session(self, v: Visitor, user_id: int, target: str) -> Response:
+        token, token_hash = security.new_session()
+        now = time.time()
+        await self.db.run(store.tx_create_session, token_hash, user_id, now, now + self.settings.console.session_ttl)
+        if v.session_hash is not None:
+            await self.db.run(store.tx_drop_session, v.session_hash)
+        response = RedirectResponse(target, status_code=303)
+        response.set_cookie(SESSION_COOKIE, security.session_cookie(self.secret, token), httponly=True, samesite="lax",
+                            secure=v.secure, path="/console", max_age=int(self.settings.console.session_ttl))
+        # a new browser id (and so a new CSRF token) at every log-in: a token seen before it is worth nothing after
+        v.browser_id = security.new_browser_id()
+        v.new_browser = True
+        return response
+
+
+def safe_next(target: str | None) -> str:
+    """Where to go after logging in: only a console page of this site."""
+    if target and target.startswith("/console/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return "/console/dashboard"
+
+
+def usd_text(units: int | None) -> str:
+    """Nano-dollars for a person: exact, at least two decimals, no trailing zeros past them (5.00, 0.0000351)."""
+    if units is None:
+        return ""
+    text = units_to_usd(units)
+    whole, _, frac = text.partition(".")
+    return f"{whole}.{frac.rstrip('0').ljust(2, '0')}"
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts)) if ts else ""
+
+
+def _duration(seconds: int) -> str:
+    if seconds < 90:
+        return f"{seconds} seconds"
+    return f"{(seconds + 59) // 60} minutes"
+
+
+def operation_message(exc: OperationError) -> str:
+    text = str(exc)
+    return text[:1].upper() + text[1:]

@@ -1,0 +1,330 @@
+"""The console over HTTP: sign-up, log-in and its rate limit, sessions, CSRF, password change, the API keys page
+(secret shown once, rotation, limits) and the dashboard, against a real gateway. The browser tests are elsewhere."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from core.console import security
+from core.console.charts import daily_spend_svg, nice_ceiling
+from core.console.web import usd_text
+from tests.conftest import GatewayProcess, base_config, cli, demo_provider, serve_gateway
+from tests.console_client import PASSWORD, ConsoleClient
+
+MSG = [{"role": "user", "content": "hello console"}]
+DEMO_MODEL = """
+[models.demo-echo]
+provider = "demo"
+upstream_model = "echo"
+max_output_tokens = 64
+price = { input = "0.50", output = "1.50" }
+"""
+
+
+def email() -> str:
+    return f"user-{secrets.token_hex(4)}@example.com"
+
+
+def sdk(gateway: GatewayProcess, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0)
+
+
+def create_key(c: ConsoleClient, **fields: str) -> dict[str, str]:
+    r = c.post("/console/keys", {"name": "k", **fields}, headers={"Accept": "application/json"})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def alert(html: str) -> str:
+    found = re.search(r'role="alert">([^<]*)', html)
+    return found.group(1) if found else ""
+
+
+# -- pure parts ---------------------------------------------------------------------------------
+
+
+def test_passwords_are_salted_scrypt_and_checked_exactly() -> None:
+    stored = security.hash_password("a long password", n=2**10)
+    assert stored.startswith("scrypt$1024$8$1$") and "a long password" not in stored
+    assert security.check_password("a long password", stored)
+    assert not security.check_password("a long passworD", stored)
+    assert stored != security.hash_password("a long password", n=2**10)  # salted
+    assert not security.check_password("x", "md5$whatever") and not security.check_password("x", "garbage")
+
+
+def test_signed_cookies_and_csrf_tokens_refuse_tampering() -> None:
+    secret = security.new_secret()
+    token, token_hash = security.new_session()
+    cookie = security.session_cookie(secret, token)
+    assert security.session_token(secret, cookie) == token and security.session_hash(token) == token_hash
+    assert security.session_token(secret, cookie[:-1] + ("A" if cookie[-1] != "A" else "B")) is None
+    assert security.session_token(security.new_secret(), cookie) is None
+    assert security.session_token(secret, token) is None and security.session_token(secret, None) is None
+    browser = security.new_browser_id()
+    assert security.csrf_ok(secret, browser, security.csrf_token(secret, browser))
+    assert not security.csrf_ok(secret, security.new_browser_id(), security.csrf_token(secret, browser))
+    assert not security.csrf_ok(secret, browser, None) and not security.csrf_ok(secret, None, "x")
+
+
+@pytest.mark.parametrize("text, expected", [
+    (" Ann@Example.COM ", "ann@example.com"), ("a@b", None), ("no-at.example.com", None), ("a@@b.com", None),
+    ("a b@c.com", None), ("a@b.com.", None), ("<a@b.com>", None), ("x" * 250 + "@b.com", None)])
+def test_email_addresses(text: str, expected: str | None) -> None:
+    assert security.normal_email(text) == expected
+
+
+def test_password_rules() -> None:
+    assert security.password_problem("short") and security.password_problem(" padded password ")
+    assert security.password_problem("long enough password") is None
+
+
+def test_money_and_chart_for_people() -> None:
+    assert [usd_text(u) for u in (0, 5_000_000_000, 35_100, -1_500_000_000)] == ["0.00", "5.00", "0.0000351", "-1.50"]
+    assert [nice_ceiling(v) for v in (0, 1, 3, 7, 11, 4_999, 120_000_000)] == [1, 1, 5, 10, 20, 5_000, 200_000_000]
+    svg = daily_spend_svg([("2026-11-01", 0), ("2026-11-02", 2_000_000_000), ("2026-11-03", 500_000_000)])
+    bars = re.findall(r'height="([0-9.]+)" class="bar" data-day="([0-9-]+)" data-cost="([0-9.]+)"', svg)
+    assert [(day, cost) for _, day, cost in bars] == [("2026-11-01", "0.000000000"), ("2026-11-02", "2.000000000"),
+                                                      ("2026-11-03", "0.500000000")]
+    heights = [float(h) for h, _, _ in bars]
+    assert heights[0] == 0 and heights[1] == pytest.approx(4 * heights[2])  # to scale
+    assert "<script" not in svg and "$2" in svg  # the axis top is $2
+
+
+# -- log-ins ------------------------------------------------------------------------------------
+
+
+def test_sign_up_log_out_log_in_and_wrong_passwords(gateway: GatewayProcess) -> None:
+    c = ConsoleClient(gateway.url)
+    assert c.get("/console/dashboard").headers["location"] == "/console/login?next=%2Fconsole%2Fdashboard"
+    address = email()
+    r = c.sign_up(address.upper())
+    assert r.headers["location"] == "/console/dashboard"
+    session = c.http.cookies.get("tt_session")
+    assert session and len(session) > 40
+    set_cookie = r.headers["set-cookie"].lower()
+    assert "httponly" in set_cookie and "samesite=lax" in set_cookie and "secure" not in set_cookie  # plain http
+    page = c.get("/console/dashboard")
+    assert page.status_code == 200 and address in page.text and 'id="balance">$0.00<' in page.text
+    # the account is named after the address, with an empty wallet, and the operator sees the log-in
+    users = cli(gateway.config, "users", "list", env=gateway.env)
+    assert any(u["email"] == address and u["account_name"] == address and u["role"] == "user" for u in users)
+    assert "password" not in users[0]
+    # a second sign-up with the same address is refused and makes nothing
+    other = ConsoleClient(gateway.url)
+    other.get("/console/signup")
+    r = other.post("/console/signup", {"email": address, "password": PASSWORD, "password2": PASSWORD})
+    assert r.status_code == 400 and "already registered" in alert(r.text)
+    r = other.post("/console/signup", {"email": email(), "password": PASSWORD, "password2": PASSWORD + "x"})
+    assert r.status_code == 400 and "differ" in alert(r.text)
+    r = other.post("/console/signup", {"email": email(), "password": "short", "password2": "short"})
+    assert r.status_code == 400 and "at least 10" in alert(r.text)
+    # log out: the session ends on the server, not just in this browser
+    assert c.post("/console/logout").headers["location"] == "/console/login"
+    stolen = ConsoleClient(gateway.url)
+    stolen.http.cookies.set("tt_session", session)
+    assert stolen.get("/console/dashboard").status_code == 303
+    assert c.get("/console/dashboard").status_code == 303
+    # log in again; a wrong password and an unknown address get the same answer
+    wrong = c.log_in(address, PASSWORD + "!")
+    unknown = c.log_in(email(), PASSWORD)
+    assert wrong.status_code == unknown.status_code == 401
+    assert alert(wrong.text) == alert(unknown.text) == "Wrong e-mail address or password."
+    assert c.log_in(address).headers["location"] == "/console/dashboard"
+    assert c.get("/console/dashboard").status_code == 200
+
+
+def test_log_in_goes_back_to_the_page_asked_for_but_never_off_site(gateway: GatewayProcess) -> None:
+    c = ConsoleClient(gateway.url)
+    address = email()
+    c.sign_up(address)
+    c.post("/console/logout")
+    for target, expected in (("/console/keys", "/console/keys"), ("https://evil.example/", "/console/dashboard"),
+                             ("//evil.example/console/", "/console/dashboard")):
+        c.get("/console/login?next=" + target)
+        r = c.post("/console/login", {"email": address, "password": PASSWORD, "next": target})
+        assert r.headers.get("location") == expected, target
+        c.get("/console/dashboard")  # the CSRF token changes at every log-in
+        assert c.post("/console/logout").status_code == 303
+
+
+def test_changes_without_the_csrf_token_or_from_another_origin_are_refused(gateway: GatewayProcess) -> None:
+    c = ConsoleClient(gateway.url)
+    c.sign_up(email())
+    r = c.post("/console/keys", {"name": "sneaky"}, csrf=False)
+    assert r.status_code == 403 and "did not come from this console" in r.text
+    r = c.post("/console/keys", {"name": "sneaky"}, headers={"Origin": "https://evil.example"})
+    assert r.status_code == 403
+    r = c.post("/console/keys", {"name": "sneaky", "csrf_token": "x" + c.csrf[1:]})
+    assert r.status_code == 403
+    assert "sneaky" not in c.get("/console/keys").text  # nothing was made
+    # another browser's token is worth nothing here
+    other = ConsoleClient(gateway.url)
+    other.get("/console/login")
+    r = c.post("/console/keys", {"name": "sneaky", "csrf_token": other.csrf}, csrf=False)
+    assert r.status_code == 403 and other.csrf != c.csrf
+    # a log-in form posted without the token is refused too (log-in CSRF)
+    r = ConsoleClient(gateway.url).post("/console/login", {"email": "a@b.co", "password": PASSWORD}, csrf=False)
+    assert r.status_code == 403
+
+
+def test_changing_the_password_ends_the_other_sessions(gateway: GatewayProcess) -> None:
+    address = email()
+    here, elsewhere = ConsoleClient(gateway.url), ConsoleClient(gateway.url)
+    here.sign_up(address)
+    assert elsewhere.log_in(address).status_code == 303
+    r = here.post("/console/password", {"current": "wrong password", "password": "a new password 1",
+                                        "password2": "a new password 1"})
+    assert r.status_code == 400 and "current password is wrong" in alert(r.text)
+    r = here.post("/console/password", {"current": PASSWORD, "password": "a new password 1",
+                                        "password2": "a new password 1"})
+    assert r.status_code == 303
+    assert "password was changed" in here.get("/console/dashboard").text
+    assert elsewhere.get("/console/dashboard").status_code == 303
+    assert elsewhere.log_in(address).status_code == 401
+    assert elsewhere.log_in(address, "a new password 1").status_code == 303
+
+
+def test_operators_make_log_ins_and_reset_passwords_from_the_cli(gateway: GatewayProcess) -> None:
+    env = {**gateway.env, "TOKENTOLL_PASSWORD": "operator password"}
+    made = cli(gateway.config, "users", "create", "Op@Example.com", "--account", "tester", "--operator", env=env)
+    assert made["email"] == "op@example.com" and made["account_name"] == "tester" and made["role"] == "operator"
+    c = ConsoleClient(gateway.url)
+    assert c.log_in("op@example.com", "operator password").status_code == 303
+    assert 'href="/console/admin"' in c.get("/console/dashboard").text
+    cli(gateway.config, "users", "set-password", "op@example.com",
+        env={**gateway.env, "TOKENTOLL_PASSWORD": "another password"})
+    assert c.get("/console/dashboard").status_code == 303  # the reset ended the session
+    assert c.log_in("op@example.com", "another password").status_code == 303
+    assert cli(gateway.config, "users", "set-role", "op@example.com", "user", env=gateway.env)["role"] == "user"
+    assert 'href="/console/admin"' not in c.get("/console/dashboard").text
+
+
+@pytest.fixture(scope="module")
+def closed_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """Sign-up turned off, two failed log-ins allowed per address per window."""
+    def config(log: Path) -> str:
+        return (base_config(log) + demo_provider() + DEMO_MODEL
+                + "\n[console]\nsignup = false\nlogin_attempts = 2\nlogin_window = 600\n")
+    yield from serve_gateway(tmp_path_factory.mktemp("closed-console"), config, {}, "closed", "0", ("Traceback",))
+
+
+def test_sign_up_can_be_turned_off(closed_gateway: GatewayProcess) -> None:
+    c = ConsoleClient(closed_gateway.url)
+    assert c.get("/console/signup").status_code == 404
+    assert c.post("/console/signup", {"email": email(), "password": PASSWORD, "password2": PASSWORD}).status_code == 404
+    assert 'href="/console/signup"' not in c.get("/console/login").text
+    assert cli(closed_gateway.config, "users", "list", env=closed_gateway.env) == []
+
+
+def test_failed_log_ins_are_rate_limited_per_address(closed_gateway: GatewayProcess) -> None:
+    env = {**closed_gateway.env, "TOKENTOLL_PASSWORD": PASSWORD}
+    cli(closed_gateway.config, "users", "create", "limited@example.com", "--account", "closed", env=env)
+    c = ConsoleClient(closed_gateway.url)
+    assert [c.log_in("limited@example.com", "wrong password!").status_code for _ in range(2)] == [401, 401]
+    r = c.log_in("limited@example.com")  # the right password, but too late
+    assert r.status_code == 429 and "Too many failed log-ins. Try again in" in alert(r.text)
+    assert c.get("/console/dashboard").status_code == 303
+    # the limit counts per address: another user logs in from the same place
+    cli(closed_gateway.config, "users", "create", "fine@example.com", "--account", "closed", env=env)
+    assert ConsoleClient(closed_gateway.url).log_in("fine@example.com").status_code == 303
+
+
+# -- API keys and the dashboard -------------------------------------------------------------------
+
+
+def test_a_key_is_shown_once_and_works_and_rotation_kills_the_old_one(gateway: GatewayProcess) -> None:
+    c = ConsoleClient(gateway.url)
+    address = email()
+    c.sign_up(address)
+    cli(gateway.config, "wallet", "credit", address, "1", env=gateway.env)
+    made = create_key(c, name="laptop")
+    plaintext = made["key"]
+    assert plaintext.startswith("sk-tt-") and made["display"].startswith(plaintext[:10])
+    page = c.get("/console/keys").text
+    assert plaintext not in page and made["display"] in page  # never shown again
+    reply = sdk(gateway, plaintext).chat.completions.create(model="demo-echo", messages=MSG)
+    assert reply.choices[0].message.content
+    dashboard = c.get("/console/dashboard").text
+    assert "demo-echo" in dashboard and 'id="balance">$1.00<' not in dashboard  # charged, and in the last requests
+    rotated = c.post(f"/console/keys/{made['id']}/rotate", headers={"Accept": "application/json"}).json()
+    assert rotated["id"] == made["id"] and rotated["key"] != plaintext
+    with pytest.raises(openai.AuthenticationError):
+        sdk(gateway, plaintext).chat.completions.create(model="demo-echo", messages=MSG)
+    assert sdk(gateway, rotated["key"]).chat.completions.create(model="demo-echo", messages=MSG).choices
+    # without the page's script, the same forms answer with the page, the secret in it once
+    page = c.post("/console/keys", {"name": "no-js"})
+    shown = re.findall(r'id="revealed-key">(sk-tt-[A-Za-z0-9]+)<', page.text)
+    assert page.status_code == 200 and len(shown) == 1
+    assert shown[0] not in c.get("/console/keys").text
+
+
+def test_key_limits_status_and_another_accounts_keys(gateway: GatewayProcess) -> None:
+    owner, stranger = ConsoleClient(gateway.url), ConsoleClient(gateway.url)
+    address = email()
+    owner.sign_up(address)
+    stranger.sign_up(email())
+    cli(gateway.config, "wallet", "credit", address, "1", env=gateway.env)
+    made = create_key(owner, name="capped", monthly_limit="0.000001", models="demo-echo", rpm="5",
+                      expires_at="2099-12-31")
+    listed = [k for k in cli(gateway.config, "keys", "list", "--account", address, env=gateway.env)]
+    assert listed[0]["monthly_limit"] == 1000 and listed[0]["models"] == ["demo-echo"] and listed[0]["rpm"] == 5
+    assert listed[0]["expires_at"] == 4102444799  # the end of that day, UTC
+    with pytest.raises(openai.APIStatusError) as refused:
+        sdk(gateway, made["key"]).chat.completions.create(model="demo-echo", messages=MSG)
+    assert refused.value.status_code == 402 and "api_key_quota_exceeded" in str(refused.value.body)
+    r = owner.post(f"/console/keys/{made['id']}", {"name": "capped", "monthly_limit": "", "models": "", "rpm": "",
+                                                   "tpm": "", "expires_at": ""})
+    assert r.status_code == 303 and "was saved" in owner.get("/console/keys").text
+    assert sdk(gateway, made["key"]).chat.completions.create(model="demo-echo", messages=MSG).choices
+    assert owner.post(f"/console/keys/{made['id']}/disable").status_code == 303
+    with pytest.raises(openai.AuthenticationError):
+        sdk(gateway, made["key"]).chat.completions.create(model="demo-echo", messages=MSG)
+    assert owner.post(f"/console/keys/{made['id']}/enable").status_code == 303
+    r = owner.post(f"/console/keys/{made['id']}", {"name": "capped", "monthly_limit": "lots"})
+    assert r.status_code == 400 and "not a USD amount" in alert(r.text)
+    # another account's key: the same 404 as a key that does not exist, and nothing changes
+    for path in (f"/console/keys/{made['id']}/rotate", f"/console/keys/{made['id']}/disable",
+                 f"/console/keys/{made['id']}", "/console/keys/999999/rotate"):
+        r = stranger.post(path, {"name": "mine now"})
+        assert r.status_code == 404 and "not yours to see" in r.text, path
+    assert made["display"] not in stranger.get("/console/keys").text
+    assert sdk(gateway, made["key"]).chat.completions.create(model="demo-echo", messages=MSG).choices
+
+
+def test_the_dashboard_shows_the_wallet_spend_per_key_and_the_chart(gateway: GatewayProcess) -> None:
+    c = ConsoleClient(gateway.url)
+    address = email()
+    c.sign_up(address)
+    cli(gateway.config, "wallet", "credit", address, "2", env=gateway.env)
+    key = create_key(c, name="metered", monthly_limit="1")
+    sdk(gateway, key["key"]).chat.completions.create(model="demo-echo", messages=MSG)
+    wallet = cli(gateway.config, "wallet", "show", address, env=gateway.env)
+    spent = 2_000_000_000 - wallet["balance"]
+    assert spent > 0
+    page = c.get("/console/dashboard").text
+    assert f'id="balance">${usd_text(wallet["balance"])}<' in page
+    assert f'id="available">${usd_text(wallet["available"])}<' in page
+    row = re.search(r"<tr>\s*<td>metered.*?</tr>", page, re.S)
+    assert row and f"${usd_text(spent)}" in row.group(0) and "$1.00" in row.group(0)
+    bars = re.findall(r'data-cost="([0-9.]+)"', page)
+    assert len(bars) == 30 and bars[-1] == f"{spent / 1e9:.9f}" and set(bars[:-1]) == {"0.000000000"}
+    assert page.count("/console/usage/req_") == 1  # the last requests: this one
+
+
+def test_pages_carry_strict_security_headers_and_unknown_pages_are_html_404s(gateway: GatewayProcess) -> None:
+    c = ConsoleClient(gateway.url)
+    r = c.get("/console/login")
+    assert "script-src 'self'" in r.headers["content-security-policy"] and r.headers["x-frame-options"] == "DENY"
+    assert r.headers["cache-control"] == "no-store" and r.headers["x-tt-request-id"].startswith("req_")
+    missing = c.get("/console/nothing/here")
+    assert missing.status_code == 404 and "text/html" in missing.headers["content-type"]
+    css = c.get("/console/static/console.css")
+    assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
+    assert c.get("/console/static/console.css", headers={"If-None-Match": css.headers["etag"]}).status_code == 304
+    assert c.get("/console/static/../web.py").status_code == 404
