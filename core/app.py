@@ -33,7 +33,7 @@ from billing.safetynet import SafetyNet, owner_id
 from billing.recharge.orders import RechargeDesk
 from billing.recharge.service import RechargeService
 from billing.store import Store, tx_deposit_counts, tx_oldest_open_hold
-from core.clientip import from_scope
+from core.clientip import from_scope, public_base_url
 from core.console import Console
 from core.health import FLUSH_SECONDS as HEALTH_FLUSH_SECONDS
 from core.config import Settings
@@ -283,13 +283,15 @@ class Gateway:
         """An unknown URL, answered in the dialect of the SDK that asked, with the base URL it should use."""
         rid = request.scope.get("tt_request_id", "")
         headers = request.scope["headers"]
+        root = public_base_url(request.scope, self.settings.server.trusted_proxies, self.settings.console.base_url)
         if wants_anthropic(headers):
-            body = anthropic_client.error_body(404, not_found_hint(request, "anthropic"), "unknown_url", None, rid)
+            body = anthropic_client.error_body(404, not_found_hint(request, "anthropic", root), "unknown_url", None,
+                                               rid)
             return Response(body, status_code=404, media_type="application/json", headers={"request-id": rid})
         if wants_gemini(headers, request.scope.get("query_string", b"")):
-            body = gemini_client.error_body(404, not_found_hint(request, "gemini"), "unknown_url", None, rid)
+            body = gemini_client.error_body(404, not_found_hint(request, "gemini", root), "unknown_url", None, rid)
             return Response(body, status_code=404, media_type="application/json")
-        return self.error(request, 404, not_found_hint(request, "openai"), "unknown_url")
+        return self.error(request, 404, not_found_hint(request, "openai", root), "unknown_url")
 
     async def internal_error(self, request: Request, exc: Exception) -> Response:
         return self.error(request, 500, "internal error in the gateway; the request id identifies it in the log",
@@ -316,10 +318,10 @@ def route_label(path: str) -> str:
     return "/v1/models/{id}" if path.startswith("/v1/models/") else "other"
 
 
-def not_found_hint(request: Request, dialect: str) -> str:
-    """Most 404s are a base URL one segment off: say exactly how to fix it, for the SDK that asked."""
+def not_found_hint(request: Request, dialect: str, root: str) -> str:
+    """Most 404s are a base URL one segment off: say exactly how to fix it (`root`: the gateway's public URL), for
+    the SDK that asked."""
     path = request.url.path
-    root = f"{request.url.scheme}://{request.headers.get('host', 'HOST')}"
     if dialect == "anthropic":
         return (f"unknown URL {request.method} {path}. The Anthropic SDK adds /v1 itself: set base_url to {root} "
                 f"(Anthropic(base_url=\"{root}\")), with no path.")

@@ -101,3 +101,15 @@ def public_origin(scope: dict[str, Any], trusted: Sequence[Network]) -> tuple[st
         forwarded_host = headers.get(b"x-forwarded-host", b"").decode("latin-1").split(",")[0].strip()
         host = forwarded_host or host
     return scheme, host
+
+
+def public_base_url(scope: dict[str, Any], trusted: Sequence[Network], configured: str = "") -> str:
+    """The gateway's URL as its callers should write it: the configured one ([console] base_url), else the scheme
+    and host this request came in on (the socket's own address when the request named no host)."""
+    if configured:
+        return configured
+    scheme, host = public_origin(scope, trusted)
+    if not host:
+        server = scope.get("server")
+        host = f"{server[0]}:{server[1]}" if server else "localhost"
+    return f"{scheme}://{host}"

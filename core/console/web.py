@@ -17,8 +17,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from billing import store
-from billing.pricing import units_to_usd
-from core.clientip import from_scope, public_origin
+from billing.pricing import usd_text
+from core.clientip import from_scope, public_base_url, public_origin
 from core.config import Settings
 from core.console import security
 from core.operations import OperationError, Operations
@@ -86,7 +86,7 @@ class ConsoleWeb:
         self.templates = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
                                             autoescape=True, undefined=jinja2.StrictUndefined,
                                             trim_blocks=True, lstrip_blocks=True)
-        self.templates.filters["usd"] = usd_text
+        self.templates.filters["usd"] = lambda units: usd_text(units) if units is not None else ""
         self.templates.filters["when"] = _when
         self.templates.filters["day"] = lambda ts: time.strftime("%Y-%m-%d", time.gmtime(ts)) if ts else ""
 
@@ -217,10 +217,7 @@ class ConsoleWeb:
 
     def base_url(self, request: Request) -> str:
         """The gateway's public URL, as configured, else as this request reached it."""
-        if self.settings.console.base_url:
-            return self.settings.console.base_url
-        scheme, host = public_origin(request.scope, self.settings.server.trusted_proxies)
-        return f"{scheme}://{host}"
+        return public_base_url(request.scope, self.settings.server.trusted_proxies, self.settings.console.base_url)
 
     # -- log-ins ------------------------------------------------------------------------------
 
@@ -274,15 +271,6 @@ def safe_next(target: str | None) -> str:
     if target and target.startswith("/console/") and not target.startswith("//") and "\\" not in target:
         return target
     return "/console/dashboard"
-
-
-def usd_text(units: int | None) -> str:
-    """Nano-dollars for a person: exact, at least two decimals, no trailing zeros past them (5.00, 0.0000351)."""
-    if units is None:
-        return ""
-    text = units_to_usd(units)
-    whole, _, frac = text.partition(".")
-    return f"{whole}.{frac.rstrip('0').ljust(2, '0')}"
 
 
 def _when(ts: float | None) -> str:
