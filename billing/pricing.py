@@ -31,6 +31,12 @@ def units_to_usd(units: int) -> str:
     return f"{sign}{whole}.{frac:09d}"
 
 
+def usd_text(units: int) -> str:
+    """For people: exact, at least two decimals, no trailing zeros past them (5.00, 0.0000351)."""
+    whole, _, frac = units_to_usd(units).partition(".")
+    return f"{whole}.{frac.rstrip('0').ljust(2, '0')}"
+
+
 @dataclass(frozen=True, slots=True)
 class TokenPrices:
     """Nano-dollars per 1M tokens, one integer per kind."""

@@ -13,7 +13,7 @@ import pytest
 
 from core.console import security
 from core.console.charts import daily_spend_svg, nice_ceiling
-from core.console.web import usd_text
+from billing.pricing import usd_text
 from tests.conftest import GatewayProcess, base_config, cli, demo_provider, serve_gateway
 from tests.console_client import PASSWORD, ConsoleClient
 

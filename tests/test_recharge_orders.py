@@ -97,7 +97,7 @@ class NoStore:
     (None, "25", "chain", "'chain' must be one of: evm, tron"),
     ("evm", 25, "amount", "'amount' is required"),
     ("evm", "lots", "amount", "'amount': not an amount"),
-    ("evm", "0.5", "amount", "the smallest recharge is 1.000000000 USD"),
+    ("evm", "0.5", "amount", "the smallest recharge is 1.00 USD"),
 ])
 def test_an_order_is_refused_with_the_field_at_fault(chain_name: Any, amount: Any, param: str, message: str) -> None:
     desk = RechargeDesk({"tron": chain("tron"), "evm": chain("evm")}, Recharge(), NoStore())  # type: ignore[arg-type]

@@ -7,7 +7,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from billing import store
-from billing.pricing import units_to_usd
+from billing.pricing import units_to_usd, usd_text
 from billing.recharge import addresses, amounts
 
 if TYPE_CHECKING:  # billing does not import core at run time
@@ -55,7 +55,7 @@ class RechargeDesk:
             raise OrderError(f"'amount': {exc}", "amount") from None
         r = self.recharge
         if amounts.credit_for(raw, c.decimals, r.usd_per_usdt, r.fee) < r.minimum:
-            raise OrderError(f"the smallest recharge is {units_to_usd(r.minimum)} USD", "amount")
+            raise OrderError(f"the smallest recharge is {usd_text(r.minimum)} USD", "amount")
         shown = addresses.deposit_address(c.xpub, c.kind, account_id)
         stored = addresses.tron_to_evm(shown) if c.kind == "tron" else addresses.evm_key(shown)
         now = time.time()

@@ -85,7 +85,8 @@ class Watcher:
         s = self.settings
         head = await self.client.block_number()
         now = time.time()
-        cursor = await self.db.run(store.tx_cursor, s.name, s.start_block if s.start_block is not None else head, now)
+        cursor = await self.db.run(store.tx_cursor, s.name, s.start_block if s.start_block is not None else head, now,
+                                   head)
         addresses = list(await self.db.run(store.tx_watched_addresses, s.name))
         found = 0
         scanned_to = cursor - 1
