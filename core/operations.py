@@ -159,12 +159,16 @@ class Operations:
 
     async def credit(self, account: str, usd: str, note: str) -> dict[str, Any]:
         acct = await self._account(account)
-        await self.ledger.credit(acct["id"], parse_usd(usd, "credit"), note)
+        try:
+            await self.ledger.credit(acct["id"], parse_usd(usd, "credit"), note.strip() or "operator credit")
+        except ValueError as exc:  # the ledger's refusal: not positive, or past the largest balance
+            raise OperationError(str(exc)) from None
         return public_account(await self.db.run(store.tx_account, acct["id"]))
 
     async def adjust(self, account: str, usd: str, note: str) -> dict[str, Any]:
+        note = note.strip()
         if not note:
-            raise OperationError("an adjustment needs a reason (--note)")
+            raise OperationError("an adjustment needs a reason")
         acct = await self._account(account)
         try:
             await self.ledger.adjust(acct["id"], parse_usd(usd, "adjustment"), note)
@@ -233,13 +237,15 @@ class Operations:
         return {"account": acct["name"], "chain": chain.name, "address": shown,
                 "derivation_path": f"m/44'/{coin}'/<account>'/0/{acct['id']}"}
 
-    async def deposits(self, account: str | None, limit: int = 100) -> list[dict[str, Any]]:
-        """Recharge records: every deposit seen, newest first, with its amount, status and credit."""
+    async def deposits(self, account: str | None, limit: int = 100, status: str | None = None,
+                       without_order: bool = False) -> list[dict[str, Any]]:
+        """Recharge records: every deposit seen (or those of one status, or those tied to no order), newest first,
+        with its amount, status and credit."""
         from billing.recharge import addresses, amounts
 
         account_id = (await self._account(account))["id"] if account else None
         out = []
-        for row in await self.db.run(store.tx_deposits, account_id, max(1, min(limit, 1000))):
+        for row in await self.db.run(store.tx_deposits, account_id, max(1, min(limit, 1000)), status, without_order):
             chain = self.chains.get(row["chain"])
             decimals = chain.decimals if chain is not None else 6
             if chain is not None and chain.kind == "tron":
@@ -267,7 +273,7 @@ class Operations:
     async def credit_deposit(self, deposit_id: int, note: str) -> dict[str, Any]:
         """An operator's credit of a deposit the watcher does not credit (below the minimum), with the reason."""
         if not note.strip():
-            raise OperationError("a manual credit needs a reason (--note)")
+            raise OperationError("a manual credit needs a reason")
         credited = await self.ledger.credit_deposit(deposit_id, note.strip())
         if credited is None:
             raise OperationError(f"deposit {deposit_id} cannot be credited: it does not exist, or it is already "

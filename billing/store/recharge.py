@@ -81,10 +81,12 @@ def tx_drop_deposit(conn: sqlite3.Connection, deposit_id: int, note: str) -> boo
                         (note, deposit_id)).rowcount == 1
 
 
-def tx_cursor(conn: sqlite3.Connection, chain: str, start: int, now: float) -> int:
-    """The first block not yet scanned and final; `start` on a chain's first scan."""
+def tx_cursor(conn: sqlite3.Connection, chain: str, start: int, now: float, head: int = 0) -> int:
+    """The first block not yet scanned and final; `start` on a chain's first scan. The chain's head is noted first,
+    so a transfer recorded in this pass never shows 0 confirmations against an older head."""
     conn.execute("INSERT OR IGNORE INTO chain_cursors (chain, next_block, updated_at) VALUES (?, ?, ?)",
                  (chain, start, now))
+    conn.execute("UPDATE chain_cursors SET head = MAX(head, ?) WHERE chain = ?", (head, chain))
     return int(conn.execute("SELECT next_block FROM chain_cursors WHERE chain = ?", (chain,)).fetchone()[0])
 
 
@@ -152,11 +154,21 @@ def tx_deposit_counts(conn: sqlite3.Connection) -> list[tuple[str, str, int]]:
     return [(r[0], r[1], int(r[2])) for r in rows]
 
 
-def tx_deposits(conn: sqlite3.Connection, account_id: int | None, limit: int) -> list[dict[str, Any]]:
-    """Recharge records, newest first (one account's, or all)."""
-    where, args = ("WHERE d.account_id = ?", [account_id]) if account_id is not None else ("", [])
+def tx_deposits(conn: sqlite3.Connection, account_id: int | None, limit: int, status: str | None = None,
+                without_order: bool = False) -> list[dict[str, Any]]:
+    """Recharge records, newest first (one account's, or all; of one status; tied to no order)."""
+    clauses, args = ["1"], []
+    if account_id is not None:
+        clauses.append("d.account_id = ?")
+        args.append(account_id)
+    if status is not None:
+        clauses.append("d.status = ?")
+        args.append(status)
+    if without_order:
+        clauses.append("d.order_id IS NULL")
     rows = conn.execute(f"SELECT d.*, c.head AS chain_head FROM deposits d LEFT JOIN chain_cursors c ON "
-                        f"c.chain = d.chain {where} ORDER BY d.seen_at DESC, d.id DESC LIMIT ?", (*args, limit))
+                        f"c.chain = d.chain WHERE {' AND '.join(clauses)} ORDER BY d.seen_at DESC, d.id DESC LIMIT ?",
+                        (*args, limit))
     return [dict(r) for r in rows]
 
 
