@@ -14,7 +14,7 @@ import pytest
 from tests.chain.ganache import Chain, Token
 from tests.conftest import GatewayProcess, base_config, demo_provider, serve_gateway, wait_for
 from tests.console_client import ConsoleClient
-from tests.test_recharge_e2e import CONFIRMATIONS, USDT, recharge_config
+from tests.chain.gateway_config import CONFIRMATIONS, USDT, recharge_config
 
 pytest_plugins = ["tests.chain.fixtures"]
 
@@ -39,8 +39,7 @@ def gw(chain: Chain, token: Token, tmp_path_factory: pytest.TempPathFactory) -> 
     token.mint(token.deployer, 100 * USDT)
     yield from serve_gateway(
         tmp_path_factory.mktemp("console-recharge"),
-        lambda log: recharge_config(chain.url, token, chain.block_number(), log).replace("order_ttl = 5",
-                                                                                          "order_ttl = 600"),
+        lambda log: recharge_config(chain.url, token, chain.block_number(), log, order_ttl=600),
         {}, "house", "0", ("Traceback",))
 
 

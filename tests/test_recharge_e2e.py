@@ -11,40 +11,12 @@ from typing import Any
 
 import httpx2 as httpx
 import pytest
-from bip_utils import Bip39SeedGenerator, Bip44, Bip44Coins
 
 from tests.chain.ganache import Chain, Token, deploy_token
+from tests.chain.gateway_config import CONFIRMATIONS, USDT, recharge_config
 from tests.conftest import GatewayProcess, base_config, cli, demo_provider, serve_gateway, wait_for
 
 pytest_plugins = ["tests.chain.fixtures"]
-
-XPUB = Bip44.FromSeed(Bip39SeedGenerator("abandon " * 11 + "about").Generate(), Bip44Coins.ETHEREUM) \
-    .Purpose().Coin().Account(0).PublicKey().ToExtended()
-CONFIRMATIONS = 3
-USDT = 10**6  # base units per token (6 decimals)
-
-
-def recharge_config(rpc_url: str, token: Token, start: int, log_path: Path) -> str:
-    return base_config(log_path) + demo_provider() + f"""
-[models.demo-echo]
-provider = "demo"
-upstream_model = "echo"
-price = {{ input = "1", output = "1" }}
-
-[recharge]
-minimum = "1"
-order_ttl = 5
-
-[chains.local]
-rpc_url = "{rpc_url}"
-chain_id = 1337
-confirmations = {CONFIRMATIONS}
-contract = "{token.address}"
-xpub = "{XPUB}"
-poll_interval = 0.1
-start_block = {start}
-"""
-
 
 @pytest.fixture(scope="module")
 def setup(chain: Chain, token: Token, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
