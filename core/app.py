@@ -79,7 +79,7 @@ class Gateway:
                            self.response_cache)
         self.images = ImageRelay(settings, self.upstreams, self.metrics, self.log, self.ledger)
         self.tasks = TaskRelay(settings, self.upstreams, self.metrics, self.log, self.ledger, self.store)
-        self.operations = Operations(self.store, self.ledger, settings.chains)
+        self.operations = Operations(self.store, self.ledger, settings.chains, frozenset(settings.models))
         self.recharge_desk = RechargeDesk(settings.chains, settings.recharge, self.store)
         self.recharge = RechargeService(settings.chains, settings.recharge, self.ledger, self.store, self.ledger.owner,
                                         lambda chain: self.metrics.recharge_rpc_errors.labels(chain).inc())

@@ -177,7 +177,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         db = Store(settings.billing.database, settings.billing.synchronous)
         await db.start()
         try:
-            return await _dispatch(Operations(db, Ledger(db, 0, 0), settings.chains), args)
+            return await _dispatch(Operations(db, Ledger(db, 0, 0), settings.chains, frozenset(settings.models)), args)
         finally:
             await db.close()
 

@@ -161,6 +161,7 @@ class Console:
     session_ttl: float = 7 * 86400.0  # seconds a log-in lasts
     login_attempts: int = 5  # failed log-ins allowed per e-mail address per login_window...
     login_window: float = 900.0  # ...seconds (and 4x as many per client address)
+    signups_per_hour: int = 10  # sign-ups allowed per client address per hour
 
 
 @dataclass(frozen=True)
@@ -231,7 +232,8 @@ def parse(raw: dict[str, Any], environ: dict[str, str] | os._Environ[str]) -> Se
 
 def _console(t: dict[str, Any]) -> Console:
     at = "console"
-    _only_keys(t, at, {"enabled", "signup", "base_url", "session_ttl", "login_attempts", "login_window"})
+    _only_keys(t, at, {"enabled", "signup", "base_url", "session_ttl", "login_attempts", "login_window",
+                       "signups_per_hour"})
     d = Console()
     base_url = _str(t, "base_url", at, d.base_url, allow_empty=True).rstrip("/")
     if base_url and not base_url.startswith(("http://", "https://")):
@@ -239,7 +241,8 @@ def _console(t: dict[str, Any]) -> Console:
     return Console(enabled=_bool(t, "enabled", at, d.enabled), signup=_bool(t, "signup", at, d.signup),
                    base_url=base_url, session_ttl=_seconds(t, "session_ttl", at, d.session_ttl, positive=True),
                    login_attempts=_int(t, "login_attempts", at, d.login_attempts, lo=1, hi=1000),
-                   login_window=_seconds(t, "login_window", at, d.login_window, positive=True))
+                   login_window=_seconds(t, "login_window", at, d.login_window, positive=True),
+                   signups_per_hour=_int(t, "signups_per_hour", at, d.signups_per_hour, lo=1, hi=100_000))
 
 
 def _chain(name: str, t: dict[str, Any], environ: Any) -> Chain:

@@ -21,7 +21,20 @@ class OperationError(Exception):
     """A refused operation, with a message for the operator."""
 
 
+class NotFoundError(OperationError):
+    """The record does not exist (or, for an account holder, is not theirs)."""
+
+
+class BusyError(OperationError):
+    """Too many password hashes are waiting: try again in a few seconds."""
+
+
+HASH_SLOTS = 2  # scrypt runs (128 MiB each) at once in this process...
+HASH_QUEUE = 16  # ...and how many more may wait for a slot before the rest are turned away
+
+
 MAX_USD = Decimal(10**9)  # no single amount may pass one billion USD
+MAX_RATE = 10**12  # the largest RPM or TPM a key may be given
 
 
 def parse_usd(text: str, what: str) -> int:
@@ -59,16 +72,36 @@ def public_account(row: dict[str, Any]) -> dict[str, Any]:
 
 
 class Operations:
-    def __init__(self, db: store.Store, ledger: Ledger, chains: dict[str, Any] | None = None) -> None:
+    def __init__(self, db: store.Store, ledger: Ledger, chains: dict[str, Any] | None = None,
+                 models: frozenset[str] | None = None) -> None:
         self.db = db
         self.ledger = ledger
         self.chains = chains or {}  # name -> core.config.Chain (USDT recharge)
+        self.models = models  # the configured public model names (None: not checked)
+        self._hashing = asyncio.Semaphore(HASH_SLOTS)
+        self._hash_waiting = 0
+
+    async def _scrypt(self, fn: Any, *args: Any) -> Any:
+        """A password hash or check, off the event loop, a few at a time; a long queue is refused at once."""
+        if self._hash_waiting >= HASH_SLOTS + HASH_QUEUE:
+            raise BusyError("the server is busy checking passwords: try again in a few seconds")
+        self._hash_waiting += 1
+        try:
+            async with self._hashing:
+                return await asyncio.to_thread(fn, *args)
+        finally:
+            self._hash_waiting -= 1
+
+    async def check_password(self, password: str, stored: str) -> bool:
+        from core.console import security
+
+        return bool(await self._scrypt(security.check_password, password, stored))
 
     async def _account(self, ref: str) -> dict[str, Any]:
         try:
             return await self.db.run(store.tx_find_account, ref)
         except LookupError as exc:
-            raise OperationError(str(exc)) from None
+            raise NotFoundError(str(exc)) from None
 
     async def create_account(self, name: str, credit_usd: str | None = None) -> dict[str, Any]:
         if not name or name != name.strip() or name.isdigit() or len(name) > 200:
@@ -105,7 +138,7 @@ class Operations:
         try:
             row = await self.db.run(store.tx_rotate_key, key_id, key.display, key.hash, time.time(), owner)
         except LookupError as exc:
-            raise OperationError(str(exc)) from None
+            raise NotFoundError(str(exc)) from None
         return {**public_key(row), "key": key.plaintext}
 
     async def set_key(self, key_id: int, owner: int | None = None, **limits: Any) -> dict[str, Any]:
@@ -113,10 +146,9 @@ class Operations:
         try:
             return public_key(await self.db.run(store.tx_set_key, key_id, self._limits(limits), owner))
         except LookupError as exc:
-            raise OperationError(str(exc)) from None
+            raise NotFoundError(str(exc)) from None
 
-    @staticmethod
-    def _limits(limits: dict[str, Any]) -> dict[str, Any]:
+    def _limits(self, limits: dict[str, Any]) -> dict[str, Any]:
         """Operator input (USD strings, model lists, ISO dates, counts) into key columns, each checked;
         None leaves a setting alone and the word "none" clears it."""
         out: dict[str, Any] = {}
@@ -136,17 +168,25 @@ class Operations:
                 names = value.split(",") if isinstance(value, str) else value
                 if not isinstance(names, list) or not all(isinstance(m, str) for m in names):
                     raise OperationError("models: a list of model names, or one comma-separated string")
-                out[name] = json.dumps([m.strip() for m in names if m.strip()])
+                wanted = [m.strip() for m in names if m.strip()]
+                unknown = [m for m in wanted if self.models is not None and m not in self.models]
+                if unknown:
+                    raise OperationError(f"models: no model is called {', '.join(unknown)} (the configured ones: "
+                                         f"{', '.join(sorted(self.models or ()))})")
+                out[name] = json.dumps(wanted)
             elif name in ("rpm", "tpm"):
+                what = "requests per minute (rpm)" if name == "rpm" else "tokens per minute (tpm)"
                 try:
                     count = int(value) if not isinstance(value, bool) else -1
                 except (TypeError, ValueError):
                     count = -1
-                if count < 0 or (isinstance(value, float)):
-                    raise OperationError(f"{name}: a whole number of 0 or more (0 = no limit)")
+                if not 0 <= count <= MAX_RATE or isinstance(value, float):
+                    raise OperationError(f"{what}: a whole number from 0 to {MAX_RATE:,} (0 = no limit)")
                 out[name] = count
             elif name == "expires_at":
-                out[name] = _timestamp(str(value))
+                out[name] = _timestamp(str(value), "expiry")
+                if out[name] <= time.time():
+                    raise OperationError("expiry: that moment has passed (disable the key to stop it now)")
             elif name == "status":
                 out[name] = value
             elif name == "name":
@@ -170,8 +210,11 @@ class Operations:
         if not note:
             raise OperationError("an adjustment needs a reason")
         acct = await self._account(account)
+        amount = parse_usd(usd, "adjustment")
+        if amount == 0:
+            raise OperationError("adjustment: an adjustment of 0 changes nothing")
         try:
-            await self.ledger.adjust(acct["id"], parse_usd(usd, "adjustment"), note)
+            await self.ledger.adjust(acct["id"], amount, note)
         except ValueError as exc:
             raise OperationError(str(exc)) from None
         return public_account(await self.db.run(store.tx_account, acct["id"]))
@@ -305,7 +348,7 @@ class Operations:
         if role not in ("user", "operator"):
             raise OperationError("a role is user or operator")
         account_id = (await self._account(account))["id"] if account else None
-        hashed = await asyncio.to_thread(security.hash_password, password)
+        hashed = await self._scrypt(security.hash_password, password)
         try:
             return await self.db.run(store.tx_create_user, address, hashed, account_id, role, time.time())
         except sqlite3.IntegrityError:
@@ -323,7 +366,7 @@ class Operations:
         if problem:
             raise OperationError(problem)
         found = await self._user(user)
-        hashed = await asyncio.to_thread(security.hash_password, password)
+        hashed = await self._scrypt(security.hash_password, password)
         await self.db.run(store.tx_set_password, found["id"], hashed, time.time(), keep_session)
         return found
 
@@ -359,11 +402,11 @@ class Operations:
         return key.plaintext if await self.ledger.open_demo_account(key, balance) else None
 
 
-def _timestamp(text: str) -> int:
+def _timestamp(text: str, what: str = "date") -> int:
     try:
         dt = datetime.fromisoformat(text)
     except ValueError:
-        raise OperationError(f"{text!r} is not an ISO date or date-time") from None
+        raise OperationError(f"{what}: {text!r} is not a date (YYYY-MM-DD) or an ISO date-time") from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
     return int(dt.timestamp())

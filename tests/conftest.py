@@ -122,6 +122,15 @@ sweep_interval = 1
 """
 
 
+DEMO_ECHO = """
+[models.demo-echo]
+provider = "demo"
+upstream_model = "echo"
+max_output_tokens = 64
+price = { input = "0.50", output = "1.50", cache_read = "0.05", cache_write = "0.625" }
+"""  # the demo provider's chat model, as the tests that need just one declare it
+
+
 def demo_provider(chunk_delay: float = 0.0) -> str:
     return f'\n[providers.demo]\nformat = "openai"\nbuiltin = "demo"\ndemo_chunk_delay = {chunk_delay}\n'
 
@@ -256,6 +265,9 @@ price = {{ input = "1", output = "2" }}
 provider = "nowhere"
 upstream_model = "x"
 price = {{ input = "1", output = "2" }}
+
+[console]
+signups_per_hour = 1000  # every test signs up from 127.0.0.1
 {extra}
 """
 

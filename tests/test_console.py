@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,17 +15,10 @@ import pytest
 from core.console import security
 from core.console.charts import daily_spend_svg, nice_ceiling
 from billing.pricing import usd_text
-from tests.conftest import GatewayProcess, base_config, cli, demo_provider, serve_gateway
+from tests.conftest import DEMO_ECHO, GatewayProcess, base_config, cli, demo_provider, serve_gateway
 from tests.console_client import PASSWORD, ConsoleClient
 
 MSG = [{"role": "user", "content": "hello console"}]
-DEMO_MODEL = """
-[models.demo-echo]
-provider = "demo"
-upstream_model = "echo"
-max_output_tokens = 64
-price = { input = "0.50", output = "1.50" }
-"""
 
 
 def email() -> str:
@@ -207,11 +201,19 @@ def test_operators_make_log_ins_and_reset_passwords_from_the_cli(gateway: Gatewa
 
 @pytest.fixture(scope="module")
 def closed_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    """Sign-up turned off, two failed log-ins allowed per address per window."""
+    """Sign-up turned off."""
     def config(log: Path) -> str:
-        return (base_config(log) + demo_provider() + DEMO_MODEL
-                + "\n[console]\nsignup = false\nlogin_attempts = 2\nlogin_window = 600\n")
+        return base_config(log) + demo_provider() + DEMO_ECHO + "\n[console]\nsignup = false\n"
     yield from serve_gateway(tmp_path_factory.mktemp("closed-console"), config, {}, "closed", "0", ("Traceback",))
+
+
+@pytest.fixture(scope="module")
+def strict_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """Two failed log-ins allowed per address per window (eight per client), two sign-ups per client an hour."""
+    def config(log: Path) -> str:
+        return (base_config(log) + demo_provider() + DEMO_ECHO
+                + "\n[console]\nlogin_attempts = 2\nlogin_window = 600\nsignups_per_hour = 2\n")
+    yield from serve_gateway(tmp_path_factory.mktemp("strict-console"), config, {}, "strict", "0", ("Traceback",))
 
 
 def test_sign_up_can_be_turned_off(closed_gateway: GatewayProcess) -> None:
@@ -222,17 +224,62 @@ def test_sign_up_can_be_turned_off(closed_gateway: GatewayProcess) -> None:
     assert cli(closed_gateway.config, "users", "list", env=closed_gateway.env) == []
 
 
-def test_failed_log_ins_are_rate_limited_per_address(closed_gateway: GatewayProcess) -> None:
-    env = {**closed_gateway.env, "TOKENTOLL_PASSWORD": PASSWORD}
-    cli(closed_gateway.config, "users", "create", "limited@example.com", "--account", "closed", env=env)
-    c = ConsoleClient(closed_gateway.url)
-    assert [c.log_in("limited@example.com", "wrong password!").status_code for _ in range(2)] == [401, 401]
+def test_failed_log_ins_are_rate_limited_per_address_even_when_sent_at_once(strict_gateway: GatewayProcess) -> None:
+    env = {**strict_gateway.env, "TOKENTOLL_PASSWORD": PASSWORD}
+    cli(strict_gateway.config, "users", "create", "limited@example.com", "--account", "strict", env=env)
+    visitors = [ConsoleClient(strict_gateway.url) for _ in range(6)]
+    for visitor in visitors:
+        visitor.get("/console/login")
+    with ThreadPoolExecutor(len(visitors)) as pool:  # all at once: each is counted before its password is checked
+        statuses = sorted(pool.map(lambda v: v.post("/console/login", {"email": "limited@example.com",
+                                                                     "password": "wrong password!"}).status_code,
+                                   visitors))
+    assert statuses == [401, 401, 429, 429, 429, 429]
+    c = ConsoleClient(strict_gateway.url)
     r = c.log_in("limited@example.com")  # the right password, but too late
     assert r.status_code == 429 and "Too many failed log-ins. Try again in" in alert(r.text)
     assert c.get("/console/dashboard").status_code == 303
     # the limit counts per address: another user logs in from the same place
-    cli(closed_gateway.config, "users", "create", "fine@example.com", "--account", "closed", env=env)
-    assert ConsoleClient(closed_gateway.url).log_in("fine@example.com").status_code == 303
+    cli(strict_gateway.config, "users", "create", "fine@example.com", "--account", "strict", env=env)
+    assert ConsoleClient(strict_gateway.url).log_in("fine@example.com").status_code == 303
+
+
+def test_sign_ups_are_limited_per_client_address(strict_gateway: GatewayProcess) -> None:
+    made = [ConsoleClient(strict_gateway.url).sign_up(email()) for _ in range(2)]
+    assert all(r.status_code == 303 for r in made)
+    late = ConsoleClient(strict_gateway.url)
+    late.get("/console/signup")
+    address = email()
+    r = late.post("/console/signup", {"email": address, "password": PASSWORD, "password2": PASSWORD})
+    assert r.status_code == 429 and "Too many sign-ups from your address. Try again in" in alert(r.text)
+    assert address not in [u["email"] for u in cli(strict_gateway.config, "users", "list", env=strict_gateway.env)]
+
+
+def test_malformed_forms_and_ids_are_clear_4xx_never_500(gateway: GatewayProcess) -> None:
+    c = ConsoleClient(gateway.url)
+    c.sign_up(email())
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    for body in (b"csrf_token=" + c.csrf.encode() + b"&name=\xff", b"a=1&" * 300, b"x" * 70_000):
+        r = c.http.post(gateway.url + "/console/keys", data=body, headers=form, allow_redirects=False)
+        assert r.status_code == 400 and "text/html" in r.headers["content-type"], body[:20]
+    anonymous = ConsoleClient(gateway.url)
+    anonymous.get("/console/login")
+    r = anonymous.http.post(gateway.url + "/console/login", data=b"\xff" * 10, headers=form, allow_redirects=False)
+    assert r.status_code == 400
+    huge = "9" * 30
+    for path in (f"/console/keys/{huge}/disable", f"/console/keys/{huge}/rotate", f"/console/keys/{huge}"):
+        assert c.post(path, {"name": "x"}).status_code == 404, path
+    bad = {"rpm": "99999999999999999999", "models": "no-such-model", "expires_at": "2020-01-01",
+           "monthly_limit": "no key", "tpm": "1.5"}
+    for field, value in bad.items():
+        r = c.post("/console/keys", {"name": "x", field: value})
+        assert r.status_code == 400, (field, r.status_code)
+    assert "Requests per minute (rpm): a whole number from 0 to 1,000,000,000,000" in alert(
+        c.post("/console/keys", {"name": "x", "rpm": "-1"}).text)
+    assert "no model is called no-such-model" in alert(c.post("/console/keys", {"name": "x", "models": "no-such-model"}).text)
+    assert "that moment has passed" in alert(c.post("/console/keys", {"name": "x", "expires_at": "2020-01-01"}).text)
+    assert "x" not in [k["name"] for k in cli(gateway.config, "keys", "list", env=gateway.env)
+                       if k["account_id"] == cli(gateway.config, "users", "list", env=gateway.env)[-1]["account_id"]]
 
 
 # -- API keys and the dashboard -------------------------------------------------------------------

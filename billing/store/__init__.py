@@ -11,7 +11,7 @@ from billing.store.money import (  # noqa: F401
 from billing.store.accounts import (  # noqa: F401
     tx_account, tx_find_account, tx_list_accounts, KEY_COLUMNS, tx_create_key, tx_key, tx_list_keys,
     tx_rotate_key, SETTABLE_KEY_FIELDS, tx_set_key, tx_history, tx_ledger_totals, tx_open_holds, tx_usage, tx_request_usage,
-    USAGE_FILTERS, tx_usage_log, tx_daily_spend, tx_month_spend_by_key,
+    tx_usage_log, tx_daily_spend, tx_month_spend_by_key,
     tx_take_lease, tx_drop_lease, tx_setting,
 )
 from billing.store.cache import (  # noqa: F401
@@ -25,6 +25,5 @@ from billing.store.recharge import (  # noqa: F401
 )
 from billing.store.users import (  # noqa: F401
     tx_create_user, tx_user, tx_login_user, tx_find_user, tx_list_users, tx_set_password, tx_set_role,
-    tx_create_session, tx_session_user, tx_drop_session, tx_login_failures, tx_record_login_failure,
-    tx_clear_login_failures,
+    tx_create_session, tx_session_user, tx_drop_session, tx_take_attempt, tx_give_back_attempt,
 )

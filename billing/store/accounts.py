@@ -6,6 +6,8 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+from billing.store.engine import where
+
 def tx_account(conn: sqlite3.Connection, account_id: int) -> dict[str, Any]:
     row = conn.execute("SELECT * FROM accounts WHERE id = ?", (account_id,)).fetchone()
     if row is None:
@@ -111,19 +113,14 @@ def tx_open_holds(conn: sqlite3.Connection) -> list[dict[str, Any]]:
 
 def tx_usage(conn: sqlite3.Connection, account_id: int | None, key_id: int | None, since: float,
              until: float) -> list[dict[str, Any]]:
-    clauses, args = ["created_at >= ?", "created_at < ?"], [since, until]
-    if account_id is not None:
-        clauses.append("account_id = ?")
-        args.append(account_id)
-    if key_id is not None:
-        clauses.append("key_id = ?")
-        args.append(key_id)
+    clause, args = where(("created_at >= ?", since), ("created_at < ?", until), ("account_id = ?", account_id),
+                         ("key_id = ?", key_id))
     rows = conn.execute(
         "SELECT account_id, key_id, model, COUNT(*) AS requests, SUM(input_tokens) AS input_tokens, "
         "SUM(output_tokens) AS output_tokens, SUM(cache_read_tokens) AS cache_read_tokens, "
         "SUM(cache_write_tokens) AS cache_write_tokens, SUM(cost) AS cost, SUM(unbilled) AS unbilled, "
         "SUM(savings) AS savings, SUM(units) AS units FROM usage WHERE "
-        + " AND ".join(clauses) + " GROUP BY account_id, key_id, model ORDER BY account_id, key_id, model", args)
+        + clause + " GROUP BY account_id, key_id, model ORDER BY account_id, key_id, model", args)
     return [dict(r) for r in rows]
 
 
@@ -136,32 +133,19 @@ def tx_request_usage(conn: sqlite3.Connection, request_id: str, account_id: int 
     return dict(row) if row is not None else None
 
 
-USAGE_FILTERS = ("key_id", "model", "status", "source")
-
-
 def tx_usage_log(conn: sqlite3.Connection, account_id: int, filters: dict[str, Any], since: float | None,
                  until: float | None, limit: int, offset: int = 0) -> list[dict[str, Any]]:
     """An account's usage rows, newest first, filtered by key, model, status class ('ok': below 400, 'error': 400
     and above, or one status), usage source and a time range."""
-    clauses, args = ["usage.account_id = ?"], [account_id]
-    for name in USAGE_FILTERS:
-        value = filters.get(name)
-        if value is None:
-            continue
-        if name == "status" and value in ("ok", "error"):
-            clauses.append("usage.status < 400" if value == "ok" else "usage.status >= 400")
-        else:
-            clauses.append(f"usage.{name} = ?")
-            args.append(value)
-    if since is not None:
-        clauses.append("usage.created_at >= ?")
-        args.append(since)
-    if until is not None:
-        clauses.append("usage.created_at < ?")
-        args.append(until)
+    status = filters.get("status")
+    clause, args = where(("usage.key_id = ?", filters.get("key_id")),
+                         ("usage.model = ?", filters.get("model")), ("usage.source = ?", filters.get("source")),
+                         ("usage.status = ?", status if status not in ("ok", "error") else None),
+                         ("usage.status < 400", status == "ok"), ("usage.status >= 400", status == "error"),
+                         ("usage.created_at >= ?", since), ("usage.created_at < ?", until))
     rows = conn.execute("SELECT usage.*, api_keys.name AS key_name FROM usage LEFT JOIN api_keys ON api_keys.id = "
-                        "usage.key_id WHERE " + " AND ".join(clauses) + " ORDER BY usage.created_at DESC, "
-                        "usage.request_id DESC LIMIT ? OFFSET ?", (*args, limit, offset))
+                        "usage.key_id WHERE usage.account_id = ? AND " + clause + " ORDER BY usage.created_at DESC, "
+                        "usage.request_id DESC LIMIT ? OFFSET ?", (account_id, *args, limit, offset))
     return [dict(r) for r in rows]
 
 

@@ -211,8 +211,8 @@ CREATE TABLE console_sessions (
     expires_at REAL NOT NULL
 );
 CREATE INDEX console_sessions_user ON console_sessions (user_id);
-CREATE TABLE login_failures (         -- failed console log-ins, for their rate limit
-    subject TEXT NOT NULL,                -- 'email:<address>' or 'ip:<client address>'
+CREATE TABLE login_failures (         -- console log-in and sign-up attempts, for their rate limits
+    subject TEXT NOT NULL,                -- 'email:<address>', 'ip:<client address>' or 'signup:<client address>'
     at REAL NOT NULL
 );
 CREATE INDEX login_failures_subject ON login_failures (subject, at);
@@ -225,6 +225,13 @@ CREATE TABLE upstream_health (        -- each worker's upstream outcomes per min
     PRIMARY KEY (provider, minute, owner)
 );
 """
+
+
+def where(*conditions: tuple[str, Any]) -> tuple[str, list[Any]]:
+    """A WHERE clause joining the conditions whose value is not None (or "1" when none is left), and its
+    arguments: a condition's value is its argument when its SQL has a `?`, else only says whether it applies."""
+    kept = [(sql, value) for sql, value in conditions if value is not None and value is not False]
+    return " AND ".join(sql for sql, _ in kept) or "1", [value for sql, value in kept if "?" in sql]
 
 
 class StoreClosed(Exception):

@@ -92,20 +92,24 @@ def tx_drop_session(conn: sqlite3.Connection, token_hash: bytes) -> None:
     conn.execute("DELETE FROM console_sessions WHERE token_hash = ?", (token_hash,))
 
 
-def tx_login_failures(conn: sqlite3.Connection, subjects: list[str], since: float) -> dict[str, tuple[int, float]]:
-    """For each subject: the failed log-ins since `since`, and the time of the oldest of them."""
-    out: dict[str, tuple[int, float]] = {}
-    for subject in subjects:
+def tx_take_attempt(conn: sqlite3.Connection, limits: list[tuple[str, int]], since: float,
+                    now: float) -> tuple[list[int], float]:
+    """One more attempt (a log-in, a sign-up) for each subject ('email:...', 'ip:...'), counted before the slow
+    password work so that parallel attempts cannot all pass the check; an attempt that succeeds takes its rows
+    back. Returns the new rows' ids, or when a subject has used its `limit` since `since`, ([], seconds until its
+    oldest attempt leaves the window)."""
+    conn.execute("DELETE FROM login_failures WHERE at <= ?", (since,))
+    for subject, limit in limits:
         n, oldest = conn.execute("SELECT COUNT(*), MIN(at) FROM login_failures WHERE subject = ? AND at > ?",
                                  (subject, since)).fetchone()
-        out[subject] = (int(n), float(oldest or 0.0))
-    return out
+        if n >= limit:
+            return [], float(oldest) - since
+    return [int(conn.execute("INSERT INTO login_failures (subject, at) VALUES (?, ?)", (subject, now)).lastrowid or 0)
+            for subject, _ in limits], 0.0
 
 
-def tx_record_login_failure(conn: sqlite3.Connection, subjects: list[str], now: float, forget_before: float) -> None:
-    conn.execute("DELETE FROM login_failures WHERE at <= ?", (forget_before,))
-    conn.executemany("INSERT INTO login_failures (subject, at) VALUES (?, ?)", [(s, now) for s in subjects])
-
-
-def tx_clear_login_failures(conn: sqlite3.Connection, subject: str) -> None:
-    conn.execute("DELETE FROM login_failures WHERE subject = ?", (subject,))
+def tx_give_back_attempt(conn: sqlite3.Connection, rows: list[int], clear_subject: str | None = None) -> None:
+    """A successful attempt is not a failure: its rows go, and (a log-in) the address's earlier failures too."""
+    conn.executemany("DELETE FROM login_failures WHERE rowid = ?", [(r,) for r in rows])
+    if clear_subject is not None:
+        conn.execute("DELETE FROM login_failures WHERE subject = ?", (clear_subject,))

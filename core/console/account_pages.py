@@ -14,7 +14,7 @@ from starlette.routing import Route
 
 from core.console.charts import daily_spend_svg
 from core.console.web import ConsoleWeb, FormError, NotFound, Visitor, operation_message
-from core.operations import OperationError
+from core.operations import NotFoundError, OperationError
 
 CHART_DAYS = 30
 LAST_REQUESTS = 10
@@ -92,10 +92,10 @@ def routes(web: ConsoleWeb) -> list[Route]:
         """Run a key operation; JSON for the page's script, else the keys page again (a secret shown once)."""
         try:
             result = await action(await web.form(request))
+        except NotFoundError:
+            raise NotFound from None
         except (FormError, OperationError) as exc:
             message = operation_message(exc) if isinstance(exc, OperationError) else str(exc)
-            if "no key" in message.lower():
-                raise NotFound from None
             if wants_json(request):
                 return Response(orjson.dumps({"error": message}), status_code=400, media_type="application/json")
             return await _keys_page(request, v, problem=message, status=400)

@@ -11,8 +11,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from core.console.web import ConsoleWeb, FormError, Handler, NotFound, Visitor, operation_message, usd_text
-from core.operations import OperationError
+from billing.pricing import usd_text
+from core.console.web import ConsoleWeb, FormError, Handler, NotFound, Visitor, operation_message
+from core.operations import OperationError, parse_usd
 
 HISTORY_ROWS = 100  # ledger entries on an account's page
 DEPOSIT_ROWS = 1000  # the newest deposits looked through for those needing an operator
@@ -125,7 +126,8 @@ def routes(web: ConsoleWeb) -> list[Route]:
                 message = operation_message(exc) if isinstance(exc, OperationError) else str(exc)
                 return await account_page(request, v, message, {**form, "action": action})
             return web.back(f"/console/admin/accounts/{account_id}",
-                            f"{done} {amount.strip()} USD ({note}). The balance of {wallet['name']} is now "
+                            f"{done} {usd_text(parse_usd(amount.strip(), 'amount'))} USD ({note}). The balance of "
+                            f"{wallet['name']} is now "
                             f"{usd_text(wallet['balance'])} USD.", v)
         return endpoint
 

@@ -8,7 +8,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from billing import store
-from core.console.web import ConsoleWeb, FormError, NotFound, Visitor, operation_message, safe_next
+from core.console.web import SIGNUP_WINDOW, ConsoleWeb, FormError, NotFound, Visitor, operation_message, safe_next
 from core.operations import OperationError
 
 
@@ -29,7 +29,7 @@ def routes(web: ConsoleWeb) -> list[Route]:
             return web.render(v, "login.html", 400, email="", problem=str(exc), next="/console/dashboard")
         email = form.get("email", "").strip().lower()
         target = safe_next(form.get("next"))
-        outcome = await web.log_in(request, v, email, form.get("password", ""))
+        outcome = await web.log_in(request, email, form.get("password", ""))
         if isinstance(outcome, str):
             status = 429 if outcome.startswith("Too many") else 401
             return web.render(v, "login.html", status, email=email, problem=outcome, next=target)
@@ -49,6 +49,11 @@ def routes(web: ConsoleWeb) -> list[Route]:
             email = form.get("email", "")
             if form.get("password", "") != form.get("password2", ""):
                 raise FormError("The two passwords differ.")
+            taken = await web.take_attempt([(f"signup:{web.client_address(request)}",
+                                             web.settings.console.signups_per_hour)], SIGNUP_WINDOW,
+                                           "Too many sign-ups from your address.")
+            if isinstance(taken, str):
+                return web.render(v, "signup.html", 429, email=email, problem=taken)
             user = await web.ops.create_user(email, form.get("password", ""))
         except FormError as exc:
             return web.render(v, "signup.html", 400, email=email, problem=str(exc))
@@ -70,9 +75,15 @@ def routes(web: ConsoleWeb) -> list[Route]:
         assert v.user is not None
         try:
             form = await web.form(request)
+            subject = f"email:{v.user['email']}"  # guesses here count with the address's failed log-ins
+            taken = await web.take_attempt([(subject, web.settings.console.login_attempts)],
+                                           web.settings.console.login_window, "Too many wrong passwords.")
+            if isinstance(taken, str):
+                return web.render(v, "password.html", 429, problem=taken)
             login = await web.db.run(store.tx_login_user, v.user["email"])
             if login is None or not await web.check_password(form.get("current", ""), login["password"]):
                 raise FormError("The current password is wrong.")
+            await web.db.run(store.tx_give_back_attempt, taken)
             if form.get("password", "") != form.get("password2", ""):
                 raise FormError("The two new passwords differ.")
             await web.ops.set_password(str(v.user["id"]), form.get("password", ""), keep_session=v.session_hash)

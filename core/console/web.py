@@ -21,7 +21,7 @@ from billing.pricing import usd_text
 from core.clientip import from_scope, public_base_url, public_origin
 from core.config import Settings
 from core.console import security
-from core.operations import OperationError, Operations
+from core.operations import BusyError, OperationError, Operations
 
 log = logging.getLogger("tokentoll.console")
 
@@ -30,7 +30,8 @@ SESSION_COOKIE = "tt_session"
 BROWSER_COOKIE = "tt_browser"
 FLASH_COOKIE = "tt_flash"
 MAX_FORM_BYTES = 64 * 1024
-HASHES_AT_ONCE = 2  # scrypt runs take 128 MiB each: this many at a time, the rest wait
+SIGNUP_WINDOW = 3600.0  # seconds over which [console] signups_per_hour counts
+MAX_ID = 2**63 - 1  # an id in a path past SQLite's integers is no record's
 SECURITY_HEADERS = {
     "content-security-policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
                                "frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
@@ -82,7 +83,6 @@ class ConsoleWeb:
         self.db = db
         self.secret = ""
         self._dummy_hash = ""
-        self._hashing = asyncio.Semaphore(HASHES_AT_ONCE)
         self.templates = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
                                             autoescape=True, undefined=jinja2.StrictUndefined,
                                             trim_blocks=True, lstrip_blocks=True)
@@ -130,6 +130,8 @@ class ConsoleWeb:
                         response = self.error(v, 401, "Your session has ended. Log in again.")
                 elif operator and not v.operator:
                     raise NotFound
+                elif any(isinstance(p, int) and p > MAX_ID for p in request.path_params.values()):
+                    raise NotFound
                 elif request.method != "GET" and not await self._csrf_passes(request, v):
                     response = self.error(v, 403, "This form has expired or did not come from this console. "
                                                    "Reload the page and try again.")
@@ -137,6 +139,11 @@ class ConsoleWeb:
                     response = await handler(request, v)
             except NotFound:
                 response = self.error(v, 404, "There is nothing here, or it is not yours to see.")
+            except FormError as exc:  # a body the console's forms never send
+                response = self.error(v, 400, f"{str(exc)[:1].upper()}{str(exc)[1:]}.")
+            except BusyError as exc:
+                response = self.error(v, 503, operation_message(exc) + ".")
+                response.headers["retry-after"] = "5"
             return self.finish(response, v)
 
         return endpoint
@@ -146,6 +153,9 @@ class ConsoleWeb:
         if origin and origin != "null":
             scheme, host = public_origin(request.scope, self.settings.server.trusted_proxies)
             if origin != f"{scheme}://{host}":
+                if origin == f"https://{host}" and scheme == "http":
+                    log.warning("a console form came over HTTPS but the gateway saw http: when a proxy ends TLS, "
+                                "list it in [server] trusted_proxies so its X-Forwarded-Proto is believed")
                 return False
         presented = request.headers.get("x-csrf-token")
         if presented is None:
@@ -176,7 +186,8 @@ class ConsoleWeb:
         for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
         if v.new_browser:
-            response.set_cookie(BROWSER_COOKIE, v.browser_id, httponly=True, samesite="strict", secure=v.secure,
+            # Lax, not Strict: a link from elsewhere must not renew it (that would void every open tab's forms)
+            response.set_cookie(BROWSER_COOKIE, v.browser_id, httponly=True, samesite="lax", secure=v.secure,
                                 path="/console")
         return response
 
@@ -221,35 +232,37 @@ class ConsoleWeb:
 
     # -- log-ins ------------------------------------------------------------------------------
 
-    async def hash_password(self, password: str) -> str:
-        async with self._hashing:
-            return await asyncio.to_thread(security.hash_password, password)
-
     async def check_password(self, password: str, stored: str | None) -> bool:
-        async with self._hashing:
-            return await asyncio.to_thread(security.check_password, password, stored or self._dummy_hash)
+        """Against a user's stored hash; with none, against a dummy one (the same cost, so a log-in for an unknown
+        address takes as long as a wrong password)."""
+        return await self.ops.check_password(password, stored or self._dummy_hash)
 
     def client_address(self, request: Request) -> str:
         return from_scope(request.scope, self.settings.server.trusted_proxies)
 
-    async def log_in(self, request: Request, v: Visitor, email: str, password: str) -> int | str:
-        """The user id of a right e-mail and password; else why not (wrong, or too many failures: rate-limited
-        per address and per client, across workers)."""
+    async def log_in(self, request: Request, email: str, password: str) -> int | str:
+        """The user id of a right e-mail and password; else why not (wrong, or too many attempts). Each attempt is
+        counted per address and per client before the password is checked, across workers; one that succeeds
+        takes its count back (and the address's earlier failures)."""
         c = self.settings.console
-        now = time.time()
-        subjects = [f"email:{email}", f"ip:{self.client_address(request)}"]
-        failures = await self.db.run(store.tx_login_failures, subjects, now - c.login_window)
-        limits = {subjects[0]: c.login_attempts, subjects[1]: c.login_attempts * 4}
-        for subject, (count, oldest) in failures.items():
-            if count >= limits[subject]:
-                wait = max(1, int(oldest + c.login_window - now) + 1)
-                return f"Too many failed log-ins. Try again in {_duration(wait)}."
+        subjects = [(f"email:{email}", c.login_attempts), (f"ip:{self.client_address(request)}", c.login_attempts * 4)]
+        taken = await self.take_attempt(subjects, c.login_window, "Too many failed log-ins.")
+        if isinstance(taken, str):
+            return taken
         user = await self.db.run(store.tx_login_user, email)
         if not await self.check_password(password, user["password"] if user else None) or user is None:
-            await self.db.run(store.tx_record_login_failure, subjects, now, now - c.login_window)
             return "Wrong e-mail address or password."
-        await self.db.run(store.tx_clear_login_failures, subjects[0])
+        await self.db.run(store.tx_give_back_attempt, taken, subjects[0][0])
         return int(user["id"])
+
+    async def take_attempt(self, subjects: list[tuple[str, int]], window: float, refusal: str) -> list[int] | str:
+        """One more attempt for each (subject, limit) in the window: the rows that count it, or the refusal with
+        how long to wait."""
+        now = time.time()
+        rows, wait = await self.db.run(store.tx_take_attempt, subjects, now - window, now)
+        if not rows:
+            return f"{refusal} Try again in {_duration(max(1, int(wait) + 1))}."
+        return rows
 
     async def start_session(self, v: Visitor, user_id: int, target: str) -> Response:
         token, token_hash = security.new_session()
