@@ -113,7 +113,9 @@ def test_an_order_made_in_the_console_follows_its_payment_to_the_wallet(
     wait_for(lambda: status_is(f"confirming 2/{CONFIRMATIONS}"), 20, "a second confirmation")
     chain.mine(1)
     wait_for(lambda: status_is("credited"), 20, "the order to be credited")
-    assert texts[-3:] == ["confirming 1/3", "confirming 2/3", "credited"] and texts[1].startswith("confirming"), texts
+    # each status seen once, in order; 3/3 may show for a moment before the same pass credits the deposit
+    assert texts in (["pending", "confirming 1/3", "confirming 2/3", "credited"],
+                     ["pending", "confirming 1/3", "confirming 2/3", "confirming 3/3", "credited"]), texts
     assert payer.get(status_path).json()["expires_in"] == 0
 
     done = payer.get(path).text

@@ -218,6 +218,8 @@ def test_an_rpc_outage_skips_nothing_and_two_accounts_paid_in_one_block_are_both
 
 
 def test_a_trc20_deposit_on_tron_is_credited_to_the_t_address(tmp_path: Path) -> None:
+    from bip_utils import Bip39SeedGenerator, Bip44, Bip44Coins
+
     from billing.recharge import addresses
     from tests.tron_stub import TronStub
 

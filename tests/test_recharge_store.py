@@ -113,6 +113,39 @@ def test_an_expired_order_then_a_late_payment_is_credited_and_recorded_as_late(t
     asyncio.run(scenario())
 
 
+def test_one_order_waits_at_a_time_and_a_deposit_pays_only_an_order_it_covers(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        db, ledger, alice, _ = await books(tmp_path / "db")
+
+        def new_order(amount: int, now: float) -> store.NewOrder:
+            return store.NewOrder(alice, CHAIN, ALICE_ADDR, amount, now, now + 600)
+
+        async def statuses() -> dict[int, str]:
+            return {o["id"]: o["status"] for o in await db.run(store.tx_orders, alice, None, 100.0)}
+
+        first = await db.run(store.tx_create_order, new_order(1000_000_000, 10.0))
+        second = await db.run(store.tx_create_order, new_order(25_000_000, 20.0))
+        assert await statuses() == {first: "expired", second: "pending"}  # the new order replaces the waiting one
+        # too little for the order: credited to the wallet all the same, but it pays no order
+        await db.run(store.tx_record_transfers, CHAIN, [transfer("0xsmall", 0, ALICE_ADDR, 5_000_000, 7)], 30.0)
+        assert (await statuses())[second] == "pending"
+        await db.run(store.tx_record_transfers, CHAIN, [transfer("0xfull", 0, ALICE_ADDR, 25_000_000, 8)], 31.0)
+        assert (await statuses())[second] == "confirming"
+        third = await db.run(store.tx_create_order, new_order(10_000_000, 40.0))  # another, while one is confirming
+        assert await statuses() == {first: "expired", second: "confirming", third: "pending"}
+        small, full = sorted(await db.run(store.tx_deposits_to_confirm, CHAIN, 8), key=lambda d: d["block_number"])
+        assert await ledger.credit_deposit(small["id"]) == 5_000_000_000
+        assert await statuses() == {first: "expired", second: "confirming", third: "pending"}
+        assert await ledger.credit_deposit(full["id"]) == 25_000_000_000
+        assert await statuses() == {first: "expired", second: "credited", third: "pending"}  # the one it was for
+        records = {d["tx_hash"]: d["order_id"] for d in await db.run(store.tx_deposits, alice, 10)}
+        assert records == {"0xsmall": None, "0xfull": second}
+        assert await balance(db, alice) == 30_000_000_000
+        await db.close()
+
+    asyncio.run(scenario())
+
+
 def test_the_cursor_only_moves_forward_unless_an_operator_rescans(tmp_path: Path) -> None:
     async def scenario() -> None:
         db, _, _, _ = await books(tmp_path / "db")

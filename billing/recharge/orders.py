@@ -14,6 +14,7 @@ if TYPE_CHECKING:  # billing does not import core at run time
     from core.config import Chain, Recharge
 
 MAX_ORDER_ID = 2**63 - 1  # SQLite's largest INTEGER: a longer id is no order, not an overflow
+MAX_ORDER_TOKENS = 10**9  # no order asks for more USDT than this (an operator credits anything larger by hand)
 
 
 class OrderError(ValueError):
@@ -56,6 +57,8 @@ class RechargeDesk:
         r = self.recharge
         if amounts.credit_for(raw, c.decimals, r.usd_per_usdt, r.fee) < r.minimum:
             raise OrderError(f"the smallest recharge is {usd_text(r.minimum)} USD", "amount")
+        if raw > MAX_ORDER_TOKENS * 10**c.decimals:
+            raise OrderError(f"the largest recharge order is {MAX_ORDER_TOKENS:,} USDT", "amount")
         shown = addresses.deposit_address(c.xpub, c.kind, account_id)
         stored = addresses.tron_to_evm(shown) if c.kind == "tron" else addresses.evm_key(shown)
         now = time.time()

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from billing.store.accounts import tx_account, tx_create_key
+from billing.store.recharge import order_paid_by
 
 MAX_BALANCE = 10**18  # nano-dollars: one billion USD, far inside SQLite's 64-bit integers
 
@@ -278,13 +279,12 @@ def tx_credit_deposit(conn: sqlite3.Connection, deposit_id: int, now: float, not
     what = f"USDT deposit {deposit['chain']} {deposit['tx_hash']}:{deposit['log_index']}"
     if deposit["credit"] > 0:
         tx_credit(conn, deposit["account_id"], deposit["credit"], "credit", what + (f" ({note})" if note else ""), now)
-    order = conn.execute("SELECT id, status FROM recharge_orders WHERE account_id = ? AND chain = ? AND status IN "
-                         "('pending', 'confirming', 'expired') AND deposit_id IS NULL ORDER BY status = 'expired', "
-                         "created_at DESC LIMIT 1", (deposit["account_id"], deposit["chain"])).fetchone()
-    if order is not None:
-        late = order["status"] == "expired"
+    order_id = order_paid_by(conn, deposit["account_id"], deposit["chain"], int(deposit["amount_raw"]),
+                              ("confirming", "pending", "expired"))
+    if order_id is not None:  # a deposit smaller than every open order pays none of them (it is credited all the same)
+        late = conn.execute("SELECT status FROM recharge_orders WHERE id = ?", (order_id,)).fetchone()[0] == "expired"
         conn.execute("UPDATE recharge_orders SET deposit_id = ?, status = CASE WHEN status = 'expired' THEN "
-                     "'expired' ELSE 'credited' END WHERE id = ?", (deposit_id, order["id"]))
+                     "'expired' ELSE 'credited' END WHERE id = ?", (deposit_id, order_id))
         conn.execute("UPDATE deposits SET order_id = ?, note = COALESCE(note, ?) WHERE id = ?",
-                     (order["id"], f"arrived after order {order['id']} expired" if late else None, deposit_id))
+                     (order_id, f"arrived after order {order_id} expired" if late else None, deposit_id))
     return int(deposit["credit"])

@@ -7,6 +7,8 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
+from billing.store.engine import where
+
 
 @dataclass(slots=True)
 class SeenTransfer:
@@ -63,9 +65,27 @@ def tx_record_transfers(conn: sqlite3.Connection, chain: str, transfers: list[Se
              t.block_number, t.block_hash, "held" if t.held else "seen", now)).rowcount
         if t.held:
             continue
-        conn.execute("UPDATE recharge_orders SET status = 'confirming' WHERE account_id = ? AND chain = ? AND "
-                     "status = 'pending'", (owner["account_id"], chain))
+        order = order_paid_by(conn, owner["account_id"], chain, t.amount_raw, ("pending",))
+        if order is not None:  # an order is confirming only when a transfer of at least its amount is on its way
+            conn.execute("UPDATE recharge_orders SET status = 'confirming' WHERE id = ?", (order,))
     return new
+
+
+def order_paid_by(conn: sqlite3.Connection, account_id: int, chain: str, amount_raw: int,
+                   statuses: tuple[str, ...]) -> int | None:
+    """The order a deposit of `amount_raw` pays: of the account's orders on the chain in one of `statuses` with no
+    deposit yet and an amount the deposit covers, a confirming one first (the oldest), then the newest pending,
+    then the newest expired (a late payment)."""
+    rank = {"confirming": 0, "pending": 1, "expired": 2}
+    rows = conn.execute(f"SELECT id, status, amount_raw, created_at FROM recharge_orders WHERE account_id = ? AND "
+                        f"chain = ? AND deposit_id IS NULL AND status IN ({', '.join('?' * len(statuses))})",
+                        (account_id, chain, *statuses)).fetchall()
+    covered = [r for r in rows if int(r["amount_raw"]) <= amount_raw]
+    if not covered:
+        return None
+    best = min(covered, key=lambda r: (rank[r["status"]],
+                                       r["created_at"] if r["status"] == "confirming" else -r["created_at"]))
+    return int(best["id"])
 
 
 def tx_deposits_to_confirm(conn: sqlite3.Connection, chain: str, up_to_block: int) -> list[dict[str, Any]]:
@@ -118,6 +138,10 @@ class NewOrder:
 
 
 def tx_create_order(conn: sqlite3.Connection, o: NewOrder) -> int:
+    """A new pending order. It replaces the account's pending order on that chain (one waits at a time, so a
+    payment is never matched to an order its payer has forgotten); an order already confirming is left to finish."""
+    conn.execute("UPDATE recharge_orders SET status = 'expired', expires_at = MIN(expires_at, ?) WHERE account_id = ? "
+                 "AND chain = ? AND status = 'pending'", (o.now, o.account_id, o.chain))
     return int(conn.execute("INSERT INTO recharge_orders (account_id, chain, address, amount_raw, status, created_at, "
                             "expires_at) VALUES (?, ?, ?, ?, 'pending', ?, ?)",
                             (o.account_id, o.chain, o.address, str(o.amount_raw), o.now, o.expires_at)).lastrowid)
@@ -157,17 +181,10 @@ def tx_deposit_counts(conn: sqlite3.Connection) -> list[tuple[str, str, int]]:
 def tx_deposits(conn: sqlite3.Connection, account_id: int | None, limit: int, status: str | None = None,
                 without_order: bool = False) -> list[dict[str, Any]]:
     """Recharge records, newest first (one account's, or all; of one status; tied to no order)."""
-    clauses, args = ["1"], []
-    if account_id is not None:
-        clauses.append("d.account_id = ?")
-        args.append(account_id)
-    if status is not None:
-        clauses.append("d.status = ?")
-        args.append(status)
-    if without_order:
-        clauses.append("d.order_id IS NULL")
+    clause, args = where(("d.account_id = ?", account_id), ("d.status = ?", status),
+                         ("d.order_id IS NULL", without_order))
     rows = conn.execute(f"SELECT d.*, c.head AS chain_head FROM deposits d LEFT JOIN chain_cursors c ON "
-                        f"c.chain = d.chain WHERE {' AND '.join(clauses)} ORDER BY d.seen_at DESC, d.id DESC LIMIT ?",
+                        f"c.chain = d.chain WHERE {clause} ORDER BY d.seen_at DESC, d.id DESC LIMIT ?",
                         (*args, limit))
     return [dict(r) for r in rows]
 
