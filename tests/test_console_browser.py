@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import Iterator
-from pathlib import Path
 
 import openai
 import pytest
@@ -15,19 +14,13 @@ from playwright.sync_api import Page, expect
 from tests.browser import browser, page, screenshot  # noqa: F401
 from tests.chain.ganache import Chain, Token
 from tests.chain.gateway_config import CONFIRMATIONS, USDT, chain_sections
-from tests.conftest import GatewayProcess, base_config, cli, demo_provider, serve_gateway, wait_for
+from tests.conftest import DEMO_ECHO, GatewayProcess, base_config, cli, demo_provider, serve_gateway
 from tests.console_client import PASSWORD
 
 pytest_plugins = ["tests.chain.fixtures"]
 
 MSG = [{"role": "user", "content": "hello from the browser test"}]
-MODELS = """
-[models.demo-echo]
-provider = "demo"
-upstream_model = "echo"
-max_output_tokens = 64
-price = { input = "0.50", output = "1.50", cache_read = "0.05", cache_write = "0.625" }
-
+MODELS = DEMO_ECHO + """
 [models.demo-image]
 provider = "demo"
 upstream_model = "image"

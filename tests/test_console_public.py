@@ -19,17 +19,11 @@ import pytest
 import requests
 
 from billing.pricing import usd_to_units
-from tests.conftest import GatewayProcess, base_config, cli, demo_provider, serve_gateway
+from tests.conftest import DEMO_ECHO, GatewayProcess, base_config, cli, demo_provider, serve_gateway
 from tests.console_client import ConsoleClient
 
 PLACEHOLDER = "sk-tt-..."
-MODELS = """
-[models.demo-echo]
-provider = "demo"
-upstream_model = "echo"
-max_output_tokens = 64
-price = { input = "0.50", output = "1.50", cache_read = "0.05", cache_write = "0.625" }
-
+MODELS = DEMO_ECHO + """
 [models.free-chat]
 provider = "demo"
 upstream_model = "echo"

@@ -4,7 +4,6 @@ real mock upstream on loopback."""
 from __future__ import annotations
 
 import base64
-import struct
 
 import httpx2 as httpx
 import openai

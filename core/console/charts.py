@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from html import escape
 
-from billing.pricing import units_to_usd
+from billing.pricing import units_to_usd, usd_text
 
 WIDTH, HEIGHT = 720, 200
 LEFT, RIGHT, TOP, BOTTOM = 64, 8, 12, 28
@@ -39,7 +39,7 @@ def daily_spend_svg(days: list[tuple[str, int]]) -> str:
         x = LEFT + i * slot + slot * 0.15
         parts.append(f'<rect x="{x:.1f}" y="{TOP + plot_h - h:.1f}" width="{slot * 0.7:.1f}" height="{h:.1f}" '
                      f'class="bar" data-day="{escape(day)}" data-cost="{escape(units_to_usd(cost))}">'
-                     f'<title>{escape(day)}: ${escape(units_to_usd(cost))}</title></rect>')
+                     f'<title>{escape(day)}: ${escape(usd_text(cost))}</title></rect>')
     for i in sorted({0, (len(days) - 1) // 2, len(days) - 1}) if days else ():
         x = LEFT + i * slot + slot / 2
         parts.append(f'<text x="{x:.1f}" y="{HEIGHT - 8}" text-anchor="middle" class="label">'
@@ -50,5 +50,4 @@ def daily_spend_svg(days: list[tuple[str, int]]) -> str:
 
 def _short_usd(units: int) -> str:
     """An axis figure: no trailing zeros (0.05, 2, 500)."""
-    text = units_to_usd(units)
-    return text.rstrip("0").rstrip(".") if "." in text else text
+    return usd_text(units).removesuffix(".00")

@@ -34,6 +34,12 @@ document.addEventListener("submit", async (event) => {
   const form = event.target;
   if (!form.hasAttribute("data-reveal")) return;
   event.preventDefault();
+  if (form.dataset.busy) return;  // a second click while the first is on its way would make a second key
+  form.dataset.busy = "1";
+  try { await sendRevealing(form); } finally { delete form.dataset.busy; }
+});
+
+async function sendRevealing(form) {
   const body = new URLSearchParams(new FormData(form));
   let reply;
   try {
@@ -42,7 +48,9 @@ document.addEventListener("submit", async (event) => {
     form.submit();
     return;
   }
-  const data = await reply.json().catch(() => ({ error: "The console answered " + reply.status + "." }));
+  const data = reply.status === 401 || reply.redirected
+    ? { error: "Your session has ended. Log in again." }
+    : await reply.json().catch(() => ({ error: "The console answered " + reply.status + "." }));
   if (!reply.ok || data.error) {
     alertBox(data.error || ("The console answered " + reply.status + "."));
     return;
@@ -53,6 +61,13 @@ document.addEventListener("submit", async (event) => {
   box.hidden = false;
   box.scrollIntoView({ block: "center" });
   await refreshKeyTable();
+}
+
+// Any other form: its buttons are disabled once it is sent, so a double click does not send it twice.
+document.addEventListener("submit", (event) => {
+  const form = event.target;
+  if (form.hasAttribute("data-reveal") || event.defaultPrevented) return;
+  setTimeout(() => form.querySelectorAll("button[type=submit], button:not([type])").forEach((b) => { b.disabled = true; }), 0);
 });
 
 function alertBox(message) {
@@ -137,7 +152,12 @@ function followOrder() {
   };
   const poll = async () => {
     try {
-      const order = await fetch(box.dataset.orderStatusUrl, { credentials: "same-origin", headers: { "Accept": "application/json" } }).then((r) => r.json());
+      const reply = await fetch(box.dataset.orderStatusUrl, { credentials: "same-origin", headers: { "Accept": "application/json" } });
+      if (reply.redirected || !(reply.headers.get("content-type") || "").startsWith("application/json")) {
+        status.textContent = "unknown: log in again to follow this order";
+        return;  // the session ended: stop asking
+      }
+      const order = await reply.json();
       status.textContent = order.status_text;
       status.dataset.status = order.status;
       deadline = Date.now() + 1000 * order.expires_in;
