@@ -35,8 +35,10 @@ bench: $(VENV)/.test-installed
 
 # One self-contained executable, dist/tokentoll (PyInstaller onefile, packaging/tokentoll.spec): serves like
 # gateway.py, with --config, --check and every operator command. Rebuilt only when gateway.py, core/, billing/,
-# adapters/, the spec or the pinned dependencies changed; pyinstaller comes from requirements-test.lock.
-BINARY_SOURCES := gateway.py $(wildcard packaging/*) $(shell find core billing adapters -name '*.py')
+# adapters/, the console's templates and static files, the spec or the pinned dependencies changed;
+# pyinstaller comes from requirements-test.lock.
+BINARY_SOURCES := gateway.py $(wildcard packaging/*) $(shell find core billing adapters -name '*.py') \
+                  $(wildcard core/console/templates/* core/console/static/*)
 
 binary: dist/tokentoll
 

@@ -180,6 +180,12 @@ def test_the_binary_serves_the_shipped_config_offline(binary: Path, site: Path, 
         metrics = resp.read().decode()
     assert re.search(r'(?m)^tokentoll_requests_total\{.*model="demo-echo".*\} 2\.0$', metrics), metrics
 
+    # The web console's templates and static files are bundled: its pages render from the binary.
+    with urllib.request.urlopen(gw.url + "/console/prices", timeout=5) as resp:
+        assert resp.status == 200 and "demo-echo" in resp.read().decode()
+    with urllib.request.urlopen(gw.url + "/console/static/console.css", timeout=5) as resp:
+        assert resp.headers["content-type"].startswith("text/css") and b"--accent" in resp.read()
+
     # An operator command against the same database while the gateway runs; its key works at once.
     created = run_binary(binary, site, "accounts", "create", "team", "--credit", "2", "--json")
     assert created.returncode == 0, created.stderr
