@@ -64,6 +64,7 @@ def test_signed_cookies_and_csrf_tokens_refuse_tampering() -> None:
     assert security.csrf_ok(secret, browser, security.csrf_token(secret, browser))
     assert not security.csrf_ok(secret, security.new_browser_id(), security.csrf_token(secret, browser))
     assert not security.csrf_ok(secret, browser, None) and not security.csrf_ok(secret, None, "x")
+    assert not security.csrf_ok(secret, browser, "\x80é") and security.session_token(secret, "é.\x80") is None
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -10,6 +10,7 @@ import json
 import os
 import socket
 import sqlite3
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -548,6 +549,92 @@ def test_admin_routes_refuse_a_wrong_token(gw: GatewayProcess, books: sqlite3.Co
     body = data.draw(st.one_of(st.just(b""), st.binary(max_size=50), values.map(dumps)))
     reply = send(gw, books, Endpoint("admin", method, path, "openai"), body, headers, True)
     assert reply is not None and reply.status == 401, reply
+
+
+# -- the console: form bodies, paths and queries, with a real session and CSRF token ---------------
+
+CONSOLE_FIELDS = ["csrf_token", "email", "password", "password2", "current", "next", "name", "monthly_limit",
+                  "models", "rpm", "tpm", "expires_at", "chain", "amount", "note", "request_id"]
+CONSOLE_POSTS = ["/console/login", "/console/signup", "/console/password", "/console/keys", "/console/keys/{k}",
+                 "/console/keys/{k}/rotate", "/console/keys/{k}/disable", "/console/keys/{k}/enable",
+                 "/console/recharge/orders", "/console/admin/accounts/1/adjust", "/console/admin/deposits/1/credit",
+                 "/console/logout"]
+CONSOLE_GETS = ["/console/usage?{q}", "/console/usage.csv?{q}", "/console/usage/{x}", "/console/recharge/orders/{x}",
+                "/console/recharge/orders/{x}/status", "/console/keys?{q}", "/console/login?next={x}",
+                "/console/admin/accounts/{x}", "/console/{x}", "/console/static/{x}", "/console/dashboard?{q}"]
+USAGE_QUERY = ["key", "model", "from", "to", "status", "source", "offset", "request_id"]
+
+
+@pytest.fixture(scope="module")
+def console(gw: GatewayProcess) -> Any:
+    """A logged-in console visitor with one API key of its own (its id is what {k} becomes)."""
+    from tests.console_client import ConsoleClient
+
+    visitor = ConsoleClient(gw.url)
+    visitor.sign_up("fuzzer@example.com")
+    made = visitor.post("/console/keys", {"name": "fuzzed"}, headers={"Accept": "application/json"}).json()
+    visitor.key_id = made["id"]
+    return visitor
+
+
+console_values = st.one_of(st.text(max_size=60), st.sampled_from(
+    ["", " ", "0", "-1", "1e999", "99999999999999999999999", "NaN", "none", "2020-02-30", "\x00", "%", "&=&",
+     "a" * 5000, "demo-echo", "local", "<script>x</script>", "req_1", "x@example.com", "2099-12-31"]))
+
+
+def check_console(reply: Reply | None, what: str, db: sqlite3.Connection, before: tuple[int, int] | None) -> None:
+    """A console answer: never a 5xx nor Python's error text; the fuzz account's wallet as it was."""
+    if reply is None:
+        return
+    assert reply.status < 500, f"{what}: {reply.status} {reply.body[:500]!r}"
+    text = reply.body.decode(errors="replace")
+    leaked = [word for word in PY_ERROR_TEXT if word in text]
+    assert not leaked, f"{what}: Python error text {leaked} in {reply.status} {reply.body[:300]!r}"
+    if before is not None:
+        assert wallet(db) == before, what
+
+
+def console_headers(console: Any, ctype: str) -> list[tuple[str, bytes | str]]:
+    cookies = "; ".join(f"{c.name}={c.value}" for c in console.http.cookies)
+    return [("Cookie", cookies), ("Content-Type", ctype)]
+
+
+@FUZZ
+@given(data=st.data())
+def test_console_forms_survive_bad_bodies(gw: GatewayProcess, console: Any, books: sqlite3.Connection,
+                                          data: st.DataObject) -> None:
+    path = data.draw(st.sampled_from(CONSOLE_POSTS)).replace("{k}", str(console.key_id))
+    if path == "/console/logout":
+        path = "/console/password"  # (a log-out would end the session the other examples use)
+    fields = data.draw(st.dictionaries(st.sampled_from(CONSOLE_FIELDS) | st.text(max_size=10), console_values,
+                                       max_size=8))
+    if data.draw(st.booleans()):
+        fields["csrf_token"] = console.csrf  # most reach the handler; the rest meet the CSRF check
+    kind = data.draw(st.sampled_from(["form", "form", "raw", "json"]))
+    if kind == "form":
+        body = "&".join(f"{urllib.parse.quote(k)}={urllib.parse.quote(v)}" for k, v in fields.items()).encode()
+        ctype = "application/x-www-form-urlencoded"
+    elif kind == "raw":
+        body, ctype = data.draw(st.binary(max_size=300)), "application/x-www-form-urlencoded"
+    else:
+        body, ctype = orjson.dumps(fields), "application/json"
+    before = wallet(books)
+    reply = raw_request(gw, "POST", path, console_headers(console, ctype), body)
+    check_console(reply, f"POST {path} {body[:150]!r}", books, before)
+
+
+@FUZZ
+@given(data=st.data())
+def test_console_paths_and_queries(gw: GatewayProcess, console: Any, books: sqlite3.Connection,
+                                   data: st.DataObject) -> None:
+    template = data.draw(st.sampled_from(CONSOLE_GETS))
+    segment = urllib.parse.quote(data.draw(segments), safe="%")
+    query = urllib.parse.urlencode({k: data.draw(st.text(max_size=30)) for k in
+                                    data.draw(st.lists(st.sampled_from(USAGE_QUERY), max_size=4))})
+    target = template.replace("{x}", segment).replace("{q}", query)
+    before = wallet(books)
+    reply = raw_request(gw, "GET", target, console_headers(console, ""))
+    check_console(reply, f"GET {target}", books, before)
 
 
 # -- regressions: what the fuzzing found ------------------------------------------------------------

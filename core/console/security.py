@@ -98,7 +98,12 @@ def session_token(secret: str, cookie: str | None) -> str | None:
     if not cookie or cookie.count(".") != 1:
         return None
     token, signature = cookie.split(".")
-    return token if token and hmac.compare_digest(signature, _sign(secret, "session", token)) else None
+    return token if token and _same(signature, _sign(secret, "session", token)) else None
+
+
+def _same(presented: str, expected: str) -> bool:
+    """Constant-time equality of a presented text and an expected one (as bytes: any text may be presented)."""
+    return hmac.compare_digest(presented.encode("utf-8", "surrogatepass"), expected.encode())
 
 
 def new_browser_id() -> str:
@@ -113,4 +118,4 @@ def csrf_token(secret: str, browser_id: str) -> str:
 def csrf_ok(secret: str, browser_id: str | None, presented: str | None) -> bool:
     if not browser_id or not presented:
         return False
-    return hmac.compare_digest(presented, csrf_token(secret, browser_id))
+    return _same(presented, csrf_token(secret, browser_id))
