@@ -683,13 +683,14 @@ class Side:
 
 @dataclass
 class BillingOff:
-    """The billing-off gateway's figures, from the runs that the billing cost compares: each billing-off
-    run sits between two runs of the gateway under test (billing on), whose mean it is compared with."""
+    """The billing-off gateway's figures, from the runs that the billing cost compares: BILLING_ROUNDS short runs
+    of the gateway under test (billing on) and of the billing-off gateway in turn, each side's runs together."""
 
     reqs: WrkResult  # non-stream, plan.conns connections
     streams: WrkResult
-    on_reqs: WrkResult  # billing on: the run before and the run after, together
+    on_reqs: WrkResult  # billing on, the runs alternating with those above
     on_streams: WrkResult
+    rounds: list[tuple[float, float]]  # per round: on / off for non-stream, then for streams
 
 
 @dataclass
@@ -760,16 +761,19 @@ def measure(plan: Plan, nginx: str, stack: ExitStack) -> Figures:
     idle_holds = operator_cli(GATEWAY_CONFIG, "holds")
     stop_relay(gw)
     c = plan.conns
-    # wrk cuts off up to c requests when each run ends: 15 runs at c connections (4 of them warm-ups) and one at 1
-    # for the gateway under test (the translated lane's 8 included), 4 at c (2 warm-ups) for the billing-off one
-    billed = check_request_log(BILLING_ON, allowed_cut=15 * c + 1)
-    unbilled = check_request_log(BILLING_OFF, allowed_cut=4 * c)
+    # wrk cuts off up to c requests when each run ends: at c connections, 13 runs (4 of them warm-ups, the translated
+    # lane's 8 included) and 2 x BILLING_ROUNDS, and one at 1 for the gateway under test; 2 warm-ups and
+    # 2 x BILLING_ROUNDS for the billing-off one
+    billed = check_request_log(BILLING_ON, allowed_cut=(13 + 2 * BILLING_ROUNDS) * c + 1)
+    unbilled = check_request_log(BILLING_OFF, allowed_cut=(2 + 2 * BILLING_ROUNDS) * c)
     notes = [billed.note, unbilled.note, check_wallet(billed, idle_holds, plan.settle_s),
              f"billing: the gateway column is the gateway with billing on (a fresh SQLite database, synchronous "
              f"NORMAL, hold_ttl {HOLD_TTL} s, no rate limits; one account, one key sent by every client); "
              "\"billing off\" rows are a second gateway process with the same config but `[billing] enabled = "
-             "false`; each billing-off run sits between two runs of the gateway with billing on, and the billing "
-             "cost compares it with their mean",
+             f"false`; the billing cost compares {BILLING_ROUNDS} rounds of short runs of the two in turn (billing "
+             "on, then off), each side's runs together; per round, on / off: "
+             + ", ".join(f"{a:.3f}" for a, _ in billing_off.rounds) + " (non-stream), "
+             + ", ".join(f"{b:.3f}" for _, b in billing_off.rounds) + " (streams)",
              connection_note(c, {"gateway": gateway, "stack floor": floor_side}, billing_off),
              f"a paced stream takes {1000 * c / direct.paced.per_second:.0f} ms straight from nginx (timer "
              "granularity), so the direct paced figure is bounded by the pacing, not by nginx"]
@@ -779,6 +783,30 @@ def measure(plan: Plan, nginx: str, stack: ExitStack) -> Figures:
                  "their mean (so that a machine that speeds up or slows down during the run does not bias it)")
     return Figures(c, direct, floor_side, gateway, billing_off, rss_cold, rss_idle, rss_peak, rss_after,
                    floor_rss_cold, floor_rss_idle, plan.settle_s, notes, translated)
+
+
+BILLING_ROUNDS = 5  # the billing cost: this many rounds of (billing on, billing off), each run 2/5 of a plan's seconds
+
+
+def joined_all(runs: list[WrkResult]) -> WrkResult:
+    """Runs of the same kind as one: their requests over their time, mean latency and CPU."""
+    n = len(runs)
+    return WrkResult(sum(r.requests for r in runs), sum(r.seconds for r in runs), sum(r.p50_ms for r in runs) / n,
+                     max(r.p99_ms for r in runs), sum(r.cpu for r in runs) / n, sum(r.cpu_sys for r in runs) / n,
+                     sum(r.upstream_connects for r in runs))
+
+
+def alternate(on: Target, off: Target, what: str, route: Route, conns: int,
+              seconds: float) -> tuple[WrkResult, WrkResult, list[float]]:
+    """The gateway under test and the billing-off gateway in turn, BILLING_ROUNDS short runs each: a machine that
+    speeds up or slows down during the comparison (this one swings by a fifth from one 10 s run to the next) moves
+    both sides alike. Returns each side's runs together, and each round's on / off."""
+    on_runs, off_runs = [], []
+    for i in range(BILLING_ROUNDS):
+        on_runs.append(run_on(on, f"{what}-billing-round{i}", route, conns, seconds))
+        off_runs.append(run_on(off, f"{what}-billing-round{i}", route, conns, seconds))
+    return (joined_all(on_runs), joined_all(off_runs),
+            [a.per_second / b.per_second for a, b in zip(on_runs, off_runs)])
 
 
 def joined(a: WrkResult, b: WrkResult) -> WrkResult:
@@ -795,15 +823,16 @@ def load(plan: Plan, targets: tuple[Target, ...], off: Target) -> tuple[list[Sid
     step(f"non-stream throughput, {c} connections, {s:g} s each target (and the billing-off gateway)")
     warm_up((*relays, off), CHAT, c, warmup)
     reqs = run_each(targets, "chat", CHAT, c, s)
-    off_reqs = run_on(off, "chat", CHAT, c, s)
-    on_after_reqs = run_on(targets[-1], "chat-after-billing-off", CHAT, c, s)
+    round_s = max(1.0, s * 2 / BILLING_ROUNDS)
+    step(f"billing cost, non-stream: {BILLING_ROUNDS} rounds of billing on, billing off, {round_s:g} s each")
+    on_reqs, off_reqs, reqs_rounds = alternate(targets[-1], off, "chat", CHAT, c, round_s)
     step("non-stream latency, 1 connection")
     lat = run_each(targets, "chat", CHAT, 1, s)
     step(f"{CHUNKS}-chunk stream throughput, {c} connections (and the billing-off gateway)")
     warm_up((*relays, off), STREAM, c, warmup)
     streams = run_each(targets, "stream", STREAM, c, s)
-    off_streams = run_on(off, "stream", STREAM, c, s)
-    on_after_streams = run_on(targets[-1], "stream-after-billing-off", STREAM, c, s)
+    step(f"billing cost, streams: {BILLING_ROUNDS} rounds of billing on, billing off, {round_s:g} s each")
+    on_streams, off_streams, streams_rounds = alternate(targets[-1], off, "stream", STREAM, c, round_s)
     step(f"translated lane: an Anthropic-format client, non-stream and {CHUNKS}-chunk streams, {c} connections, "
          "each between two passthrough runs of the same kind")
     gateway = relays[-1]
@@ -821,8 +850,7 @@ def load(plan: Plan, targets: tuple[Target, ...], off: Target) -> tuple[list[Sid
     body = request_body(FIRST)
     ttfb = [asyncio.run(first_byte_times(t.url_for(FIRST), body, plan.ttfb_requests, 50)) for t in targets]
     sides = [Side(*runs) for runs in zip(reqs, lat, streams, paced, ttfb)]
-    billing_off = BillingOff(off_reqs, off_streams, joined(sides[-1].reqs, on_after_reqs),
-                             joined(sides[-1].streams, on_after_streams))
+    billing_off = BillingOff(off_reqs, off_streams, on_reqs, on_streams, list(zip(reqs_rounds, streams_rounds)))
     return (sides, billing_off,
             Translated(claude_reqs, claude_streams, around_reqs, around_streams))
 

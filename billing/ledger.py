@@ -101,7 +101,7 @@ class Ledger:
                 request_id=request_id, cost=cost, input_tokens=u.in_total, output_tokens=u.out_total,
                 cache_read_tokens=u.cache_read, cache_write_tokens=u.cache_write, source=record.source,
                 status=status, duration_ms=duration_ms, now=now, month=month_of(now), by=by, savings=savings,
-                units=units))
+                units=units), deferred=True)  # the answer has gone: it may wait a few ms to commit with others
         except Exception:
             self._failed()
             raise

@@ -185,8 +185,6 @@ class Operations:
                 out[name] = count
             elif name == "expires_at":
                 out[name] = _timestamp(str(value), "expiry")
-                if out[name] <= time.time():
-                    raise OperationError("expiry: that moment has passed (disable the key to stop it now)")
             elif name == "status":
                 out[name] = value
             elif name == "name":
@@ -229,6 +227,11 @@ class Operations:
     async def usage(self, account: str | None, key_id: int | None, month: str | None) -> list[dict[str, Any]]:
         since, until = _month_range(month)
         account_id = (await self._account(account))["id"] if account else None
+        if key_id is not None and account_id is None:  # a key's usage is read through its account's index
+            try:
+                account_id = (await self.db.run(store.tx_key, key_id))["account_id"]
+            except LookupError:
+                raise NotFoundError(f"no key {key_id}") from None
         rows = await self.db.run(store.tx_usage, account_id, key_id, since, until)
         return [_money(r, "cost", "savings") for r in rows]
 

@@ -615,15 +615,8 @@ class Relay:
         status = x.status if x.started else CLIENT_GONE_STATUS if x.client_gone else 500
         model = x.model.name if x.model else "-"
         total = now - x.t0
-        cost = None
-        if x.held and x.model is not None:
-            settled = await self.ledger.settle(x.request_id, x.prices or x.model.prices, record, status,
-                                               round(total * 1000, 3), x.model.prices)
-            cost = settled.charged if settled is not None else None
-        if x.answer is not None and x.answer.parts and x.model is not None and record.source in ("upstream", "observed"):
-            await self._store_answer(x, record.usage)
         overhead = max(total - x.upstream_wait, 0.0)
-        m = self.metrics
+        m = self.metrics  # counted at once: the settlement below may wait a few ms to commit with others
         m.observe_request(x.route, model, status, total, overhead, x.t_first - x.t0 if x.started else None,
                           x.client_gone)
         usage = record.usage
@@ -631,6 +624,13 @@ class Relay:
                         ("cache_write", usage.cache_write), ("reasoning", usage.reasoning)):
             if n:
                 m.child(m.tokens, model, kind, record.source).inc(n)
+        cost = None
+        if x.held and x.model is not None:
+            settled = await self.ledger.settle(x.request_id, x.prices or x.model.prices, record, status,
+                                               round(total * 1000, 3), x.model.prices)
+            cost = settled.charged if settled is not None else None
+        if x.answer is not None and x.answer.parts and x.model is not None and record.source in ("upstream", "observed"):
+            await self._store_answer(x, record.usage)
         self.log.write({
             "request_id": x.request_id,
             "route": x.route,

@@ -164,7 +164,7 @@ def test_a_failure_before_the_first_byte_moves_on_to_the_next_channel_under_one_
     assert text and calls(upstream, served_by) == before + 1
     entry = fo_gw.log_entry(request_id)
     assert (entry["status"], entry["attempts"], entry["provider"], entry["model"]) == (200, 2, "mock", name)
-    assert ledger_kinds(fo_gw, request_id) == ["hold", "release", "settle"]  # one hold for both attempts
+    assert ledger_kinds(fo_gw, request_id) == ["hold", "settle"]  # one hold for both attempts
 
 
 def test_a_refusal_of_the_request_itself_is_not_retried(fo_gw: GatewayProcess, fo_client: openai.OpenAI,

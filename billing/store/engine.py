@@ -21,6 +21,11 @@ WAL_CHECKPOINT_PAGES = 4000  # 4 MiB of WAL between checkpoints
 CHECKPOINT_EVERY_COMMITS = 500  # the event loop's commits between two checkpoints on the thread
 BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 CHECKPOINT = "checkpoint"  # a queue item: checkpoint the WAL on the database thread
+# A deferred hot operation (a settlement, which nobody waits on before answering) waits at most this long for
+# others to commit with: one commit writes the pages they share (the account, the tails of the ledger and of the
+# usage table) once for all of them. It also joins the next turn's admissions, whichever comes first.
+DEFER_SECONDS = 0.004
+DEFER_BATCH = 64  # ...or until this many are waiting
 log = logging.getLogger("tokentoll.store")
 SCHEMA = """
 CREATE TABLE accounts (
@@ -98,8 +103,7 @@ CREATE TABLE usage (
     savings INTEGER NOT NULL DEFAULT 0,   -- the full price less the cost: what cache reads saved
     units INTEGER NOT NULL DEFAULT 0      -- images returned, or seconds of video, where priced so
 );
-CREATE INDEX usage_account ON usage (account_id, created_at);
-CREATE INDEX usage_key ON usage (key_id, created_at);
+CREATE INDEX usage_account ON usage (account_id, created_at);   -- (a key's usage: through its account's)
 CREATE TABLE rate_windows (
     key_id INTEGER NOT NULL,
     window INTEGER NOT NULL,              -- unix minute
@@ -262,6 +266,9 @@ class Store:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._hot: list[_Op] = []  # hot operations of this loop turn
+        self._deferred: list[_Op] = []  # hot operations that may wait a little for company (see DEFER_SECONDS)
+        self._turn_due = False  # a turn is scheduled with call_soon
+        self._timer: asyncio.TimerHandle | None = None  # or, for deferred operations only, with call_later
         self._hot_conn: sqlite3.Connection | None = None
         self._hot_commits = 0
 
@@ -272,13 +279,17 @@ class Store:
         self._thread.start()
         await ready
         if self.hot_inline:
-            self._hot_conn = connect(self.path, self.synchronous, busy_timeout_ms=0, autocheckpoint=False)
+            # Without foreign-key checks: the per-request transactions (admit, settle) write only the ids of rows
+            # they have just read in the same transaction (the key, its account, the hold), so each check would
+            # look up a row already found. Every other connection checks them.
+            self._hot_conn = connect(self.path, self.synchronous, busy_timeout_ms=0, autocheckpoint=False,
+                                     foreign_keys=False)
 
     async def close(self) -> None:
         if self._thread is None or self._closed:
             return
         self._closed = True
-        if self._hot:
+        if self._hot or self._deferred:
             self._run_hot_turn()
         self._queue.put(None)
         await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
@@ -293,19 +304,37 @@ class Store:
         self._queue.put([_Op(fn, args, future)])
         return await future
 
-    async def run_hot(self, fn: Callable[..., T], *args: Any) -> T:
+    async def run_hot(self, fn: Callable[..., T], *args: Any, deferred: bool = False) -> T:
+        """`deferred`: the caller can wait a few ms (DEFER_SECONDS) for others to commit with."""
         if self._hot_conn is None:
             return await self.run(fn, *args)
         if self._closed or self._loop is None:
             raise StoreClosed("the store is closed")
         future: asyncio.Future[T] = self._loop.create_future()
-        if not self._hot:
-            self._loop.call_soon(self._run_hot_turn)  # after every request of this turn has queued its own
-        self._hot.append(_Op(fn, args, future))
+        if deferred:
+            self._deferred.append(_Op(fn, args, future))
+            if len(self._deferred) >= DEFER_BATCH:
+                self._schedule_turn()
+            elif self._timer is None and not self._turn_due:
+                self._timer = self._loop.call_later(DEFER_SECONDS, self._run_hot_turn)
+        else:
+            self._hot.append(_Op(fn, args, future))
+            self._schedule_turn()
         return await future
 
+    def _schedule_turn(self) -> None:
+        """The turn runs once every request of this loop turn has queued its own operation."""
+        if not self._turn_due:
+            assert self._loop is not None
+            self._turn_due = True
+            self._loop.call_soon(self._run_hot_turn)
+
     def _run_hot_turn(self) -> None:
-        batch, self._hot = self._hot, []
+        self._turn_due = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch, self._hot, self._deferred = self._deferred + self._hot, [], []
         if not batch:
             return
         assert self._hot_conn is not None and self._loop is not None
@@ -441,7 +470,7 @@ def _settle_all(results: list[tuple[asyncio.Future[Any], Any, BaseException | No
 
 
 def connect(path: str, synchronous: str = "NORMAL", busy_timeout_ms: int = 30000,
-            autocheckpoint: bool = True) -> sqlite3.Connection:
+            autocheckpoint: bool = True, foreign_keys: bool = True) -> sqlite3.Connection:
     if path != ":memory:":
         os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
         # The books are readable by their owner only; SQLite gives its -wal and -shm files the same mode.
@@ -461,7 +490,7 @@ def connect(path: str, synchronous: str = "NORMAL", busy_timeout_ms: int = 30000
     # fewer, larger checkpoints; none at all on the event loop's connection (the thread does its checkpoints)
     conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES if autocheckpoint else 0}")
     conn.execute(f"PRAGMA synchronous={synchronous}")
-    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
     conn.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
     return conn
 
@@ -474,7 +503,7 @@ ALTER TABLE usage ADD COLUMN savings INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE usage ADD COLUMN units INTEGER NOT NULL DEFAULT 0;
 """ + SCHEMA[SCHEMA.index("CREATE TABLE response_cache"):SCHEMA.index("CREATE TABLE deposit_addresses")],
     2: SCHEMA[SCHEMA.index("CREATE TABLE deposit_addresses"):SCHEMA.index("CREATE TABLE settings")],
-    3: SCHEMA[SCHEMA.index("CREATE TABLE users"):],
+    3: "DROP INDEX IF EXISTS usage_key;\n" + SCHEMA[SCHEMA.index("CREATE TABLE users"):],
 }
 
 

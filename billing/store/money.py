@@ -158,15 +158,11 @@ def tx_settle(conn: sqlite3.Connection, s: Settlement) -> Settled | None:
     released = amount - from_hold
     conn.execute("UPDATE accounts SET balance = balance - ?, held = held - ? WHERE id = ?",
                  (charged, amount, hold["account_id"]))
-    entries = []  # one statement for the settle and release entries
-    if charged:
-        entries.append((hold["account_id"], "settle", -charged, -from_hold, s.request_id, hold["key_id"], s.now))
-    if released:
-        entries.append((hold["account_id"], "release", 0, -released, s.request_id, hold["key_id"], s.now))
-    if entries:
-        conn.execute("INSERT INTO ledger (account_id, kind, balance_delta, held_delta, request_id, key_id, "
-                     "created_at) VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(entries)),
-                     [v for e in entries for v in e])
+    # One entry closes the hold: a settle charges the cost and frees the whole hold (what was not charged is
+    # released with it); a hold with nothing charged is released.
+    conn.execute("INSERT INTO ledger (account_id, kind, balance_delta, held_delta, request_id, key_id, created_at) "
+                 "VALUES (?, ?, ?, ?, ?, ?, ?)", (hold["account_id"], "settle" if charged else "release", -charged,
+                                                  -amount, s.request_id, hold["key_id"], s.now))
     if hold["key_id"] is not None:
         if charged:
             _add_key_spend(conn, hold["key_id"], s.month, charged)
