@@ -211,8 +211,8 @@ def closed_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway
 @pytest.fixture(scope="module")
 def strict_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     """Two failed log-ins allowed per address per window (eight per client), two sign-ups per client an hour."""
-    def config(log: Path) -> str:
-        return (base_config(log) + demo_provider() + DEMO_ECHO
+    def config(log: Path) -> str:  # behind a "proxy" on loopback: X-Forwarded-Proto is believed
+        return (base_config(log, trusted_proxies=["127.0.0.1"]) + demo_provider() + DEMO_ECHO
                 + "\n[console]\nlogin_attempts = 2\nlogin_window = 600\nsignups_per_hour = 2\n")
     yield from serve_gateway(tmp_path_factory.mktemp("strict-console"), config, {}, "strict", "0", ("Traceback",))
 
@@ -245,9 +245,23 @@ def test_failed_log_ins_are_rate_limited_per_address_even_when_sent_at_once(stri
     assert ConsoleClient(strict_gateway.url).log_in("fine@example.com").status_code == 303
 
 
-def test_sign_ups_are_limited_per_client_address(strict_gateway: GatewayProcess) -> None:
-    made = [ConsoleClient(strict_gateway.url).sign_up(email()) for _ in range(2)]
+def test_sign_ups_are_limited_per_client_address_and_cookies_are_secure_over_https(
+        strict_gateway: GatewayProcess) -> None:
+    made = [ConsoleClient(strict_gateway.url).sign_up(email()) for _ in range(1)]
     assert all(r.status_code == 303 for r in made)
+    assert "secure" not in made[0].headers["set-cookie"].lower()  # plain http
+    # through a TLS-terminating proxy: the cookies are Secure, and the form's https Origin is the console's own
+    https = ConsoleClient(strict_gateway.url)
+    https.http.headers["X-Forwarded-Proto"] = "https"
+    form = https.get("/console/signup")
+    browser_cookie = form.raw.headers.getlist("set-cookie")[0]
+    assert "secure" in browser_cookie.lower()  # so the jar (on http://) would not send it back: send it by hand
+    host = strict_gateway.url.removeprefix("http://")
+    r = https.post("/console/signup", {"email": email(), "password": PASSWORD, "password2": PASSWORD},
+                   headers={"Origin": f"https://{host}", "Cookie": browser_cookie.split(";")[0]})
+    assert r.status_code == 303
+    cookies = [c.lower() for c in r.raw.headers.getlist("set-cookie")]
+    assert cookies and all("secure" in c and "httponly" in c for c in cookies)
     late = ConsoleClient(strict_gateway.url)
     late.get("/console/signup")
     address = email()
@@ -278,7 +292,7 @@ def test_malformed_forms_and_ids_are_clear_4xx_never_500(gateway: GatewayProcess
     assert "Requests per minute (rpm): a whole number from 0 to 1,000,000,000,000" in alert(
         c.post("/console/keys", {"name": "x", "rpm": "-1"}).text)
     assert "no model is called no-such-model" in alert(c.post("/console/keys", {"name": "x", "models": "no-such-model"}).text)
-    assert "that moment has passed" in alert(c.post("/console/keys", {"name": "x", "expires_at": "2020-01-01"}).text)
+    assert "that day has passed" in alert(c.post("/console/keys", {"name": "x", "expires_at": "2020-01-01"}).text)
     assert "x" not in [k["name"] for k in cli(gateway.config, "keys", "list", env=gateway.env)
                        if k["account_id"] == cli(gateway.config, "users", "list", env=gateway.env)[-1]["account_id"]]
 

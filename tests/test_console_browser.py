@@ -56,6 +56,7 @@ def sign_up(page: Page, gw: GatewayProcess) -> str:
     page.get_by_label("E-mail").fill(address)
     page.get_by_label("Password", exact=True).fill(PASSWORD)
     page.get_by_label("Password again").fill(PASSWORD)
+    screenshot(page, "sign-up")
     page.get_by_role("button", name="Create my account").click()
     expect(page).to_have_url(gw.url + "/console/dashboard")
     return address

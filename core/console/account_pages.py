@@ -43,6 +43,12 @@ def key_settings(form: dict[str, str], creating: bool) -> dict[str, Any]:
         out["models"] = [m.strip() for m in out["models"].replace("\n", ",").split(",") if m.strip()] or "none"
     if out.get("expires_at") not in (None, "none"):
         out["expires_at"] = _end_of_day(out["expires_at"])
+        try:
+            moment = datetime.fromisoformat(out["expires_at"])
+        except ValueError:
+            return out  # Operations says what is wrong with it
+        if (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp() <= time.time():
+            raise FormError("Expires on: that day has passed (disable the key to stop it now).")
     return out
 
 
