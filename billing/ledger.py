@@ -77,14 +77,17 @@ class Ledger:
         return await self.db.run_hot(store.tx_check_key, key.hash, model, time.time())
 
     async def settle(self, request_id: str, prices: TokenPrices, record: UsageRecord, status: int,
-                     duration_ms: float | None, full_prices: TokenPrices | None = None) -> store.Settled | None:
+                     duration_ms: float | None, full_prices: TokenPrices | None = None,
+                     busy: bool = False) -> store.Settled | None:
         """Charge what the usage record says (nothing for source "none") and release the rest. The saving
-        recorded is the usage at `full_prices` (the model's, where `prices` are a cache hit's) less the cost."""
+        recorded is the usage at `full_prices` (the model's, where `prices` are a cache hit's) less the cost.
+        `busy` (other requests are in flight, and the answer has gone): it may wait a few ms to commit with theirs."""
         if record.source == "none":
-            return await self._settle(request_id, 0, record, status, duration_ms)
+            return await self._settle(request_id, 0, record, status, duration_ms, deferred=busy)
         cost = pricing.token_cost(prices, record.usage)
         savings = pricing.full_price_cost(full_prices or prices, record.usage) - cost
-        return await self._settle(request_id, cost, record, status, duration_ms, savings=max(savings, 0))
+        return await self._settle(request_id, cost, record, status, duration_ms, savings=max(savings, 0),
+                                  deferred=busy)
 
     async def settle_amount(self, request_id: str, cost: int, record: UsageRecord, status: int,
                             duration_ms: float | None, units: int = 0, by: str = "request") -> store.Settled | None:
@@ -93,7 +96,7 @@ class Ledger:
 
     async def _settle(self, request_id: str, cost: int, record: UsageRecord, status: int,
                       duration_ms: float | None, by: str = "request", savings: int = 0,
-                      units: int = 0) -> store.Settled | None:
+                      units: int = 0, deferred: bool = False) -> store.Settled | None:
         now = time.time()
         u = record.usage
         try:
@@ -101,7 +104,7 @@ class Ledger:
                 request_id=request_id, cost=cost, input_tokens=u.in_total, output_tokens=u.out_total,
                 cache_read_tokens=u.cache_read, cache_write_tokens=u.cache_write, source=record.source,
                 status=status, duration_ms=duration_ms, now=now, month=month_of(now), by=by, savings=savings,
-                units=units), deferred=True)  # the answer has gone: it may wait a few ms to commit with others
+                units=units), deferred=deferred)
         except Exception:
             self._failed()
             raise

@@ -90,6 +90,7 @@ class Relay:
         self.upstreams = upstreams
         self.metrics = metrics
         self.log = log
+        self.in_flight = 0  # exchanges under way in this worker
 
     async def __call__(self, call: Call, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         x = Exchange(request_id, route_label(scope["path"], call), call, perf_counter())
@@ -105,6 +106,7 @@ class Relay:
                 x.client_gone = True
                 task.cancel()
 
+        self.in_flight += 1
         try:
             try:
                 if scope["method"] != "POST":
@@ -131,6 +133,7 @@ class Relay:
                 raise
             task.uncancel()
         finally:
+            self.in_flight -= 1
             x.finished = True
             if watch is not None:
                 watch.remove_done_callback(on_disconnect)
@@ -626,8 +629,9 @@ class Relay:
                 m.child(m.tokens, model, kind, record.source).inc(n)
         cost = None
         if x.held and x.model is not None:
+            # under load the settlement may wait a few ms to commit with others'; a lone request's commits at once
             settled = await self.ledger.settle(x.request_id, x.prices or x.model.prices, record, status,
-                                               round(total * 1000, 3), x.model.prices)
+                                               round(total * 1000, 3), x.model.prices, busy=self.in_flight > 0)
             cost = settled.charged if settled is not None else None
         if x.answer is not None and x.answer.parts and x.model is not None and record.source in ("upstream", "observed"):
             await self._store_answer(x, record.usage)
