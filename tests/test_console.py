@@ -52,6 +52,11 @@ def test_passwords_are_salted_scrypt_and_checked_exactly() -> None:
     assert not security.check_password("x", "md5$whatever") and not security.check_password("x", "garbage")
 
 
+def test_an_unknown_address_is_checked_at_the_cost_of_a_real_password() -> None:
+    assert security.DUMMY_HASH.startswith(f"scrypt${security.SCRYPT_N}${security.SCRYPT_R}${security.SCRYPT_P}$")
+    assert not security.check_password("", security.DUMMY_HASH)
+
+
 def test_signed_cookies_and_csrf_tokens_refuse_tampering() -> None:
     secret = security.new_secret()
     token, token_hash = security.new_session()

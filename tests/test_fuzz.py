@@ -397,14 +397,19 @@ def settled_wallet(db: sqlite3.Connection) -> tuple[int, int] | None:
     return wallet(db)
 
 
-def check_reply(reply: Reply | None, dialect: str, what: str, db: sqlite3.Connection,
-                before: tuple[int, int] | None) -> None:
-    if reply is None:
-        return  # the server closed the connection without a word: allowed for broken HTTP
+def assert_not_crashed(reply: Reply, what: str) -> None:
+    """No 5xx, and none of Python's error text in the body."""
     assert reply.status < 500, f"{what}: {reply.status} {reply.body[:500]!r}"
     text = reply.body.decode(errors="replace")
     leaked = [word for word in PY_ERROR_TEXT if word in text]
     assert not leaked, f"{what}: Python error text {leaked} in {reply.status} {reply.body[:500]!r}"
+
+
+def check_reply(reply: Reply | None, dialect: str, what: str, db: sqlite3.Connection,
+                before: tuple[int, int] | None) -> None:
+    if reply is None:
+        return  # the server closed the connection without a word: allowed for broken HTTP
+    assert_not_crashed(reply, what)
     if reply.status < 400:
         return
     if not reply.header("x-tt-request-id"):
@@ -586,10 +591,7 @@ def check_console(reply: Reply | None, what: str, db: sqlite3.Connection, before
     """A console answer: never a 5xx nor Python's error text; the fuzz account's wallet as it was."""
     if reply is None:
         return
-    assert reply.status < 500, f"{what}: {reply.status} {reply.body[:500]!r}"
-    text = reply.body.decode(errors="replace")
-    leaked = [word for word in PY_ERROR_TEXT if word in text]
-    assert not leaked, f"{what}: Python error text {leaked} in {reply.status} {reply.body[:300]!r}"
+    assert_not_crashed(reply, what)
     if before is not None:
         assert wallet(db) == before, what
 

@@ -25,29 +25,32 @@ def tx_create_user(conn: sqlite3.Connection, email: str, password_hash: str, acc
     return tx_user(conn, int(cur.lastrowid or 0))
 
 
+def _user(conn: sqlite3.Connection, where: str, args: tuple[Any, ...], password: bool = False) -> dict[str, Any] | None:
+    """The user the condition finds, with its account's name (and its password hash, when asked), or None."""
+    row = conn.execute(f"SELECT {USER_COLUMNS}{', users.password' if password else ''} FROM users JOIN accounts "
+                       f"ON accounts.id = users.account_id WHERE {where}", args).fetchone()
+    return dict(row) if row is not None else None
+
+
 def tx_user(conn: sqlite3.Connection, user_id: int) -> dict[str, Any]:
-    row = conn.execute(f"SELECT {USER_COLUMNS} FROM users JOIN accounts ON accounts.id = users.account_id "
-                       "WHERE users.id = ?", (user_id,)).fetchone()
-    if row is None:
+    found = _user(conn, "users.id = ?", (user_id,))
+    if found is None:
         raise LookupError(f"no user {user_id}")
-    return dict(row)
+    return found
 
 
 def tx_login_user(conn: sqlite3.Connection, email: str) -> dict[str, Any] | None:
     """A user with its password hash, for checking a log-in."""
-    row = conn.execute(f"SELECT {USER_COLUMNS}, users.password FROM users JOIN accounts ON accounts.id = "
-                       "users.account_id WHERE users.email = ?", (email,)).fetchone()
-    return dict(row) if row is not None else None
+    return _user(conn, "users.email = ?", (email,), password=True)
 
 
 def tx_find_user(conn: sqlite3.Connection, ref: str) -> dict[str, Any]:
     """A user by id (all digits) or by e-mail address."""
-    where, arg = ("users.id = ?", int(ref)) if ref.isdigit() else ("users.email = ?", ref.strip().lower())
-    row = conn.execute(f"SELECT {USER_COLUMNS} FROM users JOIN accounts ON accounts.id = users.account_id "
-                       f"WHERE {where}", (arg,)).fetchone()
-    if row is None:
+    found = (_user(conn, "users.id = ?", (int(ref),)) if ref.isdigit()
+             else _user(conn, "users.email = ?", (ref.strip().lower(),)))
+    if found is None:
         raise LookupError(f"no user {ref!r}")
-    return dict(row)
+    return found
 
 
 def tx_list_users(conn: sqlite3.Connection, account_id: int | None = None) -> list[dict[str, Any]]:
@@ -81,11 +84,8 @@ def tx_create_session(conn: sqlite3.Connection, token_hash: bytes, user_id: int,
 
 def tx_session_user(conn: sqlite3.Connection, token_hash: bytes, now: float) -> dict[str, Any] | None:
     """The user of a live session, or None."""
-    row = conn.execute(f"SELECT {USER_COLUMNS} FROM console_sessions JOIN users ON users.id = console_sessions.user_id "
-                       "JOIN accounts ON accounts.id = users.account_id "
-                       "WHERE console_sessions.token_hash = ? AND console_sessions.expires_at > ?",
-                       (token_hash, now)).fetchone()
-    return dict(row) if row is not None else None
+    return _user(conn, "users.id = (SELECT user_id FROM console_sessions WHERE token_hash = ? AND expires_at > ?)",
+                 (token_hash, now))
 
 
 def tx_drop_session(conn: sqlite3.Connection, token_hash: bytes) -> None:

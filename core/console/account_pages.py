@@ -13,7 +13,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from core.console.charts import daily_spend_svg
-from core.console.web import ConsoleWeb, FormError, NotFound, Visitor, operation_message
+from core.console.web import ConsoleWeb, FormError, NotFound, Visitor, sentence
 from core.operations import NotFoundError, OperationError
 
 CHART_DAYS = 30
@@ -62,12 +62,18 @@ def _end_of_day(text: str) -> str:
 def routes(web: ConsoleWeb) -> list[Route]:
     ops = web.ops
 
-    async def dashboard(request: Request, v: Visitor) -> Response:
-        wallet = await ops.wallet(str(v.account_id))
-        keys = await ops.list_keys(str(v.account_id))
-        spent = await ops.month_spend_by_key(v.account_id)
+    async def keys_with_spend(account_id: int) -> list[dict[str, Any]]:
+        """The account's keys, each with what it spent this month (`spent`)."""
+        keys = await ops.list_keys(str(account_id))
+        spent = await ops.month_spend_by_key(account_id)
         for key in keys:
             key["spent"] = spent.get(key["id"], 0)
+        return keys
+
+    async def dashboard(request: Request, v: Visitor) -> Response:
+        wallet = await ops.wallet(str(v.account_id))
+        keys = await keys_with_spend(v.account_id)
+        for key in keys:
             limit = key.get("monthly_limit")
             key["used_percent"] = min(100, round(100 * key["spent"] / limit)) if limit else None
         days = await ops.daily_spend(v.account_id, CHART_DAYS)
@@ -81,10 +87,8 @@ def routes(web: ConsoleWeb) -> list[Route]:
 
     async def _keys_page(request: Request, v: Visitor, revealed: dict[str, Any] | None = None,
                          problem: str | None = None, status: int = 200) -> Response:
-        keys = await ops.list_keys(str(v.account_id))
-        spent = await ops.month_spend_by_key(v.account_id)
+        keys = await keys_with_spend(v.account_id)
         for key in keys:
-            key["spent"] = spent.get(key["id"], 0)
             key["expires_on"] = (datetime.fromtimestamp(key["expires_at"], timezone.utc).strftime("%Y-%m-%d")
                                  if key.get("expires_at") else "")
         models = sorted(web.settings.models)
@@ -101,7 +105,7 @@ def routes(web: ConsoleWeb) -> list[Route]:
         except NotFoundError:
             raise NotFound from None
         except (FormError, OperationError) as exc:
-            message = operation_message(exc) if isinstance(exc, OperationError) else str(exc)
+            message = sentence(str(exc))
             if wants_json(request):
                 return Response(orjson.dumps({"error": message}), status_code=400, media_type="application/json")
             return await _keys_page(request, v, problem=message, status=400)

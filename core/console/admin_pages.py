@@ -12,7 +12,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from billing.pricing import usd_text
-from core.console.web import ConsoleWeb, FormError, Handler, NotFound, Visitor, operation_message
+from core.console.web import ConsoleWeb, FormError, Handler, NotFound, Visitor, sentence
 from core.operations import OperationError, parse_usd
 
 HISTORY_ROWS = 100  # ledger entries on an account's page
@@ -123,7 +123,7 @@ def routes(web: ConsoleWeb) -> list[Route]:
                 note = reason(form)
                 wallet = await run(str(account_id), amount, note)
             except (FormError, OperationError) as exc:
-                message = operation_message(exc) if isinstance(exc, OperationError) else str(exc)
+                message = sentence(str(exc))
                 return await account_page(request, v, message, {**form, "action": action})
             return web.back(f"/console/admin/accounts/{account_id}",
                             f"{done} {usd_text(parse_usd(amount.strip(), 'amount'))} USD ({note}). The balance of "
@@ -166,7 +166,7 @@ def routes(web: ConsoleWeb) -> list[Route]:
             form = await web.form(request)
             credited = await ops.credit_deposit(deposit_id, reason(form))
         except (FormError, OperationError) as exc:
-            message = operation_message(exc) if isinstance(exc, OperationError) else str(exc)
+            message = sentence(str(exc))
             return await deposits_page(request, v, message, {**form, "deposit_id": str(deposit_id)})
         return web.back("/console/admin/deposits", f"Deposit {deposit_id} credited: "
                                                    f"{usd_text(credited['credited'])} USD.", v)

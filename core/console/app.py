@@ -34,14 +34,13 @@ class Console:
     def routes(self) -> list[BaseRoute]:
         if not self.settings.console.enabled:
             return []
-        recharge_desk = self.recharge_desk
         return [Mount("/console", routes=[
             Route("/static/{name}", self.static, methods=["GET"]),
             *login_pages.routes(self.web),
             *account_pages.routes(self.web),
             *usage_pages.routes(self.web),
             *public_pages.routes(self.web),
-            *recharge_pages.routes(self.web, recharge_desk),
+            *recharge_pages.routes(self.web, self.recharge_desk),
             *admin_pages.routes(self.web),
             Route("/{path:path}", self.web.page(self.missing, login=False)),
         ])]

@@ -8,7 +8,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from billing import store
-from core.console.web import SIGNUP_WINDOW, ConsoleWeb, FormError, NotFound, Visitor, operation_message, safe_next
+from core.console.web import SIGNUP_WINDOW, ConsoleWeb, FormError, NotFound, Visitor, sentence, safe_next
 from core.operations import OperationError
 
 
@@ -58,7 +58,7 @@ def routes(web: ConsoleWeb) -> list[Route]:
         except FormError as exc:
             return web.render(v, "signup.html", 400, email=email, problem=str(exc))
         except OperationError as exc:
-            return web.render(v, "signup.html", 400, email=email, problem=operation_message(exc))
+            return web.render(v, "signup.html", 400, email=email, problem=sentence(str(exc)))
         return await web.start_session(v, int(user["id"]), "/console/dashboard")
 
     async def logout(request: Request, v: Visitor) -> Response:
@@ -90,7 +90,7 @@ def routes(web: ConsoleWeb) -> list[Route]:
         except FormError as exc:
             return web.render(v, "password.html", 400, problem=str(exc))
         except OperationError as exc:
-            return web.render(v, "password.html", 400, problem=operation_message(exc))
+            return web.render(v, "password.html", 400, problem=sentence(str(exc)))
         return web.back("/console/dashboard", "Your password was changed; your other sessions have ended.", v)
 
     return [

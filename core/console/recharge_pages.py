@@ -15,7 +15,7 @@ from starlette.routing import Route
 from billing.pricing import usd_to_units
 from billing.recharge import amounts
 from billing.recharge.orders import OrderError, RechargeDesk
-from core.console.web import ConsoleWeb, NotFound, Visitor
+from core.console.web import ConsoleWeb, NotFound, Visitor, sentence
 
 POLL_MS = 3000  # how often an open order's page asks for its status
 OPEN = ("pending", "confirming")
@@ -63,8 +63,7 @@ def order_credit(desk: RechargeDesk, order: dict[str, Any]) -> int | None:
 
 def person_message(err: OrderError) -> str:
     """The desk's message for a form: the field by its label ("Amount: at most 6 decimals")."""
-    text = err.message.replace(f"'{err.param}'", err.param.capitalize(), 1)
-    return text[:1].upper() + text[1:]
+    return sentence(err.message.replace(f"'{err.param}'", err.param.capitalize(), 1))
 
 
 def routes(web: ConsoleWeb, desk: RechargeDesk) -> list[Route]:

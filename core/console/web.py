@@ -3,7 +3,6 @@ rendering the templates, and the log-in pages (sign-up, log-in, log-out, change 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import urllib.parse
@@ -21,7 +20,7 @@ from billing.pricing import usd_text
 from core.clientip import from_scope, public_base_url, public_origin
 from core.config import Settings
 from core.console import security
-from core.operations import BusyError, OperationError, Operations
+from core.operations import BusyError, Operations
 
 log = logging.getLogger("tokentoll.console")
 
@@ -82,7 +81,6 @@ class ConsoleWeb:
         self.ops = ops
         self.db = db
         self.secret = ""
-        self._dummy_hash = ""
         self.templates = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
                                             autoescape=True, undefined=jinja2.StrictUndefined,
                                             trim_blocks=True, lstrip_blocks=True)
@@ -93,7 +91,6 @@ class ConsoleWeb:
     async def start(self) -> None:
         """The signing secret, shared by every worker through the database (made at the first start)."""
         self.secret, _ = await self.db.run(store.tx_setting, "console_secret", security.new_secret())
-        self._dummy_hash = await asyncio.to_thread(security.dummy_hash)
 
     # -- the visitor ------------------------------------------------------------------------
 
@@ -140,9 +137,9 @@ class ConsoleWeb:
             except NotFound:
                 response = self.error(v, 404, "There is nothing here, or it is not yours to see.")
             except FormError as exc:  # a body the console's forms never send
-                response = self.error(v, 400, f"{str(exc)[:1].upper()}{str(exc)[1:]}.")
+                response = self.error(v, 400, sentence(str(exc)) + ".")
             except BusyError as exc:
-                response = self.error(v, 503, operation_message(exc) + ".")
+                response = self.error(v, 503, sentence(str(exc)) + ".")
                 response.headers["retry-after"] = "5"
             return self.finish(response, v)
 
@@ -210,14 +207,6 @@ class ConsoleWeb:
                             secure=v.secure, path="/console", max_age=60)
         return response
 
-    def flash(self, request: Request, response: Response) -> str | None:
-        """The one-time note of the last change, cleared as it is shown."""
-        raw = request.cookies.get(FLASH_COOKIE)
-        if raw is None:
-            return None
-        response.delete_cookie(FLASH_COOKIE, path="/console")
-        return urllib.parse.unquote(raw)[:300]
-
     def show(self, request: Request, v: Visitor, template: str, **context: Any) -> HTMLResponse:
         """A GET page with the last change's note (if any)."""
         note = request.cookies.get(FLASH_COOKIE)
@@ -235,7 +224,7 @@ class ConsoleWeb:
     async def check_password(self, password: str, stored: str | None) -> bool:
         """Against a user's stored hash; with none, against a dummy one (the same cost, so a log-in for an unknown
         address takes as long as a wrong password)."""
-        return await self.ops.check_password(password, stored or self._dummy_hash)
+        return await self.ops.check_password(password, stored or security.DUMMY_HASH)
 
     def client_address(self, request: Request) -> str:
         return from_scope(request.scope, self.settings.server.trusted_proxies)
@@ -296,6 +285,6 @@ def _duration(seconds: int) -> str:
     return f"{(seconds + 59) // 60} minutes"
 
 
-def operation_message(exc: OperationError) -> str:
-    text = str(exc)
+def sentence(text: str) -> str:
+    """A message (Operations' are written lower-case, to go after a colon) as a sentence: its first letter upper-case."""
     return text[:1].upper() + text[1:]
