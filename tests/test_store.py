@@ -167,6 +167,45 @@ def test_a_version_1_database_is_upgraded_in_place_and_keeps_its_rows(tmp_path: 
     conn.close()
 
 
+def test_a_version_4_database_gets_its_hot_tables_rebuilt_with_every_row(tmp_path: Path) -> None:
+    path = str(tmp_path / "books.db")
+    old = sqlite3.connect(path)
+    old.executescript((Path(__file__).parent / "data" / "schema_v4.sql").read_text() + "PRAGMA user_version=4;")
+    old.execute("INSERT INTO accounts (name, balance, held, created_at) VALUES ('old', 100, 30, 0)")
+    old.execute("INSERT INTO holds (request_id, account_id, key_id, model, amount, estimate, tokens, window, owner, "
+                "created_at) VALUES ('r-open', 1, NULL, 'm', 30, 5, 10, 0, 'w', 1.5)")
+    old.execute("INSERT INTO holds (request_id, account_id, key_id, model, amount, estimate, tokens, window, status, "
+                "owner, kind, closed_by, charged, created_at, closed_at) VALUES ('r-done', 1, NULL, 'm', 9, 2, 4, 0, "
+                "'settled', 'w', 'task', 'request', 7, 1.0, 2.0)")
+    for i, kind in enumerate(("credit", "hold", "settle", "hold"), start=40):
+        old.execute("INSERT INTO ledger (id, account_id, kind, balance_delta, held_delta, request_id, note, created_at) "
+                    "VALUES (?, 1, ?, ?, ?, 'r', ?, ?)", (i, kind, i, -i, f"n{i}", float(i)))
+    old.commit()
+    before = {t: old.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall() for t in ("holds", "ledger")}
+    old.close()
+    conn = engine.connect(path)
+    conn.row_factory = None
+    engine.migrate(conn)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == engine.SCHEMA_VERSION
+    assert {t: conn.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall() for t in ("holds", "ledger")} == before
+    fresh = sqlite3.connect(str(tmp_path / "fresh.db"))
+    engine.migrate(fresh)
+
+    def definitions(c: sqlite3.Connection) -> list[tuple[str, str]]:
+        return c.execute("SELECT name, sql FROM sqlite_master WHERE tbl_name IN ('holds', 'ledger') AND sql IS NOT NULL "
+                         "ORDER BY name").fetchall()
+
+    assert definitions(conn) == definitions(fresh)  # the tables and their indexes, as a new database makes them
+    assert not any(" IN (" in sql for _, sql in definitions(conn))
+    with pytest.raises(sqlite3.IntegrityError):  # the checks still hold
+        conn.execute("INSERT INTO ledger (account_id, kind, balance_delta, held_delta, created_at) "
+                     "VALUES (1, 'gift', 0, 0, 0)")
+    with pytest.raises(sqlite3.IntegrityError):
+        conn.execute("UPDATE holds SET status = 'lost' WHERE request_id = 'r-open'")
+    assert conn.execute("SELECT request_id FROM holds WHERE status = 'open'").fetchall() == [("r-open",)]
+    conn.close()
+
+
 def test_a_database_from_a_newer_gateway_is_refused(tmp_path: Path) -> None:
     conn = sqlite3.connect(str(tmp_path / "new.db"))
     conn.execute(f"PRAGMA user_version={engine.SCHEMA_VERSION + 1}")
