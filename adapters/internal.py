@@ -305,7 +305,7 @@ def data_url(media: Media) -> str:
     return f"data:{media.mime};base64,{media.data}"
 
 
-_CALL_ID_OK = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_CALL_ID_OK = re.compile(r"[A-Za-z0-9_-]{1,64}")  # used with fullmatch: `$` would pass a trailing newline
 _CALL_ID_BAD = re.compile(r"[^A-Za-z0-9_-]")
 SIGNATURE_MARK = "__ts_"  # call-id suffix carrying a Gemini thoughtSignature through formats that drop it
 
@@ -313,7 +313,7 @@ SIGNATURE_MARK = "__ts_"  # call-id suffix carrying a Gemini thoughtSignature th
 def sanitize_call_id(call_id: str) -> str:
     """A tool-call id Anthropic accepts (^[A-Za-z0-9_-]+$), deterministic so that a call and its
     result map to the same id; a short hash keeps rewritten ids apart."""
-    if _CALL_ID_OK.match(call_id):
+    if _CALL_ID_OK.fullmatch(call_id):
         return call_id
     digest = hashlib.sha256(call_id.encode()).hexdigest()[:8]
     return f"{_CALL_ID_BAD.sub('_', call_id)[:48]}_{digest}" if call_id else f"call_{digest}"

@@ -754,3 +754,16 @@ def test_any_upstream_chunks_are_read_without_crashing(chunks: list[Any]) -> Non
         for event in reader.feed("", orjson.dumps(chunk)):
             assert not isinstance(event, ToolCallDelta) or event.id
     upstream.parse_response(chunks[0] if chunks else None)
+
+
+@pytest.mark.parametrize("name", ["get_weather\n", "get_weather\r\n", "\nget_weather"])
+def test_a_tool_name_with_a_line_break_is_refused_for_gemini(name: str) -> None:
+    chat = Chat(messages=[Message("user", [Text("hi")])], tools=[Tool(name, "", {"type": "object"})])
+    with pytest.raises(InvalidRequest) as refused:
+        upstream.build_request(chat, "gemini-2.5-flash", 10)
+    assert refused.value.param == "tools"
+
+
+def test_a_signature_with_a_trailing_newline_is_not_base64_for_gemini() -> None:
+    from adapters.gemini.common import valid_signature
+    assert valid_signature(SIG) and not valid_signature(SIG + "\n")

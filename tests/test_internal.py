@@ -54,3 +54,14 @@ def test_the_estimate_counts_every_kind_of_part() -> None:
                             Message("assistant", [ToolCall("c1", "get_weather", '{"city":"Paris"}')]),
                             Message("user", [ToolResult("c1", [Text("sunny")])])])
     assert internal.estimate_prompt(richer) > small + 765  # an image alone is 765
+
+
+def test_an_id_with_a_trailing_newline_is_rewritten() -> None:  # `$` in a pattern passes "\n" at the end
+    clean = internal.sanitize_call_id("toolu_1\n")
+    assert clean != "toolu_1\n" and re.fullmatch(r"[A-Za-z0-9_-]{1,64}", clean)
+
+
+def test_an_item_type_is_quoted_back_only_when_it_is_a_plain_name() -> None:
+    from adapters.openai.responses_request import _unsupported_item
+    assert "'web_search_call' item" in _unsupported_item("web_search_call", "input[0]")
+    assert "\n" not in _unsupported_item("web_search_call\n", "input[0]")

@@ -38,12 +38,12 @@ def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
-_B64 = re.compile(r"^[A-Za-z0-9+/_-]+={0,2}$")
+_B64 = re.compile(r"[A-Za-z0-9+/_-]+={0,2}")  # fullmatch: `$` passes a trailing newline
 
 
 def valid_signature(sig: Any) -> bool:
     """A thoughtSignature Gemini (and google-genai's bytes field) can decode: base64, either alphabet."""
-    return isinstance(sig, str) and bool(_B64.match(sig)) and len(sig.rstrip("=")) % 4 != 1
+    return isinstance(sig, str) and bool(_B64.fullmatch(sig)) and len(sig.rstrip("=")) % 4 != 1
 
 
 _FILES_API = re.compile(r"^https://generativelanguage\.googleapis\.com/[^?#]*/files/", re.I)

@@ -54,7 +54,7 @@ def remote_media(chat: Chat) -> list[Media]:
     return [m for m in _all_media(chat) if m.data is None and m.url and not gemini_fetchable(m.url)]
 
 
-_NAME_OK = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,63}$")
+_NAME_OK = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,63}")  # fullmatch: `$` passes a trailing newline
 _EFFORT_BUDGET = {"minimal": 512, "low": 1024, "medium": 8192, "high": 24576}
 
 
@@ -81,7 +81,7 @@ def build_request(chat: Chat, upstream_model: str, max_output: int) -> tuple[str
 
 
 def _declaration(tool: Tool) -> dict[str, Any]:
-    if not _NAME_OK.match(tool.name):
+    if not _NAME_OK.fullmatch(tool.name):
         raise InvalidRequest("tool names must start with a letter or _ and use only letters, digits, "
                              "_ . : - (64 at most) for this model", "tools")
     decl: dict[str, Any] = {"name": tool.name}

@@ -16,7 +16,7 @@ from adapters.openai.common import EFFORTS, EMPTY_PARAMETERS, number, opt_bool
 __all__ = ["CARRIER_PREFIX", "carrier", "parse_request", "read_carrier"]
 
 CARRIER_PREFIX = "tokentoll.v1."  # our reasoning items' encrypted_content: signatures to hand back next turn
-_NAME = re.compile(r"^[a-z][a-z0-9_.-]{0,39}$")  # a type name safe to quote back in an error message
+_NAME = re.compile(r"[a-z][a-z0-9_.-]{0,39}")  # a type name safe to quote back in an error message
 _SUMMARIES = ("auto", "concise", "detailed")
 _FILE_TYPES = {"pdf": "application/pdf", "txt": "text/plain", "md": "text/markdown", "csv": "text/csv",
                "html": "text/html", "json": "application/json", "xml": "application/xml", "png": "image/png",
@@ -139,7 +139,7 @@ def _unsupported_item(kind: Any, param: str) -> str:
     if kind == "item_reference":
         return f"'{param}' refers to an item stored at OpenAI; this model is served by another provider: " \
                "send the item itself"
-    if isinstance(kind, str) and _NAME.match(kind):
+    if isinstance(kind, str) and _NAME.fullmatch(kind):
         return f"'{param}' is a '{kind}' item, which {_OPENAI_ONLY}; send message, function_call, " \
                "function_call_output or reasoning items"
     return f"'{param}.type' must be message, function_call, function_call_output or reasoning"
@@ -276,7 +276,7 @@ def _parse_tools(value: Any) -> list[Tool]:
             raise InvalidRequest(f"'{param}' must be an object", param)
         kind = tool.get("type")
         if kind != "function":
-            quoted = f"the '{kind}' tool" if isinstance(kind, str) and _NAME.match(kind) else "this tool type"
+            quoted = f"the '{kind}' tool" if isinstance(kind, str) and _NAME.fullmatch(kind) else "this tool type"
             raise InvalidRequest(f"'{param}': {quoted} {_OPENAI_ONLY}; only 'function' tools can be used",
                                  f"{param}.type")
         name = _req_str(tool, "name", param)
