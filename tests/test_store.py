@@ -218,17 +218,19 @@ def test_processes_starting_together_on_a_new_database_make_its_schema_once(tmp_
     start = threading.Barrier(4)
     errors: list[BaseException] = []
 
-    def starter() -> None:
-        conn = engine.connect(path)
-        start.wait()
+    def starter() -> None:  # as a worker starts: open the database (a new file), then bring its schema up
         try:
-            engine.migrate(conn)
+            start.wait(30)
+            conn = engine.connect(path)
+            try:
+                engine.migrate(conn)
+            finally:
+                conn.close()
         except BaseException as exc:  # noqa: BLE001 - collected for the assertion
             errors.append(exc)
-        finally:
-            conn.close()
+            start.abort()
 
-    threads = [threading.Thread(target=starter) for _ in range(4)]
+    threads = [threading.Thread(target=starter, daemon=True) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:

@@ -9,6 +9,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -489,13 +490,30 @@ def connect(path: str, synchronous: str = "NORMAL", busy_timeout_ms: int = 30000
     # Small pages (set on a new database only): a request dirties about a dozen pages of small rows,
     # and every one is written to the WAL at commit: 1 KiB pages write a quarter of the bytes.
     conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
-    conn.execute("PRAGMA journal_mode=WAL")
+    _set_wal(conn, busy_timeout_ms / 1000)
     # fewer, larger checkpoints; none at all on the event loop's connection (the thread does its checkpoints)
     conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES if autocheckpoint else 0}")
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
     conn.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
     return conn
+
+
+def _set_wal(conn: sqlite3.Connection, timeout: float) -> None:
+    """WAL mode, waiting for other connections: turning a new database to WAL needs it alone, and SQLite
+    answers "database is locked" at once, without its busy handler, while another process opens it too
+    (workers starting together on a new file)."""
+    deadline = time.monotonic() + timeout
+    pause = 0.001
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if not _busy(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)  # a start-up path, never on the event loop's hot path
+        pause = min(pause * 2, 0.05)
 
 
 # From each older version to the next; a new database gets SCHEMA whole.
