@@ -49,7 +49,7 @@ class Ledger:
         amount = pricing.hold_amount(prices, prompt_estimate, max_output)
         estimate = pricing.hold_amount(prices, prompt_estimate, 0)
         try:
-            return await self.db.run_hot(store.tx_admit, store.HoldRequest(
+            return await self.db.run_hot_each(store.tx_admit_all, store.HoldRequest(
                 request_id=request_id, owner=self.owner, key_hash=key.hash, model=model, amount=amount,
                 estimate=estimate, tokens=prompt_estimate + max_output, now=now, month=month_of(now),
                 window=int(now // 60), default_rpm=self.default_rpm, default_tpm=self.default_tpm))
@@ -64,7 +64,7 @@ class Ledger:
         "task" leaves the hold to the task poller."""
         now = time.time()
         try:
-            return await self.db.run_hot(store.tx_admit, store.HoldRequest(
+            return await self.db.run_hot_each(store.tx_admit_all, store.HoldRequest(
                 request_id=request_id, owner=self.owner, key_hash=key.hash, model=model, amount=amount,
                 estimate=estimate, tokens=0, now=now, month=month_of(now), window=int(now // 60),
                 default_rpm=self.default_rpm, default_tpm=self.default_tpm, kind=kind))
@@ -100,7 +100,7 @@ class Ledger:
         now = time.time()
         u = record.usage
         try:
-            return await self.db.run_hot(store.tx_settle, store.Settlement(
+            return await self.db.run_hot_each(store.tx_settle_all, store.Settlement(
                 request_id=request_id, cost=cost, input_tokens=u.in_total, output_tokens=u.out_total,
                 cache_read_tokens=u.cache_read, cache_write_tokens=u.cache_write, source=record.source,
                 status=status, duration_ms=duration_ms, now=now, month=month_of(now), by=by, savings=savings,

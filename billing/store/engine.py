@@ -251,6 +251,7 @@ class _Op:
     fn: Callable[..., Any]
     args: tuple[Any, ...]
     future: asyncio.Future[Any]
+    each: bool = False  # fn(conn, items) takes the items of every such operation of a transaction at once
 
 
 class Store:
@@ -310,19 +311,34 @@ class Store:
 
     async def run_hot(self, fn: Callable[..., T], *args: Any, deferred: bool = False) -> T:
         """`deferred`: the caller can wait a few ms (DEFER_SECONDS) for others to commit with."""
-        if self._hot_conn is None:
-            return await self.run(fn, *args)
+        return await self._queue_hot(_Op(fn, args, self._new_future()), deferred)
+
+    async def run_hot_each(self, fn: Callable[[sqlite3.Connection, list[Any]], list[T]], item: Any,
+                           deferred: bool = False) -> T:
+        """Like run_hot, for a function of many items (fn(conn, items) -> one result per item, in order): the
+        items queued for one transaction go to one call, which can write them with a statement per table
+        rather than several per item."""
+        return await self._queue_hot(_Op(fn, (item,), self._new_future(), each=True), deferred)
+
+    def _new_future(self) -> asyncio.Future[Any]:
         if self._closed or self._loop is None:
             raise StoreClosed("the store is closed")
-        future: asyncio.Future[T] = self._loop.create_future()
+        return self._loop.create_future()
+
+    async def _queue_hot(self, op: _Op, deferred: bool) -> Any:
+        if self._hot_conn is None:
+            self._queue.put([op])
+            return await op.future
+        assert self._loop is not None
+        future = op.future
         if deferred:
-            self._deferred.append(_Op(fn, args, future))
+            self._deferred.append(op)
             if len(self._deferred) >= DEFER_BATCH:
                 self._schedule_turn()
             elif self._timer is None and not self._turn_due:
                 self._timer = self._loop.call_later(DEFER_SECONDS, self._run_hot_turn)
         else:
-            self._hot.append(_Op(fn, args, future))
+            self._hot.append(op)
             self._schedule_turn()
         return await future
 
@@ -338,7 +354,11 @@ class Store:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        batch, self._hot, self._deferred = self._deferred + self._hot, [], []
+        # The operations of one turn come from requests running concurrently, so any order is one they could have
+        # come in: they run grouped by function, in the order each function first came (deferred settlements
+        # first), each group in the order it was queued.
+        batch = grouped(self._deferred + self._hot)
+        self._hot, self._deferred = [], []
         if not batch:
             return
         assert self._hot_conn is not None and self._loop is not None
@@ -405,7 +425,7 @@ def run_batch(conn: sqlite3.Connection, batch: list[_Op], busy_gives_up: bool) -
         return None if busy_gives_up and _busy(failed) else [(op.future, None, failed) for op in batch]
     try:
         try:  # the common case, with no savepoint statements: nothing raises
-            results: Results = [(op.future, op.fn(conn, *op.args), None) for op in batch]
+            results = _run_all(conn, batch)
         except Exception as exc:  # noqa: BLE001 - handed to its caller below
             conn.execute("ROLLBACK")
             if len(batch) == 1:
@@ -419,6 +439,33 @@ def run_batch(conn: sqlite3.Connection, batch: list[_Op], busy_gives_up: bool) -
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         return [(op.future, None, exc) for op in batch]
+    return results
+
+
+def grouped(batch: list[_Op]) -> list[_Op]:
+    """The operations grouped by function, in the order each function first appears; each group keeps its order."""
+    groups: dict[Callable[..., Any], list[_Op]] = {}
+    for op in batch:
+        groups.setdefault(op.fn, []).append(op)
+    return [op for group in groups.values() for op in group]
+
+
+def _run_all(conn: sqlite3.Connection, batch: list[_Op]) -> Results:
+    """Every operation in order; consecutive operations of one function of many items make one call."""
+    results: Results = []
+    i = 0
+    while i < len(batch):
+        op = batch[i]
+        if not op.each:
+            results.append((op.future, op.fn(conn, *op.args), None))
+            i += 1
+            continue
+        j = i + 1
+        while j < len(batch) and batch[j].each and batch[j].fn is op.fn:
+            j += 1
+        values = op.fn(conn, [o.args[0] for o in batch[i:j]])
+        results.extend((o.future, value, None) for o, value in zip(batch[i:j], values, strict=True))
+        i = j
     return results
 
 
@@ -439,7 +486,7 @@ def _run_isolated(conn: sqlite3.Connection, batch: list[_Op]) -> Results:
     for op in batch:
         conn.execute("SAVEPOINT op")
         try:
-            value = op.fn(conn, *op.args)
+            value = op.fn(conn, [op.args[0]])[0] if op.each else op.fn(conn, *op.args)
         except Exception as exc:  # noqa: BLE001 - the op's own failure, for its caller
             conn.execute("ROLLBACK TO op")
             conn.execute("RELEASE op")

@@ -43,54 +43,120 @@ class HoldRequest:
 
 def tx_admit(conn: sqlite3.Connection, r: HoldRequest) -> Admission:
     """Authenticate, check the key's limits, and place the hold: all or nothing."""
-    key = conn.execute("SELECT * FROM api_keys WHERE hash = ?", (r.key_hash,)).fetchone()
-    refusal = key_refusal(key, r.model, r.now)
-    if refusal is not None:
-        return refusal
-    rpm = key["rpm"] if key["rpm"] is not None else r.default_rpm
-    tpm = key["tpm"] if key["tpm"] is not None else r.default_tpm
-    limited = bool(rpm or tpm)
-    used_requests = used_tokens = 0
-    if limited:
-        win = conn.execute("SELECT requests, tokens FROM rate_windows WHERE key_id = ? AND window = ?",
-                           (key["id"], r.window)).fetchone()
-        if win is not None:
-            used_requests, used_tokens = win["requests"], win["tokens"]
-        if rpm and used_requests + 1 > rpm:
-            return Admission("rate_limit_requests", {"limit": rpm, "remaining": 0, "used": used_requests,
-                                                     "tpm": tpm, "tokens_used": used_tokens})
-        if tpm and r.tokens > tpm:  # can never pass, whatever the wait
-            return Admission("request_over_tpm", {"limit": tpm, "needed": r.tokens})
-        if tpm and used_tokens + r.tokens > tpm:
-            return Admission("rate_limit_tokens", {"limit": tpm, "remaining": max(tpm - used_tokens, 0),
-                                                   "needed": r.tokens, "rpm": rpm, "requests_used": used_requests})
-    if key["monthly_limit"] is not None:
-        committed = conn.execute(
-            "SELECT COALESCE((SELECT spent FROM key_spend WHERE key_id = ?1 AND month = ?2), 0) + "
-            "COALESCE((SELECT SUM(amount) FROM holds WHERE key_id = ?1 AND status = 'open'), 0)",
-            (key["id"], r.month)).fetchone()[0]
-        if committed + r.amount > key["monthly_limit"]:
-            return Admission("api_key_quota_exceeded", {"limit": key["monthly_limit"], "committed": committed,
-                                                        "needed": r.amount})
-    account_id = key["account_id"]
-    moved = conn.execute("UPDATE accounts SET held = held + ? WHERE id = ? AND balance - held >= ?",
-                         (r.amount, account_id, r.amount)).rowcount
-    if moved != 1:
-        row = conn.execute("SELECT balance - held AS available FROM accounts WHERE id = ?", (account_id,)).fetchone()
-        return Admission("billing_shortfall", {"needed": r.amount, "available": row["available"]})
-    window = r.window if limited else 0  # 0: not counted against any rate window
-    conn.execute("INSERT INTO holds (request_id, account_id, key_id, model, amount, estimate, tokens, window, "
-                 "owner, kind, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                 (r.request_id, account_id, key["id"], r.model, r.amount, r.estimate, r.tokens, window, r.owner,
-                  r.kind, r.now))
-    conn.execute("INSERT INTO ledger (account_id, kind, balance_delta, held_delta, request_id, key_id, created_at) "
-                 "VALUES (?, 'hold', 0, ?, ?, ?, ?)", (account_id, r.amount, r.request_id, key["id"], r.now))
-    if limited:
-        conn.execute("INSERT INTO rate_windows (key_id, window, requests, tokens) VALUES (?, ?, 1, ?) "
-                     "ON CONFLICT (key_id, window) DO UPDATE SET requests = requests + 1, "
-                     "tokens = tokens + excluded.tokens", (key["id"], r.window, r.tokens))
-    return Admission("", {"rpm": rpm, "tpm": tpm, "requests_used": used_requests + 1,
-                          "tokens_used": used_tokens + r.tokens}, key["id"], account_id)
+    return tx_admit_all(conn, [r])[0]
+
+
+def tx_admit_all(conn: sqlite3.Connection, requests: list[HoldRequest]) -> list[Admission]:
+    """Admissions decided in order, each exactly as if it ran alone after the ones before it, then written
+    with one statement per table, account, key and rate window rather than several per request."""
+    turn = _Admissions(conn)
+    decided = [turn.admit(r) for r in requests]
+    turn.write()
+    return decided
+
+
+class _Admissions:
+    """One transaction's admissions: what each reads comes from the database once, plus what the
+    admissions before it in the same transaction placed; the writes wait for write()."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.keys: dict[bytes, sqlite3.Row | None] = {}
+        self.available: dict[int, int] = {}  # account -> balance - held, as this transaction has left it
+        self.held: dict[int, int] = {}  # account -> held by this transaction's admissions
+        self.windows: dict[tuple[int, int], list[int]] = {}  # (key, minute) -> [requests, tokens] so far
+        self.counted: dict[tuple[int, int], list[int]] = {}  # (key, minute) -> [requests, tokens] this transaction
+        self.committed: dict[tuple[int, str], int] = {}  # (key, month) -> spent + open holds, before this transaction
+        self.placed: dict[int, int] = {}  # key -> held by this transaction's admissions
+        self.holds: list[tuple[Any, ...]] = []
+        self.entries: list[tuple[Any, ...]] = []
+
+    def key(self, key_hash: bytes) -> sqlite3.Row | None:
+        if key_hash not in self.keys:
+            self.keys[key_hash] = self.conn.execute("SELECT * FROM api_keys WHERE hash = ?", (key_hash,)).fetchone()
+        return self.keys[key_hash]
+
+    def admit(self, r: HoldRequest) -> Admission:
+        key = self.key(r.key_hash)
+        refusal = key_refusal(key, r.model, r.now)
+        if refusal is not None:
+            return refusal
+        assert key is not None
+        key_id, account_id = key["id"], key["account_id"]
+        rpm = key["rpm"] if key["rpm"] is not None else r.default_rpm
+        tpm = key["tpm"] if key["tpm"] is not None else r.default_tpm
+        limited = bool(rpm or tpm)
+        used_requests = used_tokens = 0
+        if limited:
+            used_requests, used_tokens = self._window(key_id, r.window)
+            if rpm and used_requests + 1 > rpm:
+                return Admission("rate_limit_requests", {"limit": rpm, "remaining": 0, "used": used_requests,
+                                                         "tpm": tpm, "tokens_used": used_tokens})
+            if tpm and r.tokens > tpm:  # can never pass, whatever the wait
+                return Admission("request_over_tpm", {"limit": tpm, "needed": r.tokens})
+            if tpm and used_tokens + r.tokens > tpm:
+                return Admission("rate_limit_tokens", {"limit": tpm, "remaining": max(tpm - used_tokens, 0),
+                                                       "needed": r.tokens, "rpm": rpm, "requests_used": used_requests})
+        if key["monthly_limit"] is not None:
+            committed = self._committed(key_id, r.month) + self.placed.get(key_id, 0)
+            if committed + r.amount > key["monthly_limit"]:
+                return Admission("api_key_quota_exceeded", {"limit": key["monthly_limit"], "committed": committed,
+                                                            "needed": r.amount})
+        available = self._available(account_id)
+        if available < r.amount:
+            return Admission("billing_shortfall", {"needed": r.amount, "available": available})
+        self.available[account_id] = available - r.amount
+        self.held[account_id] = self.held.get(account_id, 0) + r.amount
+        self.placed[key_id] = self.placed.get(key_id, 0) + r.amount
+        window = r.window if limited else 0  # 0: not counted against any rate window
+        self.holds.append((r.request_id, account_id, key_id, r.model, r.amount, r.estimate, r.tokens, window, r.owner,
+                           r.kind, r.now))
+        self.entries.append((account_id, r.amount, r.request_id, key_id, r.now))
+        if limited:
+            for tally in (self.windows[(key_id, r.window)], self.counted.setdefault((key_id, r.window), [0, 0])):
+                tally[0] += 1
+                tally[1] += r.tokens
+        return Admission("", {"rpm": rpm, "tpm": tpm, "requests_used": used_requests + 1,
+                              "tokens_used": used_tokens + r.tokens}, key_id, account_id)
+
+    def _window(self, key_id: int, minute: int) -> list[int]:
+        if (key_id, minute) not in self.windows:
+            row = self.conn.execute("SELECT requests, tokens FROM rate_windows WHERE key_id = ? AND window = ?",
+                                    (key_id, minute)).fetchone()
+            self.windows[(key_id, minute)] = [row[0], row[1]] if row is not None else [0, 0]
+        return self.windows[(key_id, minute)]
+
+    def _committed(self, key_id: int, month: str) -> int:
+        if (key_id, month) not in self.committed:
+            self.committed[(key_id, month)] = self.conn.execute(
+                "SELECT COALESCE((SELECT spent FROM key_spend WHERE key_id = ?1 AND month = ?2), 0) + "
+                "COALESCE((SELECT SUM(amount) FROM holds WHERE key_id = ?1 AND status = 'open'), 0)",
+                (key_id, month)).fetchone()[0]  # the holds this transaction placed are not written yet
+        return self.committed[(key_id, month)]
+
+    def _available(self, account_id: int) -> int:
+        if account_id not in self.available:
+            self.available[account_id] = self.conn.execute("SELECT balance - held FROM accounts WHERE id = ?",
+                                                           (account_id,)).fetchone()[0]
+        return self.available[account_id]
+
+    def write(self) -> None:
+        for account_id, amount in self.held.items():
+            moved = self.conn.execute("UPDATE accounts SET held = held + ? WHERE id = ? AND balance - held >= ?",
+                                      (amount, account_id, amount)).rowcount
+            if moved != 1:  # the transaction read the account itself: only a bug gets here
+                raise RuntimeError(f"account {account_id} could not hold what its admissions placed")
+        if self.holds:
+            self.conn.executemany(
+                "INSERT INTO holds (request_id, account_id, key_id, model, amount, estimate, tokens, window, owner, "
+                "kind, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", self.holds)
+            self.conn.executemany(
+                "INSERT INTO ledger (account_id, kind, balance_delta, held_delta, request_id, key_id, created_at) "
+                "VALUES (?, 'hold', 0, ?, ?, ?, ?)", self.entries)
+        for (key_id, minute), (requests, tokens) in self.counted.items():
+            self.conn.execute("INSERT INTO rate_windows (key_id, window, requests, tokens) VALUES (?, ?, ?, ?) "
+                              "ON CONFLICT (key_id, window) DO UPDATE SET requests = requests + excluded.requests, "
+                              "tokens = tokens + excluded.tokens", (key_id, minute, requests, tokens))
 
 
 def key_refusal(key: sqlite3.Row | None, model: str | None, now: float) -> Admission | None:
@@ -143,72 +209,147 @@ class Settled:
 def tx_settle(conn: sqlite3.Connection, s: Settlement) -> Settled | None:
     """Charge the real cost (never more than the wallet holds), release the rest, write the usage
     row. Idempotent: a hold that is already closed is left as it is. None: no such hold."""
-    hold = conn.execute("SELECT h.*, a.balance - a.held AS available FROM holds h JOIN accounts a "
-                        "ON a.id = h.account_id WHERE h.request_id = ?", (s.request_id,)).fetchone()
-    if hold is None:
-        return None
-    if hold["status"] != "open":
-        if hold["closed_by"] == "safety_net" and s.by == "request":
-            return _settle_late(conn, hold, s)
-        return Settled(hold["charged"] or 0, 0, 0, already=True)
-    amount = hold["amount"]
-    coverable = hold["available"] + amount
-    charged = min(s.cost, coverable)
-    from_hold = min(charged, amount)
-    released = amount - from_hold
-    conn.execute("UPDATE accounts SET balance = balance - ?, held = held - ? WHERE id = ?",
-                 (charged, amount, hold["account_id"]))
-    # One entry closes the hold: a settle charges the cost and frees the whole hold (what was not charged is
-    # released with it); a hold with nothing charged is released.
-    conn.execute("INSERT INTO ledger (account_id, kind, balance_delta, held_delta, request_id, key_id, created_at) "
-                 "VALUES (?, ?, ?, ?, ?, ?, ?)", (hold["account_id"], "settle" if charged else "release", -charged,
-                                                  -amount, s.request_id, hold["key_id"], s.now))
-    if hold["key_id"] is not None:
-        if charged:
-            _add_key_spend(conn, hold["key_id"], s.month, charged)
-        actual_tokens = s.input_tokens + s.output_tokens
-        if hold["window"] and actual_tokens != hold["tokens"]:  # TPM counts what was really used
-            conn.execute("UPDATE rate_windows SET tokens = MAX(tokens + ?, 0) WHERE key_id = ? AND window = ?",
-                         (actual_tokens - hold["tokens"], hold["key_id"], hold["window"]))
-    conn.execute("UPDATE holds SET status = ?, charged = ?, closed_at = ?, closed_by = ? WHERE request_id = ?",
-                 ("settled" if charged else "released", charged, s.now, s.by, s.request_id))
-    conn.execute("INSERT OR IGNORE INTO usage (request_id, account_id, key_id, model, input_tokens, output_tokens, "
-                 "cache_read_tokens, cache_write_tokens, cost, unbilled, source, status, duration_ms, created_at, "
-                 "savings, units) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                 (s.request_id, hold["account_id"], hold["key_id"], hold["model"], s.input_tokens, s.output_tokens,
-                  s.cache_read_tokens, s.cache_write_tokens, charged, s.cost - charged, s.source, s.status,
-                  s.duration_ms, s.now, s.savings, s.units))
-    return Settled(charged, released, s.cost - charged)
+    return tx_settle_all(conn, [s])[0]
 
 
-def _add_key_spend(conn: sqlite3.Connection, key_id: int, month: str, amount: int) -> None:
-    """A key's spend this month, moved by `amount` (negative when a charge is given back), never below 0."""
-    conn.execute("INSERT INTO key_spend (key_id, month, spent) VALUES (?, ?, MAX(?, 0)) ON CONFLICT (key_id, month) "
-                 "DO UPDATE SET spent = MAX(spent + ?, 0)", (key_id, month, amount, amount))
+def tx_settle_all(conn: sqlite3.Connection, settlements: list[Settlement]) -> list[Settled | None]:
+    """Settlements decided in order, each exactly as if it ran alone after the ones before it, then written
+    with one statement per account, key and rate window (and one batch of rows per table)."""
+    turn = _Settlements(conn, [s.request_id for s in settlements])
+    decided = [turn.settle(s) for s in settlements]
+    turn.write()
+    return decided
 
 
-def _settle_late(conn: sqlite3.Connection, hold: sqlite3.Row, s: Settlement) -> Settled:
-    """The request outlived its hold: the safety net charged the prompt estimate, and now the real
-    cost is known. Charge (or give back) the difference, never below zero, once."""
-    delta = s.cost - (hold["charged"] or 0)
-    extra = min(delta, hold["available"]) if delta > 0 else delta
-    if extra:
-        conn.execute("UPDATE accounts SET balance = balance - ? WHERE id = ?", (extra, hold["account_id"]))
-        conn.execute("INSERT INTO ledger (account_id, kind, balance_delta, held_delta, request_id, key_id, note, "
-                     "created_at) VALUES (?, ?, ?, 0, ?, ?, 'the request ended after the safety net closed its hold', ?)",
-                     (hold["account_id"], "settle" if extra > 0 else "adjustment", -extra, s.request_id,
-                      hold["key_id"], s.now))
-        if hold["key_id"] is not None:
-            _add_key_spend(conn, hold["key_id"], s.month, extra)
-    charged = (hold["charged"] or 0) + extra
-    conn.execute("UPDATE holds SET charged = ?, closed_by = 'request', status = ? WHERE request_id = ?",
-                 (charged, "settled" if charged else "released", s.request_id))
-    conn.execute("UPDATE usage SET input_tokens = ?, output_tokens = ?, cache_read_tokens = ?, cache_write_tokens = ?, "
-                 "cost = ?, unbilled = ?, source = ?, status = ?, duration_ms = ?, savings = ?, units = ? "
-                 "WHERE request_id = ?",
-                 (s.input_tokens, s.output_tokens, s.cache_read_tokens, s.cache_write_tokens, charged,
-                  s.cost - charged, s.source, s.status, s.duration_ms, s.savings, s.units, s.request_id))
-    return Settled(charged, 0, s.cost - charged)
+LATE_NOTE = "the request ended after the safety net closed its hold"
+
+
+class _Settlements:
+    """One transaction's settlements: every hold they name is read at once, each account once; what the
+    settlements before one changed is kept here, and the writes wait for write()."""
+
+    def __init__(self, conn: sqlite3.Connection, request_ids: list[str]) -> None:
+        self.conn = conn
+        wanted = list(dict.fromkeys(request_ids))
+        rows = (conn.execute("SELECT * FROM holds WHERE request_id = ?", wanted) if len(wanted) == 1 else
+                conn.execute("SELECT * FROM holds WHERE request_id IN (SELECT value FROM json_each(?))",
+                             (json.dumps(wanted),)))
+        self.holds: dict[str, dict[str, Any]] = {row["request_id"]: dict(row) for row in rows}
+        self.closed: list[str] = []  # holds this transaction changed, in order
+        self.available: dict[int, int] = {}  # account -> balance - held, as this transaction has left it
+        self.moved: dict[int, list[int]] = {}  # account -> [balance taken, held freed]
+        self.entries: list[tuple[Any, ...]] = []
+        self.spend: dict[tuple[int, str], list[int]] = {}  # (key, month) -> spend changes, in order
+        self.tokens: dict[tuple[int, int], list[int]] = {}  # (key, minute) -> TPM corrections, in order
+        self.usage_rows: list[tuple[Any, ...]] = []
+        self.usage_updates: list[tuple[Any, ...]] = []
+
+    def settle(self, s: Settlement) -> Settled | None:
+        hold = self.holds.get(s.request_id)
+        if hold is None:
+            return None
+        if hold["status"] != "open":
+            if hold["closed_by"] == "safety_net" and s.by == "request":
+                return self._late(hold, s)
+            return Settled(hold["charged"] or 0, 0, 0, already=True)
+        account_id, key_id, amount = hold["account_id"], hold["key_id"], hold["amount"]
+        charged = min(s.cost, self._available(account_id) + amount)
+        released = amount - min(charged, amount)
+        self._move(account_id, charged, amount)
+        # One entry closes the hold: a settle charges the cost and frees the whole hold (what was not charged is
+        # released with it); a hold with nothing charged is released.
+        self.entries.append((account_id, "settle" if charged else "release", -charged, -amount, s.request_id, key_id,
+                             None, s.now))
+        if key_id is not None:
+            if charged:
+                self.spend.setdefault((key_id, s.month), []).append(charged)
+            actual_tokens = s.input_tokens + s.output_tokens
+            if hold["window"] and actual_tokens != hold["tokens"]:  # TPM counts what was really used
+                self.tokens.setdefault((key_id, hold["window"]), []).append(actual_tokens - hold["tokens"])
+        hold.update(status="settled" if charged else "released", charged=charged, closed_at=s.now, closed_by=s.by)
+        self.closed.append(s.request_id)
+        self.usage_rows.append((s.request_id, account_id, key_id, hold["model"], s.input_tokens, s.output_tokens,
+                                s.cache_read_tokens, s.cache_write_tokens, charged, s.cost - charged, s.source,
+                                s.status, s.duration_ms, s.now, s.savings, s.units))
+        return Settled(charged, released, s.cost - charged)
+
+    def _late(self, hold: dict[str, Any], s: Settlement) -> Settled:
+        """The request outlived its hold: the safety net charged the prompt estimate, and now the real
+        cost is known. Charge (or give back) the difference, never below zero, once."""
+        account_id, key_id = hold["account_id"], hold["key_id"]
+        delta = s.cost - (hold["charged"] or 0)
+        extra = min(delta, self._available(account_id)) if delta > 0 else delta
+        if extra:
+            self._move(account_id, extra, 0)
+            self.entries.append((account_id, "settle" if extra > 0 else "adjustment", -extra, 0, s.request_id, key_id,
+                                 LATE_NOTE, s.now))
+            if key_id is not None:
+                self.spend.setdefault((key_id, s.month), []).append(extra)
+        charged = (hold["charged"] or 0) + extra
+        hold.update(charged=charged, closed_by="request", status="settled" if charged else "released")
+        self.closed.append(s.request_id)
+        self.usage_updates.append((s.input_tokens, s.output_tokens, s.cache_read_tokens, s.cache_write_tokens, charged,
+                                   s.cost - charged, s.source, s.status, s.duration_ms, s.savings, s.units,
+                                   s.request_id))
+        return Settled(charged, 0, s.cost - charged)
+
+    def _available(self, account_id: int) -> int:
+        if account_id not in self.available:
+            self.available[account_id] = self.conn.execute("SELECT balance - held FROM accounts WHERE id = ?",
+                                                           (account_id,)).fetchone()[0]
+        return self.available[account_id]
+
+    def _move(self, account_id: int, taken: int, freed: int) -> None:
+        """`taken` leaves the balance, `freed` leaves the held amount."""
+        self.available[account_id] = self._available(account_id) + freed - taken
+        moved = self.moved.setdefault(account_id, [0, 0])
+        moved[0] += taken
+        moved[1] += freed
+
+    def write(self) -> None:
+        conn = self.conn
+        for account_id, (taken, freed) in self.moved.items():
+            conn.execute("UPDATE accounts SET balance = balance - ?, held = held - ? WHERE id = ?",
+                         (taken, freed, account_id))
+        if self.entries:
+            conn.executemany("INSERT INTO ledger (account_id, kind, balance_delta, held_delta, request_id, key_id, "
+                             "note, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", self.entries)
+        for (key_id, month), changes in self.spend.items():
+            for amount in same_sign_sums(changes):
+                conn.execute("INSERT INTO key_spend (key_id, month, spent) VALUES (?, ?, MAX(?, 0)) ON CONFLICT "
+                             "(key_id, month) DO UPDATE SET spent = MAX(spent + ?, 0)", (key_id, month, amount, amount))
+        for (key_id, minute), changes in self.tokens.items():
+            for tokens in same_sign_sums(changes):
+                conn.execute("UPDATE rate_windows SET tokens = MAX(tokens + ?, 0) WHERE key_id = ? AND window = ?",
+                             (tokens, key_id, minute))
+        if not self.closed:
+            return
+        conn.executemany("UPDATE holds SET status = ?, charged = ?, closed_at = ?, closed_by = ? WHERE request_id = ?",
+                         [(h["status"], h["charged"], h["closed_at"], h["closed_by"], rid)
+                          for rid, h in ((rid, self.holds[rid]) for rid in dict.fromkeys(self.closed))])
+        # a request's usage row is inserted when its hold closes and updated by a late settlement: every insert
+        # first, then every update, keeps each request's own order
+        if self.usage_rows:
+            conn.executemany("INSERT OR IGNORE INTO usage (request_id, account_id, key_id, model, input_tokens, "
+                             "output_tokens, cache_read_tokens, cache_write_tokens, cost, unbilled, source, status, "
+                             "duration_ms, created_at, savings, units) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+                             "?, ?, ?)", self.usage_rows)
+        if self.usage_updates:
+            conn.executemany("UPDATE usage SET input_tokens = ?, output_tokens = ?, cache_read_tokens = ?, "
+                             "cache_write_tokens = ?, cost = ?, unbilled = ?, source = ?, status = ?, duration_ms = ?, "
+                             "savings = ?, units = ? WHERE request_id = ?", self.usage_updates)
+
+
+def same_sign_sums(changes: list[int]) -> list[int]:
+    """Runs of changes of one sign, each summed. For a count kept at zero or above (MAX(count + change, 0)),
+    applying the sums one by one ends where applying every change one by one ends."""
+    sums: list[int] = []
+    for change in changes:
+        if sums and (sums[-1] >= 0) == (change >= 0):
+            sums[-1] += change
+        else:
+            sums.append(change)
+    return sums
 
 
 def tx_stale_holds(conn: sqlite3.Connection, before: float, now: float, limit: int) -> list[dict[str, Any]]:
