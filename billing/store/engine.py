@@ -260,7 +260,9 @@ class Store:
     `await store.run_hot(fn, *args)` is for the per-request transactions (admit, settle): those of one
     event-loop turn run as one transaction right on the loop, with no thread hop; when another
     connection (another worker, the CLI, the safety net) holds the write lock, they queue on the
-    thread instead, which waits for it. Checkpoints of the WAL run on the thread, never on the loop."""
+    thread instead, which waits for it. A turn's operations run grouped by function, not in the order
+    they were queued: callers that need an order between two operations await the first before queuing
+    the second. Checkpoints of the WAL run on the thread, never on the loop."""
 
     def __init__(self, path: str, synchronous: str = "NORMAL", hot_inline: bool = True) -> None:
         self.path = path
