@@ -809,12 +809,6 @@ def alternate(on: Target, off: Target, what: str, route: Route, conns: int,
             [a.per_second / b.per_second for a, b in zip(on_runs, off_runs)])
 
 
-def joined(a: WrkResult, b: WrkResult) -> WrkResult:
-    """Two runs of the same kind as one: their requests over their time, mean latency and CPU."""
-    return WrkResult(a.requests + b.requests, a.seconds + b.seconds, (a.p50_ms + b.p50_ms) / 2,
-                     max(a.p99_ms, b.p99_ms), (a.cpu + b.cpu) / 2, (a.cpu_sys + b.cpu_sys) / 2)
-
-
 def load(plan: Plan, targets: tuple[Target, ...], off: Target) -> tuple[list[Side], BillingOff, Translated]:
     """The same runs against every target, one measurement at a time, the targets in turn; the billing-off
     gateway joins the non-stream and stream throughput runs, right after the gateway under test."""
@@ -842,7 +836,7 @@ def load(plan: Plan, targets: tuple[Target, ...], off: Target) -> tuple[list[Sid
         before = run_on(gateway, f"{passthrough.name}-before-translated", passthrough, c, s)
         lanes.append(run_on(gateway, f"claude-{translated.name}", translated, c, s))
         after = run_on(gateway, f"{passthrough.name}-after-translated", passthrough, c, s)
-        lanes.append(joined(before, after))
+        lanes.append(joined_all([before, after]))
     claude_reqs, around_reqs, claude_streams, around_streams = lanes
     step(f"{CHUNKS}-chunk streams paced {PACE_MS} ms per event, {c} connections")
     paced = run_each(targets, "paced", PACED, c, s)

@@ -139,10 +139,17 @@ def test_wal_checkpoints_run_on_the_thread_outside_any_transaction(tmp_path: Pat
     assert busy == 0 and frames > 0 and copied == frames  # the whole WAL went back into the database
 
 
+def old_database(path: str, version: int) -> sqlite3.Connection:
+    """A database as a gateway of that schema version made it (tests/data/schema_v<version>.sql)."""
+    old = sqlite3.connect(path)
+    old.executescript((Path(__file__).parent / "data" / f"schema_v{version}.sql").read_text() +
+                      f"PRAGMA user_version={version};")
+    return old
+
+
 def test_a_version_1_database_is_upgraded_in_place_and_keeps_its_rows(tmp_path: Path) -> None:
     path = str(tmp_path / "books.db")
-    old = sqlite3.connect(path)
-    old.executescript((Path(__file__).parent / "data" / "schema_v1.sql").read_text() + "PRAGMA user_version=1;")
+    old = old_database(path, 1)
     old.execute("INSERT INTO accounts (name, balance, created_at) VALUES ('old', 7, 0)")
     old.execute("INSERT INTO usage (request_id, account_id, model, input_tokens, output_tokens, cache_read_tokens, "
                 "cache_write_tokens, cost, source, status, created_at) VALUES ('r1', 1, 'm', 1, 2, 0, 0, 3, "
@@ -169,8 +176,7 @@ def test_a_version_1_database_is_upgraded_in_place_and_keeps_its_rows(tmp_path: 
 
 def test_a_version_4_database_gets_its_hot_tables_rebuilt_with_every_row(tmp_path: Path) -> None:
     path = str(tmp_path / "books.db")
-    old = sqlite3.connect(path)
-    old.executescript((Path(__file__).parent / "data" / "schema_v4.sql").read_text() + "PRAGMA user_version=4;")
+    old = old_database(path, 4)
     old.execute("INSERT INTO accounts (name, balance, held, created_at) VALUES ('old', 100, 30, 0)")
     old.execute("INSERT INTO holds (request_id, account_id, key_id, model, amount, estimate, tokens, window, owner, "
                 "created_at) VALUES ('r-open', 1, NULL, 'm', 30, 5, 10, 0, 'w', 1.5)")

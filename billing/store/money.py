@@ -135,10 +135,7 @@ class _Admissions:
         return self.committed[(key_id, month)]
 
     def _available(self, account_id: int) -> int:
-        if account_id not in self.available:
-            self.available[account_id] = self.conn.execute("SELECT balance - held FROM accounts WHERE id = ?",
-                                                           (account_id,)).fetchone()[0]
-        return self.available[account_id]
+        return wallet_available(self.conn, self.available, account_id)
 
     def write(self) -> None:
         for account_id, amount in self.held.items():
@@ -294,10 +291,7 @@ class _Settlements:
         return Settled(charged, 0, s.cost - charged)
 
     def _available(self, account_id: int) -> int:
-        if account_id not in self.available:
-            self.available[account_id] = self.conn.execute("SELECT balance - held FROM accounts WHERE id = ?",
-                                                           (account_id,)).fetchone()[0]
-        return self.available[account_id]
+        return wallet_available(self.conn, self.available, account_id)
 
     def _move(self, account_id: int, taken: int, freed: int) -> None:
         """`taken` leaves the balance, `freed` leaves the held amount."""
@@ -338,6 +332,14 @@ class _Settlements:
             conn.executemany("UPDATE usage SET input_tokens = ?, output_tokens = ?, cache_read_tokens = ?, "
                              "cache_write_tokens = ?, cost = ?, unbilled = ?, source = ?, status = ?, duration_ms = ?, "
                              "savings = ?, units = ? WHERE request_id = ?", self.usage_updates)
+
+
+def wallet_available(conn: sqlite3.Connection, known: dict[int, int], account_id: int) -> int:
+    """An account's balance - held: as `known` has it (what this transaction has left it at), else as read."""
+    if account_id not in known:
+        known[account_id] = conn.execute("SELECT balance - held FROM accounts WHERE id = ?",
+                                         (account_id,)).fetchone()[0]
+    return known[account_id]
 
 
 def same_sign_sums(changes: list[int]) -> list[int]:
