@@ -8,7 +8,9 @@ import sqlite3
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -246,3 +248,88 @@ def test_processes_starting_together_on_a_new_database_make_its_schema_once(tmp_
     assert conn.execute("PRAGMA user_version").fetchone()[0] == engine.SCHEMA_VERSION
     assert conn.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = 'accounts'").fetchone()[0] == 1
     conn.close()
+
+
+def ticking(step: float) -> Callable[[], float]:
+    """A clock that moves `step` seconds each time it is read: every loop iteration looks that long."""
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += step
+        return now[0]
+
+    return clock
+
+
+def insert_setting(conn: sqlite3.Connection, name: str) -> None:
+    conn.execute("INSERT INTO settings VALUES (?, 'v')", (name,))
+
+
+async def queue_one_per_iteration(db: store.Store, names: list[str]) -> list[asyncio.Future[Any]]:
+    """One hot operation queued at each of len(names) loop iterations in a row."""
+    pending = []
+    for name in names:
+        pending.append(asyncio.ensure_future(db.run_hot(insert_setting, name)))
+        await asyncio.sleep(0)
+    return pending
+
+
+def test_on_a_quiet_loop_each_operation_commits_at_the_next_iteration(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine, "clock", ticking(engine.BUSY_ITERATION_SECONDS / 10))
+
+    async def go() -> None:
+        db = store.Store(str(tmp_path / "books.db"))
+        await db.start()
+        try:
+            first = asyncio.ensure_future(db.run_hot(insert_setting, "a"))
+            for _ in range(3):  # the task queues it; the turn runs at the next iteration; the task wakes
+                await asyncio.sleep(0)
+            assert first.done() and db._hot_commits == 1
+            await asyncio.gather(*await queue_one_per_iteration(db, ["b", "c", "d"]))
+            assert db._hot_commits == 4  # nobody waited for company
+        finally:
+            await db.close()
+
+    run(go())
+
+
+def test_while_the_loop_is_busy_a_turn_waits_for_company_at_most_company_seconds(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    step = engine.BUSY_ITERATION_SECONDS * 2  # each iteration looks busy
+    monkeypatch.setattr(engine, "clock", ticking(step))
+    iterations_allowed = int(engine.COMPANY_SECONDS / step)
+
+    async def go() -> None:
+        db = store.Store(str(tmp_path / "books.db"))
+        await db.start()
+        try:
+            pending = await queue_one_per_iteration(db, [f"s{i}" for i in range(5)])
+            assert db._hot_commits == 0 and not any(p.done() for p in pending)  # all waiting together
+            for _ in range(iterations_allowed + 3):  # the loop stays busy: the turn runs at the limit all the same
+                await asyncio.sleep(0)
+            assert all(p.done() for p in pending) and db._hot_commits == 1
+            names = await db.run(lambda c: sorted(r[0] for r in c.execute("SELECT name FROM settings")))
+            assert names == [f"s{i}" for i in range(5)]
+        finally:
+            await db.close()
+
+    run(go())
+
+
+def test_a_full_turn_does_not_wait_for_company(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine, "clock", ticking(engine.BUSY_ITERATION_SECONDS * 2))
+    monkeypatch.setattr(engine, "DEFER_BATCH", 4)
+
+    async def go() -> None:
+        db = store.Store(str(tmp_path / "books.db"))
+        await db.start()
+        try:
+            pending = [asyncio.ensure_future(db.run_hot(insert_setting, f"s{i}")) for i in range(4)]
+            for _ in range(3):
+                await asyncio.sleep(0)
+            assert all(p.done() for p in pending) and db._hot_commits == 1
+        finally:
+            await db.close()
+
+    run(go())
