@@ -44,7 +44,8 @@ class Ledger:
 
     async def admit(self, request_id: str, key: Presented, model: str, prices: TokenPrices, prompt_estimate: int,
                     max_output: int) -> store.Admission:
-        """Authenticate the key and hold the most this request can cost, in one transaction."""
+        """Authenticate the key and hold the most this request can cost, in one transaction. A caller cancelled
+        before the transaction begins gets no hold (its settlement then finds none and charges nothing)."""
         now = time.time()
         amount = pricing.hold_amount(prices, prompt_estimate, max_output)
         estimate = pricing.hold_amount(prices, prompt_estimate, 0)
@@ -52,7 +53,7 @@ class Ledger:
             return await self.db.run_hot_each(store.tx_admit_all, store.HoldRequest(
                 request_id=request_id, owner=self.owner, key_hash=key.hash, model=model, amount=amount,
                 estimate=estimate, tokens=prompt_estimate + max_output, now=now, month=month_of(now),
-                window=int(now // 60), default_rpm=self.default_rpm, default_tpm=self.default_tpm))
+                window=int(now // 60), default_rpm=self.default_rpm, default_tpm=self.default_tpm), abandonable=True)
         except Exception:
             self._failed()
             raise
@@ -67,7 +68,7 @@ class Ledger:
             return await self.db.run_hot_each(store.tx_admit_all, store.HoldRequest(
                 request_id=request_id, owner=self.owner, key_hash=key.hash, model=model, amount=amount,
                 estimate=estimate, tokens=0, now=now, month=month_of(now), window=int(now // 60),
-                default_rpm=self.default_rpm, default_tpm=self.default_tpm, kind=kind))
+                default_rpm=self.default_rpm, default_tpm=self.default_tpm, kind=kind), abandonable=True)
         except Exception:
             self._failed()
             raise

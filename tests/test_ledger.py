@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from billing import store
+from billing.store import engine
 from billing.keys import check_presented, new_key
 from billing.ledger import Ledger
 from billing.metering import NO_USAGE, Usage, UsageRecord
@@ -184,6 +188,66 @@ def test_savings_are_the_full_price_less_the_cost(tmp_path: Path) -> None:
         settled = await ledger.settle("r", cached, UsageRecord(Usage(1000, 10, cache_read=800), "upstream"), 200, 1.0)
         assert settled is not None and settled.charged == 200 + 80 + 20
         assert (await db.run(store.tx_request_usage, "r"))["savings"] == (1000 + 20) - 300
+        await db.close()
+
+    asyncio.run(scenario())
+
+
+def busy_loop_clock() -> Callable[[], float]:
+    """Every loop iteration looks busy to the store, so a turn waits for company (see engine.COMPANY_SECONDS)."""
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += engine.BUSY_ITERATION_SECONDS * 2
+        return now[0]
+
+    return clock
+
+
+def test_a_request_cancelled_while_its_hold_waits_to_be_written_gets_no_hold(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The relay settles a cancelled request at once; its hold, still queued, must not be placed after that
+    settlement found nothing to close (the bench found 156 holds left open that way)."""
+    monkeypatch.setattr(engine, "clock", busy_loop_clock())
+
+    async def scenario() -> None:
+        db, ledger, plaintext, account_id = await open_books(tmp_path / "db", balance=10_000)
+        key = check_presented(plaintext)
+        kept = asyncio.ensure_future(ledger.admit("kept", key, "m", PRICES, 100, 100))
+        gone = asyncio.ensure_future(ledger.admit("gone", key, "m", PRICES, 100, 100))
+        await asyncio.sleep(0)  # both queued, their turn waiting for company
+        gone.cancel()
+        settled = await ledger.settle("gone", PRICES, NO_USAGE, 499, 1.0)  # in the same turn as the holds
+        assert settled is None
+        assert not (await kept).error
+        assert [h["request_id"] for h in await db.run(store.tx_open_holds)] == ["kept"]
+        assert (await db.run(store.tx_account, account_id))["held"] == 300
+        await check_books(db)
+        await db.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_hold_queued_behind_another_writer_is_not_placed_once_its_request_is_cancelled(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        db, ledger, plaintext, account_id = await open_books(tmp_path / "db", balance=10_000)
+        key = check_presented(plaintext)
+        blocker = engine.connect(str(tmp_path / "db"))
+        blocker.execute("BEGIN IMMEDIATE")  # another process writing: the hold goes to the database thread
+        gone = asyncio.ensure_future(ledger.admit("gone", key, "m", PRICES, 100, 100))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        gone.cancel()
+        settling = asyncio.ensure_future(ledger.settle("gone", PRICES, NO_USAGE, 499, 1.0))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not settling.done()  # queued behind the same lock
+        blocker.execute("COMMIT")
+        blocker.close()
+        assert await settling is None
+        assert await db.run(store.tx_open_holds) == []
+        assert (await db.run(store.tx_account, account_id))["held"] == 0
+        await check_books(db)
         await db.close()
 
     asyncio.run(scenario())

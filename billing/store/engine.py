@@ -260,6 +260,9 @@ class _Op:
     args: tuple[Any, ...]
     future: asyncio.Future[Any]
     each: bool = False  # fn(conn, items) takes the items of every such operation of a transaction at once
+    # not run if its caller has stopped waiting (its future is cancelled) when the transaction begins: a hold for
+    # a request that has gone (see Ledger.admit); the request's own settlement then finds no hold to close
+    abandonable: bool = False
 
 
 class Store:
@@ -328,11 +331,13 @@ class Store:
         return await self._queue_hot(_Op(fn, args, self._new_future()), deferred)
 
     async def run_hot_each(self, fn: Callable[[sqlite3.Connection, list[Any]], list[T]], item: Any,
-                           deferred: bool = False) -> T:
+                           deferred: bool = False, abandonable: bool = False) -> T:
         """Like run_hot, for a function of many items (fn(conn, items) -> one result per item, in order): the
         items queued for one transaction go to one call, which can write them with a statement per table
-        rather than several per item."""
-        return await self._queue_hot(_Op(fn, (item,), self._new_future(), each=True), deferred)
+        rather than several per item. `abandonable`: the item is dropped if the caller is cancelled before its
+        transaction begins."""
+        return await self._queue_hot(_Op(fn, (item,), self._new_future(), each=True, abandonable=abandonable),
+                                     deferred)
 
     def _new_future(self) -> asyncio.Future[Any]:
         if self._closed or self._loop is None:
@@ -454,13 +459,16 @@ def run_batch(conn: sqlite3.Connection, batch: list[_Op], busy_gives_up: bool) -
     failed = _begin(conn)
     if failed is not None:
         return None if busy_gives_up and _busy(failed) else [(op.future, None, failed) for op in batch]
+    # With the write lock held: a hold whose request was cancelled before this point is not placed (the request's
+    # settlement, in this transaction or a later one, finds no hold); one cancelled after it is closed by it.
+    batch = [op for op in batch if not (op.abandonable and op.future.cancelled())]
     try:
         try:  # the common case, with no savepoint statements: nothing raises
             results = _run_all(conn, batch)
         except Exception as exc:  # noqa: BLE001 - handed to its caller below
             conn.execute("ROLLBACK")
-            if len(batch) == 1:
-                return [(batch[0].future, None, exc)]
+            if len(batch) <= 1:
+                return [(op.future, None, exc) for op in batch]
             failed = _begin(conn)
             if failed is not None:
                 return None if busy_gives_up and _busy(failed) else [(op.future, None, failed) for op in batch]
