@@ -97,6 +97,18 @@ def wait_for(probe: Callable[[], Any], timeout: float, what: str) -> Any:
         time.sleep(0.01)
 
 
+def ticking(step: float) -> Callable[[], float]:
+    """A clock that moves `step` seconds each time it is read: every event-loop iteration the store times with
+    it (engine.clock) looks that long."""
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += step
+        return now[0]
+
+    return clock
+
+
 def fresh_minute(margin: float = 5.0) -> None:
     """Rate limits count per clock minute: a test that must stay inside one minute starts early in it."""
     left = 60 - time.time() % 60

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from hypothesis import strategies as st
 
 from billing import store
 from billing.store import engine
+from tests.conftest import ticking
 from billing.keys import check_presented, new_key
 from billing.ledger import Ledger
 from billing.metering import NO_USAGE, Usage, UsageRecord
@@ -193,22 +193,11 @@ def test_savings_are_the_full_price_less_the_cost(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
-def busy_loop_clock() -> Callable[[], float]:
-    """Every loop iteration looks busy to the store, so a turn waits for company (see engine.COMPANY_SECONDS)."""
-    now = [0.0]
-
-    def clock() -> float:
-        now[0] += engine.BUSY_ITERATION_SECONDS * 2
-        return now[0]
-
-    return clock
-
-
 def test_a_request_cancelled_while_its_hold_waits_to_be_written_gets_no_hold(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The relay settles a cancelled request at once; its hold, still queued, must not be placed after that
     settlement found nothing to close (the bench found 156 holds left open that way)."""
-    monkeypatch.setattr(engine, "clock", busy_loop_clock())
+    monkeypatch.setattr(engine, "clock", ticking(engine.BUSY_ITERATION_SECONDS * 2))  # every iteration looks busy
 
     async def scenario() -> None:
         db, ledger, plaintext, account_id = await open_books(tmp_path / "db", balance=10_000)

@@ -8,7 +8,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import pytest
 
 from billing import store
 from billing.store import engine
+from tests.conftest import ticking
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -248,17 +248,6 @@ def test_processes_starting_together_on_a_new_database_make_its_schema_once(tmp_
     assert conn.execute("PRAGMA user_version").fetchone()[0] == engine.SCHEMA_VERSION
     assert conn.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = 'accounts'").fetchone()[0] == 1
     conn.close()
-
-
-def ticking(step: float) -> Callable[[], float]:
-    """A clock that moves `step` seconds each time it is read: every loop iteration looks that long."""
-    now = [0.0]
-
-    def clock() -> float:
-        now[0] += step
-        return now[0]
-
-    return clock
 
 
 def insert_setting(conn: sqlite3.Connection, name: str) -> None:
