@@ -45,7 +45,8 @@ class Ledger:
     async def admit(self, request_id: str, key: Presented, model: str, prices: TokenPrices, prompt_estimate: int,
                     max_output: int) -> store.Admission:
         """Authenticate the key and hold the most this request can cost, in one transaction. A caller cancelled
-        before the transaction begins gets no hold (its settlement then finds none and charges nothing)."""
+        before the transaction begins gets no hold (its settlement then finds none and charges nothing), so a
+        cancellation must end the request: no wait_for or shield around this that goes on to forward it."""
         now = time.time()
         amount = pricing.hold_amount(prices, prompt_estimate, max_output)
         estimate = pricing.hold_amount(prices, prompt_estimate, 0)

@@ -322,3 +322,45 @@ def test_a_full_turn_does_not_wait_for_company(tmp_path: Path, monkeypatch: pyte
             await db.close()
 
     run(go())
+
+
+def test_a_hold_is_not_placed_if_its_request_goes_while_a_failed_batch_lets_go_of_the_lock(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch with a failing operation rolls back and takes the lock again to run one by one; a request
+    cancelled in between has been settled (finding no hold) and must not get its hold after all."""
+    path = str(tmp_path / "books.db")
+
+    def place(conn: sqlite3.Connection, names: list[str]) -> list[None]:
+        conn.executemany("INSERT INTO settings VALUES (?, 'held')", [(n,) for n in names])
+        return [None for _ in names]
+
+    def refused(conn: sqlite3.Connection) -> None:
+        raise ValueError("refused")
+
+    async def go() -> None:
+        db = store.Store(path)
+        await db.start()
+        await db.close()
+        loop = asyncio.get_running_loop()
+        hold = engine._Op(place, ("gone",), loop.create_future(), each=True, abandonable=True)
+        kept = engine._Op(place, ("kept",), loop.create_future(), each=True, abandonable=True)
+        failing = engine._Op(refused, (), loop.create_future())
+        real_begin = engine._begin
+        begins: list[int] = []
+
+        def begin(conn: sqlite3.Connection) -> sqlite3.OperationalError | None:
+            begins.append(1)
+            if len(begins) == 2:
+                hold.future.cancel()  # the request went while the lock was let go
+            return real_begin(conn)
+
+        monkeypatch.setattr(engine, "_begin", begin)
+        conn = engine.connect(path)
+        results = engine.run_batch(conn, [hold, kept, failing], busy_gives_up=False)
+        assert len(begins) == 2
+        assert [(future is kept.future, future is failing.future, type(exc)) for future, _, exc in results] == [
+            (True, False, type(None)), (False, True, ValueError)]
+        assert [r[0] for r in conn.execute("SELECT name FROM settings ORDER BY name")] == ["kept"]
+        conn.close()
+
+    run(go())

@@ -260,8 +260,8 @@ class _Op:
     args: tuple[Any, ...]
     future: asyncio.Future[Any]
     each: bool = False  # fn(conn, items) takes the items of every such operation of a transaction at once
-    # not run if its caller has stopped waiting (its future is cancelled) when the transaction begins: a hold for
-    # a request that has gone (see Ledger.admit); the request's own settlement then finds no hold to close
+    # not run if its caller has stopped waiting (its future is cancelled) when the transaction takes the lock: a
+    # hold for a request that has gone (see still_wanted); its caller must never forward after a cancellation
     abandonable: bool = False
 
 
@@ -459,9 +459,7 @@ def run_batch(conn: sqlite3.Connection, batch: list[_Op], busy_gives_up: bool) -
     failed = _begin(conn)
     if failed is not None:
         return None if busy_gives_up and _busy(failed) else [(op.future, None, failed) for op in batch]
-    # With the write lock held: a hold whose request was cancelled before this point is not placed (the request's
-    # settlement, in this transaction or a later one, finds no hold); one cancelled after it is closed by it.
-    batch = [op for op in batch if not (op.abandonable and op.future.cancelled())]
+    batch = still_wanted(batch)
     try:
         try:  # the common case, with no savepoint statements: nothing raises
             results = _run_all(conn, batch)
@@ -472,6 +470,7 @@ def run_batch(conn: sqlite3.Connection, batch: list[_Op], busy_gives_up: bool) -
             failed = _begin(conn)
             if failed is not None:
                 return None if busy_gives_up and _busy(failed) else [(op.future, None, failed) for op in batch]
+            batch = still_wanted(batch)  # the rollback let go of the lock: the request may have gone since
             results = _run_isolated(conn, batch)
         conn.execute("COMMIT")
     except sqlite3.Error as exc:  # the commit itself failed: nothing of the batch happened
@@ -479,6 +478,13 @@ def run_batch(conn: sqlite3.Connection, batch: list[_Op], busy_gives_up: bool) -
             conn.execute("ROLLBACK")
         return [(op.future, None, exc) for op in batch]
     return results
+
+
+def still_wanted(batch: list[_Op]) -> list[_Op]:
+    """Called with the write lock just taken: a hold whose request was cancelled before this point is not
+    placed (the request's settlement, in this transaction or a later one, finds no hold); one cancelled after
+    it is closed by that settlement, which cannot commit before this transaction does."""
+    return [op for op in batch if not (op.abandonable and op.future.cancelled())]
 
 
 def grouped(batch: list[_Op]) -> list[_Op]:
