@@ -97,16 +97,17 @@ def wait_for(probe: Callable[[], Any], timeout: float, what: str) -> Any:
         time.sleep(0.01)
 
 
-def ticking(step: float) -> Callable[[], float]:
+class Ticking:
     """A clock that moves `step` seconds each time it is read: every event-loop iteration the store times with
-    it (engine.clock) looks that long."""
-    now = [0.0]
+    it (engine.clock) looks that long. `now` can be moved on by hand."""
 
-    def clock() -> float:
-        now[0] += step
-        return now[0]
+    def __init__(self, step: float) -> None:
+        self.step = step
+        self.now = 0.0
 
-    return clock
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
 
 
 def fresh_minute(margin: float = 5.0) -> None:

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from billing import store
 from billing.store import engine
-from tests.conftest import ticking
+from tests.conftest import Ticking
 from billing.keys import check_presented, new_key
 from billing.ledger import Ledger
 from billing.metering import NO_USAGE, Usage, UsageRecord
@@ -197,7 +197,7 @@ def test_a_request_cancelled_while_its_hold_waits_to_be_written_gets_no_hold(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The relay settles a cancelled request at once; its hold, still queued, must not be placed after that
     settlement found nothing to close (the bench found 156 holds left open that way)."""
-    monkeypatch.setattr(engine, "clock", ticking(engine.BUSY_ITERATION_SECONDS * 2))  # every iteration looks busy
+    monkeypatch.setattr(engine, "clock", Ticking(engine.BUSY_ITERATION_SECONDS * 2))  # every iteration looks busy
 
     async def scenario() -> None:
         db, ledger, plaintext, account_id = await open_books(tmp_path / "db", balance=10_000)

@@ -15,7 +15,7 @@ import pytest
 
 from billing import store
 from billing.store import engine
-from tests.conftest import ticking
+from tests.conftest import Ticking
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -265,7 +265,7 @@ async def queue_one_per_iteration(db: store.Store, names: list[str]) -> list[asy
 
 def test_on_a_quiet_loop_each_operation_commits_at_the_next_iteration(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(engine, "clock", ticking(engine.BUSY_ITERATION_SECONDS / 10))
+    monkeypatch.setattr(engine, "clock", Ticking(engine.BUSY_ITERATION_SECONDS / 10))
 
     async def go() -> None:
         db = store.Store(str(tmp_path / "books.db"))
@@ -283,23 +283,47 @@ def test_on_a_quiet_loop_each_operation_commits_at_the_next_iteration(tmp_path: 
     run(go())
 
 
-def test_while_the_loop_is_busy_a_turn_waits_for_company_at_most_company_seconds(
+def test_while_the_loop_is_busy_and_company_comes_a_turn_waits_for_it_at_most_company_seconds(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     step = engine.BUSY_ITERATION_SECONDS * 2  # each iteration looks busy
-    monkeypatch.setattr(engine, "clock", ticking(step))
+    monkeypatch.setattr(engine, "clock", Ticking(step))
     iterations_allowed = int(engine.COMPANY_SECONDS / step)
 
     async def go() -> None:
         db = store.Store(str(tmp_path / "books.db"))
         await db.start()
         try:
-            pending = await queue_one_per_iteration(db, [f"s{i}" for i in range(5)])
+            first = [asyncio.ensure_future(db.run_hot(insert_setting, f"a{i}")) for i in range(engine.COMPANY_SEEN)]
+            later = await queue_one_per_iteration(db, [f"b{i}" for i in range(5)])
+            pending = first + later
             assert db._hot_commits == 0 and not any(p.done() for p in pending)  # all waiting together
             for _ in range(iterations_allowed + 3):  # the loop stays busy: the turn runs at the limit all the same
                 await asyncio.sleep(0)
             assert all(p.done() for p in pending) and db._hot_commits == 1
             names = await db.run(lambda c: sorted(r[0] for r in c.execute("SELECT name FROM settings")))
-            assert names == [f"s{i}" for i in range(5)]
+            assert len(names) == engine.COMPANY_SEEN + 5
+        finally:
+            await db.close()
+
+    run(go())
+
+
+def test_on_a_busy_loop_a_rare_operation_does_not_wait_for_company(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request beside busy streams: the loop is busy, but nothing else has been queued lately."""
+    clock = Ticking(engine.BUSY_ITERATION_SECONDS * 2)
+    monkeypatch.setattr(engine, "clock", clock)
+
+    async def go() -> None:
+        db = store.Store(str(tmp_path / "books.db"))
+        await db.start()
+        try:
+            for i in range(engine.COMPANY_SEEN + 2):
+                clock.now += engine.COMPANY_SECONDS  # a while since the one before
+                lone = asyncio.ensure_future(db.run_hot(insert_setting, f"s{i}"))
+                for _ in range(3):
+                    await asyncio.sleep(0)
+                assert lone.done() and db._hot_commits == i + 1
         finally:
             await db.close()
 
@@ -307,7 +331,7 @@ def test_while_the_loop_is_busy_a_turn_waits_for_company_at_most_company_seconds
 
 
 def test_a_full_turn_does_not_wait_for_company(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(engine, "clock", ticking(engine.BUSY_ITERATION_SECONDS * 2))
+    monkeypatch.setattr(engine, "clock", Ticking(engine.BUSY_ITERATION_SECONDS * 2))
     monkeypatch.setattr(engine, "DEFER_BATCH", 4)
 
     async def go() -> None:

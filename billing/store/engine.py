@@ -10,6 +10,7 @@ import queue
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -29,11 +30,13 @@ DEFER_SECONDS = 0.004
 DEFER_BATCH = 64  # ...or until this many are waiting
 # A transaction costs about the same however many requests it carries: on a busy loop its statements, pages and
 # code have all gone cold in the CPU's caches since the last one (measured: about 0.7 ms a turn, 30 us a request).
-# So a turn waits for company while the loop has other work: it runs at the first loop iteration that comes
+# So a turn waits for company while the loop has other work and company has been coming (the last
+# COMPANY_SEEN operations were queued within COMPANY_SECONDS): it runs at the first loop iteration that comes
 # round quickly (the loop had nothing else to do; an idle iteration takes some 10-20 us), else after
-# COMPANY_SECONDS. A request on a quiet gateway has its hold written at once.
+# COMPANY_SECONDS. A request on a quiet gateway, or a rare one beside busy streams, has its hold written at once.
 BUSY_ITERATION_SECONDS = 0.0001
 COMPANY_SECONDS = 0.010
+COMPANY_SEEN = 4
 clock = time.perf_counter  # what the turns are timed with (a test gives its own)
 log = logging.getLogger("tokentoll.store")
 # The tables every request writes (holds, ledger) spell their CHECKs as OR chains: SQLite evaluates `x IN (...)`
@@ -290,6 +293,7 @@ class Store:
         self._iteration: asyncio.Handle | None = None  # the scheduled turn's callback for the next loop iteration
         self._turn_asked = 0.0  # when (perf_counter) the scheduled turn was asked for
         self._looked = 0.0  # when it last looked at the loop
+        self._arrivals: deque[float] = deque(maxlen=COMPANY_SEEN)  # when the last hot operations were queued
         self._timer: asyncio.TimerHandle | None = None  # or, for deferred operations only, with call_later
         self._hot_conn: sqlite3.Connection | None = None
         self._hot_commits = 0
@@ -350,6 +354,7 @@ class Store:
             return await op.future
         assert self._loop is not None
         future = op.future
+        self._arrivals.append(clock())
         if deferred:
             self._deferred.append(op)
             if len(self._deferred) >= DEFER_BATCH:
@@ -373,7 +378,8 @@ class Store:
     def _next_iteration(self) -> None:
         now = clock()
         busy = now - self._looked > BUSY_ITERATION_SECONDS  # other callbacks ran since it last looked
-        if (busy and now - self._turn_asked < COMPANY_SECONDS
+        coming = len(self._arrivals) == COMPANY_SEEN and now - self._arrivals[0] < COMPANY_SECONDS
+        if (busy and coming and now - self._turn_asked < COMPANY_SECONDS
                 and len(self._hot) + len(self._deferred) < DEFER_BATCH):
             assert self._loop is not None
             self._looked = now
