@@ -25,7 +25,8 @@ BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 CHECKPOINT = "checkpoint"  # a queue item: checkpoint the WAL on the database thread
 # A deferred hot operation (a settlement, which nobody waits on before answering) waits at most this long for
 # others to commit with: one commit writes the pages they share (the account, the tails of the ledger and of the
-# usage table) once for all of them. It also joins the next turn's admissions, whichever comes first.
+# usage table) once for all of them. When a turn is already due it joins that one instead, which may itself wait
+# up to COMPANY_SECONDS for company (below).
 DEFER_SECONDS = 0.004
 DEFER_BATCH = 64  # ...or until this many are waiting
 # A transaction costs about the same however many requests it carries: on a busy loop its statements, pages and
