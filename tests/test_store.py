@@ -8,6 +8,8 @@ import sqlite3
 import subprocess
 import sys
 import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,22 +32,29 @@ def run(coro):  # type: ignore[no-untyped-def]
     return asyncio.run(coro)
 
 
+@asynccontextmanager
+async def opened(path: str) -> AsyncIterator[store.Store]:
+    """A started store, closed afterwards whatever happens."""
+    db = store.Store(path)
+    await db.start()
+    try:
+        yield db
+    finally:
+        await db.close()
+
+
 def test_hot_connection_sees_other_processes_after_more_connections_open(tmp_path: Path) -> None:
     """Opening a second connection in the process once dropped the first one's file locks, after which
     another process's writes went to a WAL this process never read."""
     path = str(tmp_path / "books.db")
 
     async def go() -> None:
-        db = store.Store(path)
-        await db.start()
-        try:
+        async with opened(path) as db:
             for i in range(3):
                 engine.connect(path).close()  # more connections come and go in this process
                 subprocess.run([sys.executable, "-c", WRITE_ACCOUNT, path, f"other-{i}"], check=True)
                 names = await db.run_hot(lambda c: [r["name"] for r in c.execute("SELECT name FROM accounts")])
                 assert f"other-{i}" in names
-        finally:
-            await db.close()
 
     run(go())
 
@@ -54,9 +63,7 @@ def test_hot_operations_wait_on_the_thread_while_another_connection_writes(tmp_p
     path = str(tmp_path / "books.db")
 
     async def go() -> None:
-        db = store.Store(path)
-        await db.start()
-        try:
+        async with opened(path) as db:
             await db.run(store.tx_create_account, "acct", 0.0)
             blocker = engine.connect(path)
             blocker.execute("BEGIN IMMEDIATE")  # another writer holds the lock
@@ -74,8 +81,6 @@ def test_hot_operations_wait_on_the_thread_while_another_connection_writes(tmp_p
             threading.Thread(target=release).start()
             account = await pending
             assert released.is_set() and account["name"] == "acct"
-        finally:
-            await db.close()
 
     run(go())
 
@@ -87,17 +92,13 @@ def test_one_turn_commits_together_and_a_failing_operation_fails_alone(tmp_path:
         return conn.execute("INSERT INTO accounts (name, created_at) VALUES (?, 0)", (name,)).lastrowid or 0
 
     async def go() -> None:
-        db = store.Store(path)
-        await db.start()
-        try:
+        async with opened(path) as db:
             results = await asyncio.gather(*(db.run_hot(insert, n) for n in ("a", "b", "a", "c")),
                                            return_exceptions=True)
             assert isinstance(results[2], sqlite3.IntegrityError)  # the duplicate name, alone
             assert all(isinstance(r, int) for i, r in enumerate(results) if i != 2)
             names = await db.run(lambda c: sorted(r["name"] for r in c.execute("SELECT name FROM accounts")))
             assert names == ["a", "b", "c"]
-        finally:
-            await db.close()
 
     run(go())
 
@@ -127,14 +128,10 @@ def test_wal_checkpoints_run_on_the_thread_outside_any_transaction(tmp_path: Pat
     monkeypatch.setattr(engine, "checkpoint", checkpoint)
 
     async def go() -> None:
-        db = store.Store(path)
-        await db.start()
-        try:
+        async with opened(path) as db:
             for i in range(2):  # two loop turns, two commits on the loop's connection
                 await db.run_hot(lambda c, n=i: c.execute("INSERT INTO settings VALUES (?, 'v')", (f"s{n}",)))
             await asyncio.get_running_loop().run_in_executor(None, ran.wait, 10)
-        finally:
-            await db.close()
 
     run(go())
     busy, frames, copied = done[0]
@@ -268,17 +265,13 @@ def test_on_a_quiet_loop_each_operation_commits_at_the_next_iteration(tmp_path: 
     monkeypatch.setattr(engine, "clock", Ticking(engine.BUSY_ITERATION_SECONDS / 10))
 
     async def go() -> None:
-        db = store.Store(str(tmp_path / "books.db"))
-        await db.start()
-        try:
+        async with opened(str(tmp_path / "books.db")) as db:
             first = asyncio.ensure_future(db.run_hot(insert_setting, "a"))
             for _ in range(3):  # the task queues it; the turn runs at the next iteration; the task wakes
                 await asyncio.sleep(0)
             assert first.done() and db._hot_commits == 1
             await asyncio.gather(*await queue_one_per_iteration(db, ["b", "c", "d"]))
             assert db._hot_commits == 4  # nobody waited for company
-        finally:
-            await db.close()
 
     run(go())
 
@@ -290,9 +283,7 @@ def test_while_the_loop_is_busy_and_company_comes_a_turn_waits_for_it_at_most_co
     iterations_allowed = int(engine.COMPANY_SECONDS / step)
 
     async def go() -> None:
-        db = store.Store(str(tmp_path / "books.db"))
-        await db.start()
-        try:
+        async with opened(str(tmp_path / "books.db")) as db:
             first = [asyncio.ensure_future(db.run_hot(insert_setting, f"a{i}")) for i in range(engine.COMPANY_SEEN)]
             later = await queue_one_per_iteration(db, [f"b{i}" for i in range(5)])
             pending = first + later
@@ -302,8 +293,6 @@ def test_while_the_loop_is_busy_and_company_comes_a_turn_waits_for_it_at_most_co
             assert all(p.done() for p in pending) and db._hot_commits == 1
             names = await db.run(lambda c: sorted(r[0] for r in c.execute("SELECT name FROM settings")))
             assert len(names) == engine.COMPANY_SEEN + 5
-        finally:
-            await db.close()
 
     run(go())
 
@@ -315,17 +304,13 @@ def test_on_a_busy_loop_a_rare_operation_does_not_wait_for_company(tmp_path: Pat
     monkeypatch.setattr(engine, "clock", clock)
 
     async def go() -> None:
-        db = store.Store(str(tmp_path / "books.db"))
-        await db.start()
-        try:
+        async with opened(str(tmp_path / "books.db")) as db:
             for i in range(engine.COMPANY_SEEN + 2):
                 clock.now += engine.COMPANY_SECONDS  # a while since the one before
                 lone = asyncio.ensure_future(db.run_hot(insert_setting, f"s{i}"))
                 for _ in range(3):
                     await asyncio.sleep(0)
                 assert lone.done() and db._hot_commits == i + 1
-        finally:
-            await db.close()
 
     run(go())
 
@@ -335,15 +320,11 @@ def test_a_full_turn_does_not_wait_for_company(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setattr(engine, "DEFER_BATCH", 4)
 
     async def go() -> None:
-        db = store.Store(str(tmp_path / "books.db"))
-        await db.start()
-        try:
+        async with opened(str(tmp_path / "books.db")) as db:
             pending = [asyncio.ensure_future(db.run_hot(insert_setting, f"s{i}")) for i in range(4)]
             for _ in range(3):
                 await asyncio.sleep(0)
             assert all(p.done() for p in pending) and db._hot_commits == 1
-        finally:
-            await db.close()
 
     run(go())
 
@@ -362,9 +343,8 @@ def test_a_hold_is_not_placed_if_its_request_goes_while_a_failed_batch_lets_go_o
         raise ValueError("refused")
 
     async def go() -> None:
-        db = store.Store(path)
-        await db.start()
-        await db.close()
+        async with opened(path):  # makes the schema
+            pass
         loop = asyncio.get_running_loop()
         hold = engine._Op(place, ("gone",), loop.create_future(), each=True, abandonable=True)
         kept = engine._Op(place, ("kept",), loop.create_future(), each=True, abandonable=True)
