@@ -7,7 +7,7 @@ import re
 import httpx2 as httpx
 import openai
 
-from tests.conftest import GatewayProcess, cli, wait_for
+from tests.conftest import GatewayProcess, cli, on_one_utc_day, wait_for
 
 MSG = [{"role": "user", "content": "hello admin"}]
 
@@ -33,9 +33,10 @@ def test_admin_api_end_to_end(gateway: GatewayProcess) -> None:
     listed = api.get("/keys", params={"account": "via-api"}).json()
     assert [k["id"] for k in listed] == [key_id] and "key" not in listed[0] and "hash" not in listed[0]
     client = openai.OpenAI(base_url=gateway.base_url, api_key=plaintext, max_retries=0)
-    client.chat.completions.create(model="mock-ok", messages=MSG)
-    usage = api.get("/usage", params={"account": "via-api"}).json()
-    assert usage[0]["requests"] == 1 and usage[0]["cost"] > 0
+    with on_one_utc_day():  # usage without a month is this month's
+        client.chat.completions.create(model="mock-ok", messages=MSG)
+        usage = api.get("/usage", params={"account": "via-api"}).json()
+        assert usage[0]["requests"] == 1 and usage[0]["cost"] > 0
     history = api.get("/wallets/via-api/history").json()
     assert [e["kind"] for e in history][:2] == ["settle", "hold"]
     assert history[0]["held_delta"] == -history[1]["held_delta"]  # the settle closes the whole hold

@@ -15,7 +15,8 @@ import pytest
 from core.console import security
 from core.console.charts import daily_spend_svg, nice_ceiling
 from billing.pricing import usd_text
-from tests.conftest import DEMO_ECHO, GatewayProcess, base_config, cli, demo_provider, serve_gateway
+from tests.conftest import (DEMO_ECHO, GatewayProcess, base_config, cli, demo_provider, on_one_utc_day,
+                            serve_gateway)
 from tests.console_client import PASSWORD, ConsoleClient
 
 MSG = [{"role": "user", "content": "hello console"}]
@@ -371,17 +372,18 @@ def test_the_dashboard_shows_the_wallet_spend_per_key_and_the_chart(gateway: Gat
     c.sign_up(address)
     cli(gateway.config, "wallet", "credit", address, "2", env=gateway.env)
     key = create_key(c, name="metered", monthly_limit="1")
-    sdk(gateway, key["key"]).chat.completions.create(model="demo-echo", messages=MSG)
-    wallet = cli(gateway.config, "wallet", "show", address, env=gateway.env)
-    spent = 2_000_000_000 - wallet["balance"]
-    assert spent > 0
-    page = c.get("/console/dashboard").text
-    assert f'id="balance">${usd_text(wallet["balance"])}<' in page
-    assert f'id="available">${usd_text(wallet["available"])}<' in page
-    row = re.search(r"<tr>\s*<td>metered.*?</tr>", page, re.S)
-    assert row and f"${usd_text(spent)}" in row.group(0) and "$1.00" in row.group(0)
-    bars = re.findall(r'data-cost="([0-9.]+)"', page)
-    assert len(bars) == 30 and bars[-1] == f"{spent / 1e9:.9f}" and set(bars[:-1]) == {"0.000000000"}
+    with on_one_utc_day():  # the chart's last bar is today, the key's spend is this month's
+        sdk(gateway, key["key"]).chat.completions.create(model="demo-echo", messages=MSG)
+        wallet = cli(gateway.config, "wallet", "show", address, env=gateway.env)
+        spent = 2_000_000_000 - wallet["balance"]
+        assert spent > 0
+        page = c.get("/console/dashboard").text
+        assert f'id="balance">${usd_text(wallet["balance"])}<' in page
+        assert f'id="available">${usd_text(wallet["available"])}<' in page
+        row = re.search(r"<tr>\s*<td>metered.*?</tr>", page, re.S)
+        assert row and f"${usd_text(spent)}" in row.group(0) and "$1.00" in row.group(0)
+        bars = re.findall(r'data-cost="([0-9.]+)"', page)
+        assert len(bars) == 30 and bars[-1] == f"{spent / 1e9:.9f}" and set(bars[:-1]) == {"0.000000000"}
     assert page.count("/console/usage/req_") == 1  # the last requests: this one
 
 

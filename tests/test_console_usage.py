@@ -52,7 +52,8 @@ price = { input = "1", output = "1" }
 """
 PRICES = {"demo-echo": (500_000_000, 1_500_000_000, 50_000_000),  # nano-dollars per 1M: input, output, cache read
           "demo-odd": (1_234_567_800, 2_345_678_900, 1_234_567_800)}
-CHUNK_DELAY = 0.2  # seconds between the demo's stream chunks
+CHUNK_DELAY = 1.0  # seconds between the demo's stream chunks: the client leaving after the first one
+# must be gone before the second (source "estimate"), even on a loaded machine
 LONG_TEXT = " ".join(f"word{i}" for i in range(200))  # a streamed echo long enough to leave in the middle
 
 

@@ -338,8 +338,8 @@ def test_key_refusals(gw: GatewayProcess) -> None:
         openai.OpenAI(base_url=gw.base_url, api_key=narrow, max_retries=0).images.generate(model="img-openai",
                                                                                            prompt=PROMPT)
     assert denied.value.param == "model"  # type: ignore[attr-defined]
-    fresh_minute()
     slow = cli(gw.config, "keys", "create", "--account", "imager", "--rpm", "1", env=gw.env)["key"]
+    fresh_minute()
     c = openai.OpenAI(base_url=gw.base_url, api_key=slow, max_retries=0, timeout=20)
     assert len(c.images.generate(model="demo-image", prompt=PROMPT).data) == 1
     with pytest.raises(openai.RateLimitError) as limited:

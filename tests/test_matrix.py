@@ -173,7 +173,7 @@ def last_charge(gw: GatewayProcess, model: str, seen: int) -> dict[str, Any]:
     def probe() -> dict[str, Any] | None:
         entries = [e for e in gw.log_entries()[seen:] if e.get("model") == model]
         return entries[-1] if entries else None
-    return wait_for(probe, 5, f"the log line of a {model} request")
+    return wait_for(probe, 15, f"the log line of a {model} request")
 
 
 @pytest.mark.parametrize("kind", ["text", "tool"])

@@ -27,7 +27,7 @@ def setup(chain: Chain, token: Token, tmp_path_factory: pytest.TempPathFactory) 
     address = cli(gw.config, "recharge", "address", "payer", "local", env=gw.env)["address"]
     token.mint(token.deployer, 1_000 * USDT)
     key = cli(gw.config, "keys", "create", "--account", "payer", env=gw.env)["key"]
-    yield {"gw": gw, "address": address, "tmp": tmp, "gens": gws, "key": key}
+    yield {"gw": gw, "config": gw.config, "address": address, "tmp": tmp, "gens": gws, "key": key}
     try:
         next(gws)
     except StopIteration:
@@ -104,7 +104,9 @@ def api(setup: dict[str, Any], method: str, path: str, key: str | None = None, *
 
 def test_an_order_shows_how_to_pay_and_follows_its_deposit_to_the_credit(setup: dict[str, Any], chain: Chain,
                                                                           token: Token) -> None:
-    setup["gw"] = GatewayProcess(setup["gw"].config, setup["gw"].log_path, setup["gw"].env)
+    lasting = setup["tmp"] / "config-orders-60s.toml"  # the same database and log; an order the watcher must
+    lasting.write_text(setup["config"].read_text().replace("order_ttl = 5", "order_ttl = 60"))  # see in time
+    setup["gw"] = GatewayProcess(lasting, setup["gw"].log_path, setup["gw"].env)
     gw = setup["gw"]
     try:
         created = api(setup, "POST", "/v1/recharge/orders", json={"chain": "local", "amount": "12.5"})
@@ -113,7 +115,7 @@ def test_an_order_shows_how_to_pay_and_follows_its_deposit_to_the_credit(setup: 
         assert (order["status"], order["amount"], order["address"]) == ("pending", "12.5", setup["address"])
         assert order["payment_uri"] == (f"ethereum:{token.address.lower()}@1337/transfer?address="
                                         f"{setup['address']}&uint256=12500000")
-        assert 0 < order["expires_in"] <= 5
+        assert 0 < order["expires_in"] <= 60
         paid = token.transfer(token.deployer, setup["address"], 12_500_000)
 
         def confirming() -> dict[str, Any] | None:
@@ -137,7 +139,7 @@ def test_an_order_shows_how_to_pay_and_follows_its_deposit_to_the_credit(setup: 
 
 def test_an_expired_order_then_a_late_payment_is_credited_and_recorded(setup: dict[str, Any], chain: Chain,
                                                                         token: Token) -> None:
-    setup["gw"] = GatewayProcess(setup["gw"].config, setup["gw"].log_path, setup["gw"].env)
+    setup["gw"] = GatewayProcess(setup["config"], setup["gw"].log_path, setup["gw"].env)
     gw = setup["gw"]
     try:
         order = api(setup, "POST", "/v1/recharge/orders", json={"chain": "local", "amount": "3"}).json()
@@ -158,7 +160,7 @@ def test_an_expired_order_then_a_late_payment_is_credited_and_recorded(setup: di
 
 
 def test_orders_refuse_bad_input_and_other_accounts(setup: dict[str, Any]) -> None:
-    setup["gw"] = GatewayProcess(setup["gw"].config, setup["gw"].log_path, setup["gw"].env)
+    setup["gw"] = GatewayProcess(setup["config"], setup["gw"].log_path, setup["gw"].env)
     gw = setup["gw"]
     try:
         for body, message in (({"chain": "mars", "amount": "5"}, "'chain' must be one of: local"),

@@ -352,7 +352,7 @@ def test_answers_survive_a_restart(native: NativeUpstream, tmp_path: Path) -> No
 
 def test_an_answer_is_served_until_its_ttl_and_then_asked_again(native: NativeUpstream, tmp_path: Path) -> None:
     short = partial(matrix_config, native.base_url)
-    gws = serve_gateway(tmp_path, lambda log: short(log) + "\n[cache]\nttl = 1\n", {"TT_NATIVE_KEY": NATIVE_KEY},
+    gws = serve_gateway(tmp_path, lambda log: short(log) + "\n[cache]\nttl = 3\n", {"TT_NATIVE_KEY": NATIVE_KEY},
                         "brief", "10", ("Traceback",))
     gw = next(gws)
     key = cli(gw.config, "keys", "create", "--account", "brief", env=gw.env)["key"]
@@ -367,9 +367,9 @@ def test_an_answer_is_served_until_its_ttl_and_then_asked_again(native: NativeUp
         gw.log_entry(headers["x-tt-request-id"])
         return headers["x-tt-cache"] == "miss"
 
-    wait_for(expired, 10, "the cached answer to expire")
+    wait_for(expired, 20, "the cached answer to expire")
     assert first["x-tt-cache"] == "miss" and states[0][0] == "hit"  # served while fresh...
-    assert states[-1][1] > 0.9  # ...and asked of the upstream again only once its second (stored as the
+    assert states[-1][1] > 2.9  # ...and asked of the upstream again only once its 3 seconds (stored as the
     # request ended, a moment before the client measured) had passed
     assert all(state == "hit" for state, _ in states[:-1])
     with pytest.raises(StopIteration):

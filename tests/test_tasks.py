@@ -253,8 +253,8 @@ def test_a_cancel_of_a_finished_demo_video_is_charged(gw: GatewayProcess) -> Non
     from core.demo_videos import RENDER_SECONDS
 
     name, client = account(gw)
-    t0 = time.time()
     video = client.videos.create(model="demo-video", prompt="a demo to cancel", seconds="12")
+    t0 = time.time()  # after the demo began timing it (at its arrival)
     wait_for(lambda: time.time() > t0 + RENDER_SECONDS + 0.2, 10, "the demo to finish the video")
     with pytest.raises(openai.BadRequestError) as err:
         client.post(f"/videos/{video.id}/cancel", cast_to=openai.types.Video)
