@@ -8,17 +8,16 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from billing import store
-from billing.store import engine
-from tests.conftest import Ticking
 from billing.keys import check_presented, new_key
 from billing.ledger import Ledger
 from billing.metering import NO_USAGE, Usage, UsageRecord
 from billing.pricing import TokenPrices
+from billing.store import engine
+from tests.conftest import Ticking
 
 PRICES = TokenPrices(input=1_000_000, output=2_000_000)  # 1 and 2 nano-dollars a token
 

@@ -189,8 +189,8 @@ def test_an_rpc_outage_skips_nothing_and_two_accounts_paid_in_one_block_are_both
     proxy = RpcProxy(chain.url).start()
     try:
         failing = proxy.url("/v3/fake-key")  # the gateway reads the chain through the failing proxy
-        gws = serve_gateway(tmp_path, lambda log: recharge_config(failing, token, chain.block_number(), log)
-                            .replace("order_ttl = 5", "order_ttl = 60"), {}, "first", "0", ("Traceback",))
+        gws = serve_gateway(tmp_path, lambda log: recharge_config(failing, token, chain.block_number(), log,
+                                                                  order_ttl=60), {}, "first", "0", ("Traceback",))
         gw = next(gws)
         cli(gw.config, "accounts", "create", "second", env=gw.env)
         to_first = cli(gw.config, "recharge", "address", "first", "local", env=gw.env)["address"]
