@@ -49,7 +49,7 @@ class Ledger:
         cancellation must end the request: no wait_for or shield around this that goes on to forward it."""
         now = time.time()
         amount = pricing.hold_amount(prices, prompt_estimate, max_output)
-        estimate = pricing.hold_amount(prices, prompt_estimate, 0)
+        estimate = pricing.token_cost(prices, Usage(prompt_estimate, 0))
         try:
             return await self.db.run_hot_each(store.tx_admit_all, store.HoldRequest(
                 request_id=request_id, owner=self.owner, key_hash=key.hash, model=model, amount=amount,
@@ -79,17 +79,23 @@ class Ledger:
         return await self.db.run_hot(store.tx_check_key, key.hash, model, time.time())
 
     async def settle(self, request_id: str, prices: TokenPrices, record: UsageRecord, status: int,
-                     duration_ms: float | None, full_prices: TokenPrices | None = None,
+                     duration_ms: float | None, held: tuple[int, int], full_prices: TokenPrices | None = None,
                      busy: bool = False) -> store.Settled | None:
-        """Charge what the usage record says (nothing for source "none") and release the rest. The saving
-        recorded is the usage at `full_prices` (the model's, where `prices` are a cache hit's) less the cost.
-        `busy` (other requests are in flight, and the answer has gone): it may wait a few ms to commit with theirs."""
+        """Charge what the usage record says (nothing for source "none"), never more than the hold, and release
+        the rest. `held` is what the hold was sized for (prompt tokens, most output tokens): a usage past it that
+        costs more than the hold is charged the hold, and the rest is recorded as an overrun with the tokens past
+        it. The saving recorded is the usage at `full_prices` (the model's, where `prices` are a cache hit's) less
+        the cost. `busy` (other requests are in flight, the answer has gone): it may wait a few ms to commit with
+        theirs."""
         if record.source == "none":
             return await self._settle(request_id, 0, record, status, duration_ms, deferred=busy)
         cost = pricing.token_cost(prices, record.usage)
+        over = 0
+        if cost > pricing.hold_amount(prices, *held):
+            over = pricing.overrun_tokens(record.usage, *held)
         savings = pricing.full_price_cost(full_prices or prices, record.usage) - cost
         return await self._settle(request_id, cost, record, status, duration_ms, savings=max(savings, 0),
-                                  deferred=busy)
+                                  deferred=busy, overrun_tokens=over)
 
     async def settle_amount(self, request_id: str, cost: int, record: UsageRecord, status: int,
                             duration_ms: float | None, units: int = 0, by: str = "request") -> store.Settled | None:
@@ -98,7 +104,7 @@ class Ledger:
 
     async def _settle(self, request_id: str, cost: int, record: UsageRecord, status: int,
                       duration_ms: float | None, by: str = "request", savings: int = 0,
-                      units: int = 0, deferred: bool = False) -> store.Settled | None:
+                      units: int = 0, deferred: bool = False, overrun_tokens: int = 0) -> store.Settled | None:
         now = time.time()
         u = record.usage
         try:
@@ -106,7 +112,7 @@ class Ledger:
                 request_id=request_id, cost=cost, input_tokens=u.in_total, output_tokens=u.out_total,
                 cache_read_tokens=u.cache_read, cache_write_tokens=u.cache_write, source=record.source,
                 status=status, duration_ms=duration_ms, now=now, month=month_of(now), by=by, savings=savings,
-                units=units), deferred=deferred)
+                units=units, overrun_tokens=overrun_tokens), deferred=deferred)
         except Exception:
             self._failed()
             raise

@@ -68,7 +68,19 @@ def full_price_cost(prices: TokenPrices, usage: Usage) -> int:
     return ceil_div(usage.in_total * prices.input + usage.out_total * prices.output, TOKENS_PER_PRICE)
 
 
-def hold_amount(prices: TokenPrices, prompt_estimate: int, max_output: int) -> int:
-    """What to hold before a request: the estimated prompt at the input price plus the most output
-    the request may produce at the output price."""
-    return ceil_div(prompt_estimate * prices.input + max_output * prices.output, TOKENS_PER_PRICE)
+def held_input_price(prices: TokenPrices) -> int:
+    """The price a hold reserves each input token at: the dearest of input, cache read and cache write, so
+    that however the upstream splits the prompt between them, the prompt's tokens cost no more than held."""
+    return max(prices.input, prices.cache_read, prices.cache_write)
+
+
+def hold_amount(prices: TokenPrices, prompt_tokens: int, max_output: int) -> int:
+    """What to hold before a request: the prompt's tokens at the held input price plus the most output the
+    request may produce at the output price. A usage within both token counts never costs more than this."""
+    return ceil_div(prompt_tokens * held_input_price(prices) + max_output * prices.output, TOKENS_PER_PRICE)
+
+
+def overrun_tokens(usage: Usage, held_input: int, held_output: int) -> int:
+    """The tokens a usage went past what its hold was sized for: input past the held prompt tokens plus
+    output past the held maximum. Only a usage past one of them can cost more than its hold."""
+    return max(usage.in_total - held_input, 0) + max(usage.out_total - held_output, 0)

@@ -1,5 +1,5 @@
-"""Prometheus metrics for /metrics: requests, durations, time to first byte, gateway overhead,
-tokens, open streams, upstream errors, the age of the oldest open hold and failed ledger writes.
+"""Prometheus metrics for /metrics: requests, durations, time to first byte, gateway overhead, tokens, open
+streams, upstream errors and overruns, the age of the oldest open hold and failed ledger writes.
 One registry per app, so tests can run several. Names follow Prometheus conventions (base units,
 counters exposed with _total) and pass `promtool check metrics` (tests/test_metrics_lint.py)."""
 
@@ -54,6 +54,11 @@ class Metrics:
             "Age of the oldest open hold, by kind (request: closed by the safety net after billing.hold_ttl; "
             "task: by the task poller after tasks.ttl); 0 when there is none. Read from the database at scrape time.",
             ["kind"], registry=r)
+        self.overrun_tokens = Counter(
+            "tokentoll_upstream_overrun_tokens", "Tokens an upstream produced (or reported) past what the request's "
+            "hold was sized for, by provider and model: they were not charged (a request costs at most its hold). "
+            "A provider that keeps adding here ignores the output limit it is sent.", ["provider", "model"],
+            registry=r)
         self.ledger_write_failures = Counter(
             "tokentoll_ledger_write_failures", "Hold or settle transactions that raised (money may be held "
             "until the safety net settles it).", registry=r)

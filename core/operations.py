@@ -240,14 +240,14 @@ class Operations:
         if row is None:
             raise OperationError(f"no usage row for {request_id!r}: requests refused before a hold (401, 402, 403, "
                                  "429) are only in the request log")
-        return _money(row, "cost", "unbilled", "savings")
+        return _money(row, "cost", "unbilled", "savings", "overrun")
 
     async def usage_log(self, account_id: int, filters: dict[str, Any], since: float | None = None,
                         until: float | None = None, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
         """An account's requests, newest first (see store.tx_usage_log for the filters)."""
         rows = await self.db.run(store.tx_usage_log, account_id, filters, since, until, max(1, min(limit, 100_000)),
                                  max(0, offset))
-        return [_money(r, "cost", "unbilled", "savings") for r in rows]
+        return [_money(r, "cost", "unbilled", "savings", "overrun") for r in rows]
 
     async def daily_spend(self, account_id: int, days: int, now: float | None = None) -> list[tuple[str, int]]:
         """The last `days` UTC days, oldest first, each with what the account spent that day (nano-dollars)."""

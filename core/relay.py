@@ -172,8 +172,8 @@ class Relay:
         await self._finish_plan(x, plan)
         if x.key is not None:
             x.held = True  # before the await: a request cancelled while its hold commits still settles it
-            admission = await self.ledger.admit(x.request_id, x.key, model.name, model.prices,
-                                                plan.prompt_estimate, plan.max_output)
+            x.held_tokens = (plan.prompt_estimate, plan.max_output)
+            admission = await self.ledger.admit(x.request_id, x.key, model.name, model.prices, *x.held_tokens)
             if admission.error:
                 raise admission_error(admission, model.name)
         x.meter = Meter(plan.prompt_estimate)
@@ -300,8 +300,8 @@ class Relay:
         x.prices = response_cache.hit_prices(model.prices)
         if x.key is not None:
             x.held = True
-            admission = await self.ledger.admit(x.request_id, x.key, model.name, x.prices, found.input_tokens,
-                                                found.output_tokens)
+            x.held_tokens = (found.input_tokens, found.output_tokens)
+            admission = await self.ledger.admit(x.request_id, x.key, model.name, x.prices, *x.held_tokens)
             if admission.error:
                 raise admission_error(admission, model.name)
         assert reply.usage is not None
@@ -627,12 +627,17 @@ class Relay:
                         ("cache_write", usage.cache_write), ("reasoning", usage.reasoning)):
             if n:
                 m.child(m.tokens, model, kind, record.source).inc(n)
-        cost = None
+        cost = overrun = None
+        over_tokens = 0
         if x.held and x.model is not None:
             # under load the settlement may wait a few ms to commit with others'; a lone request's commits at once
             settled = await self.ledger.settle(x.request_id, x.prices or x.model.prices, record, status,
-                                               round(total * 1000, 3), x.model.prices, busy=self.in_flight > 0)
-            cost = settled.charged if settled is not None else None
+                                               round(total * 1000, 3), x.held_tokens, x.model.prices,
+                                               busy=self.in_flight > 0)
+            if settled is not None:
+                cost, overrun, over_tokens = settled.charged, settled.overrun, settled.overrun_tokens
+                if over_tokens and not settled.already:
+                    m.child(m.overrun_tokens, x.model.provider.name, model).inc(over_tokens)
         if x.answer is not None and x.answer.parts and x.model is not None and record.source in ("upstream", "observed"):
             await self._store_answer(x, record.usage)
         self.log.write({
@@ -651,6 +656,8 @@ class Relay:
             "usage_source": record.source,
             "cache": x.cache_state or None,
             "cost_nanousd": cost,
+            "overrun_tokens": over_tokens,
+            "overrun_nanousd": overrun,
             "duration_ms": round(total * 1000, 3),
             "ttfb_ms": round((x.t_first - x.t0) * 1000, 3) if x.started else None,
             "upstream_ms": round(x.upstream_wait * 1000, 3),

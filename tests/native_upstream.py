@@ -16,7 +16,14 @@ from tests.loopback import LoopbackServer
 
 TOOL_NAME, TOOL_ARGS = "get_weather", {"city": "Paris"}
 ARG_FRAGMENTS = ('{"city":', '"Paris"}')  # the compact JSON of TOOL_ARGS, in 2 fragments
-BEHAVIOURS = ("scripted", "cached", "die", "stream-error")
+BEHAVIOURS = ("scripted", "cached", "die", "stream-error", "runaway", "engine", "media-heavy")
+# Behaviours of real engines (PROTOCOLS §6): "runaway" ignores every output limit and writes RUNAWAY_WORDS tokens;
+# "engine" is llama.cpp's Python server: it obeys max_tokens (Anthropic: max_tokens, Gemini: maxOutputTokens)
+# and ignores max_completion_tokens. Neither sends usage in an OpenAI stream, even when asked. "media-heavy"
+# reports a million input tokens, as Gemini does for a long video given by URL.
+RUNAWAY_WORDS = 400  # " word" is one token in cl100k, so the text's count is exact
+NO_STREAM_USAGE = ("runaway", "engine")
+PACED_FRAMES = 12  # streams longer than this are paced, so that a reader who stops early is seen to stop
 GEMINI_CALL = {"functionCall": {"name": TOOL_NAME, "args": TOOL_ARGS}, "thoughtSignature": "c2lnLTE="}  # no id
 EMBEDDING = [0.1, 0.2, 0.3]
 ERRORS = {  # HTTP status: OpenAI type and code, Anthropic type, Gemini status (PROTOCOLS §3)
@@ -59,8 +66,19 @@ def _event(name: str, obj: Any) -> bytes:
 
 
 def _thirds(text: str) -> list[str]:
+    """A short text in three pieces; a long one in pieces of five words."""
+    words = text.split(" ")
+    if len(words) > 12:
+        return [" ".join(words[i:i + 5]) + (" " if i + 5 < len(words) else "") for i in range(0, len(words), 5)]
     n = len(text)
     return [text[: n // 3], text[n // 3: 2 * n // 3], text[2 * n // 3:]]
+
+
+def _obeyed_limit(fmt: str, body: dict[str, Any]) -> int | None:
+    """The output limit llama.cpp's Python server reads: max_tokens only (and each other format's own field)."""
+    value = ((body.get("generationConfig") or {}).get("maxOutputTokens") if fmt == "gemini"
+             else body.get("max_tokens"))
+    return value if isinstance(value, int) else None
 
 
 def _joined(content: Any) -> str:
@@ -89,6 +107,11 @@ def _tool_result(fmt: str, body: dict[str, Any]) -> str | None:
 
 
 def _answer(fmt: str, model: str, body: dict[str, Any]) -> Answer:
+    if model in ("runaway", "engine"):
+        words = RUNAWAY_WORDS if model == "runaway" else min(_obeyed_limit(fmt, body) or RUNAWAY_WORDS, RUNAWAY_WORDS)
+        return Answer(" word" * words, (20, 0, 0, words))
+    if model == "media-heavy":
+        return Answer("I watched it.", (1_000_000, 0, 0, 4))
     if model == "cached":
         return Answer("cached answer", (20, 8, 4, 9))
     result = _tool_result(fmt, body) if model == "scripted" else None
@@ -203,8 +226,8 @@ def _gemini_chunks(model: str, a: Answer) -> list[dict[str, Any]]:
 
     if a.text is None:
         return [chunk(GEMINI_CALL, a.usage[3], True)]
-    out = a.usage[3]
-    return [chunk({"text": p}, out * (i + 1) // 3, i == 2) for i, p in enumerate(_thirds(a.text))]
+    out, pieces = a.usage[3], _thirds(a.text)
+    return [chunk({"text": p}, out * (i + 1) // len(pieces), i == len(pieces) - 1) for i, p in enumerate(pieces)]
 
 
 # where the first text piece sits in each stream, and each format's in-band error
@@ -243,6 +266,7 @@ class NativeUpstream(LoopbackServer):
     def __init__(self) -> None:
         super().__init__()
         self.requests: list[Recorded] = []
+        self.paced: list[tuple[int, int]] = []  # long streams: (frames written, frames in all), as each ended
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/openai/v1/chat/completions", self._chat)
@@ -333,6 +357,25 @@ class NativeUpstream(LoopbackServer):
         await resp.write_eof()
         return resp
 
+    async def _paced(self, request: web.Request, resp: web.StreamResponse,
+                     frames: list[bytes]) -> web.StreamResponse:
+        """A long stream, a frame every 5 ms, that stops when its reader has gone (and records how far it got)."""
+        written = 0
+        try:
+            for frame in frames:
+                if request.transport is None or request.transport.is_closing():
+                    break
+                await resp.write(frame)
+                written += 1
+                await asyncio.sleep(0.005)
+            else:
+                await resp.write_eof()
+        except (ConnectionResetError, ConnectionError, RuntimeError):
+            pass
+        finally:
+            self.paced.append((written, len(frames)))
+        return resp
+
     async def _gemini(self, request: web.Request) -> web.StreamResponse:
         body = await self._record(request)
         model, _, method = request.match_info["rest"].rpartition(":")
@@ -370,7 +413,8 @@ class NativeUpstream(LoopbackServer):
         if fmt == "gemini" and request.query.get("alt") != "sse":  # without alt=sse: one JSON array
             return _json(_gemini_chunks(model, answer))
         if fmt == "openai":
-            frames = _openai_stream(model, answer, bool((body.get("stream_options") or {}).get("include_usage")))
+            asked = bool((body.get("stream_options") or {}).get("include_usage"))
+            frames = _openai_stream(model, answer, asked and model not in NO_STREAM_USAGE)
         elif fmt == "anthropic":
             frames = _anthropic_stream(model, answer)
         else:
@@ -379,6 +423,8 @@ class NativeUpstream(LoopbackServer):
             frames = frames[: FIRST_TEXT[fmt] + 1] + ([STREAM_ERROR[fmt]] if model == "stream-error" else [])
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
+        if len(frames) > PACED_FRAMES:
+            return await self._paced(request, resp, frames)
         for frame in frames:
             await resp.write(frame)
         if model == "die":

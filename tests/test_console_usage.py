@@ -120,10 +120,11 @@ def test_csv_cells_never_become_spreadsheet_formulas() -> None:
     row = {"request_id": "req_1", "created_at": 86400.5, "key_id": None, "key_name": "=HYPERLINK(1)",
            "model": "+m", "status": 200, "source": "upstream", "input_tokens": 1, "output_tokens": 2,
            "cache_read_tokens": 0, "cache_write_tokens": 0, "units": 0, "cost_usd": "0.000000001",
-           "unbilled_usd": "0.000000000", "savings_usd": "0.000000000", "duration_ms": None}
+           "unbilled_usd": "0.000000000", "savings_usd": "0.000000000", "duration_ms": None, "overrun_tokens": 0,
+           "overrun_usd": "0.000000000"}
     lines = csv_text([row], header=True).decode().splitlines()
     assert lines[1] == ("req_1,1970-01-02T00:00:00Z,,'=HYPERLINK(1),'+m,200,upstream,1,2,0,0,0,0.000000001,"
-                        "0.000000000,0.000000000,")
+                        "0.000000000,0.000000000,,0,0.000000000")
 
 
 # -- against a gateway --------------------------------------------------------------------------

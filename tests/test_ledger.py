@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from billing import store
+from billing import pricing, store
 from billing.keys import check_presented, new_key
 from billing.ledger import Ledger
 from billing.metering import NO_USAGE, Usage, UsageRecord
@@ -64,16 +64,50 @@ def test_settle_charges_real_cost_once_and_releases_the_rest(tmp_path: Path) -> 
         key = check_presented(plaintext)
         assert not (await ledger.admit("r1", key, "m", PRICES, 1000, 1000)).error
         record = UsageRecord(Usage(in_total=900, out_total=100), "upstream")
-        first = await ledger.settle("r1", PRICES, record, 200, 1.0)
+        first = await ledger.settle("r1", PRICES, record, 200, 1.0, (1000, 1000))
         assert first is not None and first.charged == 900 + 200 and first.released == 3000 - 1100
-        again = await ledger.settle("r1", PRICES, record, 200, 1.0)
+        again = await ledger.settle("r1", PRICES, record, 200, 1.0, (1000, 1000))
         assert again is not None and again.already and again.charged == 1100
         account = await db.run(store.tx_account, account_id)
         assert account["balance"] == 10_000 - 1100 and account["held"] == 0
         assert not (await ledger.admit("r2", key, "m", PRICES, 10, 10)).error
-        failed = await ledger.settle("r2", PRICES, NO_USAGE, 502, 1.0)  # refused upstream: free
+        failed = await ledger.settle("r2", PRICES, NO_USAGE, 502, 1.0, (10, 10))  # refused upstream: free
         assert failed is not None and failed.charged == 0
         await check_books(db)
+        await db.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_usage_past_its_hold_is_charged_the_hold_and_the_rest_is_an_overrun(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        # the wallet holds exactly one hold: 100 prompt tokens at 1 + 30 output at 2 = 160 nano-dollars
+        db, ledger, plaintext, account_id = await open_books(tmp_path / "db", balance=160)
+        key = check_presented(plaintext)
+        assert not (await ledger.admit("r", key, "m", PRICES, 100, 30)).error
+        runaway = UsageRecord(Usage(in_total=100, out_total=2028), "upstream")  # an engine that ignored the limit
+        settled = await ledger.settle("r", PRICES, runaway, 200, 1.0, (100, 30))
+        assert settled is not None
+        assert (settled.charged, settled.unbilled, settled.overrun, settled.overrun_tokens) == (160, 0, 3996, 1998)
+        row = await db.run(store.tx_request_usage, "r")
+        assert (row["cost"], row["unbilled"], row["overrun"], row["overrun_tokens"]) == (160, 0, 3996, 1998)
+        account = await db.run(store.tx_account, account_id)
+        assert account["balance"] == 0 and account["held"] == 0
+        await check_books(db)
+        await db.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_usage_within_its_hold_is_never_an_overrun_whatever_the_cache_prices(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        db, ledger, plaintext, _ = await open_books(tmp_path / "db", balance=10_000)
+        key = check_presented(plaintext)
+        writes_dear = TokenPrices(input=1_000_000, output=2_000_000, cache_read=100_000, cache_write=1_250_000)
+        assert not (await ledger.admit("r", key, "m", writes_dear, 1000, 100)).error  # input held at 1.25
+        every_token_written = UsageRecord(Usage(1000, 100, cache_write=1000), "upstream")
+        settled = await ledger.settle("r", writes_dear, every_token_written, 200, 1.0, (1000, 100))
+        assert settled is not None and (settled.charged, settled.overrun, settled.overrun_tokens) == (1450, 0, 0)
         await db.close()
 
     asyncio.run(scenario())
@@ -112,6 +146,7 @@ def test_books_add_up_over_any_sequence(sequence: list[tuple]) -> None:
         db, ledger, plaintext, account_id = await open_books(path, balance=0)
         key = check_presented(plaintext)
         started: list[str] = []
+        sized: dict[str, tuple[int, int]] = {}
         for n, op in enumerate(sequence):
             if op[0] == "credit":
                 await ledger.credit(account_id, op[1], "t")
@@ -123,10 +158,16 @@ def test_books_add_up_over_any_sequence(sequence: list[tuple]) -> None:
             elif op[0] == "hold":
                 if not (await ledger.admit(f"r{n}", key, "m", PRICES, op[1], op[2])).error:
                     started.append(f"r{n}")
+                    sized[f"r{n}"] = (op[1], op[2])
             elif op[0] in ("settle", "release") and started:
                 rid = started[op[1] % len(started)]
                 record = UsageRecord(Usage(op[2], op[3]), "upstream") if op[0] == "settle" else NO_USAGE
-                await ledger.settle(rid, PRICES, record, 200, None)
+                settled = await ledger.settle(rid, PRICES, record, 200, None, sized[rid])
+                hold = pricing.hold_amount(PRICES, *sized[rid])
+                assert settled is not None and settled.charged <= hold  # never more than the hold
+                if not settled.already:
+                    assert settled.charged + settled.unbilled + settled.overrun == pricing.token_cost(PRICES,
+                                                                                                      record.usage)
             elif op[0] == "crash":  # the process dies: the safety net closes whatever is open
                 await ledger.settle_stale(older_than=-1)
             await check_books(db)
@@ -142,9 +183,9 @@ def test_a_request_that_outlives_its_hold_is_charged_its_real_cost_once(tmp_path
         key = check_presented(plaintext)
         assert not (await ledger.admit("slow", key, "m", PRICES, 1000, 1000)).error  # hold 3000, estimate 1000
         assert await ledger.settle_stale(older_than=-1) == 1  # the net gives up on it: charged 1000
-        late = await ledger.settle("slow", PRICES, UsageRecord(Usage(1000, 500), "upstream"), 200, 9.0)
+        late = await ledger.settle("slow", PRICES, UsageRecord(Usage(1000, 500), "upstream"), 200, 9.0, (1000, 1000))
         assert late is not None and late.charged == 2000  # 1000 + 500 x 2, in all
-        again = await ledger.settle("slow", PRICES, UsageRecord(Usage(1000, 500), "upstream"), 200, 9.0)
+        again = await ledger.settle("slow", PRICES, UsageRecord(Usage(1000, 500), "upstream"), 200, 9.0, (1000, 1000))
         assert again is not None and again.already
         account = await db.run(store.tx_account, account_id)
         assert account["balance"] == 100_000 - 2000 and account["held"] == 0
@@ -184,7 +225,8 @@ def test_savings_are_the_full_price_less_the_cost(tmp_path: Path) -> None:
         key = check_presented(plaintext)
         cached = TokenPrices(input=1_000_000, output=2_000_000, cache_read=100_000)
         assert not (await ledger.admit("r", key, "m", cached, 1000, 10)).error
-        settled = await ledger.settle("r", cached, UsageRecord(Usage(1000, 10, cache_read=800), "upstream"), 200, 1.0)
+        settled = await ledger.settle("r", cached, UsageRecord(Usage(1000, 10, cache_read=800), "upstream"), 200, 1.0,
+                                       (1000, 10))
         assert settled is not None and settled.charged == 200 + 80 + 20
         assert (await db.run(store.tx_request_usage, "r"))["savings"] == (1000 + 20) - 300
         await db.close()
@@ -206,7 +248,7 @@ def test_a_request_cancelled_while_its_hold_waits_to_be_written_gets_no_hold(
         await asyncio.sleep(0)  # both queued, their turn waiting for company
         gone.cancel()
         # as the relay settles under load: deferred, so it runs first in the turn, before the holds
-        settled = await ledger.settle("gone", PRICES, NO_USAGE, 499, 1.0, busy=True)
+        settled = await ledger.settle("gone", PRICES, NO_USAGE, 499, 1.0, (100, 100), busy=True)
         assert settled is None
         assert not (await kept).error
         assert [h["request_id"] for h in await db.run(store.tx_open_holds)] == ["kept"]
@@ -227,7 +269,7 @@ def test_a_hold_queued_behind_another_writer_is_not_placed_once_its_request_is_c
         for _ in range(5):
             await asyncio.sleep(0)
         gone.cancel()
-        settling = asyncio.ensure_future(ledger.settle("gone", PRICES, NO_USAGE, 499, 1.0))
+        settling = asyncio.ensure_future(ledger.settle("gone", PRICES, NO_USAGE, 499, 1.0, (100, 100)))
         for _ in range(5):
             await asyncio.sleep(0)
         assert not settling.done()  # queued behind the same lock

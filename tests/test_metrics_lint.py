@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ from billing.metering import NO_USAGE
 from billing.pricing import TokenPrices
 from core.metrics import Metrics
 from tests.conftest import GatewayProcess, base_config, cli, demo_provider, serve_gateway, wait_for
+from tests.native_upstream import NativeUpstream
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -42,9 +44,19 @@ def promtool(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProc
     return subprocess.run([PROMTOOL, *args], input=stdin, capture_output=True, timeout=60)
 
 
-def config(log_path: Path) -> str:
+def config(native: str, log_path: Path) -> str:
     return f"""
 {base_config(log_path)}{demo_provider(CHUNK_DELAY)}
+[providers.engine]
+format = "openai"
+base_url = "{native}/openai/v1"
+timeouts = {{ connect = 5, first_byte = 20, idle = 20, total = 60 }}
+
+[models.runaway]
+provider = "engine"
+upstream_model = "runaway"
+price = {{ input = "1", output = "2" }}
+
 [providers.nowhere]
 format = "openai"
 base_url = "http://127.0.0.1:9/v1"
@@ -69,8 +81,9 @@ price = {{ input = "1", output = "2" }}
 
 
 @pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    yield from serve_gateway(tmp_path_factory.mktemp("metrics"), config, {}, "metrics", "10", ("Traceback",))
+def gw(native: NativeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    yield from serve_gateway(tmp_path_factory.mktemp("metrics"), partial(config, native.base_url), {}, "metrics", "10",
+                             ("Traceback",))
 
 
 @pytest.fixture(scope="module")
@@ -108,12 +121,13 @@ def sample(text: str, name: str, **labels: str) -> float | None:
 
 def traffic(gw: GatewayProcess, key: str) -> None:
     """Enough requests that every metric family has series: streams, non-streams, embeddings, an upstream
-    that cannot be reached, a bad key, an unknown URL."""
+    that cannot be reached, one that ignores the output limit, a bad key, an unknown URL."""
     chat = {"model": "demo-echo", "messages": [{"role": "user", "content": "one two"}]}
     assert call(gw, "/v1/chat/completions", key, chat)[0] == 200
     assert call(gw, "/v1/chat/completions", key, {**chat, "stream": True})[0] == 200
     assert call(gw, "/v1/embeddings", key, {"model": "demo-embed", "input": "hello"})[0] == 200
     assert call(gw, "/v1/chat/completions", key, {**chat, "model": "unreachable"})[0] == 502
+    assert call(gw, "/v1/chat/completions", key, {**chat, "model": "runaway", "max_tokens": 10})[0] == 200
     assert call(gw, "/v1/chat/completions", "sk-tt-wrong", chat)[0] == 401
     assert call(gw, "/v1/nowhere", key)[0] == 404
     assert call(gw, "/v1/models", key)[0] == 200
@@ -125,8 +139,12 @@ def test_scrape_after_traffic_passes_promtool(gw: GatewayProcess, key: str) -> N
     text = scrape(gw)
     for family in ("tokentoll_requests_total", "tokentoll_tokens_total", "tokentoll_upstream_errors_total",
                    "tokentoll_time_to_first_byte_seconds_bucket", "tokentoll_gateway_overhead_seconds_bucket",
-                   "tokentoll_oldest_open_hold_age_seconds", "tokentoll_ledger_write_failures_total"):
+                   "tokentoll_oldest_open_hold_age_seconds", "tokentoll_ledger_write_failures_total",
+                   "tokentoll_upstream_overrun_tokens_total"):
         assert f"\n{family}" in text, f"{family} missing from the scrape"
+    # 400 tokens written where 10 were allowed (and held): 390 past the hold, and a little input past the estimate
+    overrun = sample(text, "tokentoll_upstream_overrun_tokens_total", provider="engine", model="runaway")
+    assert overrun is not None and overrun >= 390
     run = promtool("check", "metrics", stdin=text.encode())
     assert run.returncode == 0 and not run.stdout.strip() and not run.stderr.strip(), \
         (run.stdout + run.stderr).decode()

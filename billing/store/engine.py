@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 PAGE_SIZE = 1024
 WAL_CHECKPOINT_PAGES = 4000  # 4 MiB of WAL between checkpoints
 CHECKPOINT_EVERY_COMMITS = 500  # the event loop's commits between two checkpoints on the thread
@@ -118,7 +118,9 @@ CREATE TABLE usage (
     duration_ms REAL,
     created_at REAL NOT NULL,
     savings INTEGER NOT NULL DEFAULT 0,   -- the full price less the cost: what cache reads saved
-    units INTEGER NOT NULL DEFAULT 0      -- images returned, or seconds of video, where priced so
+    units INTEGER NOT NULL DEFAULT 0,     -- images returned, or seconds of video, where priced so
+    overrun INTEGER NOT NULL DEFAULT 0,   -- cost above the hold, never charged (an upstream past its limits)
+    overrun_tokens INTEGER NOT NULL DEFAULT 0  -- the tokens past what the hold was sized for
 );
 CREATE INDEX usage_account ON usage (account_id, created_at);   -- (a key's usage: through its account's)
 CREATE TABLE rate_windows (
@@ -642,6 +644,10 @@ INSERT INTO ledger (id, account_id, kind, balance_delta, held_delta, request_id,
 SELECT id, account_id, kind, balance_delta, held_delta, request_id, key_id, note, created_at FROM ledger_v4;
 DROP TABLE holds_v4;
 DROP TABLE ledger_v4;
+""",
+    5: """
+ALTER TABLE usage ADD COLUMN overrun INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE usage ADD COLUMN overrun_tokens INTEGER NOT NULL DEFAULT 0;
 """,
 }
 

@@ -193,19 +193,23 @@ class Settlement:
     by: str = "request"  # or "safety_net", or "task"
     savings: int = 0  # the full price less the cost (cache reads)
     units: int = 0  # images returned, or seconds of video
+    overrun_tokens: int = 0  # tokens past what the hold was sized for (see pricing.overrun_tokens)
 
 
 @dataclass(slots=True)
 class Settled:
     charged: int
     released: int
-    unbilled: int
+    unbilled: int  # capped cost the wallet could not cover (only an operator's change during the request does this)
     already: bool = False
+    overrun: int = 0  # cost above the hold, never charged
+    overrun_tokens: int = 0
 
 
 def tx_settle(conn: sqlite3.Connection, s: Settlement) -> Settled | None:
-    """Charge the real cost (never more than the wallet holds), release the rest, write the usage
-    row. Idempotent: a hold that is already closed is left as it is. None: no such hold."""
+    """Charge the real cost, never more than the hold (the rest of the cost is recorded as an overrun) nor
+    than the wallet holds, release the rest, write the usage row. Idempotent: a hold that is already closed is
+    left as it is. None: no such hold."""
     return tx_settle_all(conn, [s])[0]
 
 
@@ -250,8 +254,9 @@ class _Settlements:
                 return self._late(hold, s)
             return Settled(hold["charged"] or 0, 0, 0, already=True)
         account_id, key_id, amount = hold["account_id"], hold["key_id"], hold["amount"]
-        charged = min(s.cost, self._available(account_id) + amount)
-        released = amount - min(charged, amount)
+        capped = min(s.cost, amount)  # no request costs more than its hold
+        charged = min(capped, self._available(account_id) + amount)
+        released = amount - charged
         self._move(account_id, charged, amount)
         # One entry closes the hold: a settle charges the cost and frees the whole hold (what was not charged is
         # released with it); a hold with nothing charged is released.
@@ -265,16 +270,19 @@ class _Settlements:
                 self.tokens.setdefault((key_id, hold["window"]), []).append(actual_tokens - hold["tokens"])
         hold.update(status="settled" if charged else "released", charged=charged, closed_at=s.now, closed_by=s.by)
         self.closed.append(s.request_id)
+        overrun = s.cost - capped
+        over_tokens = s.overrun_tokens if overrun else 0
         self.usage_rows.append((s.request_id, account_id, key_id, hold["model"], s.input_tokens, s.output_tokens,
-                                s.cache_read_tokens, s.cache_write_tokens, charged, s.cost - charged, s.source,
-                                s.status, s.duration_ms, s.now, s.savings, s.units))
-        return Settled(charged, released, s.cost - charged)
+                                s.cache_read_tokens, s.cache_write_tokens, charged, capped - charged, s.source,
+                                s.status, s.duration_ms, s.now, s.savings, s.units, overrun, over_tokens))
+        return Settled(charged, released, capped - charged, overrun=overrun, overrun_tokens=over_tokens)
 
     def _late(self, hold: dict[str, Any], s: Settlement) -> Settled:
         """The request outlived its hold: the safety net charged the prompt estimate, and now the real
-        cost is known. Charge (or give back) the difference, never below zero, once."""
+        cost is known. Charge (or give back) the difference, never past the hold nor below zero, once."""
         account_id, key_id = hold["account_id"], hold["key_id"]
-        delta = s.cost - (hold["charged"] or 0)
+        capped = min(s.cost, hold["amount"])
+        delta = capped - (hold["charged"] or 0)
         extra = min(delta, self._available(account_id)) if delta > 0 else delta
         if extra:
             self._move(account_id, extra, 0)
@@ -285,10 +293,12 @@ class _Settlements:
         charged = (hold["charged"] or 0) + extra
         hold.update(charged=charged, closed_by="request", status="settled" if charged else "released")
         self.closed.append(s.request_id)
+        overrun = s.cost - capped
+        over_tokens = s.overrun_tokens if overrun else 0
         self.usage_updates.append((s.input_tokens, s.output_tokens, s.cache_read_tokens, s.cache_write_tokens, charged,
-                                   s.cost - charged, s.source, s.status, s.duration_ms, s.savings, s.units,
-                                   s.request_id))
-        return Settled(charged, 0, s.cost - charged)
+                                   capped - charged, s.source, s.status, s.duration_ms, s.savings, s.units, overrun,
+                                   over_tokens, s.request_id))
+        return Settled(charged, 0, capped - charged, overrun=overrun, overrun_tokens=over_tokens)
 
     def _available(self, account_id: int) -> int:
         return wallet_available(self.conn, self.available, account_id)
@@ -326,12 +336,13 @@ class _Settlements:
         if self.usage_rows:
             conn.executemany("INSERT OR IGNORE INTO usage (request_id, account_id, key_id, model, input_tokens, "
                              "output_tokens, cache_read_tokens, cache_write_tokens, cost, unbilled, source, status, "
-                             "duration_ms, created_at, savings, units) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-                             "?, ?, ?)", self.usage_rows)
+                             "duration_ms, created_at, savings, units, overrun, overrun_tokens) VALUES (?, ?, ?, ?, ?, "
+                             "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", self.usage_rows)
         if self.usage_updates:
             conn.executemany("UPDATE usage SET input_tokens = ?, output_tokens = ?, cache_read_tokens = ?, "
                              "cache_write_tokens = ?, cost = ?, unbilled = ?, source = ?, status = ?, duration_ms = ?, "
-                             "savings = ?, units = ? WHERE request_id = ?", self.usage_updates)
+                             "savings = ?, units = ?, overrun = ?, overrun_tokens = ? WHERE request_id = ?",
+                             self.usage_updates)
 
 
 def wallet_available(conn: sqlite3.Connection, known: dict[int, int], account_id: int) -> int:

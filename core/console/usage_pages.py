@@ -40,7 +40,7 @@ SOURCE_MEANING = {
 }
 CSV_COLUMNS = ("request_id", "time_utc", "key_id", "key_name", "model", "status", "source", "input_tokens",
                "output_tokens", "cache_read_tokens", "cache_write_tokens", "units", "cost_usd", "unbilled_usd",
-               "savings_usd", "duration_ms")
+               "savings_usd", "duration_ms", "overrun_tokens", "overrun_usd")
 DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 HEADER_NAME = re.compile(r"^\s*x-tt-request-id\s*:", re.IGNORECASE)
 SPREADSHEET_FORMULA = ("=", "+", "-", "@", "\t", "\r")
@@ -191,7 +191,7 @@ def csv_text(rows: list[dict[str, Any]], header: bool = False) -> bytes:
             "" if r["key_id"] is None else r["key_id"], _cell(r["key_name"]), _cell(r["model"]), r["status"],
             r["source"], r["input_tokens"], r["output_tokens"], r["cache_read_tokens"], r["cache_write_tokens"],
             r["units"], r["cost_usd"], r["unbilled_usd"], r["savings_usd"],
-            "" if r["duration_ms"] is None else r["duration_ms"]])
+            "" if r["duration_ms"] is None else r["duration_ms"], r["overrun_tokens"], r["overrun_usd"]])
     return out.getvalue().encode()
 
 
@@ -252,7 +252,7 @@ def routes(web: ConsoleWeb) -> list[Route]:
         parts, why_not = breakdown(row, web.settings.models)
         return web.show(request, v, "usage_detail.html", r=row, parts=parts, why_not=why_not,
                         priced=sum(p.cost for p in parts) if parts is not None else None,
-                        billed=row["cost"] + row["unbilled"], meaning=SOURCE_MEANING.get(row["source"], ""))
+                        billed=row["cost"] + row["unbilled"] + row["overrun"], meaning=SOURCE_MEANING.get(row["source"], ""))
 
     async def usage_csv(request: Request, v: Visitor) -> Response:
         keys = await ops.list_keys(str(v.account_id))
