@@ -10,7 +10,9 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+from adapters.openai.passthrough import CHAT_LIMIT_FIELDS
 from billing.pricing import PriceError, TokenPrices, usd_to_units
 from core.clientip import Network, parse_networks
 
@@ -42,6 +44,7 @@ class Provider:
     timeouts: Timeouts
     builtin: str = ""  # "demo": answered in-process, no network
     demo_chunk_delay: float = 0.0  # seconds between demo stream chunks
+    limit_field: str = "max_tokens"  # OpenAI format: the Chat Completions field that carries the output limit
 
 
 @dataclass(frozen=True)
@@ -400,10 +403,15 @@ def _log_target(target: str) -> str:
 
 def _provider(name: str, t: dict[str, Any], environ: Any) -> Provider:
     at = f"providers.{_q(name)}"
-    _only_keys(t, at, {"format", "base_url", "api_key_env", "timeouts", "builtin", "demo_chunk_delay"})
+    _only_keys(t, at, {"format", "base_url", "api_key_env", "timeouts", "builtin", "demo_chunk_delay", "limit_field"})
     fmt = _str(t, "format", at, "openai")
     if fmt not in FORMATS:
         raise ConfigError(f"{at}.format: {fmt!r} is not one of {', '.join(FORMATS)}")
+    limit_field = _str(t, "limit_field", at, "auto")
+    if "limit_field" in t and fmt != "openai":
+        raise ConfigError(f"{at}.limit_field: only OpenAI-format providers choose it ({fmt} has one limit field)")
+    if limit_field not in ("auto", *CHAT_LIMIT_FIELDS):
+        raise ConfigError(f"{at}.limit_field: must be \"auto\", \"max_tokens\" or \"max_completion_tokens\"")
     timeouts = _timeouts(_table(t, "timeouts", f"{at}.timeouts"), f"{at}.timeouts")
     builtin = _str(t, "builtin", at, "", allow_empty=True)
     delay = _seconds(t, "demo_chunk_delay", at, 0.0)
@@ -415,7 +423,8 @@ def _provider(name: str, t: dict[str, Any], environ: Any) -> Provider:
         for key in ("base_url", "api_key_env"):
             if key in t:
                 raise ConfigError(f"{at}.{key}: a builtin provider has no {key}; remove it or remove 'builtin'")
-        return Provider(name, fmt, "", "", timeouts, builtin, delay)
+        return Provider(name, fmt, "", "", timeouts, builtin, delay, default_limit_field("") if
+                        limit_field == "auto" else limit_field)
     base_url = _str(t, "base_url", at, None).rstrip("/")
     if not base_url.startswith(("http://", "https://")):
         raise ConfigError(f"{at}.base_url: must start with http:// or https://, got {base_url!r}")
@@ -425,7 +434,24 @@ def _provider(name: str, t: dict[str, Any], environ: Any) -> Provider:
         api_key = environ.get(key_env, "")
         if not api_key:
             raise ConfigError(f"{at}.api_key_env: environment variable {key_env} is not set or empty")
-    return Provider(name, fmt, base_url, api_key, timeouts)
+    if limit_field == "auto":
+        limit_field = default_limit_field(base_url)
+    return Provider(name, fmt, base_url, api_key, timeouts, limit_field=limit_field)
+
+
+# Hosts whose Chat Completions need max_completion_tokens: OpenAI's reasoning models refuse max_tokens (so does
+# Azure OpenAI), and Groq documents max_tokens as deprecated. Every self-hosted engine reads max_tokens (llama.cpp's
+# Python server and Ollama read nothing else), as do DeepSeek, OpenRouter and LM Studio.
+COMPLETION_TOKENS_HOSTS = ("api.openai.com", "api.groq.com")
+COMPLETION_TOKENS_DOMAINS = (".openai.azure.com",)
+
+
+def default_limit_field(base_url: str) -> str:
+    """limit_field = "auto": the field the provider at this base URL obeys (README "What a request can cost")."""
+    host = (urlsplit(base_url).hostname or "").lower()
+    if host in COMPLETION_TOKENS_HOSTS or host.endswith(COMPLETION_TOKENS_DOMAINS):
+        return "max_completion_tokens"
+    return "max_tokens"
 
 
 def _timeouts(t: dict[str, Any], at: str) -> Timeouts:

@@ -17,6 +17,7 @@ from adapters.anthropic import client as anthropic_client
 from adapters.anthropic import upstream as anthropic_upstream
 from adapters.gemini import client as gemini_client
 from adapters.gemini import upstream as gemini_upstream
+from adapters.gemini.common import _f, spelled_once
 from adapters.openai import chat_client as openai_chat
 from adapters.openai import chat_upstream as openai_upstream
 from adapters.openai import passthrough as openai_passthrough
@@ -90,8 +91,11 @@ def plan_request(call: Call, body: dict[str, Any], model: Model, request_id: str
     lane = lane_for(call, fmt, model.name)
     _check_depth(body)
     try:
+        if call.dialect == "gemini":  # a field spelled two ways must not mean one thing here and another upstream
+            body = spelled_once(body)
         if lane == "openai":
-            prepared = openai_passthrough.prepare(call.endpoint, body, model.upstream_model, model.max_output_tokens)
+            prepared = openai_passthrough.prepare(call.endpoint, body, model.upstream_model, model.max_output_tokens,
+                                                  model.provider.limit_field)
             return Plan("openai", openai_passthrough.UPSTREAM_PATHS[call.endpoint], prepared.upstream_body,
                         prepared.stream, prepared.max_output, prepared.prompt_estimate, prepared.include_usage)
         if lane == "count":
@@ -126,7 +130,11 @@ def _check_depth(body: dict[str, Any]) -> None:
 def finish_translate(plan: Plan, model: Model) -> None:
     """Build the translated upstream body once the request's remote media (if any) are inline."""
     assert plan.chat is not None
-    plan.path, plan.body = plan.upstream.build_request(plan.chat, model.upstream_model, plan.max_output)
+    if model.provider.format == "openai":  # the one format whose servers differ in the field they obey
+        plan.path, plan.body = plan.upstream.build_request(plan.chat, model.upstream_model, plan.max_output,
+                                                           model.provider.limit_field)
+    else:
+        plan.path, plan.body = plan.upstream.build_request(plan.chat, model.upstream_model, plan.max_output)
     plan.chat = None
 
 
@@ -174,13 +182,13 @@ def _plan_native(call: Call, body: dict[str, Any], model: Model) -> Plan:
         verb = "batchEmbedContents" if call.endpoint == "batch_embed" else "embedContent"
         return Plan("native", gemini_upstream.method_path(m, verb), gemini_upstream.with_upstream_model(body, m),
                     False, 0, internal.estimate_embed(embed), upstream=gemini_upstream, embeddings=True)
-    config = body.get("generationConfig", body.get("generation_config"))
-    candidates = config.get("candidateCount", config.get("candidate_count")) if isinstance(config, dict) else None
-    if candidates not in (None, 1):  # one answer per request is what is held for and metered
+    config = _f(body, "generationConfig")
+    if config is not None and not isinstance(config, dict):
+        raise internal.InvalidRequest("'generationConfig' must be an object", "generationConfig")
+    if _f(config, "candidateCount") not in (None, 1):  # one answer per request is what is held for and metered
         raise internal.InvalidRequest("generationConfig.candidateCount must be 1 through this gateway; send "
                                       "several requests for several answers", "generationConfig.candidateCount")
-    requested = _limit(config.get("maxOutputTokens", config.get("max_output_tokens")) if isinstance(config, dict)
-                       else None, "generationConfig.maxOutputTokens", required=False)
+    requested = _limit(_f(config, "maxOutputTokens"), "generationConfig.maxOutputTokens", required=False)
     max_output = min(requested or cap, cap)
     path = gemini_upstream.method_path(m, "streamGenerateContent?alt=sse" if call.stream else "generateContent")
     return Plan("native", path, gemini_upstream.passthrough_body(body, m, max_output), call.stream, max_output,

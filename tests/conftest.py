@@ -364,6 +364,12 @@ def matrix_config(native: str, log_path: Path) -> str:
             parts.append(f'[models.{name}-{fmt}]\nprovider = "up-{fmt}"\nupstream_model = "{name}"\n'
                          f'max_output_tokens = 1000\nprice = {{ input = "1", output = "2", cache_read = "0.1", '
                          f'cache_write = "1.25" }}\n')
+    # OpenAI's own reasoning models refuse max_tokens: a provider told to send max_completion_tokens
+    parts.append(f'[providers.up-openai-reasoning]\nformat = "openai"\nbase_url = "{native}/openai/v1"\n'
+                 'api_key_env = "TT_NATIVE_KEY"\nlimit_field = "max_completion_tokens"\n'
+                 'timeouts = { connect = 5, first_byte = 20, idle = 20, total = 60 }\n')
+    parts.append('[models.scripted-reasoning]\nprovider = "up-openai-reasoning"\nupstream_model = "scripted"\n'
+                 'max_output_tokens = 1000\nprice = { input = "1", output = "2" }\n')
     parts.append('[models.embed-openai]\nprovider = "up-openai"\nupstream_model = "scripted"\nmax_output_tokens = 1\n'
                  'price = { input = "1", output = "0" }\n')
     parts.append('[models.embed-gemini]\nprovider = "up-gemini"\nupstream_model = "scripted"\nmax_output_tokens = 1\n'

@@ -36,6 +36,22 @@ def test_prices_are_exact_integers_of_the_money_unit() -> None:
     assert s.models["m"].upstream_model == "m" and s.providers["up"].api_key == "secret"
 
 
+@pytest.mark.parametrize("base_url, field", [
+    ("http://127.0.0.1:8000/v1", "max_tokens"),  # llama.cpp, vLLM, Ollama, LM Studio...: all read max_tokens
+    ("https://api.deepseek.com/v1", "max_tokens"),
+    ("https://openrouter.ai/api/v1", "max_tokens"),
+    ("https://api.openai.com/v1", "max_completion_tokens"),  # reasoning models refuse max_tokens
+    ("https://my-team.openai.azure.com/openai/v1", "max_completion_tokens"),
+    ("https://api.groq.com/openai/v1", "max_completion_tokens"),
+])
+def test_the_limit_field_by_default_is_the_one_the_provider_obeys(base_url: str, field: str) -> None:
+    cfg = base()
+    cfg["providers"]["up"]["base_url"] = base_url
+    assert parse(cfg, {"K": "k"}).providers["up"].limit_field == field
+    cfg["providers"]["up"]["limit_field"] = other = ({"max_tokens", "max_completion_tokens"} - {field}).pop()
+    assert parse(cfg, {"K": "k"}).providers["up"].limit_field == other  # the operator's choice wins
+
+
 @pytest.mark.parametrize("mutate, key", [
     (lambda c: c["models"]["m"].update(provider="ghost"), "models.m.provider"),
     (lambda c: c["providers"]["up"].update(format="soap"), "providers.up.format"),
@@ -52,6 +68,8 @@ def test_prices_are_exact_integers_of_the_money_unit() -> None:
     (lambda c: c["providers"].update(d={"builtin": "demo", "base_url": "http://x"}), "providers.d.base_url"),
     (lambda c: c["providers"].update(d={"builtin": "demo", "demo_chunk_delay": -1}), "providers.d.demo_chunk_delay"),
     (lambda c: c.update(models={}), "models"),
+    (lambda c: c["providers"]["up"].update(limit_field="max_output_tokens"), "providers.up.limit_field"),
+    (lambda c: c["providers"]["up"].update(format="anthropic", limit_field="max_tokens"), "providers.up.limit_field"),
 ])
 def test_errors_name_the_key(mutate, key: str) -> None:
     cfg = base()

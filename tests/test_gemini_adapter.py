@@ -767,3 +767,39 @@ def test_a_tool_name_with_a_line_break_is_refused_for_gemini(name: str) -> None:
 def test_a_signature_with_a_trailing_newline_is_not_base64_for_gemini() -> None:
     from adapters.gemini.common import valid_signature
     assert valid_signature(SIG) and not valid_signature(SIG + "\n")
+
+
+# -- one spelling per field ----------------------------------------------------------------------
+
+
+def test_a_field_spelled_both_ways_with_one_value_is_sent_once() -> None:
+    from adapters.gemini.common import spelled_once
+
+    body = {"contents": [{"parts": [{"inline_data": {"mime_type": "image/png", "mimeType": "image/png", "data": "x"}}]}],
+            "generationConfig": {"maxOutputTokens": 5, "max_output_tokens": 5}, "generation_config": {
+                "maxOutputTokens": 5, "max_output_tokens": 5}}
+    assert spelled_once(body) == {"contents": [{"parts": [{"inline_data": {"mimeType": "image/png", "data": "x"}}]}],
+                                  "generationConfig": {"maxOutputTokens": 5}}
+    assert body["generation_config"]  # the caller's body is left as it was
+    tool = {"functionDeclarations": [{"name": "f", "parameters": {"type": "object", "properties": {
+        "user_name": {"type": "string"}, "userName": {"type": "string"}}}}]}
+    assert spelled_once({"contents": [], "tools": [tool]})["tools"] == [tool]  # a schema's own properties: data
+
+
+@pytest.mark.parametrize("body, named", [
+    ({"contents": [], "generationConfig": {"candidateCount": 1}, "generation_config": {"candidateCount": 8}},
+     ("generationConfig", "generation_config")),
+    ({"contents": [], "generationConfig": {"maxOutputTokens": 10, "max_output_tokens": 100000}},
+     ("generationConfig.maxOutputTokens", "max_output_tokens")),
+    ({"contents": [{"parts": [{"fileData": {"fileUri": "gs://a/1.mp4"}, "file_data": {"fileUri": "gs://a/2.mp4"}}]}]},
+     ("contents[0].parts[0].fileData", "file_data")),
+    ({"contents": [], "systemInstruction": {"parts": [{"text": "a"}]}, "system_instruction": {"parts": []}},
+     ("systemInstruction", "system_instruction")),
+])
+def test_a_field_spelled_both_ways_with_two_values_is_refused_naming_both(body: dict[str, Any],
+                                                                          named: tuple[str, str]) -> None:
+    from adapters.gemini.common import spelled_once
+
+    with pytest.raises(InvalidRequest) as err:
+        spelled_once(body)
+    assert all(f"'{name}'" in str(err.value) for name in named), str(err.value)

@@ -86,7 +86,7 @@ def agent_body() -> dict[str, Any]:
                                                                     "strict": True}},
         "reasoning_effort": "low",
         "max_completion_tokens": 500,
-        "max_tokens": 9,
+        "max_tokens": 500,  # both spellings, one value: allowed
         "stop": "END",
         "seed": 7,
         "temperature": 0.2,
@@ -123,7 +123,7 @@ def test_a_realistic_agent_request_parses_into_the_internal_shape() -> None:
     assert chat.tool_choice == ToolChoice("auto") and chat.parallel_tool_calls is False
     assert chat.output_format == OutputFormat("json_schema", {"type": "object"}, "w", True)
     assert chat.reasoning == Reasoning(effort="low")
-    assert chat.max_output == 500  # max_completion_tokens wins over max_tokens
+    assert chat.max_output == 500
     assert chat.stop == ["END"] and chat.seed == 7 and chat.temperature == 0.2 and chat.top_p == 0.9
     assert chat.presence_penalty == 0.5 and chat.frequency_penalty == -0.5 and chat.user == "user-123"
     assert chat.stream and chat.include_usage and chat.n == 1
@@ -356,7 +356,7 @@ def test_build_request_from_an_anthropic_style_conversation() -> None:
         output_format=OutputFormat("json_object"), reasoning=Reasoning(budget=10000), stop=["a", "b"],
         temperature=0.5, top_p=0.8, top_k=40, seed=1, presence_penalty=0.1, frequency_penalty=0.2, user="u", stream=True,
     )
-    path, raw = chat_upstream.build_request(chat, "gpt-4.1", 1234)
+    path, raw = chat_upstream.build_request(chat, "gpt-4.1", 1234, "max_completion_tokens")
     body = orjson.loads(raw)
     assert path == "/chat/completions" and body["model"] == "gpt-4.1"
     msgs = body["messages"]
@@ -426,7 +426,7 @@ def test_parse_then_build_round_trips_an_openai_request() -> None:
     body = agent_body()
     body["messages"] = body["messages"][:4] + [body["messages"][4], body["messages"][5]]
     chat = chat_client.parse_request(body)
-    sent = orjson.loads(chat_upstream.build_request(chat, "gpt-up", 500)[1])
+    sent = orjson.loads(chat_upstream.build_request(chat, "gpt-up", 500, "max_completion_tokens")[1])
     assert sent["messages"][0] == {"role": "system", "content": "You are terse.\n\nUse metric units."}
     assert sent["messages"][1]["content"] == body["messages"][2]["content"]
     assert sent["messages"][2]["tool_calls"][0] == body["messages"][3]["tool_calls"][0]
@@ -435,6 +435,25 @@ def test_parse_then_build_round_trips_an_openai_request() -> None:
                 "temperature", "top_p", "presence_penalty", "frequency_penalty", "max_completion_tokens"):
         assert sent[key] == body[key], key
     assert sent["stop"] == ["END"] and sent["user"] == "user-123"
+
+
+def test_the_limit_goes_upstream_once_in_the_providers_field() -> None:
+    chat = chat_client.parse_request({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                                      "max_completion_tokens": 30})
+    for field, other in (("max_tokens", "max_completion_tokens"), ("max_completion_tokens", "max_tokens")):
+        sent = orjson.loads(chat_upstream.build_request(chat, "m", 30, field)[1])
+        assert sent[field] == 30 and other not in sent
+    assert "max_completion_tokens" not in orjson.loads(chat_upstream.build_request(chat, "m", 30)[1])  # default
+
+
+@pytest.mark.parametrize("fields", [{"max_tokens": 100000, "max_completion_tokens": 1},
+                                    {"max_completion_tokens": 5, "n_predict": 9000},
+                                    {"max_tokens": 5, "max_new_tokens": 6}])
+def test_two_spellings_of_the_limit_that_disagree_are_refused_naming_both(fields: dict[str, int]) -> None:
+    with pytest.raises(InvalidRequest) as err:
+        chat_client.parse_request({"model": "m", "messages": [{"role": "user", "content": "hi"}], **fields})
+    first, second = fields
+    assert f"'{first}'" in str(err.value) and f"'{second}'" in str(err.value) and "disagree" in str(err.value)
 
 
 # == upstream side: parse_response and StreamReader ===========================================

@@ -26,7 +26,7 @@ def test_the_upstream_is_told_the_held_limit_and_n_multiplies_it() -> None:
     msgs = [{"role": "user", "content": "hi"}]
     capped = openai.prepare("chat", {"messages": msgs, "max_tokens": 5000}, "m", 100)
     assert orjson.loads(capped.upstream_body)["max_tokens"] == 100 and capped.max_output == 100
-    unset = openai.prepare("chat", {"messages": msgs}, "m", 100)
+    unset = openai.prepare("chat", {"messages": msgs}, "m", 100, "max_completion_tokens")
     assert orjson.loads(unset.upstream_body)["max_completion_tokens"] == 100
     assert orjson.loads(openai.prepare("responses", {"input": "x"}, "m", 7).upstream_body)["max_output_tokens"] == 7
     many = openai.prepare("chat", {"messages": msgs, "n": 50, "max_tokens": 10}, "m", 100)
@@ -36,6 +36,33 @@ def test_the_upstream_is_told_the_held_limit_and_n_multiplies_it() -> None:
     with pytest.raises(openai.InvalidRequest) as err:
         openai.prepare("chat", {"messages": msgs, "n": 0}, "m", 100)
     assert err.value.param == "n"
+
+
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
+def test_whatever_the_client_sent_the_upstream_gets_one_limit_field_with_the_held_value(field: str) -> None:
+    """llama.cpp's server reads n_predict before max_completion_tokens before max_tokens; llama-cpp-python and
+    Ollama read only max_tokens: every spelling the client sent goes, and the provider's one comes in."""
+    msgs = [{"role": "user", "content": "hi"}]
+    for sent in ({"max_completion_tokens": 30}, {"max_tokens": 30}, {"n_predict": 30}, {"max_new_tokens": 30},
+                 {"max_tokens": 30, "max_completion_tokens": 30, "n_predict": 30}, {}):
+        prepared = openai.prepare("chat", {"messages": msgs, **sent}, "m", 30, field)
+        body = orjson.loads(prepared.upstream_body)
+        assert [k for k in openai.LIMIT_FIELDS if k in body] == [field] and body[field] == prepared.max_output == 30
+    for endpoint, body, field in (("completions", {"prompt": "x", "max_completion_tokens": 9}, "max_tokens"),
+                                  ("responses", {"input": "x", "max_tokens": 9, "max_output_tokens": 9},
+                                   "max_output_tokens")):
+        upstream = orjson.loads(openai.prepare(endpoint, body, "m", 50, "max_completion_tokens").upstream_body)
+        assert [k for k in openai.LIMIT_FIELDS if k in upstream] == [field] and upstream[field] == 9
+
+
+def test_a_limit_spelled_twice_with_two_values_is_refused_naming_both() -> None:
+    msgs = [{"role": "user", "content": "hi"}]
+    with pytest.raises(openai.InvalidRequest) as err:
+        openai.prepare("chat", {"messages": msgs, "max_completion_tokens": 1, "max_tokens": 100000}, "m", 4096)
+    assert "'max_completion_tokens' (1) and 'max_tokens' (100000)" in str(err.value)
+    with pytest.raises(openai.InvalidRequest) as err:
+        openai.prepare("chat", {"messages": msgs, "max_tokens": 10, "n_predict": -1}, "m", 4096)
+    assert err.value.param == "n_predict"
 
 
 def test_max_output_is_the_request_limit_capped_by_the_model() -> None:

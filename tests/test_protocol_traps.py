@@ -536,9 +536,13 @@ def test_trap_21_max_tokens(g: GW) -> None:
     g.oai.chat.completions.create(model="scripted-anthropic", messages=HELLO)
     assert g.sent["max_tokens"] == 1000  # the model's max_output_tokens
     g.claude.messages.create(model="scripted-openai", max_tokens=50, messages=HELLO)
-    assert g.sent["max_completion_tokens"] == 50 and "max_tokens" not in g.sent
-    g.gem.models.generate_content(model="scripted-openai", contents="hi")
+    assert g.sent["max_tokens"] == 50 and "max_completion_tokens" not in g.sent  # what self-hosted engines read
+    g.claude.messages.create(model="scripted-reasoning", max_tokens=50, messages=HELLO)
+    assert g.sent["max_completion_tokens"] == 50 and "max_tokens" not in g.sent  # limit_field = max_completion_tokens
+    g.gem.models.generate_content(model="scripted-reasoning", contents="hi")
     assert g.sent["max_completion_tokens"] == 1000 and "max_tokens" not in g.sent
+    g.oai.chat.completions.create(model="scripted-reasoning", messages=HELLO, max_tokens=20)
+    assert g.sent["max_completion_tokens"] == 20 and "max_tokens" not in g.sent
     g.oai.chat.completions.create(model="scripted-gemini", messages=HELLO, max_tokens=30)
     assert g.sent["generationConfig"]["maxOutputTokens"] == 30
 

@@ -1,11 +1,14 @@
-"""What both Gemini sides share: tolerant field readers (camelCase or snake_case), the model path, the
-thoughtSignature and fetchable-URI checks and the HTTP status -> google.rpc status table. Pure; no I/O."""
+"""What both Gemini sides share: tolerant field readers (camelCase or snake_case) and the check that a request
+spells each field once, the model path, the thoughtSignature and fetchable-URI checks and the HTTP status ->
+google.rpc status table. Pure; no I/O."""
 
 from __future__ import annotations
 
 import re
 from functools import lru_cache
 from typing import Any
+
+from adapters.internal import InvalidRequest
 
 
 @lru_cache(maxsize=256)
@@ -19,6 +22,58 @@ def _f(obj: Any, name: str) -> Any:
         return None
     value = obj.get(name)
     return obj.get(_snake(name)) if value is None else value
+
+
+@lru_cache(maxsize=256)
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(word[:1].upper() + word[1:] for word in rest)
+
+
+# The objects of a request whose fields are checked for two spellings: what the prompt estimate reads (the
+# contents, their parts and media, the system instruction) and what bounds the answer (generationConfig, with
+# its maxOutputTokens and candidateCount). Tool schemas and call arguments are the caller's own data.
+_SPELLED_ONCE = {
+    "": ("contents", "systemInstruction", "generationConfig", "toolConfig"),
+    "contents": ("parts",),
+    "systemInstruction": ("parts",),
+    "parts": ("inlineData", "fileData", "functionCall", "functionResponse", "videoMetadata"),
+    "generationConfig": ("thinkingConfig",),
+}
+
+
+def spelled_once(body: dict[str, Any]) -> dict[str, Any]:
+    """The request with each field spelled once: Gemini's REST API reads camelCase and snake_case alike, so a
+    field given both ways (`generationConfig` and `generation_config`) could mean one thing to the gateway's
+    checks and another to the upstream. The same value twice keeps one (the camelCase); two values are refused
+    with a 400 naming both. Raises InvalidRequest."""
+    return _spelled_once(body, "", "")
+
+
+def _spelled_once(value: Any, kind: str, where: str) -> Any:
+    if isinstance(value, list):
+        return [_spelled_once(item, kind, f"{where}[{i}]") for i, item in enumerate(value)]
+    if not isinstance(value, dict):
+        return value
+    out = value
+    for key in value:
+        camel = _camel(key)
+        if camel != key and camel in value:
+            if value[camel] != value[key]:
+                raise InvalidRequest(f"'{where}{'.' if where else ''}{camel}' and '{key}' are the same field spelled "
+                                     "two ways, with different values: send one", camel)
+            if out is value:
+                out = dict(value)
+            del out[key]
+    for child in _SPELLED_ONCE.get(kind, ()):
+        key = _key(out, child)
+        if key in out:
+            checked = _spelled_once(out[key], child, f"{where}{'.' if where else ''}{child}")
+            if checked is not out[key]:
+                if out is value:
+                    out = dict(value)
+                out[key] = checked
+    return out
 
 
 def _key(obj: dict[str, Any], name: str) -> str:

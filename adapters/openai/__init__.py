@@ -2,7 +2,9 @@
 the submodules chat_client, chat_upstream, responses and responses_request, imported by name."""
 
 from adapters.openai.passthrough import (
+    CHAT_LIMIT_FIELDS,
     DEFAULT_COMPLETIONS_MAX_TOKENS,
+    LIMIT_FIELDS,
     MAX_CHOICES,
     NOT_JSON,
     RESPONSES_DELTA_EVENTS,
@@ -26,14 +28,15 @@ from adapters.openai.passthrough import (
     models_list,
     normalize_usage,
     prepare,
+    requested_limit,
     stream_error_event,
     without_usage,
 )
 
 __all__ = [
-    "DEFAULT_COMPLETIONS_MAX_TOKENS", "MAX_CHOICES", "NOT_JSON", "RESPONSES_DELTA_EVENTS", "RESPONSES_FINAL_EVENTS",
+    "CHAT_LIMIT_FIELDS", "DEFAULT_COMPLETIONS_MAX_TOKENS", "LIMIT_FIELDS", "MAX_CHOICES", "NOT_JSON", "RESPONSES_DELTA_EVENTS", "RESPONSES_FINAL_EVENTS",
     "STREAMING_ENDPOINTS", "TERMINAL", "UPSTREAM_ERROR", "UPSTREAM_PATHS", "USAGE_ON_CONTENT", "USAGE_ONLY",
     "Endpoint", "InvalidRequest", "Prepared", "answers_per_request", "error_body", "estimate_prompt",
     "max_output_tokens", "meter_response", "meter_stream_event", "model_object", "models_list", "normalize_usage",
-    "prepare", "stream_error_event", "without_usage",
+    "prepare", "requested_limit", "stream_error_event", "without_usage",
 ]

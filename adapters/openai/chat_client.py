@@ -372,10 +372,7 @@ def _parse_stop(raw: Any) -> list[str]:
 
 
 def _max_output(body: dict[str, Any]) -> int | None:
-    for name in ("max_completion_tokens", "max_tokens"):
-        if body.get(name) is not None:
-            return _integer(body, name, 1, 1 << 31)
-    return None
+    return passthrough.requested_limit(body)
 
 
 def _integer(body: dict[str, Any], name: str, low: int, high: int) -> int | None:

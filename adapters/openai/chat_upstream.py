@@ -39,15 +39,19 @@ def auth_headers(api_key: str) -> dict[str, str]:
     return {"authorization": f"Bearer {api_key}"}
 
 
-def passthrough_body(body: dict[str, Any], upstream_model: str, max_output: int) -> bytes:
+def passthrough_body(body: dict[str, Any], upstream_model: str, max_output: int,
+                     limit_field: str = "max_tokens") -> bytes:
     """Same-format traffic: the client's body with the model and output limit replaced and stream
     usage forced on (the existing `prepare` does exactly this)."""
-    return passthrough.prepare("chat", body, upstream_model, max_output).upstream_body
+    return passthrough.prepare("chat", body, upstream_model, max_output, limit_field).upstream_body
 
 
-def build_request(chat: Chat, upstream_model: str, max_output: int) -> tuple[str, bytes]:
-    """A /chat/completions body told exactly `max_output` (max_completion_tokens). n > 1 is refused:
-    the internal Reply and stream events carry one choice, so the other answers could not reach the client."""
+def build_request(chat: Chat, upstream_model: str, max_output: int,
+                  limit_field: str = "max_tokens") -> tuple[str, bytes]:
+    """A /chat/completions body told exactly `max_output` in `limit_field` (the provider's: max_tokens, which
+    self-hosted engines read, or max_completion_tokens, which OpenAI's reasoning models require). n > 1 is
+    refused: the internal Reply and stream events carry one choice, so the other answers could not reach the
+    client."""
     if chat.n > 1:
         raise InvalidRequest("more than one answer per request (n > 1) cannot be served by this model", "n")
     if len(chat.stop) > MAX_STOP:
@@ -66,7 +70,7 @@ def build_request(chat: Chat, upstream_model: str, max_output: int) -> tuple[str
         body["reasoning_effort"] = effort
     if chat.stop:
         body["stop"] = list(chat.stop)
-    body["max_completion_tokens"] = max_output
+    body[limit_field] = max_output
     for name in ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty", "user"):
         value = getattr(chat, name)
         if value is not None:

@@ -47,9 +47,12 @@ class Prepared:
 # -- requests ------------------------------------------------------------------------------
 
 
-def prepare(endpoint: str, body: dict[str, Any], upstream_model: str, model_cap: int) -> Prepared:
-    """Validate the fields the gateway relies on, estimate the prompt, and build the upstream body.
-    The upstream is always asked for stream usage; the client only gets it if it asked."""
+def prepare(endpoint: str, body: dict[str, Any], upstream_model: str, model_cap: int,
+            limit_field: str = "max_tokens") -> Prepared:
+    """Validate the fields the gateway relies on, estimate the prompt, and build the upstream body: it carries
+    the output limit once, in `limit_field` for Chat Completions (the provider's choice), `max_tokens` for
+    Completions and `max_output_tokens` for Responses, whatever spelling the client used. The upstream is always
+    asked for stream usage; the client only gets it if it asked."""
     stream = body.get("stream", False)
     if stream is None:
         stream = False
@@ -69,15 +72,39 @@ def prepare(endpoint: str, body: dict[str, Any], upstream_model: str, model_cap:
             upstream["stream_options"] = {**(options or {}), "include_usage": True}
     max_output = max_output_tokens(endpoint, body, model_cap)
     if endpoint != "embeddings":  # the upstream may produce no more than was held for
-        field = next((f for f in _MAX_OUTPUT_FIELDS[endpoint] if body.get(f) is not None), _LIMIT_FIELD[endpoint])
-        upstream[field] = max_output
+        for name in LIMIT_FIELDS:
+            upstream.pop(name, None)
+        upstream[limit_field if endpoint == "chat" else _LIMIT_FIELD[endpoint]] = max_output
     copies = answers_per_request(endpoint, body)
     return Prepared(stream, include_usage, max_output * copies, estimate_prompt(endpoint, body),
                     orjson.dumps(upstream))
 
 
-_LIMIT_FIELD = {"chat": "max_completion_tokens", "completions": "max_tokens", "responses": "max_output_tokens"}
+_LIMIT_FIELD = {"completions": "max_tokens", "responses": "max_output_tokens"}
+CHAT_LIMIT_FIELDS = ("max_tokens", "max_completion_tokens")  # what a provider may choose (README "What a request can cost")
+# Every spelling of the output limit an OpenAI-compatible server may read: OpenAI's max_completion_tokens and
+# max_tokens (and max_output_tokens in Responses); llama.cpp's server reads n_predict before either; TGI and SGLang
+# take max_new_tokens natively. A client may use any of them (several only with one value); the upstream gets
+# exactly one, with the held value, so no spelling the client sent can lift the limit.
+LIMIT_FIELDS = ("max_output_tokens", "max_completion_tokens", "max_tokens", "n_predict", "max_new_tokens")
 MAX_CHOICES = 128
+
+
+def requested_limit(body: dict[str, Any]) -> int | None:
+    """The most output tokens the client asked for, in whichever spelling; a 400 naming both spellings when
+    two of them disagree."""
+    found: tuple[str, int] | None = None
+    for name in LIMIT_FIELDS:
+        value = body.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InvalidRequest(f"'{name}' must be a positive integer", name)
+        if found is not None and found[1] != value:
+            raise InvalidRequest(f"'{found[0]}' ({found[1]}) and '{name}' ({value}) both set the most output tokens "
+                                 "and disagree: send one of them", name)
+        found = found or (name, value)
+    return found[1] if found is not None else None
 
 
 def answers_per_request(endpoint: str, body: dict[str, Any]) -> int:
@@ -95,26 +122,16 @@ def answers_per_request(endpoint: str, body: dict[str, Any]) -> int:
     return most
 
 
-_MAX_OUTPUT_FIELDS = {
-    "chat": ("max_completion_tokens", "max_tokens"),
-    "completions": ("max_tokens",),
-    "responses": ("max_output_tokens",),
-    "embeddings": (),
-}
-
-
 def max_output_tokens(endpoint: str, body: dict[str, Any], cap: int) -> int:
-    for field in _MAX_OUTPUT_FIELDS[endpoint]:
-        value = body.get(field)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InvalidRequest(f"'{field}' must be a positive integer", field)
-        return min(value, cap)
-    if endpoint == "completions":
-        return min(DEFAULT_COMPLETIONS_MAX_TOKENS, cap)
+    """The most output tokens of one answer: what the client asked for, at most the model's cap; without a
+    limit, the cap (the legacy Completions API: its own default of 16)."""
     if endpoint == "embeddings":
         return 0
+    requested = requested_limit(body)
+    if requested is not None:
+        return min(requested, cap)
+    if endpoint == "completions":
+        return min(DEFAULT_COMPLETIONS_MAX_TOKENS, cap)
     return cap
 
 

@@ -12,6 +12,7 @@ import orjson
 from adapters.internal import (Chat, InvalidRequest, Media, Message, OutputFormat, Part, Reasoning, Role, Text,
                                Thinking, Tool, ToolCall, ToolChoice, ToolResult, media_from_url)
 from adapters.openai.common import EFFORTS, EMPTY_PARAMETERS, number, opt_bool
+from adapters.openai.passthrough import requested_limit
 
 __all__ = ["CARRIER_PREFIX", "carrier", "parse_request", "read_carrier"]
 
@@ -48,7 +49,7 @@ def parse_request(body: dict[str, Any]) -> Chat:
         messages=messages,
         system=system,
         stream=bool(opt_bool(body, "stream")),
-        max_output=_opt_positive_int(body, "max_output_tokens"),
+        max_output=requested_limit(body),
         temperature=number(body, "temperature", 0, 2),
         top_p=number(body, "top_p", 0, 1),
         tools=tools,
@@ -375,13 +376,6 @@ def _opt_str(body: dict[str, Any], key: str) -> str | None:
     if value is not None and not isinstance(value, str):
         raise InvalidRequest(f"'{key}' must be a string", key)
     return value or None
-
-
-def _opt_positive_int(body: dict[str, Any], key: str) -> int | None:
-    value = body.get(key)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise InvalidRequest(f"'{key}' must be a positive integer", key)
-    return value
 
 
 # -- the encrypted_content carrier -------------------------------------------------------------
