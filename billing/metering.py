@@ -20,6 +20,11 @@ TOKENS_PER_IMAGE_LOW = 85
 BASE64_CHARS_PER_TOKEN = 4  # audio and files we cannot tokenize: 3 raw bytes per token
 
 UsageSource = Literal["upstream", "observed", "estimate", "cache", "none"]
+# A stream whose upstream goes on past the held output limit is cut by the gateway once its output, counted with
+# cl100k, reaches the limit plus this margin: the model's own tokenizer may write the same text in fewer tokens
+# (o200k, Gemma's and Llama's larger vocabularies), and a model that obeys its limit must never be cut.
+CUT_MARGIN_DIVISOR = 4  # a quarter of the limit...
+CUT_MARGIN_TOKENS = 16  # ...plus 16 tokens, for small limits and the chunk that crosses the line
 
 _encoding: tiktoken.Encoding | None = None
 # Stream deltas are mostly a word or two: their counts are memoized (exact, bounded, cleared when full).
@@ -115,6 +120,12 @@ class Meter:
             self.observed_any = True
             self.output_observed += tokens
 
+    def past_limit(self, limit: int, cutoff: int) -> bool:
+        """The upstream has gone past `limit` output tokens: by its own running count (Gemini's, say), or by
+        the gateway's count reaching `cutoff` (output_cutoff(limit))."""
+        p = self.partial
+        return self.output_observed >= cutoff or (p is not None and p.out_total > limit)
+
     def mark_complete(self) -> None:
         """A whole answer arrived (possibly empty): the prompt was certainly processed."""
         self.observed_any = True
@@ -143,3 +154,8 @@ class Meter:
 
 
 NO_USAGE = UsageRecord(Usage(), "none")
+
+
+def output_cutoff(limit: int) -> int:
+    """The counted output at which a stream is cut when the upstream goes past `limit` (see CUT_MARGIN_*)."""
+    return limit + limit // CUT_MARGIN_DIVISOR + CUT_MARGIN_TOKENS

@@ -37,7 +37,7 @@ class Exchange:
                  "t0", "t_first", "upstream_wait", "client_gone", "meter", "sent", "error_code",
                  "upstream_error_kind", "finished", "key", "held", "plan", "writer", "headers", "rename",
                  "cache_state", "cache_key", "cache_scope", "collector", "reader", "answer", "prices", "attempts",
-                 "held_tokens")
+                 "held_tokens", "cut")
 
     def __init__(self, request_id: str, route: str, call: Call, t0: float) -> None:
         self.request_id = request_id
@@ -74,6 +74,7 @@ class Exchange:
         self.prices: TokenPrices | None = None  # what the request is charged at, when not the model's prices
         self.attempts = 0  # channels that failed before one answered (failover)
         self.held_tokens = (0, 0)  # what the hold was sized for: prompt tokens, most output tokens
+        self.cut = False  # the gateway ended the stream at the held limit: the upstream went on past it
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:

@@ -20,7 +20,7 @@ from adapters.gemini import client as gemini_client
 from adapters.gemini import upstream as gemini_upstream
 from adapters.openai import chat_upstream as openai_upstream
 from billing.ledger import Ledger
-from billing.metering import Meter, Usage, UsageRecord
+from billing.metering import Meter, Usage, UsageRecord, output_cutoff
 from core.auth import admission_error, presented_key
 from core import sse
 from core.clientip import from_scope
@@ -183,7 +183,7 @@ class Relay:
         try:
             if plan.lane == "openai":
                 if plan.stream:
-                    await self._relay_stream(x, resp, plan.include_usage, send)
+                    await self._relay_stream(x, resp, plan, send)
                 else:
                     await self._relay_body(x, resp, send)
             elif plan.stream:
@@ -373,12 +373,15 @@ class Relay:
         x.finished = True  # from here a disconnect is the normal end of the exchange
         await send({"type": "http.response.body", "body": raw})
 
-    async def _relay_stream(self, x: Exchange, resp: UpstreamResponse, include_usage: bool, send: Send) -> None:
+    async def _relay_stream(self, x: Exchange, resp: UpstreamResponse, plan: Plan, send: Send) -> None:
         """Each upstream event goes to the client as soon as it is complete. The response starts
-        only with the first event, so an upstream that fails before it still gets a real status."""
+        only with the first event, so an upstream that fails before it still gets a real status. An upstream
+        that goes on past the held limit is cut there, and the client's stream ends as if it had stopped."""
         meter = x.meter
         assert meter is not None
-        endpoint = x.endpoint
+        endpoint, include_usage = x.endpoint, plan.include_usage
+        stream = openai.PassthroughStream(endpoint, meter, plan.choices)
+        limit, cutoff = plan.max_output, output_cutoff(plan.max_output)
         decoder = sse.SSEDecoder()
         complete = False
         sequence = 0
@@ -399,7 +402,7 @@ class Relay:
                         complete = True
                         out.append(b"data: [DONE]\n\n")
                         continue
-                    flags = openai.meter_stream_event(endpoint, ev.data, meter)
+                    flags = stream.feed(ev.data)
                     if flags & openai.NOT_JSON:
                         continue  # it would crash the SDK; the bytes are not part of an answer
                     if x.reader is not None:
@@ -416,13 +419,16 @@ class Relay:
                             continue
                         data = openai.without_usage(data)
                     out.append(sse.encode(renamed(data, x.rename), ev.event))
+                    if not complete and meter.past_limit(limit, cutoff):
+                        x.cut = complete = True
+                        out.append(stream.cut(meter.record().usage, include_usage))
                 await self._send_events(x, out, send)
                 if not chunk:
                     break
             if not complete:
                 raise UpstreamClosed("the upstream ended the stream before it was complete")
             meter.mark_complete()
-            if x.collector is not None and not x.error_code:
+            if x.collector is not None and not x.error_code and not x.cut:
                 x.answer = x.collector.reply()
         except UpstreamError as err:
             if not x.started:
@@ -435,7 +441,7 @@ class Relay:
             await self._start_stream(x, send)
         x.finished = True
         await send({"type": "http.response.body", "body": b""})
-        if complete:
+        if complete and not x.cut:  # a cut upstream is still writing: its connection is closed, not drained
             await resp.drain(DRAIN_SECONDS)  # the upstream's own end, so its connection can be reused
 
     async def _cross_body(self, x: Exchange, resp: UpstreamResponse, plan: Plan, send: Send) -> None:
@@ -487,6 +493,7 @@ class Relay:
             assert plan.new_writer is not None
             x.writer = plan.new_writer()
         array = gemini and not translated and not x.call.sse  # Gemini's JSON-array stream, framed here
+        limit, cutoff = plan.max_output, output_cutoff(plan.max_output)
         decoder = sse.SSEDecoder()
         complete = failed = False
         self.metrics.open_streams.inc()
@@ -512,6 +519,10 @@ class Relay:
                     if not translated:
                         out.append(_native_frame(ev, gemini, array, x.started or bool(out), x.rename))
                     complete = reader.done
+                    if not (complete or failed) and meter.past_limit(limit, cutoff):
+                        x.cut = complete = True  # the upstream went on past the limit: it ends here
+                        if translated:
+                            out.append(x.writer.write(internal.End("length")))
                 await self._send_events(x, out, send)
                 if not chunk:
                     break
@@ -522,9 +533,15 @@ class Relay:
                 raise UpstreamClosed("the upstream ended the stream before it was complete")
             else:
                 meter.mark_complete()
-                if x.collector is not None:
+                if x.collector is not None and not x.cut:
                     x.answer = x.collector.reply()
-                tail = x.writer.close(meter.record().usage) if translated else b"]" if array else b""
+                usage = meter.record().usage
+                if translated:
+                    tail = x.writer.close(usage)
+                elif x.cut:
+                    tail = self._native_cut(x, reader, usage, array)
+                else:
+                    tail = b"]" if array else b""
                 await self._send_events(x, [tail] if tail else [], send)
         except UpstreamError as err:
             if not x.started:
@@ -536,8 +553,16 @@ class Relay:
             await self._start_stream(x, send)
         x.finished = True
         await send({"type": "http.response.body", "body": b""})
-        if complete:
+        if complete and not x.cut:
             await resp.drain(DRAIN_SECONDS)
+
+    def _native_cut(self, x: Exchange, reader: Any, usage: Usage, array: bool) -> bytes:
+        """The end of a passed-through Anthropic or Gemini stream cut at the held limit, in the client's terms."""
+        assert x.model is not None
+        if x.call.dialect == "anthropic":
+            return anthropic_client.cut_events(reader.open_block, usage)
+        data = gemini_client.cut_chunk(x.model.name, x.request_id, usage)
+        return b",\r\n" + data + b"]" if array else sse.encode(data)
 
     async def _end_in_band(self, x: Exchange, err: UpstreamError, event: bytes, send: Send) -> None:
         """An upstream failure after the stream started: counted, and told to the client in-band."""
@@ -656,6 +681,7 @@ class Relay:
             "usage_source": record.source,
             "cache": x.cache_state or None,
             "cost_nanousd": cost,
+            "cut_at_limit": x.cut,
             "overrun_tokens": over_tokens,
             "overrun_nanousd": overrun,
             "duration_ms": round(total * 1000, 3),

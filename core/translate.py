@@ -54,6 +54,7 @@ class Plan:
     new_writer: Callable[[], Any] | None = None
     headers: dict[str, str] = field(default_factory=dict)  # extra upstream headers (anthropic-beta)
     chat: internal.Chat | None = None  # translate lane: the request, until its media are fetched
+    choices: int = 1  # OpenAI passthrough: the answers the upstream writes (n), which a cut stream finishes
 
 
 def lane_for(call: Call, upstream_format: str, model: str) -> Lane:
@@ -97,7 +98,8 @@ def plan_request(call: Call, body: dict[str, Any], model: Model, request_id: str
             prepared = openai_passthrough.prepare(call.endpoint, body, model.upstream_model, model.max_output_tokens,
                                                   model.provider.limit_field)
             return Plan("openai", openai_passthrough.UPSTREAM_PATHS[call.endpoint], prepared.upstream_body,
-                        prepared.stream, prepared.max_output, prepared.prompt_estimate, prepared.include_usage)
+                        prepared.stream, prepared.max_output, prepared.prompt_estimate, prepared.include_usage,
+                        choices=prepared.choices)
         if lane == "count":
             return _plan_count(call, body, model, _betas(call, fmt, headers))
         if lane == "native":

@@ -37,7 +37,8 @@ BEHAVIOURS = (
     "idle",      # the stream starts, then goes silent past the idle timeout
     "429",       # rate limited, with Retry-After
     "500",       # a server error
-    "long",      # a stream that goes on for a long time (still running when the gateway is killed)
+    "long",      # a stream that goes on for a long time (still running when the gateway is killed), its chunks
+                 # empty, within its output limit (a stream past the limit is cut by the gateway)
 )
 PACE = 0.05  # seconds between the frames of a paced stream
 LONG_FRAMES = 1000  # 50 s: the gateway is killed long before
@@ -118,7 +119,7 @@ class ChaosUpstream(LoopbackServer):
             return web.Response(body=orjson.dumps(_gemini_chunks(model, answer)), content_type="application/json")
         first = FIRST_TEXT[fmt]
         if behaviour == "long":
-            frames = frames[: first + 1] + [frames[first]] * LONG_FRAMES + frames[first + 1:]
+            frames = frames[: first + 1] + [_idle_frame(fmt, frames[first])] * LONG_FRAMES + frames[first + 1:]
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
         try:
@@ -139,6 +140,18 @@ class ChaosUpstream(LoopbackServer):
         except (ConnectionError, RuntimeError):
             pass  # the gateway left
         return resp
+
+
+def _idle_frame(fmt: str, text_frame: bytes) -> bytes:
+    """A frame that keeps a stream going without adding output: an empty content delta (Anthropic: a ping)."""
+    if fmt == "anthropic":
+        return b'event: ping\ndata: {"type":"ping"}\n\n'
+    chunk = orjson.loads(text_frame.split(b"data: ", 1)[1])
+    if fmt == "openai":
+        chunk["choices"][0]["delta"] = {"content": ""}
+    else:
+        chunk["candidates"][0]["content"]["parts"] = [{"text": ""}]
+    return _data(chunk)
 
 
 def _abort(request: web.Request) -> None:

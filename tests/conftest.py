@@ -360,7 +360,8 @@ def matrix_config(native: str, log_path: Path) -> str:
     for fmt in FORMATS:
         parts.append(f'[providers.up-{fmt}]\nformat = "{fmt}"\nbase_url = "{native}/{fmt}/{version[fmt]}"\n'
                      f'api_key_env = "TT_NATIVE_KEY"\ntimeouts = {{ connect = 5, first_byte = 20, idle = 20, total = 60 }}\n')
-        for name in ("scripted", "cached", "die", "stream-error", "status-429", "status-529", "status-400"):
+        for name in ("scripted", "cached", "die", "stream-error", "status-429", "status-529", "status-400", "runaway",
+                     "engine"):
             parts.append(f'[models.{name}-{fmt}]\nprovider = "up-{fmt}"\nupstream_model = "{name}"\n'
                          f'max_output_tokens = 1000\nprice = {{ input = "1", output = "2", cache_read = "0.1", '
                          f'cache_write = "1.25" }}\n')

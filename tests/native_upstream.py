@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -66,10 +67,10 @@ def _event(name: str, obj: Any) -> bytes:
 
 
 def _thirds(text: str) -> list[str]:
-    """A short text in three pieces; a long one in pieces of five words."""
-    words = text.split(" ")
+    """A short text in three pieces; a long one in pieces of five words (each with its leading space)."""
+    words = re.findall(r"\s*\S+", text)
     if len(words) > 12:
-        return [" ".join(words[i:i + 5]) + (" " if i + 5 < len(words) else "") for i in range(0, len(words), 5)]
+        return ["".join(words[i:i + 5]) for i in range(0, len(words), 5)]
     n = len(text)
     return [text[: n // 3], text[n // 3: 2 * n // 3], text[2 * n // 3:]]
 
@@ -271,6 +272,7 @@ class NativeUpstream(LoopbackServer):
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/openai/v1/chat/completions", self._chat)
         app.router.add_post("/openai/v1/embeddings", self._openai_embeddings)
+        app.router.add_post("/openai/v1/completions", self._completions)
         app.router.add_post("/openai/v1/responses", self._responses)
         app.router.add_get("/media/{name}", self._media)
         app.router.add_post("/anthropic/v1/messages", self._chat)
@@ -293,6 +295,27 @@ class NativeUpstream(LoopbackServer):
         body = await self._record(request)
         stream = isinstance(body, dict) and bool(body.get("stream"))
         return await self._generate(request, request.path.split("/")[1], body, stream)
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        """The legacy Completions API, for the engine behaviours: text_completion chunks, no stream usage."""
+        body = await self._record(request)
+        model = str(body.get("model", "")) if isinstance(body, dict) else ""
+        if early := self._early(request, "openai", model, body):
+            return early
+        answer = _answer("openai", model, body)
+        text, created = answer.text or "", int(time.time())
+        head = {"id": "cmpl-1", "object": "text_completion", "created": created, "model": model}
+        if not body.get("stream"):
+            return _json({**head, "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": "stop"}],
+                          "usage": {"prompt_tokens": answer.usage[0], "completion_tokens": answer.usage[3],
+                                    "total_tokens": answer.usage[0] + answer.usage[3]}})
+        frames = [_data({**head, "choices": [{"index": 0, "text": piece, "logprobs": None, "finish_reason": None}]})
+                  for piece in _thirds(text)]
+        frames += [_data({**head, "choices": [{"index": 0, "text": "", "logprobs": None, "finish_reason": "stop"}]}),
+                   b"data: [DONE]\n\n"]
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        return await self._paced(request, resp, frames)
 
     async def _openai_embeddings(self, request: web.Request) -> web.StreamResponse:
         body = await self._record(request)
@@ -327,6 +350,8 @@ class NativeUpstream(LoopbackServer):
         model = str(body.get("model", "")) if isinstance(body, dict) else ""
         if early := self._early(request, "openai", model, body):
             return early
+        if model in ("runaway", "engine", "media-heavy"):
+            return await self._responses_text(request, model, body)
         items = body.get("input")
         last = items[-1] if isinstance(items, list) and items and isinstance(items[-1], dict) else {}
         if last.get("type") == "function_call_output":
@@ -375,6 +400,38 @@ class NativeUpstream(LoopbackServer):
         finally:
             self.paced.append((written, len(frames)))
         return resp
+
+    async def _responses_text(self, request: web.Request, model: str, body: dict[str, Any]) -> web.StreamResponse:
+        """A text answer of the engine behaviours, non-stream or as Responses events with a delta per piece
+        ("engine" reads max_output_tokens, as llama.cpp's server does)."""
+        limit = body.get("max_output_tokens") if model == "engine" else None
+        answer = _answer("openai", "engine" if limit else model, {"max_tokens": limit})
+        text = answer.text or ""
+        usage = {"input_tokens": answer.usage[0], "input_tokens_details": {"cached_tokens": 0},
+                 "output_tokens": answer.usage[3], "output_tokens_details": {"reasoning_tokens": 0},
+                 "total_tokens": answer.usage[0] + answer.usage[3]}
+        part = {"type": "output_text", "text": text, "annotations": []}
+        item = {"type": "message", "id": "msg_1", "status": "completed", "role": "assistant", "content": [part]}
+        done = {"id": "resp_1", "object": "response", "created_at": 1, "status": "completed", "model": model,
+                "output": [item], "usage": usage}
+        if not body.get("stream"):
+            return _json(done)
+        started = {**done, "status": "in_progress", "output": [], "usage": None}
+        where = {"item_id": "msg_1", "output_index": 0, "content_index": 0}
+        events: list[tuple[str, dict[str, Any]]] = [
+            ("response.created", {"response": started}), ("response.in_progress", {"response": started}),
+            ("response.output_item.added", {"output_index": 0, "item": {**item, "status": "in_progress",
+                                                                         "content": []}}),
+            ("response.content_part.added", {**where, "part": {**part, "text": ""}})]
+        events += [("response.output_text.delta", {**where, "delta": piece, "logprobs": []}) for piece in _thirds(text)]
+        events += [("response.output_text.done", {**where, "text": text, "logprobs": []}),
+                   ("response.content_part.done", {**where, "part": part}),
+                   ("response.output_item.done", {"output_index": 0, "item": item}),
+                   ("response.completed", {"response": done})]
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        frames = [_event(name, {"type": name, "sequence_number": n, **data}) for n, (name, data) in enumerate(events)]
+        return await self._paced(request, resp, frames)
 
     async def _gemini(self, request: web.Request) -> web.StreamResponse:
         body = await self._record(request)

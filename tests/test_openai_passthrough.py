@@ -118,20 +118,21 @@ def test_usage_normalization_of_real_payloads() -> None:
 
 def test_stream_event_flags_and_counting() -> None:
     m = Meter(10)
+    chat, responses = openai.PassthroughStream("chat", m), openai.PassthroughStream("responses", m)
     chunk = b'{"choices":[{"index":0,"delta":{"content":"Hello world"}}]}'
-    assert openai.meter_stream_event("chat", chunk, m) == 0
+    assert chat.feed(chunk) == 0
     tool = b'{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\\"a\\":1}"}}]}}]}'
-    openai.meter_stream_event("chat", tool, m)
+    chat.feed(tool)
     assert m.output_observed == count_text("Hello world") + count_text('{"a":1}')
     usage_only = b'{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2}}'
-    assert openai.meter_stream_event("chat", usage_only, m) == openai.USAGE_ONLY
+    assert chat.feed(usage_only) == openai.USAGE_ONLY
     assert m.record().source == "upstream" and m.record().usage == Usage(5, 2)
-    assert openai.meter_stream_event("chat", b'{"error":{"message":"x"}}', m) & openai.UPSTREAM_ERROR
-    assert openai.meter_stream_event("responses", b'{"type":"response.completed","response":{}}', m) \
+    assert chat.feed(b'{"error":{"message":"x"}}') & openai.UPSTREAM_ERROR
+    assert responses.feed(b'{"type":"response.completed","response":{}}') \
         == openai.TERMINAL
-    assert openai.meter_stream_event("chat", b"not json", m) == openai.NOT_JSON
+    assert chat.feed(b"not json") == openai.NOT_JSON
     content_with_usage = b'{"choices":[{"index":0,"delta":{"content":"x"}}],"usage":{"prompt_tokens":1}}'
-    assert openai.meter_stream_event("chat", content_with_usage, m) == openai.USAGE_ON_CONTENT
+    assert chat.feed(content_with_usage) == openai.USAGE_ON_CONTENT
     assert orjson.loads(openai.without_usage(content_with_usage))["usage"] is None
 
 
@@ -176,3 +177,39 @@ def test_huge_prompts_are_counted_within_a_budget() -> None:
     estimate = openai.estimate_prompt("chat", body)
     assert time.perf_counter() - started < 1.0  # the 10 MB body of the review took 5.5 s before
     assert estimate >= 9 * 999_999 // 4
+
+
+def test_a_responses_stream_cut_at_the_limit_closes_its_open_items_and_ends_incomplete() -> None:
+    m = Meter(10)
+    stream = openai.PassthroughStream("responses", m)
+    where = {"item_id": "msg_1", "output_index": 0, "content_index": 0}
+    for n, event in enumerate([
+            {"type": "response.created", "response": {"id": "resp_1", "object": "response", "status": "in_progress"}},
+            {"type": "response.output_item.added", "output_index": 0,
+             "item": {"type": "message", "id": "msg_1", "status": "in_progress", "role": "assistant", "content": []}},
+            {"type": "response.content_part.added", **where, "part": {"type": "output_text", "text": ""}},
+            {"type": "response.output_text.delta", **where, "delta": "Hello"},
+            {"type": "response.output_text.delta", **where, "delta": " world"}]):
+        stream.feed(orjson.dumps({**event, "sequence_number": n}))
+    events = [orjson.loads(block.split(b"data: ", 1)[1]) for block in
+              stream.cut(Usage(10, 2), include_usage=False).split(b"\n\n") if block]
+    assert [e["type"] for e in events] == ["response.output_text.done", "response.content_part.done",
+                                           "response.output_item.done", "response.incomplete"]
+    assert [e["sequence_number"] for e in events] == [5, 6, 7, 8]
+    assert events[0]["text"] == "Hello world" and events[2]["item"]["status"] == "incomplete"
+    final = events[3]["response"]
+    assert final["id"] == "resp_1" and final["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert final["output"][0]["content"][0]["text"] == "Hello world" and final["usage"]["output_tokens"] == 2
+
+
+def test_a_chat_stream_cut_at_the_limit_finishes_every_open_choice() -> None:
+    m = Meter(10)
+    stream = openai.PassthroughStream("chat", m, choices=3)
+    head = {"id": "c1", "object": "chat.completion.chunk", "created": 5, "model": "m"}
+    stream.feed(orjson.dumps({**head, "choices": [{"index": 0, "delta": {"content": "a"}, "finish_reason": None}]}))
+    stream.feed(orjson.dumps({**head, "choices": [{"index": 1, "delta": {}, "finish_reason": "stop"}]}))
+    tail = stream.cut(Usage(10, 2), include_usage=True).split(b"\n\n")
+    finish, usage = orjson.loads(tail[0][6:]), orjson.loads(tail[1][6:])
+    assert {k: finish[k] for k in head} == head
+    assert [(c["index"], c["finish_reason"]) for c in finish["choices"]] == [(0, "length"), (2, "length")]
+    assert usage["choices"] == [] and usage["usage"]["completion_tokens"] == 2 and tail[2] == b"data: [DONE]"

@@ -591,6 +591,18 @@ def error_body(status: int, message: str, code: str | None, param: str | None, r
     return orjson.dumps({"type": "error", "error": {"type": etype, "message": message}, "request_id": request_id})
 
 
+def cut_events(open_block: int | None, usage: Usage) -> bytes:
+    """The end of a passed-through stream the gateway cut at the held limit, as Anthropic ends one that reached
+    max_tokens: the open content block stopped, message_delta (stop_reason max_tokens, the output counted) and
+    message_stop."""
+    out = _sse("content_block_stop", {"type": "content_block_stop", "index": open_block}) \
+        if open_block is not None else b""
+    out += _sse("message_delta", {"type": "message_delta", "delta": {"stop_reason": "max_tokens",
+                                                                      "stop_sequence": None},
+                                  "usage": {"output_tokens": usage.out_total}})
+    return out + _sse("message_stop", {"type": "message_stop"})
+
+
 def stream_error_event(message: str, code: str, request_id: str) -> bytes:
     """The in-band error that makes the anthropic SDK raise (a passthrough stream, no writer)."""
     return _sse("error", {"type": "error", "error": {"type": _error_type(code), "message": message},

@@ -411,6 +411,7 @@ class StreamReader:
         self.done = False
         self.tools: dict[int, int] = {}  # Anthropic block index -> tool-call index
         self.usage: dict[str, Any] = {}  # the latest value of each Anthropic usage field
+        self.open_block: int | None = None  # the index of the content block started and not yet stopped
 
     def feed(self, event: str, data: bytes) -> list[Event]:
         if self.done:
@@ -425,7 +426,12 @@ class StreamReader:
         if kind == "content_block_delta":
             return self._delta(obj.get("index"), obj.get("delta"))
         if kind == "content_block_start":
-            return self._block_start(obj.get("index"), obj.get("content_block"))
+            index = obj.get("index")
+            self.open_block = index if _is_int(index) else None
+            return self._block_start(index, obj.get("content_block"))
+        if kind == "content_block_stop":
+            self.open_block = None
+            return []
         if kind == "message_start":
             message = _dict(obj.get("message"))
             self._merge(message.get("usage"))

@@ -404,6 +404,12 @@ def error_body(status: int, message: str, code: str | None, param: str | None, r
     return orjson.dumps(_error(status, message, code, request_id, param))
 
 
+def cut_chunk(model: str, request_id: str, usage: Usage) -> bytes:
+    """The last chunk of a passed-through stream the gateway cut at the held limit, as Gemini ends one that
+    reached maxOutputTokens: finishReason MAX_TOKENS with the usage counted (the JSON; the relay frames it)."""
+    return orjson.dumps(_chunk(StreamContext(request_id, model, 0), [{"text": ""}], "MAX_TOKENS", usage))
+
+
 def stream_error_event(message: str, code: str, request_id: str, sse: bool = True) -> bytes:
     """An in-band error for a passthrough stream (alt=sse; or the tail of an open JSON array)."""
     data = orjson.dumps(_error(_KIND_STATUS.get(code, 500), message, code, request_id))

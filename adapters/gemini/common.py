@@ -55,24 +55,23 @@ def _spelled_once(value: Any, kind: str, where: str) -> Any:
         return [_spelled_once(item, kind, f"{where}[{i}]") for i, item in enumerate(value)]
     if not isinstance(value, dict):
         return value
-    out = value
-    for key in value:
+    children = _SPELLED_ONCE.get(kind, ())
+    out: dict[str, Any] = {}
+    kept: dict[str, str] = {}  # camelCase name -> the spelling kept in `out`
+    for key, item in value.items():
         camel = _camel(key)
-        if camel != key and camel in value:
-            if value[camel] != value[key]:
-                raise InvalidRequest(f"'{where}{'.' if where else ''}{camel}' and '{key}' are the same field spelled "
-                                     "two ways, with different values: send one", camel)
-            if out is value:
-                out = dict(value)
-            del out[key]
-    for child in _SPELLED_ONCE.get(kind, ()):
-        key = _key(out, child)
-        if key in out:
-            checked = _spelled_once(out[key], child, f"{where}{'.' if where else ''}{child}")
-            if checked is not out[key]:
-                if out is value:
-                    out = dict(value)
-                out[key] = checked
+        if camel in children:
+            item = _spelled_once(item, camel, f"{where}{'.' if where else ''}{camel}")
+        if camel not in kept:
+            kept[camel] = key
+            out[key] = item
+            continue
+        if out[kept[camel]] != item:
+            raise InvalidRequest(f"'{where}{'.' if where else ''}{camel}' is given twice, as '{kept[camel]}' and "
+                                 f"'{key}', with different values: send one", camel)
+        if key == camel:  # the camelCase spelling is the one kept
+            out[camel] = out.pop(kept[camel])
+            kept[camel] = camel
     return out
 
 

@@ -1,5 +1,5 @@
 """Same-format OpenAI traffic (Chat Completions, Completions, Embeddings, Responses) relayed as is: request
-preparation, prompt estimate, usage normalization, stream metering, the error dialect, the models list."""
+preparation, prompt estimate, usage normalization, the error dialect, the models list (streams: passthrough_stream)."""
 
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ class Prepared:
     max_output: int  # the most output tokens the request can be billed for (all its choices)
     prompt_estimate: int
     upstream_body: bytes
+    choices: int = 1  # the answers the upstream writes (n, or best_of)
 
 
 # -- requests ------------------------------------------------------------------------------
@@ -77,7 +78,7 @@ def prepare(endpoint: str, body: dict[str, Any], upstream_model: str, model_cap:
         upstream[limit_field if endpoint == "chat" else _LIMIT_FIELD[endpoint]] = max_output
     copies = answers_per_request(endpoint, body)
     return Prepared(stream, include_usage, max_output * copies, estimate_prompt(endpoint, body),
-                    orjson.dumps(upstream))
+                    orjson.dumps(upstream), copies)
 
 
 _LIMIT_FIELD = {"completions": "max_tokens", "responses": "max_output_tokens"}
@@ -300,90 +301,6 @@ def _meter_message(msg: Any, meter: Meter) -> None:
             fn = call.get("function") if isinstance(call, dict) else None
             if isinstance(fn, dict):
                 meter.add_output(str_or_empty(fn.get("name")) + str_or_empty(fn.get("arguments")))
-
-
-# -- streams --------------------------------------------------------------------------------
-
-RESPONSES_DELTA_EVENTS = frozenset(
-    {
-        "response.output_text.delta",
-        "response.refusal.delta",
-        "response.function_call_arguments.delta",
-        "response.reasoning_text.delta",
-        "response.reasoning_summary_text.delta",
-        "response.custom_tool_call_input.delta",
-    }
-)
-RESPONSES_FINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
-
-
-USAGE_ONLY = 1  # the `choices: []` usage chunk: forwarded only to clients that asked for it
-TERMINAL = 2  # the stream is complete (Responses' final events; chat's [DONE] is seen by the relay)
-UPSTREAM_ERROR = 4  # the upstream sent an in-band error (passed on; the client raises on it)
-NOT_JSON = 8  # not JSON: an OpenAI client would crash on it
-USAGE_ON_CONTENT = 16  # a content chunk that also carries usage
-
-
-def without_usage(data: bytes) -> bytes:
-    """A content chunk with its usage set to null, for a client that did not ask for usage."""
-    obj = orjson.loads(data)
-    obj["usage"] = None
-    return orjson.dumps(obj)
-
-
-def meter_stream_event(endpoint: str, data: bytes, meter: Meter) -> int:
-    """Count one upstream stream event; returns USAGE_ONLY / TERMINAL / UPSTREAM_ERROR flags."""
-    try:
-        obj = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return NOT_JSON
-    if not isinstance(obj, dict):
-        return NOT_JSON
-    if obj.get("error"):
-        return TERMINAL | UPSTREAM_ERROR
-    if endpoint == "responses":
-        kind = obj.get("type")
-        if kind in RESPONSES_DELTA_EVENTS:
-            meter.add_output(str_or_empty(obj.get("delta")))
-        elif kind in RESPONSES_FINAL_EVENTS:
-            response = obj.get("response")
-            usage = normalize_usage(response.get("usage")) if isinstance(response, dict) else None
-            if usage is not None:
-                meter.set_upstream(usage)
-            return TERMINAL
-        elif kind == "error":
-            return TERMINAL | UPSTREAM_ERROR
-        return 0
-    usage = obj.get("usage")
-    if usage:
-        normalized = normalize_usage(usage)
-        if normalized is not None:
-            meter.set_upstream(normalized)
-    choices = obj.get("choices")
-    if not choices or not isinstance(choices, list):
-        return USAGE_ONLY if usage else 0
-    for choice in choices:
-        if not isinstance(choice, dict):
-            continue
-        if endpoint == "completions":
-            meter.add_output(str_or_empty(choice.get("text")))
-            continue
-        delta = choice.get("delta")
-        if not isinstance(delta, dict):
-            continue
-        text = ""
-        for key in ("content", "reasoning_content", "reasoning", "refusal"):
-            v = delta.get(key)
-            if isinstance(v, str):
-                text += v
-        calls = delta.get("tool_calls")
-        if isinstance(calls, list):
-            for call in calls:
-                fn = call.get("function") if isinstance(call, dict) else None
-                if isinstance(fn, dict):
-                    text += str_or_empty(fn.get("name")) + str_or_empty(fn.get("arguments"))
-        meter.add_output(text)
-    return USAGE_ON_CONTENT if usage else 0
 
 
 # -- errors ---------------------------------------------------------------------------------
