@@ -357,6 +357,19 @@ def estimate_prompt(chat: Chat) -> int:
     return total
 
 
+def has_unsized_media(chat: Chat) -> bool:
+    """Whether the prompt holds media whose tokens cannot be known before sending: anything but an image given
+    by URL or by id (a video, audio, a PDF or another file; Gemini's fileData; a stored conversation), which
+    the estimate counts as nothing. An image's tokens are bounded whatever its size; inline media are counted."""
+    return any(_unsized(part) for message in chat.messages for part in message.parts)
+
+
+def _unsized(part: Part) -> bool:
+    if isinstance(part, ToolResult):
+        return any(_unsized(p) for p in part.content)
+    return isinstance(part, Media) and part.data is None and part.mime != "" and not part.mime.startswith("image/")
+
+
 def estimate_embed(embed: Embed) -> int:
     count = TextCounter()
     return sum(count(text) for text in embed.inputs)

@@ -71,6 +71,20 @@ class Model:
     task_price: int | None = None  # per async task
     second_price: int | None = None  # per second of async output (video)
     channels: tuple[Channel, ...] = ()  # every way to serve it, the first being provider + upstream_model
+    # The most prompt tokens a request can have (the context window): held for media whose size only the upstream
+    # learns (a video by URL, say), and the most any prompt is held for. None: such media are refused.
+    max_input_tokens: int | None = None
+
+    @property
+    def kind(self) -> str:
+        """What the model is priced by, and so which endpoints serve it: "text" (per token: chat, messages,
+        generateContent, responses, completions, embeddings, token counts), "image" (/v1/images) or "video"
+        (per task or second: /v1/videos)."""
+        if self.image_prices:
+            return "image"
+        if self.task_price is not None or self.second_price is not None:
+            return "video"
+        return "text"
 
 
 @dataclass(frozen=True)
@@ -465,15 +479,26 @@ def _model(name: str, t: dict[str, Any], providers: dict[str, Provider]) -> Mode
     at = f"models.{_q(name)}"
     if not name or name != name.strip():
         raise ConfigError(f"{at}: a model name must be non-empty and have no surrounding spaces")
-    _only_keys(t, at, {"provider", "upstream_model", "channels", "max_output_tokens", "price", "owned_by", "created"})
+    _only_keys(t, at, {"provider", "upstream_model", "channels", "max_output_tokens", "max_input_tokens", "price",
+                       "owned_by", "created"})
     channels = _channels(t, at, name, providers)
     pname = channels[0].provider.name
     price_t = _table(t, "price", f"{at}.price")
     _only_keys(price_t, f"{at}.price", {"input", "output", "cache_read", "cache_write", "image", "task", "second"})
+    per_unit = [key for key in ("image", "task", "second") if key in price_t]
+    if per_unit:  # an image or video model: its own endpoint only, so a token price would never be charged
+        for key in ("input", "output", "cache_read", "cache_write"):
+            if key in price_t and _money(price_t, key, f"{at}.price"):
+                raise ConfigError(f"{at}.price.{key}: a model priced per {per_unit[0]} is served only by "
+                                  f"{'/v1/images' if per_unit[0] == 'image' else '/v1/videos'}, never by the text "
+                                  "endpoints, so a token price would never be charged: remove it (a model that "
+                                  "also chats needs an entry of its own)")
     for key in ("input", "output"):  # a forgotten price must not make a model free
-        if key not in price_t:
+        if key not in price_t and not per_unit:
             raise ConfigError(f"{at}.price.{key}: required (USD per 1M tokens; write \"0\" for a free model)")
-    prices = {key: _money(price_t, key, f"{at}.price") for key in ("input", "output")}
+    if "image" in price_t and len(per_unit) > 1:
+        raise ConfigError(f"{at}.price: a model is priced per image or per task and second, not both")
+    prices = {key: _money(price_t, key, f"{at}.price") if key in price_t else 0 for key in ("input", "output")}
     for key in ("cache_read", "cache_write"):  # unset: cached input costs what fresh input costs
         prices[key] = _money(price_t, key, f"{at}.price") if key in price_t else prices["input"]
     images_t = _table(price_t, "image", f"{at}.price.image")
@@ -489,6 +514,7 @@ def _model(name: str, t: dict[str, Any], providers: dict[str, Provider]) -> Mode
         upstream_model=channels[0].upstream_model,
         channels=channels,
         max_output_tokens=_int(t, "max_output_tokens", at, 4096, lo=1),
+        max_input_tokens=_int(t, "max_input_tokens", at, 1, lo=1, hi=10**9) if "max_input_tokens" in t else None,
         prices=TokenPrices(**prices),
         image_prices=images,
         task_price=_money(price_t, "task", f"{at}.price") if "task" in price_t else None,

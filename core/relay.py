@@ -74,6 +74,7 @@ STREAM_HEADERS = [
 JSON_HEADERS = [(b"content-type", b"application/json")]
 log = logging.getLogger("tokentoll.relay")
 CLIENT_GONE_STATUS = 499  # nginx's convention, for the log and metrics only
+KIND_ENDPOINTS = {"image": "POST /v1/images/generations (or /v1/images/edits)", "video": "POST /v1/videos"}
 DRAIN_SECONDS = 0.5  # after the answer is complete, how long the upstream may take to end its body
 
 
@@ -159,6 +160,9 @@ class Relay:
         if model is None:
             raise ModelNotFound(f"the model {name!r} does not exist; GET /v1/models lists the models served here",
                                 param="model")
+        if model.kind != "text":  # priced per image or video, not per token: the text work would be free
+            raise BadRequest(f"the model {name!r} is priced per {model.kind}, not per token, and is not served "
+                             f"here: use {KIND_ENDPOINTS[model.kind]}", param="model")
         channels = self.router.order(model, time.monotonic())
         model = x.model = on_channel(model, channels[0])
         x.rename = model_rename(model.upstream_model, model.name)

@@ -21,6 +21,7 @@ from adapters.gemini.common import _f, spelled_once
 from adapters.openai import chat_client as openai_chat
 from adapters.openai import chat_upstream as openai_upstream
 from adapters.openai import passthrough as openai_passthrough
+from adapters.openai import prompt as openai_prompt
 from adapters.openai import responses as openai_responses
 from billing.metering import Meter, TextCounter
 from core.config import Model
@@ -97,8 +98,12 @@ def plan_request(call: Call, body: dict[str, Any], model: Model, request_id: str
         if lane == "openai":
             prepared = openai_passthrough.prepare(call.endpoint, body, model.upstream_model, model.max_output_tokens,
                                                   model.provider.limit_field)
+            if call.endpoint in ("chat", "responses"):
+                prompt = held_prompt(openai_prompt.prompt_of(call.endpoint, body), model)
+            else:
+                prompt = capped_prompt(openai_passthrough.text_prompt_tokens(call.endpoint, body), model)
             return Plan("openai", openai_passthrough.UPSTREAM_PATHS[call.endpoint], prepared.upstream_body,
-                        prepared.stream, prepared.max_output, prepared.prompt_estimate, prepared.include_usage,
+                        prepared.stream, prepared.max_output, prompt, prepared.include_usage,
                         choices=prepared.choices)
         if lane == "count":
             return _plan_count(call, body, model, _betas(call, fmt, headers))
@@ -140,9 +145,29 @@ def finish_translate(plan: Plan, model: Model) -> None:
     plan.chat = None
 
 
+def held_prompt(chat: internal.Chat, model: Model) -> int:
+    """The prompt tokens a request is held for: the one estimate (internal.estimate_prompt), at most the model's
+    max_input_tokens; for a prompt with media whose size only the upstream learns (a video by URL, a file by id),
+    max_input_tokens itself, and without it the request is refused: nothing would bound what the upstream counts."""
+    if internal.has_unsized_media(chat):
+        if model.max_input_tokens is None:
+            raise BadRequest(f"this request carries media whose size cannot be known before it is sent (a video, "
+                             f"audio or file given by URL or by id, or a stored conversation), and the model "
+                             f"{model.name!r} has no input bound to hold for it: the operator must set "
+                             f"models.{model.name}.max_input_tokens (its context window); send such media inline "
+                             f"instead")
+        return model.max_input_tokens
+    return capped_prompt(internal.estimate_prompt(chat), model)
+
+
+def capped_prompt(estimate: int, model: Model) -> int:
+    """A prompt estimate, at most the model's max_input_tokens: no prompt is longer than its context window."""
+    return estimate if model.max_input_tokens is None else min(estimate, model.max_input_tokens)
+
+
 def _plan_translate(call: Call, body: dict[str, Any], model: Model, request_id: str) -> Plan:
     chat = parse_chat(call, body)
-    estimate = internal.estimate_prompt(chat)
+    estimate = held_prompt(chat, model)
     max_output = min(chat.max_output or model.max_output_tokens, model.max_output_tokens)
     render, new_writer = client_output(call, body, model, request_id, chat, estimate)
     return Plan("translate", stream=chat.stream, max_output=max_output, prompt_estimate=estimate,
@@ -177,13 +202,15 @@ def _plan_native(call: Call, body: dict[str, Any], model: Model) -> Plan:
         requested = _limit(body.get("max_tokens"), "max_tokens", required=True)
         max_output = min(requested or cap, cap)
         return Plan("native", "/messages", anthropic_upstream.passthrough_body(body, model.upstream_model, max_output),
-                    stream, max_output, anthropic_client.estimate_prompt(body), upstream=anthropic_upstream)
+                    stream, max_output, held_prompt(anthropic_client.prompt_of(body), model),
+                    upstream=anthropic_upstream)
     m = model.upstream_model
     if call.endpoint in ("embed", "batch_embed"):
         embed = gemini_client.parse_embed_request(body, call.endpoint == "batch_embed")
         verb = "batchEmbedContents" if call.endpoint == "batch_embed" else "embedContent"
         return Plan("native", gemini_upstream.method_path(m, verb), gemini_upstream.with_upstream_model(body, m),
-                    False, 0, internal.estimate_embed(embed), upstream=gemini_upstream, embeddings=True)
+                    False, 0, capped_prompt(internal.estimate_embed(embed), model), upstream=gemini_upstream,
+                    embeddings=True)
     config = _f(body, "generationConfig")
     if config is not None and not isinstance(config, dict):
         raise internal.InvalidRequest("'generationConfig' must be an object", "generationConfig")
@@ -194,7 +221,7 @@ def _plan_native(call: Call, body: dict[str, Any], model: Model) -> Plan:
     max_output = min(requested or cap, cap)
     path = gemini_upstream.method_path(m, "streamGenerateContent?alt=sse" if call.stream else "generateContent")
     return Plan("native", path, gemini_upstream.passthrough_body(body, m, max_output), call.stream, max_output,
-                gemini_client.estimate_prompt(body), upstream=gemini_upstream)
+                held_prompt(gemini_client.prompt_of(body), model), upstream=gemini_upstream)
 
 
 def _plan_embed(call: Call, body: dict[str, Any], model: Model, request_id: str) -> Plan:
@@ -209,8 +236,8 @@ def _plan_embed(call: Call, body: dict[str, Any], model: Model, request_id: str)
         render = partial(gemini_client.render_embed, batch=batch)
     upstream = UPSTREAMS[model.provider.format]
     path, up = upstream.build_embed_request(embed, model.upstream_model)
-    return Plan("embed", path, up, False, 0, internal.estimate_embed(embed), upstream=upstream, embeddings=True,
-                render=render)
+    return Plan("embed", path, up, False, 0, capped_prompt(internal.estimate_embed(embed), model), upstream=upstream,
+                embeddings=True, render=render)
 
 
 def _plan_count(call: Call, body: dict[str, Any], model: Model, betas: dict[str, str]) -> Plan:

@@ -361,10 +361,19 @@ def matrix_config(native: str, log_path: Path) -> str:
         parts.append(f'[providers.up-{fmt}]\nformat = "{fmt}"\nbase_url = "{native}/{fmt}/{version[fmt]}"\n'
                      f'api_key_env = "TT_NATIVE_KEY"\ntimeouts = {{ connect = 5, first_byte = 20, idle = 20, total = 60 }}\n')
         for name in ("scripted", "cached", "die", "stream-error", "status-429", "status-529", "status-400", "runaway",
-                     "engine"):
+                     "engine", "media-heavy"):
             parts.append(f'[models.{name}-{fmt}]\nprovider = "up-{fmt}"\nupstream_model = "{name}"\n'
                          f'max_output_tokens = 1000\nprice = {{ input = "1", output = "2", cache_read = "0.1", '
                          f'cache_write = "1.25" }}\n')
+        # media of unknown size are held at the model's context window (max_input_tokens)
+        parts.append(f'[models.media-window-{fmt}]\nprovider = "up-{fmt}"\nupstream_model = "media-heavy"\n'
+                     f'max_output_tokens = 1000\nmax_input_tokens = 1048576\nprice = {{ input = "1", output = "2" }}\n')
+    parts.append('[models.media-half-window-gemini]\nprovider = "up-gemini"\nupstream_model = "media-heavy"\n'
+                 'max_output_tokens = 1000\nmax_input_tokens = 500000\nprice = { input = "1", output = "2" }\n')
+    # priced per image and per second: not served by the text endpoints
+    parts.append('[models.pixels]\nprovider = "up-openai"\nupstream_model = "scripted"\n'
+                 'price = { image = { "1024x1024" = "0.04" } }\n')
+    parts.append('[models.clip]\nprovider = "up-openai"\nupstream_model = "scripted"\nprice = { second = "0.1" }\n')
     # OpenAI's own reasoning models refuse max_tokens: a provider told to send max_completion_tokens
     parts.append(f'[providers.up-openai-reasoning]\nformat = "openai"\nbase_url = "{native}/openai/v1"\n'
                  'api_key_env = "TT_NATIVE_KEY"\nlimit_field = "max_completion_tokens"\n'

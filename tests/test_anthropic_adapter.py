@@ -331,7 +331,7 @@ def test_server_tools_are_refused_with_a_reason_and_no_prompt_text() -> None:
 
 def test_passthrough_estimate_accepts_what_only_anthropic_knows_and_counts_it() -> None:
     plain = weather_request()
-    assert client.estimate_prompt(plain) == estimate_prompt(client.parse_request(plain))
+    assert estimate_prompt(client.prompt_of(plain)) == estimate_prompt(client.parse_request(plain))
     server = weather_request(tools=[WEATHER_TOOL, {"type": "web_search_20250305", "name": "web_search"}])
     server["messages"].append({"role": "assistant", "content": [
         {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": {"query": "paris weather"}},
@@ -339,9 +339,9 @@ def test_passthrough_estimate_accepts_what_only_anthropic_knows_and_counts_it() 
             {"type": "web_search_result", "url": "https://w.example", "title": "Weather",
              "encrypted_content": "x" * 400}]},
     ]})
-    assert client.estimate_prompt(server) > client.estimate_prompt(plain) + 100
+    assert estimate_prompt(client.prompt_of(server)) > estimate_prompt(client.prompt_of(plain)) + 100
     with pytest.raises(InvalidRequest):
-        client.estimate_prompt({"messages": "nope"})
+        client.prompt_of({"messages": "nope"})
 
 
 # -- client side: render_response -------------------------------------------------------------
@@ -1095,7 +1095,7 @@ JSON = st.recursive(
 @settings(max_examples=80, deadline=None)
 @given(body=JSON)
 def test_any_json_body_is_parsed_or_refused_as_invalid(body: Any) -> None:
-    for parse in (client.parse_request, client.estimate_prompt):
+    for parse in (client.parse_request, client.prompt_of):
         try:
             parse(body)
         except InvalidRequest:

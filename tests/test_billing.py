@@ -204,7 +204,7 @@ def test_failed_upstream_costs_nothing(gateway: GatewayProcess) -> None:
 
 def test_200_racing_streams_against_a_wallet_for_20_holds(gateway: GatewayProcess, upstream: MockUpstream) -> None:
     # One hold for mock-slow with max_tokens=100: the prompt estimate x $1/1M + 100 x $2/1M.
-    prompt = 3 + count_text("user") + count_text(MSG[0]["content"]) + 3
+    prompt = 3 + count_text(MSG[0]["content"]) + 3  # a message's framing, its text, the reply's framing
     hold = ceil_div(prompt * 1_000_000_000 + 100 * 2_000_000_000, TOKENS_PER_PRICE)
     _, key, _ = new_account(gateway, "crowd", f"{20 * hold / 1e9:.9f}")
     client = openai.OpenAI(base_url=gateway.base_url, api_key=key, max_retries=0, timeout=30,

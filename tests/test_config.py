@@ -36,6 +36,20 @@ def test_prices_are_exact_integers_of_the_money_unit() -> None:
     assert s.models["m"].upstream_model == "m" and s.providers["up"].api_key == "secret"
 
 
+def test_a_model_is_priced_per_token_or_per_unit_and_that_is_its_kind() -> None:
+    cfg = base()
+    cfg["models"].update(
+        image={"provider": "up", "price": {"image": {"1024x1024": "0.04"}}},
+        video={"provider": "up", "price": {"input": "0", "output": "0", "second": "0.1"}},  # zero token prices: allowed
+        windowed={"provider": "up", "max_input_tokens": 128000, "price": {"input": "1", "output": "2"}})
+    models = parse(cfg, {"K": "k"}).models
+    assert [models[n].kind for n in ("m", "image", "video", "windowed")] == ["text", "image", "video", "text"]
+    assert models["windowed"].max_input_tokens == 128000 and models["m"].max_input_tokens is None
+    with pytest.raises(ConfigError) as err:  # a text model without a token price
+        parse({**cfg, "models": {"m": {"provider": "up", "price": {"input": "1"}}}}, {"K": "k"})
+    assert str(err.value).startswith("models.m.price.output: required")
+
+
 @pytest.mark.parametrize("base_url, field", [
     ("http://127.0.0.1:8000/v1", "max_tokens"),  # llama.cpp, vLLM, Ollama, LM Studio...: all read max_tokens
     ("https://api.deepseek.com/v1", "max_tokens"),
@@ -69,6 +83,11 @@ def test_the_limit_field_by_default_is_the_one_the_provider_obeys(base_url: str,
     (lambda c: c["providers"].update(d={"builtin": "demo", "demo_chunk_delay": -1}), "providers.d.demo_chunk_delay"),
     (lambda c: c.update(models={}), "models"),
     (lambda c: c["providers"]["up"].update(limit_field="max_output_tokens"), "providers.up.limit_field"),
+    (lambda c: c["models"]["m"]["price"].update(image={"1024x1024": "0.04"}), "models.m.price.input"),
+    (lambda c: c["models"]["m"].update(price={"output": "0", "second": "0.1", "cache_read": "1"}),
+     "models.m.price.cache_read"),
+    (lambda c: c["models"]["m"].update(price={"image": {"1024x1024": "1"}, "task": "1"}), "models.m.price"),
+    (lambda c: c["models"]["m"].update(max_input_tokens=0), "models.m.max_input_tokens"),
     (lambda c: c["providers"]["up"].update(format="anthropic", limit_field="max_tokens"), "providers.up.limit_field"),
 ])
 def test_errors_name_the_key(mutate, key: str) -> None:
@@ -81,11 +100,11 @@ def test_errors_name_the_key(mutate, key: str) -> None:
 
 def test_image_and_task_prices() -> None:
     cfg = base()
-    cfg["models"]["m"]["price"].update(image={"1024x1024": "0.04", "1024x1024/hd": "0.08"}, task="0.5",
-                                       second="0.1")
-    m = parse(cfg, {"K": "s"}).models["m"]
-    assert m.image_prices == {"1024x1024": 40_000_000, "1024x1024/hd": 80_000_000}
-    assert m.task_price == 500_000_000 and m.second_price == 100_000_000
+    cfg["models"]["m"]["price"] = {"image": {"1024x1024": "0.04", "1024x1024/hd": "0.08"}}
+    cfg["models"]["v"] = {"provider": "up", "price": {"task": "0.5", "second": "0.1"}}
+    models = parse(cfg, {"K": "s"}).models
+    assert models["m"].image_prices == {"1024x1024": 40_000_000, "1024x1024/hd": 80_000_000}
+    assert models["v"].task_price == 500_000_000 and models["v"].second_price == 100_000_000
     cfg["models"]["m"]["price"]["image"] = {"big": "1"}
     with pytest.raises(ConfigError, match=r"^models.m.price.image.big"):
         parse(cfg, {"K": "s"})

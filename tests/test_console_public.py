@@ -43,7 +43,7 @@ price = { input = "0", output = "0", image = { "1024x1024" = "0.04", "1024x1024/
 [models.image-chat]
 provider = "demo"
 upstream_model = "image"
-price = { input = "0.3", output = "2.5", image = { "1024x1024" = "0.039" } }
+price = { image = { "1024x1024" = "0.039" } }
 
 [models.demo-video]
 provider = "demo"
@@ -167,7 +167,7 @@ def test_prices_show_every_model_with_the_figures_of_v1_pricing(gw: GatewayProce
     pricing = requests.get(gw.url + "/v1/pricing", timeout=20).json()["data"]
     table = price_table(get(gw, "/console/prices").text)
     assert list(table) == [p["model"] for p in pricing]  # every model, in the config's order
-    not_per_token = {"demo-image", "demo-video"}  # image and video models whose token prices are all 0
+    not_per_token = {"demo-image", "image-chat", "demo-video"}  # image and video models: no token prices
     for p in pricing:
         row = table[p["model"]]
         assert text_of(row["model"][1]) == p["model"] and text_of(row["owned_by"][1]) == p["owned_by"]
@@ -191,8 +191,7 @@ def test_prices_read_as_configured(gw: GatewayProcess) -> None:
     assert shown["demo-echo"] == ["$0.50", "$1.50", "$0.05", "$0.625"]
     assert shown["free-chat"] == ["$0.00"] * 4
     assert shown["vendor/big-model"] == ["$3.00", "$15.00", "$0.30", "$3.00"]
-    assert shown["image-chat"] == ["$0.30", "$2.50", "$0.30", "$0.30"]  # an image model with token prices
-    assert shown["demo-image"] == shown["demo-video"] == ["—"] * 4
+    assert shown["demo-image"] == shown["image-chat"] == shown["demo-video"] == ["—"] * 4  # priced per unit
     assert text_of(table["demo-video"]["task"][1]) == "$0.10" and text_of(table["demo-video"]["second"][1]) == "$0.05"
     assert text_of(table["vendor/big-model"]["max_output_tokens"][1]) == "128,000"
 

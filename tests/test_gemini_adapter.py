@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from adapters.gemini import client, upstream
+from adapters.internal import estimate_prompt
 from adapters.gemini.schema import to_gemini_schema
 from adapters.internal import (
     Chat, Embed, EmbedReply, End, InvalidRequest, Media, Message, OutputFormat, Reasoning, Reply, Start,
@@ -172,8 +173,8 @@ def test_gemini_only_tools_need_a_gemini_model_but_are_estimated_in_passthrough(
     with pytest.raises(InvalidRequest) as err:
         client.parse_request(body)
     assert "Gemini model" in str(err.value) and err.value.param == "tools"
-    plain = client.estimate_prompt({"contents": body["contents"]})
-    assert client.estimate_prompt(body) >= plain > 0
+    plain = estimate_prompt(client.prompt_of({"contents": body["contents"]}))
+    assert estimate_prompt(client.prompt_of(body)) >= plain > 0
 
 
 @pytest.mark.parametrize("body, param", [
@@ -735,7 +736,7 @@ def test_any_json_body_is_parsed_or_refused_never_crashes(body: dict[str, Any]) 
         chat = client.parse_request(body)
     except InvalidRequest:
         return
-    assert chat.messages is not None and client.estimate_prompt(body) > 0
+    assert chat.messages is not None and estimate_prompt(client.prompt_of(body)) > 0
 
 
 @settings(max_examples=150, deadline=None)

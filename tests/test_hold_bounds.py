@@ -202,7 +202,8 @@ def test_an_openai_client_sending_max_completion_tokens_is_bounded_too(native_gw
 
 def post(gw: GatewayProcess, path: str, key: str, body: dict[str, Any]) -> tuple[int, bytes]:
     req = urllib.request.Request(gw.url + path, json.dumps(body).encode(), {
-        "Authorization": f"Bearer {key}", "x-goog-api-key": key, "Content-Type": "application/json"})
+        "Authorization": f"Bearer {key}", "x-goog-api-key": key, "anthropic-version": "2023-06-01",
+        "Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=20) as resp:
             return resp.status, resp.read()
@@ -260,3 +261,147 @@ def test_passthrough_streams_cut_at_the_limit_end_every_choice_and_every_framing
     assert status == 200 and chunks[-1]["candidates"][0]["finishReason"] == "MAX_TOKENS"
     assert sum(p.get("text", "").count("word") for c in chunks for p in c["candidates"][0]["content"]["parts"]) \
         <= output_cutoff(10) + 5
+
+
+# -- media whose size only the upstream learns ---------------------------------------------------------------
+
+UNSIZED = {  # one request per client format that carries media by URL or by id
+    "gemini fileData": ("/v1beta/models/{model}-gemini:generateContent", {"contents": [{"role": "user", "parts": [
+        {"text": "What happens in it?"}, {"fileData": {"mimeType": "video/mp4", "fileUri": "gs://bucket/long.mp4"}}]}]}),
+    "responses input_file": ("/v1/responses", {"model": "{model}-openai", "input": [{"role": "user", "content": [
+        {"type": "input_text", "text": "Summarize"}, {"type": "input_file", "file_url": "https://x.test/r.pdf"}]}]}),
+    "anthropic document url": ("/v1/messages", {"model": "{model}-anthropic", "max_tokens": 50, "messages": [
+        {"role": "user", "content": [{"type": "document", "source": {"type": "url", "url": "https://x.test/r.pdf"}},
+                                     {"type": "text", "text": "Summarize"}]}]}),
+    "chat file_id": ("/v1/chat/completions", {"model": "{model}-openai", "messages": [{"role": "user", "content": [
+        {"type": "file", "file": {"file_id": "file-abc123"}}, {"type": "text", "text": "Summarize"}]}]}),
+    "chat video_url (vLLM)": ("/v1/chat/completions", {"model": "{model}-openai", "messages": [{"role": "user",
+        "content": [{"type": "video_url", "video_url": {"url": "https://x.test/v.mp4"}}]}]}),
+    "responses previous_response_id": ("/v1/responses", {"model": "{model}-openai", "input": "and then?",
+                                                         "previous_response_id": "resp_123"}),
+}
+
+
+def unsized(case: str, model: str) -> tuple[str, dict[str, Any]]:
+    path, body = UNSIZED[case]
+    return path.format(model=model), json.loads(json.dumps(body).replace("{model}", model))
+
+
+def error_message(raw: bytes) -> str:
+    error = json.loads(raw)["error"]
+    return error["message"]
+
+
+@pytest.mark.parametrize("case", UNSIZED)
+def test_media_of_unknown_size_are_refused_by_a_model_without_an_input_bound(native_gw: GatewayProcess,
+                                                                             native_key: str, native: NativeUpstream,
+                                                                             case: str) -> None:
+    before = len(native.requests)
+    path, body = unsized(case, "media-heavy")
+    status, raw = post(native_gw, path, native_key, body)
+    assert status == 400 and "max_input_tokens" in error_message(raw), raw
+    assert len(native.requests) == before
+
+
+@pytest.mark.parametrize("case", UNSIZED)
+def test_media_of_unknown_size_are_held_at_the_models_input_bound(native_gw: GatewayProcess, native_key: str,
+                                                                  case: str) -> None:
+    """The probe: a video by URL was held at 0 tokens, and the upstream reported 1,000,000."""
+    seen = len(native_gw.log_entries())
+    path, body = unsized(case, "media-window")
+    status, raw = post(native_gw, path, native_key, body)
+    assert status == 200, raw
+    line = newest_line(native_gw, body.get("model") or "media-window-gemini", seen)
+    hold, row = books(native_gw, line["request_id"])
+    assert hold >= 1048576 * 1000  # the context window at the input price (plus the most output)
+    assert row["input_tokens"] == 1_000_000 and row["cost"] <= hold and row["overrun"] == 0
+
+
+def test_media_past_the_input_bound_are_charged_the_hold_and_counted_as_an_overrun(native_gw: GatewayProcess,
+                                                                                  native_key: str) -> None:
+    seen = len(native_gw.log_entries())
+    path, body = UNSIZED["gemini fileData"]
+    status, _ = post(native_gw, path.replace("{model}-gemini", "media-half-window-gemini"), native_key, body)
+    assert status == 200
+    line = newest_line(native_gw, "media-half-window-gemini", seen)
+    hold, row = books(native_gw, line["request_id"])
+    assert row["cost"] == hold and row["overrun_tokens"] == 500_000 and row["unbilled"] == 0
+
+
+def test_a_small_wallet_cannot_start_a_request_for_media_of_unknown_size(native_gw: GatewayProcess,
+                                                                        native: NativeUpstream) -> None:
+    """The probe: $0.0035 of credit became $38.99 of unbilled usage over 38 requests."""
+    cli(native_gw.config, "accounts", "create", "small-wallet", "--credit", "0.0035", env=native_gw.env)
+    key = cli(native_gw.config, "keys", "create", "--account", "small-wallet", env=native_gw.env)["key"]
+    before = len(native.requests)
+    path, body = unsized("gemini fileData", "media-window")
+    status, raw = post(native_gw, path, key, body)
+    assert status == 402 and "available" in error_message(raw), raw
+    assert len(native.requests) == before
+    assert wallet(native_gw, "small-wallet")["balance"] == 3_500_000
+
+
+# -- models by kind ------------------------------------------------------------------------------------------
+
+TEXT_CALLS = {
+    "chat": ("/v1/chat/completions", {"model": "{m}", "messages": [{"role": "user", "content": "hi"}]}),
+    "completions": ("/v1/completions", {"model": "{m}", "prompt": "hi"}),
+    "responses": ("/v1/responses", {"model": "{m}", "input": "hi"}),
+    "embeddings": ("/v1/embeddings", {"model": "{m}", "input": "hi"}),
+    "messages": ("/v1/messages", {"model": "{m}", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}),
+    "count_tokens": ("/v1/messages/count_tokens", {"model": "{m}", "messages": [{"role": "user", "content": "hi"}]}),
+    "generateContent": ("/v1beta/models/{m}:generateContent", {"contents": [{"parts": [{"text": "hi"}]}]}),
+    "countTokens": ("/v1beta/models/{m}:countTokens", {"contents": [{"parts": [{"text": "hi"}]}]}),
+}
+
+
+@pytest.mark.parametrize("model, endpoint", [("pixels", "/v1/images"), ("clip", "/v1/videos")])
+@pytest.mark.parametrize("call", TEXT_CALLS)
+def test_text_endpoints_refuse_models_priced_per_image_or_second(native_gw: GatewayProcess, native_key: str,
+                                                                 native: NativeUpstream, call: str, model: str,
+                                                                 endpoint: str) -> None:
+    """The probe: demo-image answered chat, messages and generateContent, so the upstream's text work was free."""
+    path, body = TEXT_CALLS[call]
+    before = len(native.requests)
+    status, raw = post(native_gw, path.replace("{m}", model), native_key,
+                       json.loads(json.dumps(body).replace("{m}", model)))
+    assert status == 400 and endpoint in error_message(raw), raw
+    assert len(native.requests) == before
+
+
+def test_image_and_video_endpoints_refuse_models_priced_per_token(native_gw: GatewayProcess, native_key: str) -> None:
+    status, raw = post(native_gw, "/v1/images/generations", native_key, {"model": "scripted-openai",
+                                                                          "prompt": "a cat"})
+    assert status == 400 and "image prices" in error_message(raw)
+    status, raw = post(native_gw, "/v1/videos", native_key, {"model": "scripted-openai", "prompt": "a cat"})
+    assert status == 400 and "not a video model" in error_message(raw)
+
+
+# -- one prompt estimate, whatever the format ---------------------------------------------------------------
+
+SAME_CONTENT = {  # a system prompt and "hi", in each client format
+    "chat": ("/v1/chat/completions", {"model": "{m}", "max_tokens": 20, "messages": [
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]}),
+    "responses": ("/v1/responses", {"model": "{m}", "max_output_tokens": 20, "instructions": "Be brief.",
+                                    "input": "hi"}),
+    "anthropic": ("/v1/messages", {"model": "{m}", "max_tokens": 20, "system": "Be brief.",
+                                   "messages": [{"role": "user", "content": "hi"}]}),
+    "gemini": ("/v1beta/models/{m}:generateContent", {"systemInstruction": {"parts": [{"text": "Be brief."}]},
+                                                      "generationConfig": {"maxOutputTokens": 20},
+                                                      "contents": [{"role": "user", "parts": [{"text": "hi"}]}]}),
+}
+
+
+def test_the_same_prompt_gets_the_same_hold_from_every_format_and_lane(native_gw: GatewayProcess,
+                                                                       native_key: str) -> None:
+    """The probe: "hi" was 8 tokens through the OpenAI passthrough and 7 through the translated lanes."""
+    holds = {}
+    for client, (path, body) in SAME_CONTENT.items():
+        for upstream in FORMATS:  # passthrough for one, translation for the two others
+            model = f"engine-{upstream}"
+            seen = len(native_gw.log_entries())
+            status, raw = post(native_gw, path.replace("{m}", model), native_key,
+                               json.loads(json.dumps(body).replace("{m}", model)))
+            assert status == 200, raw
+            holds[(client, upstream)] = books(native_gw, newest_line(native_gw, model, seen)["request_id"])[0]
+    assert len(set(holds.values())) == 1, holds

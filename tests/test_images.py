@@ -63,7 +63,7 @@ price = {{ input = "1", output = "2" }}
 
 [models.img-claude]
 provider = "up-anthropic"
-price = {{ input = "1", output = "2", {openai_prices} }}
+price = {{ {openai_prices} }}
 """]
     for name, upstream_model in (("img-openai", "img-ok"), ("img-openai-fewer", "img-fewer"),
                                  ("img-openai-none", "img-none"), ("img-openai-500", "img-500"),

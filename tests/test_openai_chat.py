@@ -17,6 +17,7 @@ from openai.types import CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from adapters.openai import chat_client, chat_upstream
+from adapters.openai import prompt as openai_prompt
 from adapters.internal import (
     Chat, Embed, EmbedReply, End, InvalidRequest, Media, Message, OutputFormat, Reasoning, Reply, Start,
     StreamContext, StreamError, Text, TextDelta, Thinking, ThinkingDelta, Tool, ToolCall, ToolCallDelta,
@@ -218,7 +219,7 @@ def test_untranslatable_or_invalid_requests_name_the_param(patch: dict[str, Any]
 def test_the_passthrough_estimate_is_lenient_and_the_body_keeps_all_but_model_and_limit() -> None:
     body = {"model": "pub", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "custom",
             "custom": {"name": "g"}}], "logprobs": True, "stream": True, "max_tokens": 9999}
-    assert chat_client.estimate_prompt(body) > 0
+    assert openai_prompt.estimate_prompt("chat", body) > 0
     sent = orjson.loads(chat_upstream.passthrough_body(body, "gpt-up", 300))
     assert sent["model"] == "gpt-up" and sent["max_tokens"] == 300 and sent["stream_options"] == {"include_usage": True}
     assert sent["logprobs"] is True and sent["tools"] == body["tools"]

@@ -88,15 +88,16 @@ def test_max_output_is_the_request_limit_capped_by_the_model() -> None:
     ("responses", {"input": 5}, "input"),
 ])
 def test_invalid_requests_name_the_param(endpoint: str, body: dict, param: str) -> None:
-    with pytest.raises(openai.InvalidRequest) as err:
+    with pytest.raises(openai.InvalidRequest) as err:  # as the relay plans it: the body, then the prompt
         openai.prepare(endpoint, body, "m", 10)
+        openai.estimate_prompt(endpoint, body)
     assert err.value.param == param
 
 
 def test_prompt_estimate_counts_text_framing_and_images() -> None:
     text = "The quick brown fox"
     plain = openai.estimate_prompt("chat", {"messages": [{"role": "user", "content": text}]})
-    assert plain == 3 + count_text("user") + count_text(text) + 3
+    assert plain == 3 + count_text(text) + 3  # a message's framing, its text, the reply's framing
     with_image = openai.estimate_prompt("chat", {"messages": [{"role": "user", "content": [
         {"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": "data:,", "detail": "low"}}]}]})
     assert with_image == plain + 85
@@ -164,9 +165,10 @@ json_values = st.recursive(
 def test_any_json_body_is_prepared_or_refused_never_crashes(endpoint: str, body: dict) -> None:
     try:
         p = openai.prepare(endpoint, body, "m", 100)
+        estimate = openai.estimate_prompt(endpoint, body)
     except openai.InvalidRequest:
         return
-    assert p.prompt_estimate >= 0 and 0 <= p.max_output <= 100
+    assert estimate >= 0 and 0 <= p.max_output <= 100
 
 
 def test_huge_prompts_are_counted_within_a_budget() -> None:

@@ -411,9 +411,9 @@ def test_every_response_of_a_generation_route_says_its_cache_state(cache_gw: Gat
         assert r.status_code in (400, 404) and r.headers["x-tt-cache"] == "bypass", (path, r.status_code)
     unauthenticated = httpx2.post(cache_gw.url + "/v1/chat/completions", content=b"{}")
     assert unauthenticated.status_code == 401 and unauthenticated.headers["x-tt-cache"] == "bypass"
-    for path in ("/v1/responses", "/v1/completions"):  # a wrong X-TT-Cache is refused where nothing is cached too
+    for path, field in (("/v1/responses", "input"), ("/v1/completions", "prompt")):  # refused where nothing is cached too
         r = httpx2.post(cache_gw.url + path, headers={"Authorization": f"Bearer {cache_key}", "X-TT-Cache": "yes"},
-                        json={"model": CACHE_MODEL, "input": "x", "prompt": "x"})
+                        json={"model": CACHE_MODEL, field: "x"})
         assert r.status_code == 400 and "'use' or 'bypass'" in r.text, path
 
 

@@ -33,7 +33,6 @@ from adapters.internal import (
     ToolResult,
     TextDelta,
     Usage,
-    estimate_prompt as estimate_chat,
     pack_call_id,
     parse_arguments,
     sanitize_call_id,
@@ -86,10 +85,10 @@ def parse_request(body: Any, for_count: bool = False) -> Chat:
     return chat
 
 
-def estimate_prompt(body: Any) -> int:
-    """The prompt's tokens for same-format passthrough: blocks and tools that only Anthropic knows are
-    counted by their JSON size instead of refused."""
-    return estimate_chat(_parse_prompt(body, strict=False))
+def prompt_of(body: Any) -> Chat:
+    """The prompt of a same-format request, for the one prompt estimate: blocks and tools that only Anthropic
+    knows are read (by their JSON, or as the files they name) instead of refused."""
+    return _parse_prompt(body, strict=False)
 
 
 def count_tokens_body(input_tokens: int) -> bytes:
@@ -159,8 +158,19 @@ def _content(content: Any, role: str, names: dict[str, str], strict: bool, where
         except InvalidRequest:
             if strict:
                 raise
-            parts.append(Text(_dump(block)))
+            parts.append(_opaque(block))
     return parts
+
+
+def _opaque(block: Any) -> Part:
+    """A block only Anthropic reads, for the estimate: an image or document from the Files API is media of the
+    size the upstream alone knows (an image's is bounded); anything else counts as its JSON."""
+    kind = block.get("type") if isinstance(block, dict) else None
+    source = _dict(block.get("source")) if isinstance(block, dict) else {}
+    if kind in ("image", "document") and source.get("type") == "file":
+        return Media(mime="" if kind == "image" else "application/octet-stream",
+                     url=f"file:{source.get('file_id')}")
+    return Text(_dump(block))
 
 
 def _block(block: Any, role: str, names: dict[str, str], where: str) -> list[Part]:

@@ -12,12 +12,12 @@ from adapters.gemini.schema import from_gemini_schema
 from adapters.internal import (
     Chat, Embed, EmbedReply, End, Event, Finish, InvalidRequest, Media, Message, OutputFormat, Part,
     Reasoning, Reply, StreamContext, StreamError, Text, TextDelta, Thinking, ThinkingDelta, Tool,
-    ToolCall, ToolCallDelta, ToolChoice, ToolResult, Usage, estimate_prompt as _estimate,
+    ToolCall, ToolCallDelta, ToolChoice, ToolResult, Usage,
     parse_arguments, unpack_call_id,
 )
 
 __all__ = [
-    "CHAT_METHODS", "EMBED_METHODS", "parse_request", "parse_count_request", "estimate_prompt",
+    "CHAT_METHODS", "EMBED_METHODS", "parse_request", "parse_count_request", "prompt_of",
     "count_tokens_body", "render_response", "StreamWriter", "error_body", "stream_error_event",
     "model_object", "models_list", "parse_embed_request", "render_embed",
 ]
@@ -75,15 +75,15 @@ def parse_count_request(body: dict[str, Any]) -> Chat:
     return _parse(inner if isinstance(inner, dict) else body, strict=False)
 
 
-def estimate_prompt(body: dict[str, Any]) -> int:
-    """The prompt estimate for same-format passthrough: Gemini-only features are counted, not refused."""
+def prompt_of(body: dict[str, Any]) -> Chat:
+    """The prompt of a same-format request, for the one prompt estimate: Gemini-only features are read, not
+    refused (server-side tools such as googleSearch by their JSON)."""
     chat = _parse(body, strict=False)
-    extra = 0
     for tool in _list(_f(body, "tools")):
         other = {k: v for k, v in tool.items() if k not in _DECLS} if isinstance(tool, dict) else None
-        if other:  # googleSearch, codeExecution...: about 4 characters a token, as billing does
-            extra += len(orjson.dumps(other)) // 4
-    return _estimate(chat) + extra
+        if other:
+            chat.tools.append(Tool("", "", other))
+    return chat
 
 
 _DECLS = ("functionDeclarations", "function_declarations")
@@ -182,7 +182,8 @@ def _part(raw: dict[str, Any], model: bool, strict: bool) -> Part | None:
         if strict and (gemini_fetchable(uri) or not uri.startswith(("http://", "https://"))):
             raise InvalidRequest("fileData URIs of the Files API, Cloud Storage or YouTube need a Gemini "
                                  "model; send the file as inlineData", "contents")
-        return Media(mime=_str(_f(file, "mimeType")), url=uri)
+        # without a type it may be anything (a video, say): never taken for an image, whose size is bounded
+        return Media(mime=_str(_f(file, "mimeType")) or "application/octet-stream", url=uri)
     if (call := _f(raw, "functionCall")) is not None:
         return _function_call(call, _f(raw, "thoughtSignature"), model)
     if (response := _f(raw, "functionResponse")) is not None:

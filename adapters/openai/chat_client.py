@@ -20,7 +20,7 @@ from adapters.openai.common import EFFORTS, EMPTY_PARAMETERS, finish_out, number
 from adapters.openai.passthrough import error_body
 
 __all__ = [
-    "parse_request", "estimate_prompt", "render_response", "StreamWriter", "error_body", "stream_error_event",
+    "parse_request", "render_response", "StreamWriter", "error_body", "stream_error_event",
     "parse_embed_request", "render_embed", "usage_object", "completion_id",
 ]
 
@@ -82,11 +82,6 @@ def parse_request(body: dict[str, Any]) -> Chat:
         frequency_penalty=number(body, "frequency_penalty", -2, 2),
         user=body.get("safety_identifier") or body.get("user") or None,
     )
-
-
-def estimate_prompt(body: dict[str, Any]) -> int:
-    """The lenient prompt estimate for same-format passthrough (accepts what OpenAI accepts)."""
-    return passthrough.estimate_prompt("chat", body)
 
 
 def _parse_messages(raw: Any) -> tuple[list[Text], list[Message]]:

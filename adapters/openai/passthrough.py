@@ -11,11 +11,6 @@ import orjson
 from adapters.internal import InvalidRequest  # one class for every adapter: the relay answers it with a 400
 from adapters.openai.common import str_or_empty
 from billing.metering import (
-    BASE64_CHARS_PER_TOKEN,
-    TOKENS_PER_IMAGE,
-    TOKENS_PER_IMAGE_LOW,
-    TOKENS_PER_MESSAGE,
-    TOKENS_PER_REPLY,
     Meter,
     TextCounter,
     Usage,
@@ -40,7 +35,6 @@ class Prepared:
     stream: bool
     include_usage: bool  # the client asked for the usage-only chunk
     max_output: int  # the most output tokens the request can be billed for (all its choices)
-    prompt_estimate: int
     upstream_body: bytes
     choices: int = 1  # the answers the upstream writes (n, or best_of)
 
@@ -50,7 +44,8 @@ class Prepared:
 
 def prepare(endpoint: str, body: dict[str, Any], upstream_model: str, model_cap: int,
             limit_field: str = "max_tokens") -> Prepared:
-    """Validate the fields the gateway relies on, estimate the prompt, and build the upstream body: it carries
+    """Validate the fields the gateway relies on and build the upstream body (the prompt is estimated by
+    adapters/openai/prompt.py, which reads it through the internal shape): it carries
     the output limit once, in `limit_field` for Chat Completions (the provider's choice), `max_tokens` for
     Completions and `max_output_tokens` for Responses, whatever spelling the client used. The upstream is always
     asked for stream usage; the client only gets it if it asked."""
@@ -77,8 +72,7 @@ def prepare(endpoint: str, body: dict[str, Any], upstream_model: str, model_cap:
             upstream.pop(name, None)
         upstream[limit_field if endpoint == "chat" else _LIMIT_FIELD[endpoint]] = max_output
     copies = answers_per_request(endpoint, body)
-    return Prepared(stream, include_usage, max_output * copies, estimate_prompt(endpoint, body),
-                    orjson.dumps(upstream), copies)
+    return Prepared(stream, include_usage, max_output * copies, orjson.dumps(upstream), copies)
 
 
 _LIMIT_FIELD = {"completions": "max_tokens", "responses": "max_output_tokens"}
@@ -139,81 +133,14 @@ def max_output_tokens(endpoint: str, body: dict[str, Any], cap: int) -> int:
 # -- prompt estimation (documented in README "Token counting") ------------------------------
 
 
-def estimate_prompt(endpoint: str, body: dict[str, Any]) -> int:
-    """The prompt's tokens, estimated before sending (rules in README "Token counting")."""
+def text_prompt_tokens(endpoint: str, body: dict[str, Any]) -> int:
+    """The prompt tokens of a Completions or Embeddings request: its text (or token arrays), no framing. Chat
+    Completions and Responses go through the internal shape's one rule (adapters/openai/prompt.py)."""
     count = TextCounter()
-    if endpoint == "chat":
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise InvalidRequest("'messages' must be a non-empty array", "messages")
-        total = TOKENS_PER_REPLY
-        for m in messages:
-            if not isinstance(m, dict):
-                raise InvalidRequest("each entry of 'messages' must be an object", "messages")
-            total += TOKENS_PER_MESSAGE + _content_tokens(m.get("content"), count)
-            total += count(str_or_empty(m.get("role"))) + count(str_or_empty(m.get("name")))
-            for call in _list(m.get("tool_calls")):
-                fn = call.get("function") if isinstance(call, dict) else None
-                if isinstance(fn, dict):
-                    total += count(str_or_empty(fn.get("name"))) + count(str_or_empty(fn.get("arguments")))
-        return total + sum(_json_tokens(body.get(f), count) for f in ("tools", "functions", "response_format"))
-    if endpoint == "completions":
-        if "prompt" not in body:
-            raise InvalidRequest("'prompt' is required", "prompt")
-        return _text_or_token_lists(body["prompt"], "prompt", count)
-    if endpoint == "embeddings":
-        if "input" not in body:
-            raise InvalidRequest("'input' is required", "input")
-        return _text_or_token_lists(body["input"], "input", count)
-    # responses
-    total = count(str_or_empty(body.get("instructions"))) + _json_tokens(body.get("tools"), count) + \
-        _json_tokens(body.get("text"), count)
-    items = body.get("input")
-    if isinstance(items, str):
-        return total + TOKENS_PER_MESSAGE + count(items) + TOKENS_PER_REPLY
-    if items is not None and not isinstance(items, list):
-        raise InvalidRequest("'input' must be a string or an array", "input")
-    for item in items or ():
-        if not isinstance(item, dict):
-            raise InvalidRequest("each entry of 'input' must be an object", "input")
-        total += TOKENS_PER_MESSAGE + _content_tokens(item.get("content"), count)
-        for key in ("arguments", "output", "name"):
-            total += count(str_or_empty(item.get(key)))
-    return total + TOKENS_PER_REPLY
-
-
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
-def _json_tokens(value: Any, count: TextCounter) -> int:
-    if not value:
-        return 0
-    try:
-        return count(orjson.dumps(value).decode())
-    except TypeError:  # integers past 64 bits and the like: the upstream will judge them
-        return 0
-
-
-def _content_tokens(content: Any, count: TextCounter) -> int:
-    if isinstance(content, str):
-        return count(content)
-    total = 0
-    for part in _list(content):
-        if not isinstance(part, dict):
-            continue
-        kind = part.get("type")
-        if kind in ("text", "input_text", "output_text"):
-            total += count(str_or_empty(part.get("text")))
-        elif kind in ("image_url", "input_image"):
-            image = part.get("image_url")
-            detail = image.get("detail") if isinstance(image, dict) else part.get("detail")
-            total += TOKENS_PER_IMAGE_LOW if detail == "low" else TOKENS_PER_IMAGE
-        elif kind in ("input_audio", "file", "input_file"):
-            payload = part.get(kind) if isinstance(part.get(kind), dict) else part
-            data = str_or_empty(payload.get("data")) or str_or_empty(payload.get("file_data"))
-            total += len(data) // BASE64_CHARS_PER_TOKEN
-    return total
+    field = "prompt" if endpoint == "completions" else "input"
+    if field not in body:
+        raise InvalidRequest(f"'{field}' is required", field)
+    return _text_or_token_lists(body[field], field, count)
 
 
 def _text_or_token_lists(value: Any, param: str, count: TextCounter) -> int:

@@ -234,7 +234,7 @@ def _file(part: dict[str, Any], where: str) -> Media:
         return Media(mime=_guess_type(name) or "application/octet-stream", data=data, name=name)
     url = part.get("file_url")
     if isinstance(url, str) and url:
-        return Media(mime=_guess_type(url.split("?", 1)[0]), url=url, name=name)
+        return Media(mime=_guess_type(url.split("?", 1)[0]) or "application/octet-stream", url=url, name=name)
     raise InvalidRequest(f"'{where}' needs 'file_data' (a data: URL) or 'file_url'", where)
 
 

@@ -41,10 +41,8 @@ class Snippet:
 
 
 def per_token(model: Model) -> bool:
-    """Token prices apply to every model but an image or video model whose token prices are all zero."""
-    other = bool(model.image_prices) or model.task_price is not None or model.second_price is not None
-    p = model.prices
-    return not other or any((p.input, p.output, p.cache_read, p.cache_write))
+    """Token prices apply to text models only: an image or video model is priced per image, task or second."""
+    return model.kind == "text"
 
 
 def price_rows(models: dict[str, Model]) -> list[PriceRow]:
@@ -53,9 +51,9 @@ def price_rows(models: dict[str, Model]) -> list[PriceRow]:
 
 
 def chat_model(models: dict[str, Model]) -> str:
-    """The model the snippets name: the first that chats (no image or video price, more than one output token)."""
+    """The model the snippets name: the first that chats (a text model with more than one output token)."""
     for m in models.values():
-        if not m.image_prices and m.task_price is None and m.second_price is None and m.max_output_tokens > 1:
+        if m.kind == "text" and m.max_output_tokens > 1:
             return m.name
     return next(iter(models))
 
