@@ -1,7 +1,9 @@
 """TokenToll benchmark (`make bench`): owns the mock upstream (nginx with canned OpenAI answers), the gateway under
 test (one process, billing on, with its own fresh SQLite database, account and key), the same gateway with billing
-off (a second process, for the cost of billing), the stack floor (bench/stack_floor.py, a featureless relay on the
-same stack) and the load (wrk, plus an aiohttp client for time to first byte); records results in RESULTS.md."""
+off (a second process, for the cost of billing), the gateway at a base commit (a third process, billing on, its tree
+from `git archive` in bench/out/base, its own database, account and key: for the cost of the change since), the
+stack floor (bench/stack_floor.py, a featureless relay on the same stack) and the load (wrk, plus an aiohttp client
+for time to first byte); records results in RESULTS.md."""
 
 from __future__ import annotations
 
@@ -46,6 +48,11 @@ NOBILL_LOG = OUT / "gateway-billing-off.log"
 NOBILL_CONFIG = OUT / "gateway-billing-off.toml"
 NOBILL_DB = OUT / "billing-off.db"  # opened by the billing-off gateway, never written to by a request
 FLOOR_LOG = OUT / "stack-floor.log"
+BASE_TREE = OUT / "base"  # the base commit's files (`git archive BASE | tar -x`), written afresh each run
+BASE_REQUEST_LOG = OUT / "requests-base.jsonl"
+BASE_LOG = OUT / "gateway-base.log"
+BASE_CONFIG = OUT / "gateway-base.toml"
+BASE_DB = OUT / "base.db"  # the base gateway's own database: the base commit has an older schema version
 ECHO_MODULE = Path("/usr/lib/nginx/modules/ngx_http_echo_module.so")  # Debian's libnginx-mod-http-echo
 
 GATEWAY_PATH = "/v1/chat/completions"
@@ -60,6 +67,11 @@ TARGET_REQS_PER_S = 1200.0
 TARGET_STREAMS_PER_S = 250.0
 TARGET_RSS_GROWTH = 0.10
 TARGET_BILLING_RATIO = 0.85  # billing costs at most 15% of throughput: billing on / billing off >= 0.85
+TARGET_CHANGE_RATIO = 0.95  # the change since BASE_REF costs at most 5% of throughput: HEAD / base >= 0.95
+
+# The last commit before streams were cut at the held limit and overruns accounted (issue 16): the change cost
+# compares the gateway under test with the gateway at this commit (--base REF for another, --base none for none)
+BASE_REF = "af3c875"
 
 PRICE_INPUT, PRICE_OUTPUT = "0.50", "1.50"  # USD per 1M tokens, as in the generated config
 PROVIDER_TOTAL_TIMEOUT = 120  # seconds; billing.hold_ttl must be longer
@@ -178,12 +190,12 @@ def request_body(route: Route) -> bytes:
     return compact(body)
 
 
-def client_headers() -> dict[str, str]:
-    """What every client sends: the key goes to every target (nginx and the stack floor ignore it), so that
-    all of them get the same requests."""
+def client_headers(key: str) -> dict[str, str]:
+    """What every client sends: the bench key goes to every target but the base gateway, which has its own (nginx
+    and the stack floor ignore it), so that all of them get the same requests."""
     headers = {"Content-Type": "application/json"}
-    if _bench_key:
-        headers["Authorization"] = f"Bearer {_bench_key}"
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
     return headers
 
 
@@ -337,17 +349,83 @@ def start_nginx(stack: ExitStack) -> str:
 
 @dataclass(frozen=True)
 class GatewaySetup:
-    """One gateway process's files: billing on (the gateway under test) or off (the same config otherwise)."""
+    """One gateway process's files: billing on (the gateway under test), off (the same config otherwise), or the
+    base commit's gateway (billing on, the same config, its own tree)."""
 
     billing: bool
     config: Path
     log: Path
     request_log: Path
     database: Path
+    name: str  # the target's name, in labels and file names
+    title: str  # in messages
+    log_label: str  # which gateway's request log, in its note
+    tree: Path = ROOT  # the source tree whose gateway.py runs it (and its operator CLI)
 
 
-BILLING_ON = GatewaySetup(True, GATEWAY_CONFIG, GATEWAY_LOG, REQUEST_LOG, BILLING_DB)
-BILLING_OFF = GatewaySetup(False, NOBILL_CONFIG, NOBILL_LOG, NOBILL_REQUEST_LOG, NOBILL_DB)
+BILLING_ON = GatewaySetup(True, GATEWAY_CONFIG, GATEWAY_LOG, REQUEST_LOG, BILLING_DB, "gateway", "the gateway",
+                          "billing on")
+BILLING_OFF = GatewaySetup(False, NOBILL_CONFIG, NOBILL_LOG, NOBILL_REQUEST_LOG, NOBILL_DB, "gateway-nobill",
+                           "the billing-off gateway", "billing off")
+
+
+@dataclass(frozen=True)
+class BaseCommit:
+    """The commit whose gateway the change cost compares with the gateway under test."""
+
+    ref: str  # as given to --base
+    sha: str
+    short: str
+
+    @property
+    def setup(self) -> GatewaySetup:
+        return GatewaySetup(True, BASE_CONFIG, BASE_LOG, BASE_REQUEST_LOG, BASE_DB, "gateway-base",
+                            f"the base gateway ({self.short})", f"base {self.short}, billing on", BASE_TREE)
+
+
+def git_output(*args: str) -> str | None:
+    """A read-only git command's first line of output in the repository, or None if it failed."""
+    proc = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=30)
+    lines = proc.stdout.strip().splitlines()
+    return lines[0] if proc.returncode == 0 and lines else None
+
+
+def resolve_base(ref: str) -> BaseCommit | None:
+    """The commit that --base names (None for "none")."""
+    if ref.lower() == "none":
+        return None
+    sha = git_output("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
+    short = git_output("rev-parse", "--short", sha) if sha else None
+    if sha is None or short is None:
+        raise BenchError(f"--base {ref}: not a commit of this repository (--base none skips the change cost)")
+    return BaseCommit(ref, sha, short)
+
+
+def materialize_base(base: BaseCommit) -> None:
+    """The base commit's files in BASE_TREE, afresh: `git archive SHA | tar -x` (a plain copy, not a worktree).
+    Its gateway runs on the gateway under test's virtualenv: the dependencies have not changed since the base, which
+    its requirements.lock must show."""
+    shutil.rmtree(BASE_TREE, ignore_errors=True)
+    BASE_TREE.mkdir(parents=True)
+    archive = subprocess.Popen(["git", "-C", str(ROOT), "archive", base.sha], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    assert archive.stdout is not None and archive.stderr is not None
+    untar = subprocess.run(["tar", "-x", "-C", str(BASE_TREE)], stdin=archive.stdout, capture_output=True)
+    archive.stdout.close()
+    archive_errors = archive.stderr.read().decode(errors="replace")
+    if archive.wait() != 0 or untar.returncode != 0:
+        raise BenchError(f"`git archive {base.sha} | tar -x -C {BASE_TREE}` failed:\n{archive_errors}"
+                         f"{untar.stderr.decode(errors='replace')}")
+    base_lock, head_lock = BASE_TREE / "requirements.lock", ROOT / "requirements.lock"
+    if not base_lock.exists() or base_lock.read_bytes() != head_lock.read_bytes():
+        raise BenchError(f"{base.short}'s requirements.lock differs from the tree under test's: its gateway would "
+                         "need a virtualenv of its own; compare with a later base (--base REF) or none (--base none)")
+
+
+def venv_python() -> str:
+    """The project's virtualenv python (make's), else the one running this script; every gateway runs on it."""
+    venv = ROOT / ".venv" / "bin" / "python"
+    return str(venv) if venv.exists() else sys.executable
 
 
 def write_gateway_config(nginx: str, setup: GatewaySetup) -> None:
@@ -372,12 +450,11 @@ def remove_database(db: Path) -> None:
         db.with_name(db.name + suffix).unlink(missing_ok=True)
 
 
-def operator_cli(config: Path, *args: str) -> Any:
-    """`gateway.py --config CONFIG ARGS --json` (the operator's command line), its JSON answer parsed."""
-    venv_python = ROOT / ".venv" / "bin" / "python"
-    python = str(venv_python) if venv_python.exists() else sys.executable
-    cmd = [python, "gateway.py", "--config", str(config), *args, "--json"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
+def operator_cli(config: Path, *args: str, tree: Path = ROOT) -> Any:
+    """`gateway.py --config CONFIG ARGS --json` (the operator's command line) of the source tree `tree`, its JSON
+    answer parsed."""
+    cmd = [venv_python(), "gateway.py", "--config", str(config), *args, "--json"]
+    proc = subprocess.run(cmd, cwd=tree, capture_output=True, text=True, timeout=60)
     if proc.returncode != 0:
         raise BenchError(f"`{' '.join(cmd[1:])}` failed (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}")
     try:
@@ -386,17 +463,23 @@ def operator_cli(config: Path, *args: str) -> Any:
         raise BenchError(f"`{' '.join(cmd[1:])}` did not print JSON:\n{proc.stdout[:500]}") from None
 
 
-def create_wallet() -> None:
-    """A fresh database for the billing-on gateway, with one account (a large credit) and one key, made with the
-    operator CLI before the gateway starts; the key becomes what every client sends."""
-    global _bench_key
-    account = operator_cli(GATEWAY_CONFIG, "accounts", "create", BENCH_ACCOUNT, "--credit", str(BENCH_CREDIT_USD))
+def create_account_key(setup: GatewaySetup) -> str:
+    """A fresh database for a billing-on gateway, with one account (a large credit) and one key, made with its own
+    tree's operator CLI before the gateway starts; returns the key's plaintext."""
+    account = operator_cli(setup.config, "accounts", "create", BENCH_ACCOUNT, "--credit", str(BENCH_CREDIT_USD),
+                           tree=setup.tree)
     if account.get("balance") != BENCH_CREDIT_USD * 10**9:
         raise BenchError(f"the new account does not hold the ${BENCH_CREDIT_USD:,} credit: {account}")
-    key = operator_cli(GATEWAY_CONFIG, "keys", "create", "--account", BENCH_ACCOUNT)
+    key = operator_cli(setup.config, "keys", "create", "--account", BENCH_ACCOUNT, tree=setup.tree)
     if not str(key.get("key", "")).startswith("sk-tt-"):
         raise BenchError(f"keys create printed no sk-tt- key: {sorted(key)}")
-    _bench_key = key["key"]
+    return str(key["key"])
+
+
+def create_wallet() -> None:
+    """The gateway under test's account and key (create_account_key); the key becomes what every client sends."""
+    global _bench_key
+    _bench_key = create_account_key(BILLING_ON)
 
 
 @dataclass(frozen=True)
@@ -411,6 +494,11 @@ class Target:
     proc: subprocess.Popen[bytes] | None = None  # None: nginx itself
     log: Path | None = None  # the relay's stdout and stderr
     path: str | None = None  # the one path the relay serves; None: each route at nginx's own path
+    key: str | None = None  # the key its clients send; None: the bench key, which every other target gets
+
+    @property
+    def client_key(self) -> str:
+        return _bench_key if self.key is None else self.key
 
     @property
     def pid(self) -> int:
@@ -429,14 +517,12 @@ def port_from_log(log: Path, name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def start_server(stack: ExitStack, args: list[str], log_path: Path, name: str,
-                 what: str) -> tuple[subprocess.Popen[bytes], str]:
-    """A Python server process from the venv, logging to `log_path`; returns it and its base URL once it has
-    printed its port (stopped with SIGTERM when the stack closes)."""
-    venv_python = ROOT / ".venv" / "bin" / "python"
-    python = str(venv_python) if venv_python.exists() else sys.executable
+def start_server(stack: ExitStack, args: list[str], log_path: Path, name: str, what: str,
+                 cwd: Path = ROOT) -> tuple[subprocess.Popen[bytes], str]:
+    """A Python server process from the venv, run in `cwd` and logging to `log_path`; returns it and its base URL
+    once it has printed its port (stopped with SIGTERM when the stack closes)."""
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([python, *args], cwd=ROOT, stdout=log, stderr=log)
+        proc = subprocess.Popen([venv_python(), *args], cwd=cwd, stdout=log, stderr=log)
     stack.callback(stop_process, proc, signal.SIGTERM, 15)
     try:
         wait_until(lambda: port_from_log(log_path, name) is not None, proc, what, 30)
@@ -449,14 +535,14 @@ def log_tail(path: Path, chars: int = 3000) -> str:
     return path.read_text(errors="replace")[-chars:] if path.exists() else "(no log)"
 
 
-def start_gateway(stack: ExitStack, nginx: str, setup: GatewaySetup) -> Target:
-    """One gateway process (one hypercorn worker), started as `make run` starts it."""
+def start_gateway(stack: ExitStack, nginx: str, setup: GatewaySetup, key: str | None = None) -> Target:
+    """One gateway process (one hypercorn worker), started from its tree as `make run` starts it; its clients send
+    `key` (None: the bench key)."""
     setup.request_log.unlink(missing_ok=True)
     args = ["gateway.py", "--config", str(setup.config), "--port", "0"]
-    name, title = ("gateway", "the gateway") if setup.billing else ("gateway-nobill", "the billing-off gateway")
-    proc, url = start_server(stack, args, setup.log, "tokentoll", title)
-    wait_until(partial(http_get_ok, url + "/readyz"), proc, title, 30)
-    return Target(name, title, url, nginx, proc, setup.log, GATEWAY_PATH)
+    proc, url = start_server(stack, args, setup.log, "tokentoll", setup.title, cwd=setup.tree)
+    wait_until(partial(http_get_ok, url + "/readyz"), proc, setup.title, 30)
+    return Target(setup.name, setup.title, url, nginx, proc, setup.log, GATEWAY_PATH, key)
 
 
 def start_floor(stack: ExitStack, nginx: str) -> Target:
@@ -531,12 +617,12 @@ class WrkResult:
         return self.requests / self.seconds
 
 
-def run_wrk(label: str, url: str, route: Route, conns: int, seconds: float) -> WrkResult:
-    """One wrk run (two threads, or one for a single connection); any socket error or non-2xx/3xx answer
-    stops the benchmark."""
+def run_wrk(label: str, url: str, route: Route, conns: int, seconds: float, key: str) -> WrkResult:
+    """One wrk run (two threads, or one for a single connection), each request with `key`; any socket error or
+    non-2xx/3xx answer stops the benchmark."""
     cmd = ["wrk", f"-t{min(conns, 2)}", f"-c{conns}", f"-d{seconds:g}s", "--timeout", "10s", "--latency",
            "-s", str(BENCH / "post.lua"), url, "--", str(route.request_file)]
-    env = {**os.environ, KEY_ENV: _bench_key}
+    env = {**os.environ, KEY_ENV: key}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, env=env)
     output = proc.stdout + proc.stderr
     (OUT / f"wrk-{label}.txt").write_text(" ".join(cmd) + "\n\n" + output)
@@ -554,10 +640,10 @@ def run_on(target: Target, what: str, route: Route, conns: int, seconds: float) 
     """One measured wrk run against a target; for a relay, also its CPU use and the connections it opened."""
     label, url = f"{what}-{target.name}-c{conns}", target.url_for(route)
     if target.proc is None:
-        return run_wrk(label, url, route, conns, seconds)
+        return run_wrk(label, url, route, conns, seconds, target.client_key)
     pid = target.pid
     accepts0, (user0, sys0), t0 = nginx_accepts(target.nginx), cpu_seconds(pid), time.monotonic()
-    result = run_wrk(label, url, route, conns, seconds)
+    result = run_wrk(label, url, route, conns, seconds, target.client_key)
     (user1, sys1), wall = cpu_seconds(pid), time.monotonic() - t0
     result.cpu = (user1 - user0 + sys1 - sys0) / wall
     result.cpu_sys = (sys1 - sys0) / wall
@@ -572,27 +658,29 @@ def run_each(targets: tuple[Target, ...], what: str, route: Route, conns: int,
 
 def warm_up(relays: tuple[Target, ...], route: Route, conns: int, seconds: float) -> None:
     for t in relays:
-        run_wrk(f"warmup-{route.name}-{t.name}", t.url_for(route), route, conns, seconds)
+        run_wrk(f"warmup-{route.name}-{t.name}", t.url_for(route), route, conns, seconds, t.client_key)
 
 
 async def post_read(session: aiohttp.ClientSession, url: str, body: bytes,
                     headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-    async with session.post(url, data=body, headers=client_headers() if headers is None else headers) as resp:
+    sent = client_headers(_bench_key) if headers is None else headers
+    async with session.post(url, data=body, headers=sent) as resp:
         return resp.status, await resp.read()
 
 
-KEYLESS_PROBES = 1  # requests without a key that verify() sends to each gateway
+KEYLESS_PROBES = 1  # requests without a key that verify_billing() sends to each gateway
 
 
-async def verify_billing(billing_on: Target, billing_off: Target) -> None:
-    """Billing is really on in the one and off in the other: without a key, the first answers 401 and the
-    second 200."""
+async def verify_billing(billing_on: tuple[Target, ...], billing_off: Target) -> None:
+    """Billing is really on in the first (the gateway under test, and the base gateway) and off in the other:
+    without a key, the first answer 401 and the other 200."""
     body, keyless = request_body(CHAT), {"Content-Type": "application/json"}
     async with aiohttp.ClientSession() as session:
-        status, raw = await post_read(session, billing_on.url_for(CHAT), body, keyless)
-        if status != 401:
-            raise BenchError(f"{billing_on.title} answered {status}, not 401, to a request without a key "
-                             f"(is billing on?): {raw[:300]!r}")
+        for gateway in billing_on:
+            status, raw = await post_read(session, gateway.url_for(CHAT), body, keyless)
+            if status != 401:
+                raise BenchError(f"{gateway.title} answered {status}, not 401, to a request without a key "
+                                 f"(is billing on?): {raw[:300]!r}")
         status, raw = await post_read(session, billing_off.url_for(CHAT), body, keyless)
         if status != 200:
             raise BenchError(f"{billing_off.title} answered {status}, not 200, to a request without a key "
@@ -611,7 +699,8 @@ async def verify(nginx: str, relays: tuple[Target, ...] = ()) -> None:
             check_answer(route, direct, f"nginx {route.path}")
             for relay in relays:
                 for _ in range(5):  # a few, so that the idle RSS is that of a relay that has served requests
-                    status, relayed = await post_read(session, relay.url_for(route), request_body(route))
+                    status, relayed = await post_read(session, relay.url_for(route), request_body(route),
+                                                      client_headers(relay.client_key))
                     if status != 200:
                         raise BenchError(f"{relay.title} answered {status} for {route.model}: {relayed[:300]!r}")
                     check_answer(route, relayed, f"{relay.title}, model {route.model}")
@@ -638,7 +727,7 @@ async def first_byte_times(url: str, body: bytes, count: int, warmup: int) -> li
     """Milliseconds from sending each stream request to its first body byte, one request at a time;
     each stream is read to its end and must finish with [DONE]."""
     samples: list[float] = []
-    headers = client_headers()
+    headers = client_headers(_bench_key)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:
         for i in range(warmup + count):
             t0 = time.perf_counter()
@@ -703,6 +792,27 @@ class Translated:
     passthrough_streams: WrkResult
 
 
+Alternation = tuple[WrkResult, WrkResult, list[float]]  # what alternate() returns: each side's runs, round ratios
+
+
+@dataclass
+class ChangeCost:
+    """The gateway under test and the base commit's gateway (both billing on), from the runs that the change cost
+    compares: BILLING_ROUNDS short runs of each in turn, as for the billing cost, each side's runs together."""
+
+    base: BaseCommit
+    reqs: WrkResult  # the gateway under test, non-stream, plan.conns connections
+    base_reqs: WrkResult  # the base gateway, the runs alternating with those above
+    streams: WrkResult
+    base_streams: WrkResult
+    rounds: list[tuple[float, float]]  # per round: HEAD / base for non-stream, then for streams
+
+    @classmethod
+    def of(cls, base: BaseCommit, reqs: Alternation, streams: Alternation) -> ChangeCost:
+        (head_reqs, base_reqs, reqs_rounds), (head_streams, base_streams, streams_rounds) = reqs, streams
+        return cls(base, head_reqs, base_reqs, head_streams, base_streams, list(zip(reqs_rounds, streams_rounds)))
+
+
 @dataclass
 class Figures:
     conns: int
@@ -719,41 +829,49 @@ class Figures:
     settle_s: float
     notes: list[str]
     translated: Translated
+    change: ChangeCost | None  # None: no base commit to compare with (--base none)
 
 
 def step(text: str) -> None:
     print(f"bench: {text}", flush=True)
 
 
-def measure(plan: Plan, nginx: str, stack: ExitStack) -> Figures:
+def measure(plan: Plan, nginx: str, stack: ExitStack, base: BaseCommit | None) -> Figures:
     for route in (*ROUTES, *TRANSLATED):
         route.request_file.write_bytes(request_body(route))
     asyncio.run(verify(nginx))
-    for setup in (BILLING_ON, BILLING_OFF):
+    setups = (BILLING_ON, BILLING_OFF, *((base.setup,) if base else ()))
+    for setup in setups:
         remove_database(setup.database)
         write_gateway_config(nginx, setup)
     step(f"creating a fresh {BILLING_DB.relative_to(ROOT)} with an account and a key (operator CLI)")
     create_wallet()
+    base_key: str | None = None
+    if base:
+        step(f"creating a fresh {BASE_DB.relative_to(ROOT)} with an account and a key ({base.short}'s operator CLI)")
+        base_key = create_account_key(base.setup)
     gw = start_gateway(stack, nginx, BILLING_ON)
     rss_cold = rss_kib(gw.pid)
     floor = start_floor(stack, nginx)
     floor_rss_cold = rss_kib(floor.pid)
     off = start_gateway(stack, nginx, BILLING_OFF)
-    asyncio.run(verify(nginx, (floor, gw, off)))
-    asyncio.run(verify_billing(gw, off))
+    base_gw = start_gateway(stack, nginx, base.setup, base_key) if base else None
+    base_gws = (base_gw,) if base_gw else ()
+    asyncio.run(verify(nginx, (floor, gw, off, *base_gws)))
+    asyncio.run(verify_billing((gw, *base_gws), off))
     asyncio.run(verify_translated(gw))
     time.sleep(2)
     rss_idle, floor_rss_idle = rss_kib(gw.pid), rss_kib(floor.pid)
     sampler = RssSampler(gw.pid)
     sampler.start()
     try:
-        (direct, floor_side, gateway), billing_off, translated = load(
-            plan, (Target("direct", "nginx", nginx, nginx), floor, gw), off)
+        (direct, floor_side, gateway), billing_off, translated, change_runs = load(
+            plan, (Target("direct", "nginx", nginx, nginx), floor, gw), off, base_gw)
     finally:
         rss_peak = sampler.stop()
     step(f"letting the gateway settle for {plan.settle_s:g} s")
     time.sleep(plan.settle_s)
-    for relay in (gw, floor, off):
+    for relay in (gw, floor, off, *base_gws):
         check_relay(relay)
     rss_after = rss_kib(gw.pid)
     check_nginx_log()
@@ -762,11 +880,14 @@ def measure(plan: Plan, nginx: str, stack: ExitStack) -> Figures:
     stop_relay(gw)
     c = plan.conns
     # wrk cuts off up to c requests when each run ends: at c connections, 13 runs (4 of them warm-ups, the translated
-    # lane's 8 included) and 2 x BILLING_ROUNDS, and one at 1 for the gateway under test; 2 warm-ups and
-    # 2 x BILLING_ROUNDS for the billing-off one
-    billed = check_request_log(BILLING_ON, allowed_cut=(13 + 2 * BILLING_ROUNDS) * c + 1)
+    # lane's 8 included), 2 x BILLING_ROUNDS for the billing cost and as many for the change cost, and one at 1 for
+    # the gateway under test; 2 warm-ups and 2 x BILLING_ROUNDS for the billing-off one and for the base one
+    alternated = 2 * BILLING_ROUNDS * (2 if base else 1)
+    billed = check_request_log(BILLING_ON, allowed_cut=(13 + alternated) * c + 1)
     unbilled = check_request_log(BILLING_OFF, allowed_cut=(2 + 2 * BILLING_ROUNDS) * c)
-    notes = [billed.note, unbilled.note, check_wallet(billed, idle_holds, plan.settle_s),
+    base_billed = [check_request_log(base.setup, allowed_cut=(2 + 2 * BILLING_ROUNDS) * c)] if base else []
+    notes = [billed.note, unbilled.note, *(b.note for b in base_billed),
+             check_wallet(billed, idle_holds, plan.settle_s),
              f"billing: the gateway column is the gateway with billing on (a fresh SQLite database, synchronous "
              f"NORMAL, hold_ttl {HOLD_TTL} s, no rate limits; one account, one key sent by every client); "
              "\"billing off\" rows are a second gateway process with the same config but `[billing] enabled = "
@@ -781,11 +902,33 @@ def measure(plan: Plan, nginx: str, stack: ExitStack) -> Figures:
                  "Bearer key) of the same model and upstream answers, translated both ways; each translated run "
                  "sits between two passthrough runs of the same kind on the same gateway, and is compared with "
                  "their mean (so that a machine that speeds up or slows down during the run does not bias it)")
+    change = ChangeCost.of(base, *change_runs) if base and change_runs else None
+    if change:
+        notes.append(change_note(change))
     return Figures(c, direct, floor_side, gateway, billing_off, rss_cold, rss_idle, rss_peak, rss_after,
-                   floor_rss_cold, floor_rss_idle, plan.settle_s, notes, translated)
+                   floor_rss_cold, floor_rss_idle, plan.settle_s, notes, translated, change)
 
 
-BILLING_ROUNDS = 5  # the billing cost: this many rounds of (billing on, billing off), each run 2/5 of a plan's seconds
+def head_commit() -> str:
+    return tool_version(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
+
+
+def change_note(change: ChangeCost) -> str:
+    base = change.base
+    return (f"change cost: the gateway under test at {head_commit()} (plus any uncommitted changes) against the "
+            f"gateway at the base commit {base.short} (--base {base.ref}; its tree from `git archive` in "
+            f"{BASE_TREE.relative_to(ROOT)}, on the same virtualenv), both billing on, each with its own fresh "
+            f"database, account and key and the same config otherwise; {BILLING_ROUNDS} rounds of short runs of the "
+            "two in turn (HEAD, then base), each side's runs together; per round, HEAD / base: "
+            + ", ".join(f"{a:.3f}" for a, _ in change.rounds) + " (non-stream), "
+            + ", ".join(f"{b:.3f}" for _, b in change.rounds) + " (streams); CPU per request HEAD / base: "
+            f"{cpu_ms(change.reqs)} / {cpu_ms(change.base_reqs)} ms (non-stream), "
+            f"{cpu_ms(change.streams)} / {cpu_ms(change.base_streams)} ms (streams)")
+
+
+# the billing cost: this many rounds of (billing on, billing off), each run 2/5 of a plan's seconds; and as many of
+# (HEAD, base) for the change cost
+BILLING_ROUNDS = 5
 
 
 def joined_all(runs: list[WrkResult]) -> WrkResult:
@@ -796,37 +939,54 @@ def joined_all(runs: list[WrkResult]) -> WrkResult:
                      sum(r.upstream_connects for r in runs))
 
 
-def alternate(on: Target, off: Target, what: str, route: Route, conns: int,
-              seconds: float) -> tuple[WrkResult, WrkResult, list[float]]:
-    """The gateway under test and the billing-off gateway in turn, BILLING_ROUNDS short runs each: a machine that
-    speeds up or slows down during the comparison (this one swings by a fifth from one 10 s run to the next) moves
-    both sides alike. Returns each side's runs together, and each round's on / off."""
-    on_runs, off_runs = [], []
+def alternate(first: Target, second: Target, what: str, cost: str, route: Route, conns: int,
+              seconds: float) -> Alternation:
+    """The gateway under test and another (billing off, or the base commit's) in turn, BILLING_ROUNDS short runs
+    each: a machine that speeds up or slows down during the comparison (this one swings by a fifth from one 10 s
+    run to the next) moves both sides alike. `cost` names the comparison in wrk's output files. Returns each side's
+    runs together, and each round's first / second."""
+    first_runs, second_runs = [], []
     for i in range(BILLING_ROUNDS):
-        on_runs.append(run_on(on, f"{what}-billing-round{i}", route, conns, seconds))
-        off_runs.append(run_on(off, f"{what}-billing-round{i}", route, conns, seconds))
-    return (joined_all(on_runs), joined_all(off_runs),
-            [a.per_second / b.per_second for a, b in zip(on_runs, off_runs)])
+        first_runs.append(run_on(first, f"{what}-{cost}-round{i}", route, conns, seconds))
+        second_runs.append(run_on(second, f"{what}-{cost}-round{i}", route, conns, seconds))
+    return (joined_all(first_runs), joined_all(second_runs),
+            [a.per_second / b.per_second for a, b in zip(first_runs, second_runs)])
 
 
-def load(plan: Plan, targets: tuple[Target, ...], off: Target) -> tuple[list[Side], BillingOff, Translated]:
+def change_cost_runs(gateway: Target, base: Target | None, what: str, route: Route, conns: int,
+                     seconds: float) -> Alternation | None:
+    """The change cost's rounds of one kind: the gateway under test, then the base gateway (None: no base)."""
+    if base is None:
+        return None
+    kind = "streams" if route.stream else "non-stream"
+    step(f"change cost, {kind}: {BILLING_ROUNDS} rounds of the gateway, then {base.title}, {seconds:g} s each")
+    return alternate(gateway, base, what, "change", route, conns, seconds)
+
+
+def load(plan: Plan, targets: tuple[Target, ...], off: Target,
+         base: Target | None) -> tuple[list[Side], BillingOff, Translated, tuple[Alternation, Alternation] | None]:
     """The same runs against every target, one measurement at a time, the targets in turn; the billing-off
-    gateway joins the non-stream and stream throughput runs, right after the gateway under test."""
+    gateway joins the non-stream and stream throughput runs, right after the gateway under test, and the base
+    gateway (if any) right after the billing-off one."""
     s, c, warmup = plan.seconds, plan.conns, min(2.0, plan.seconds)
     relays = tuple(t for t in targets if t.proc is not None)
-    step(f"non-stream throughput, {c} connections, {s:g} s each target (and the billing-off gateway)")
-    warm_up((*relays, off), CHAT, c, warmup)
+    others = (off, *((base,) if base else ()))
+    joining = "the billing-off gateway" + (f" and {base.title}" if base else "")
+    step(f"non-stream throughput, {c} connections, {s:g} s each target (and {joining})")
+    warm_up((*relays, *others), CHAT, c, warmup)
     reqs = run_each(targets, "chat", CHAT, c, s)
-    round_s = max(1.0, s * 2 / BILLING_ROUNDS)
+    round_s = max(1, round(s * 2 / BILLING_ROUNDS))  # whole seconds: wrk reads -d1.2s as a usage error
     step(f"billing cost, non-stream: {BILLING_ROUNDS} rounds of billing on, billing off, {round_s:g} s each")
-    on_reqs, off_reqs, reqs_rounds = alternate(targets[-1], off, "chat", CHAT, c, round_s)
+    on_reqs, off_reqs, reqs_rounds = alternate(targets[-1], off, "chat", "billing", CHAT, c, round_s)
+    change_reqs = change_cost_runs(targets[-1], base, "chat", CHAT, c, round_s)
     step("non-stream latency, 1 connection")
     lat = run_each(targets, "chat", CHAT, 1, s)
-    step(f"{CHUNKS}-chunk stream throughput, {c} connections (and the billing-off gateway)")
-    warm_up((*relays, off), STREAM, c, warmup)
+    step(f"{CHUNKS}-chunk stream throughput, {c} connections (and {joining})")
+    warm_up((*relays, *others), STREAM, c, warmup)
     streams = run_each(targets, "stream", STREAM, c, s)
     step(f"billing cost, streams: {BILLING_ROUNDS} rounds of billing on, billing off, {round_s:g} s each")
-    on_streams, off_streams, streams_rounds = alternate(targets[-1], off, "stream", STREAM, c, round_s)
+    on_streams, off_streams, streams_rounds = alternate(targets[-1], off, "stream", "billing", STREAM, c, round_s)
+    change_streams = change_cost_runs(targets[-1], base, "stream", STREAM, c, round_s)
     step(f"translated lane: an Anthropic-format client, non-stream and {CHUNKS}-chunk streams, {c} connections, "
          "each between two passthrough runs of the same kind")
     gateway = relays[-1]
@@ -845,8 +1005,9 @@ def load(plan: Plan, targets: tuple[Target, ...], off: Target) -> tuple[list[Sid
     ttfb = [asyncio.run(first_byte_times(t.url_for(FIRST), body, plan.ttfb_requests, 50)) for t in targets]
     sides = [Side(*runs) for runs in zip(reqs, lat, streams, paced, ttfb)]
     billing_off = BillingOff(off_reqs, off_streams, on_reqs, on_streams, list(zip(reqs_rounds, streams_rounds)))
+    change = (change_reqs, change_streams) if change_reqs and change_streams else None
     return (sides, billing_off,
-            Translated(claude_reqs, claude_streams, around_reqs, around_streams))
+            Translated(claude_reqs, claude_streams, around_reqs, around_streams), change)
 
 
 # A relay's log must show no error; the only warning allowed is the billing-off gateway's own notice.
@@ -924,7 +1085,7 @@ def check_request_log(setup: GatewaySetup, allowed_cut: int) -> RequestLogSummar
         elif setup.billing and cost != expected:
             failed.append(entry)
     want_keyless = KEYLESS_PROBES if setup.billing else 0
-    which = "billing on" if setup.billing else "billing off"
+    which = setup.log_label
     if failed or cut > allowed_cut or keyless != want_keyless:
         sample = "\n".join(json.dumps(e) for e in failed[:5])
         raise BenchError(f"the request log ({which}, {setup.request_log.name}) has {len(failed)} failed or "
@@ -1020,6 +1181,11 @@ def mib(kib: int) -> str:
     return f"{kib / 1024:.1f} MiB"
 
 
+def cpu_ms(r: WrkResult) -> str:
+    """Milliseconds of the relay's CPU per request."""
+    return f"{r.cpu * 1000 / r.per_second:.2f}"
+
+
 def cpu_per_request(r: WrkResult) -> str:
     kernel = r.cpu_sys / r.cpu if r.cpu else 0.0
     return f"{r.cpu * 1000 / r.per_second:.2f} ms ({r.cpu:.0%} of a core, {kernel:.0%} in the kernel)"
@@ -1076,6 +1242,7 @@ def rows(f: Figures) -> list[Row]:
         cpu_row(f"CPU per stream, c={f.conns}", f.floor.streams, f.gateway.streams),
         cpu_row(f"CPU per paced stream, c={f.conns}", f.floor.paced, f.gateway.paced),
         *billing_rows(f),
+        *change_rows(f),
         *translated_rows(f),
     ]
 
@@ -1116,6 +1283,22 @@ def billing_rows(f: Figures) -> list[Row]:
     return out
 
 
+def change_rows(f: Figures) -> list[Row]:
+    """What the change since the base commit costs: the gateway under test / the base commit's gateway, both
+    billing on, from the same alternating runs (none without a base)."""
+    change, c = f.change, f.conns
+    if change is None:
+        return []
+    out = []
+    for kind, head_run, base_run in (("non-stream req/s", change.reqs, change.base_reqs),
+                                     (f"streams/s ({CHUNKS} chunks)", change.streams, change.base_streams)):
+        share = head_run.per_second / base_run.per_second
+        out.append(Row(f"change cost vs {change.base.short}: {kind} HEAD / base, c={c}",
+                       gateway=f"{head_run.per_second:,.0f} / {base_run.per_second:,.0f} = {share:.3f}",
+                       target=f">= {TARGET_CHANGE_RATIO:g}", result=verdict(share >= TARGET_CHANGE_RATIO)))
+    return out
+
+
 def cpu_row(metric: str, floor: WrkResult, gateway: WrkResult) -> Row:
     return Row(metric, floor=cpu_per_request(floor), gateway=cpu_per_request(gateway))
 
@@ -1149,8 +1332,11 @@ floor minus direct; "vs floor" is gateway minus floor.
 Since billing exists, the gateway column is the gateway with billing on (an API key on every request, a hold in
 its SQLite database before forwarding, settled after); "billing off" rows are the same gateway with
 `[billing] enabled = false`, in the same runs, and "billing cost" is billing on / billing off.
+"Change cost" rows compare the gateway with the same gateway at a base commit (billing on in both, alternating
+runs as for the billing cost): HEAD / base.
 Targets: added p50 latency <= 1 ms at concurrency 1, >= 1200 non-stream requests/s, >= 250 streams/s,
-RSS after load within 10% of idle, billing costing at most 15% of throughput (on / off >= 0.85).
+RSS after load within 10% of idle, billing costing at most 15% of throughput (on / off >= 0.85), the change
+since the base commit at most 5% (HEAD / base >= 0.95).
 Compare runs only on like machines.
 """
 
@@ -1173,7 +1359,7 @@ def tool_version(cmd: list[str]) -> str:
 def machine_facts() -> str:
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.machine())
-    commit = tool_version(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
+    commit = head_commit()
     nginx = tool_version([find_binary("nginx") or "nginx", "-v"]).removeprefix("nginx version: ")
     wrk = tool_version(["wrk", "-v"]).split(" [")[0]
     return (f"nproc {len(os.sched_getaffinity(0))} ({cpu}), Linux {platform.release()}, "
@@ -1211,6 +1397,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--duration", type=float, help="seconds per wrk run (default 10, or 3 with --quick)")
     p.add_argument("--connections", type=int, default=32, help="wrk connections for the throughput runs")
     p.add_argument("--no-record", action="store_true", help="do not append the results to bench/RESULTS.md")
+    p.add_argument("--base", default=BASE_REF, metavar="REF",
+                   help=f"the commit whose gateway the change cost compares with the gateway under test (default "
+                        f"{BASE_REF}, the last before issue 16's stream cut-off and overrun accounting); 'none' skips "
+                        "the comparison")
     return p.parse_args(argv)
 
 
@@ -1234,10 +1424,14 @@ def main(argv: list[str] | None = None) -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     try:
         ensure_tools()
+        base = resolve_base(args.base)
+        if base:
+            step(f"writing the base commit {base.short}'s files to {BASE_TREE.relative_to(ROOT)} (git archive)")
+            materialize_base(base)
         with ExitStack() as stack:
             step("starting nginx (mock upstream)")
-            figures = measure(plan, start_nginx(stack), stack)
-            step("stopping the billing-off gateway, the stack floor and nginx")
+            figures = measure(plan, start_nginx(stack), stack, base)
+            step(f"stopping the billing-off gateway{', the base gateway' if base else ''}, the stack floor and nginx")
     except BenchError as exc:
         print(f"\nBENCH FAILED: {exc}", file=sys.stderr)
         return 1
