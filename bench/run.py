@@ -1,8 +1,8 @@
 """TokenToll benchmark (`make bench`): owns the mock upstream (nginx with canned OpenAI answers), the gateway under
 test (one process, billing on, with its own fresh SQLite database, account and key), the same gateway with billing
 off (a second process, for the cost of billing), the gateway at a base commit (a third process, billing on, its tree
-from `git archive` in bench/out/base, its own database, account and key: for the cost of the change since), the
-stack floor (bench/stack_floor.py, a featureless relay on the same stack) and the load (wrk, plus an aiohttp client
+from `git archive` in bench/out/base, its own database, account and key) and a twin of the gateway under test (a fourth,
+serving what the base one serves: for the cost of the change since), the stack floor (bench/stack_floor.py, a featureless relay on the same stack) and the load (wrk, plus an aiohttp client
 for time to first byte); records results in RESULTS.md."""
 
 from __future__ import annotations
@@ -53,6 +53,13 @@ BASE_REQUEST_LOG = OUT / "requests-base.jsonl"
 BASE_LOG = OUT / "gateway-base.log"
 BASE_CONFIG = OUT / "gateway-base.toml"
 BASE_DB = OUT / "base.db"  # the base gateway's own database: the base commit has an older schema version
+# The gateway under test again, a fourth process that serves only what the base gateway serves, so that the change
+# cost compares two gateways of the same history: a billing database grows with every request (its request-id
+# indexes spill out of SQLite's page cache), and the gateway under test serves far more than the base one
+TWIN_REQUEST_LOG = OUT / "requests-twin.jsonl"
+TWIN_LOG = OUT / "gateway-twin.log"
+TWIN_CONFIG = OUT / "gateway-twin.toml"
+TWIN_DB = OUT / "twin.db"
 ECHO_MODULE = Path("/usr/lib/nginx/modules/ngx_http_echo_module.so")  # Debian's libnginx-mod-http-echo
 
 GATEWAY_PATH = "/v1/chat/completions"
@@ -367,6 +374,8 @@ BILLING_ON = GatewaySetup(True, GATEWAY_CONFIG, GATEWAY_LOG, REQUEST_LOG, BILLIN
                           "billing on")
 BILLING_OFF = GatewaySetup(False, NOBILL_CONFIG, NOBILL_LOG, NOBILL_REQUEST_LOG, NOBILL_DB, "gateway-nobill",
                            "the billing-off gateway", "billing off")
+TWIN = GatewaySetup(True, TWIN_CONFIG, TWIN_LOG, TWIN_REQUEST_LOG, TWIN_DB, "gateway-twin",
+                    "the gateway under test's twin", "the twin (HEAD for the change cost), billing on")
 
 
 @dataclass(frozen=True)
@@ -840,23 +849,25 @@ def measure(plan: Plan, nginx: str, stack: ExitStack, base: BaseCommit | None) -
     for route in (*ROUTES, *TRANSLATED):
         route.request_file.write_bytes(request_body(route))
     asyncio.run(verify(nginx))
-    setups = (BILLING_ON, BILLING_OFF, *((base.setup,) if base else ()))
+    setups = (BILLING_ON, BILLING_OFF, *((TWIN, base.setup) if base else ()))
     for setup in setups:
         remove_database(setup.database)
         write_gateway_config(nginx, setup)
     step(f"creating a fresh {BILLING_DB.relative_to(ROOT)} with an account and a key (operator CLI)")
     create_wallet()
-    base_key: str | None = None
+    base_key = twin_key = None
     if base:
-        step(f"creating a fresh {BASE_DB.relative_to(ROOT)} with an account and a key ({base.short}'s operator CLI)")
-        base_key = create_account_key(base.setup)
+        step(f"creating a fresh {BASE_DB.relative_to(ROOT)} with an account and a key ({base.short}'s operator CLI), "
+             f"and {TWIN_DB.relative_to(ROOT)} for the twin")
+        base_key, twin_key = create_account_key(base.setup), create_account_key(TWIN)
     gw = start_gateway(stack, nginx, BILLING_ON)
     rss_cold = rss_kib(gw.pid)
     floor = start_floor(stack, nginx)
     floor_rss_cold = rss_kib(floor.pid)
     off = start_gateway(stack, nginx, BILLING_OFF)
     base_gw = start_gateway(stack, nginx, base.setup, base_key) if base else None
-    base_gws = (base_gw,) if base_gw else ()
+    twin = start_gateway(stack, nginx, TWIN, twin_key) if base else None
+    base_gws = (twin, base_gw) if twin and base_gw else ()
     asyncio.run(verify(nginx, (floor, gw, off, *base_gws)))
     asyncio.run(verify_billing((gw, *base_gws), off))
     asyncio.run(verify_translated(gw))
@@ -866,7 +877,8 @@ def measure(plan: Plan, nginx: str, stack: ExitStack, base: BaseCommit | None) -
     sampler.start()
     try:
         (direct, floor_side, gateway), billing_off, translated, change_runs = load(
-            plan, (Target("direct", "nginx", nginx, nginx), floor, gw), off, base_gw)
+            plan, (Target("direct", "nginx", nginx, nginx), floor, gw), off, (twin, base_gw) if twin and base_gw
+            else None)
     finally:
         rss_peak = sampler.stop()
     step(f"letting the gateway settle for {plan.settle_s:g} s")
@@ -880,12 +892,12 @@ def measure(plan: Plan, nginx: str, stack: ExitStack, base: BaseCommit | None) -
     stop_relay(gw)
     c = plan.conns
     # wrk cuts off up to c requests when each run ends: at c connections, 13 runs (4 of them warm-ups, the translated
-    # lane's 8 included), 2 x BILLING_ROUNDS for the billing cost and as many for the change cost, and one at 1 for
-    # the gateway under test; 2 warm-ups and 2 x BILLING_ROUNDS for the billing-off one and for the base one
-    alternated = 2 * BILLING_ROUNDS * (2 if base else 1)
-    billed = check_request_log(BILLING_ON, allowed_cut=(13 + alternated) * c + 1)
+    # lane's 8 included), 2 x BILLING_ROUNDS for the billing cost, and one at 1 for the gateway under test; 2 warm-ups
+    # and 2 x BILLING_ROUNDS for the billing-off one, the twin and the base one
+    billed = check_request_log(BILLING_ON, allowed_cut=(13 + 2 * BILLING_ROUNDS) * c + 1)
     unbilled = check_request_log(BILLING_OFF, allowed_cut=(2 + 2 * BILLING_ROUNDS) * c)
-    base_billed = [check_request_log(base.setup, allowed_cut=(2 + 2 * BILLING_ROUNDS) * c)] if base else []
+    base_billed = [check_request_log(setup, allowed_cut=(2 + 2 * BILLING_ROUNDS) * c)
+                   for setup in ((TWIN, base.setup) if base else ())]
     notes = [billed.note, unbilled.note, *(b.note for b in base_billed),
              check_wallet(billed, idle_holds, plan.settle_s),
              f"billing: the gateway column is the gateway with billing on (a fresh SQLite database, synchronous "
@@ -918,7 +930,9 @@ def change_note(change: ChangeCost) -> str:
     return (f"change cost: the gateway under test at {head_commit()} (plus any uncommitted changes) against the "
             f"gateway at the base commit {base.short} (--base {base.ref}; its tree from `git archive` in "
             f"{BASE_TREE.relative_to(ROOT)}, on the same virtualenv), both billing on, each with its own fresh "
-            f"database, account and key and the same config otherwise; {BILLING_ROUNDS} rounds of short runs of the "
+            f"database, account and key and the same config otherwise; the HEAD side is a twin of the gateway under "
+            "test, a process that serves only what the base one serves (the same warm-ups and rounds), since a "
+            f"billing database slows as it grows; {BILLING_ROUNDS} rounds of short runs of the "
             "two in turn (HEAD, then base), each side's runs together; per round, HEAD / base: "
             + ", ".join(f"{a:.3f}" for a, _ in change.rounds) + " (non-stream), "
             + ", ".join(f"{b:.3f}" for _, b in change.rounds) + " (streams); CPU per request HEAD / base: "
@@ -953,32 +967,33 @@ def alternate(first: Target, second: Target, what: str, cost: str, route: Route,
             [a.per_second / b.per_second for a, b in zip(first_runs, second_runs)])
 
 
-def change_cost_runs(gateway: Target, base: Target | None, what: str, route: Route, conns: int,
+def change_cost_runs(pair: tuple[Target, Target] | None, what: str, route: Route, conns: int,
                      seconds: float) -> Alternation | None:
-    """The change cost's rounds of one kind: the gateway under test, then the base gateway (None: no base)."""
-    if base is None:
+    """The change cost's rounds of one kind: the gateway under test's twin, then the base gateway (None: no base)."""
+    if pair is None:
         return None
+    twin, base = pair
     kind = "streams" if route.stream else "non-stream"
-    step(f"change cost, {kind}: {BILLING_ROUNDS} rounds of the gateway, then {base.title}, {seconds:g} s each")
-    return alternate(gateway, base, what, "change", route, conns, seconds)
+    step(f"change cost, {kind}: {BILLING_ROUNDS} rounds of {twin.title}, then {base.title}, {seconds:g} s each")
+    return alternate(twin, base, what, "change", route, conns, seconds)
 
 
-def load(plan: Plan, targets: tuple[Target, ...], off: Target,
-         base: Target | None) -> tuple[list[Side], BillingOff, Translated, tuple[Alternation, Alternation] | None]:
+def load(plan: Plan, targets: tuple[Target, ...], off: Target, change: tuple[Target, Target] | None
+         ) -> tuple[list[Side], BillingOff, Translated, tuple[Alternation, Alternation] | None]:
     """The same runs against every target, one measurement at a time, the targets in turn; the billing-off
-    gateway joins the non-stream and stream throughput runs, right after the gateway under test, and the base
-    gateway (if any) right after the billing-off one."""
+    gateway joins the non-stream and stream throughput runs, right after the gateway under test, and so do the
+    twin and the base gateway (`change`, if any), which serve nothing else."""
     s, c, warmup = plan.seconds, plan.conns, min(2.0, plan.seconds)
     relays = tuple(t for t in targets if t.proc is not None)
-    others = (off, *((base,) if base else ()))
-    joining = "the billing-off gateway" + (f" and {base.title}" if base else "")
+    others = (off, *(change or ()))
+    joining = "the billing-off gateway" + (f", the twin and {change[1].title}" if change else "")
     step(f"non-stream throughput, {c} connections, {s:g} s each target (and {joining})")
     warm_up((*relays, *others), CHAT, c, warmup)
     reqs = run_each(targets, "chat", CHAT, c, s)
     round_s = max(1, round(s * 2 / BILLING_ROUNDS))  # whole seconds: wrk reads -d1.2s as a usage error
     step(f"billing cost, non-stream: {BILLING_ROUNDS} rounds of billing on, billing off, {round_s:g} s each")
     on_reqs, off_reqs, reqs_rounds = alternate(targets[-1], off, "chat", "billing", CHAT, c, round_s)
-    change_reqs = change_cost_runs(targets[-1], base, "chat", CHAT, c, round_s)
+    change_reqs = change_cost_runs(change, "chat", CHAT, c, round_s)
     step("non-stream latency, 1 connection")
     lat = run_each(targets, "chat", CHAT, 1, s)
     step(f"{CHUNKS}-chunk stream throughput, {c} connections (and {joining})")
@@ -986,7 +1001,7 @@ def load(plan: Plan, targets: tuple[Target, ...], off: Target,
     streams = run_each(targets, "stream", STREAM, c, s)
     step(f"billing cost, streams: {BILLING_ROUNDS} rounds of billing on, billing off, {round_s:g} s each")
     on_streams, off_streams, streams_rounds = alternate(targets[-1], off, "stream", "billing", STREAM, c, round_s)
-    change_streams = change_cost_runs(targets[-1], base, "stream", STREAM, c, round_s)
+    change_streams = change_cost_runs(change, "stream", STREAM, c, round_s)
     step(f"translated lane: an Anthropic-format client, non-stream and {CHUNKS}-chunk streams, {c} connections, "
          "each between two passthrough runs of the same kind")
     gateway = relays[-1]
