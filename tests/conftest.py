@@ -8,6 +8,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -102,6 +104,20 @@ def wait_for(probe: Callable[[], Any], timeout: float, what: str) -> Any:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.01)
+
+
+def call(gw: GatewayProcess, path: str, key: str, body: dict[str, Any] | None = None) -> tuple[int, bytes]:
+    """A request to the gateway with a key in each client format's header (a POST when there is a body); the
+    status and body, whatever the status."""
+    data = None if body is None else orjson.dumps(body)
+    req = urllib.request.Request(gw.url + path, data, {
+        "Authorization": f"Bearer {key}", "x-goog-api-key": key, "anthropic-version": "2023-06-01",
+        "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=20) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
 
 
 class Ticking:

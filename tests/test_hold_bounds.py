@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -20,7 +18,7 @@ from google import genai
 from google.genai import types as gt
 
 from billing.metering import output_cutoff
-from tests.conftest import FORMATS, GatewayProcess, cli, wait_for
+from tests.conftest import FORMATS, GatewayProcess, call, cli, wait_for
 from tests.native_upstream import RUNAWAY_WORDS, NativeUpstream
 
 LIMIT = 20  # the output limit every request here asks for
@@ -116,6 +114,17 @@ def words(text: str) -> int:
     return text.count("word")
 
 
+def overrun_counted(gw: GatewayProcess, provider: str, model: str) -> float:
+    """tokentoll_upstream_overrun_tokens_total for one provider and model, as /metrics has it now."""
+    status, raw = call(gw, "/metrics", "")
+    assert status == 200
+    for line in raw.decode().splitlines():
+        if line.startswith("tokentoll_upstream_overrun_tokens_total{") and f'provider="{provider}"' in line \
+                and f'model="{model}"' in line:
+            return float(line.split()[-1])
+    return 0.0
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["body", "stream"])
 @pytest.mark.parametrize("upstream", FORMATS)
 @pytest.mark.parametrize("client", CLIENTS)
@@ -124,12 +133,14 @@ def test_an_upstream_that_ignores_the_limit_costs_at_most_the_hold(native_gw: Ga
                                                                    upstream: str, stream: bool) -> None:
     gw, model = native_gw, f"runaway-{upstream}"
     seen_lines, seen_streams = len(gw.log_entries()), len(native.paced)
+    counted = overrun_counted(gw, f"up-{upstream}", model)
     answer = ask(gw, native_key, client, model, stream)
     line = newest_line(gw, model, seen_lines)
     hold, row = books(gw, line["request_id"])
     assert line["status"] == 200 and row["unbilled"] == 0
     assert line["cost_nanousd"] == row["cost"] == hold  # every runaway costs more than its hold: charged the hold
     assert row["overrun"] > 0 and row["overrun_tokens"] == line["overrun_tokens"] > 0
+    assert overrun_counted(gw, f"up-{upstream}", model) - counted == row["overrun_tokens"]  # and in the metric
     if not stream:  # the answer is the upstream's, whole; the tokens past the limit were not charged
         assert words(answer.text) == RUNAWAY_WORDS and row["output_tokens"] == RUNAWAY_WORDS
         assert row["overrun_tokens"] >= RUNAWAY_WORDS - LIMIT and not line["cut_at_limit"]
@@ -200,26 +211,15 @@ def test_an_openai_client_sending_max_completion_tokens_is_bounded_too(native_gw
 # -- the probes of the issue, each as it was found ----------------------------------------------------------
 
 
-def post(gw: GatewayProcess, path: str, key: str, body: dict[str, Any]) -> tuple[int, bytes]:
-    req = urllib.request.Request(gw.url + path, json.dumps(body).encode(), {
-        "Authorization": f"Bearer {key}", "x-goog-api-key": key, "anthropic-version": "2023-06-01",
-        "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=20) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
-
-
 def test_two_limits_that_disagree_are_refused_before_anything_is_sent(native_gw: GatewayProcess, native_key: str,
                                                                       native: NativeUpstream) -> None:
     before = len(native.requests)
-    status, body = post(native_gw, "/v1/chat/completions", native_key, {
+    status, body = call(native_gw, "/v1/chat/completions", native_key, {
         "model": "runaway-openai", "messages": [{"role": "user", "content": "hi"}],
         "max_completion_tokens": 1, "max_tokens": 100000})
     error = json.loads(body)["error"]
     assert status == 400 and "max_completion_tokens" in error["message"] and "max_tokens" in error["message"]
-    status, body = post(native_gw, "/v1beta/models/runaway-gemini:generateContent", native_key, {
+    status, body = call(native_gw, "/v1beta/models/runaway-gemini:generateContent", native_key, {
         "contents": [{"parts": [{"text": "hi"}]}], "generationConfig": {"candidateCount": 1},
         "generation_config": {"candidateCount": 8}})
     error = json.loads(body)["error"]
@@ -230,7 +230,7 @@ def test_two_limits_that_disagree_are_refused_before_anything_is_sent(native_gw:
 
 def test_a_gemini_field_spelled_twice_with_one_value_goes_upstream_once(native_gw: GatewayProcess, native_key: str,
                                                                         native: NativeUpstream) -> None:
-    status, _ = post(native_gw, "/v1beta/models/engine-gemini:generateContent", native_key, {
+    status, _ = call(native_gw, "/v1beta/models/engine-gemini:generateContent", native_key, {
         "contents": [{"parts": [{"text": "hi"}]}], "generationConfig": {"maxOutputTokens": 7},
         "generation_config": {"maxOutputTokens": 7, "max_output_tokens": 7}})
     assert status == 200
@@ -243,19 +243,19 @@ def test_passthrough_streams_cut_at_the_limit_end_every_choice_and_every_framing
     """Raw bytes of the cut ends the SDK tests do not see: n = 2, the legacy Completions API, and Gemini's
     JSON-array stream (no alt=sse)."""
     gw, key = native_gw, native_key
-    status, raw = post(gw, "/v1/chat/completions", key, {
+    status, raw = call(gw, "/v1/chat/completions", key, {
         "model": "runaway-openai", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10, "n": 2,
         "stream": True})
     events = [json.loads(line[6:]) for line in raw.decode().split("\n") if line.startswith("data: {")]
     assert status == 200 and raw.endswith(b"data: [DONE]\n\n")
     assert [(c["index"], c["finish_reason"]) for c in events[-1]["choices"]] == [(0, "length"), (1, "length")]
-    status, raw = post(gw, "/v1/completions", key, {"model": "runaway-openai", "prompt": "hi", "max_tokens": 10,
+    status, raw = call(gw, "/v1/completions", key, {"model": "runaway-openai", "prompt": "hi", "max_tokens": 10,
                                                     "stream": True})
     events = [json.loads(line[6:]) for line in raw.decode().split("\n") if line.startswith("data: {")]
     assert status == 200 and raw.endswith(b"data: [DONE]\n\n")
     assert events[-1]["choices"] == [{"index": 0, "text": "", "logprobs": None, "finish_reason": "length"}]
     assert sum(e["choices"][0]["text"].count("word") for e in events) <= output_cutoff(10) + 5
-    status, raw = post(gw, "/v1beta/models/runaway-gemini:streamGenerateContent", key, {
+    status, raw = call(gw, "/v1beta/models/runaway-gemini:streamGenerateContent", key, {
         "contents": [{"parts": [{"text": "hi"}]}], "generationConfig": {"maxOutputTokens": 10}})
     chunks = json.loads(raw)
     assert status == 200 and chunks[-1]["candidates"][0]["finishReason"] == "MAX_TOKENS"
@@ -298,7 +298,7 @@ def test_media_of_unknown_size_are_refused_by_a_model_without_an_input_bound(nat
                                                                              case: str) -> None:
     before = len(native.requests)
     path, body = unsized(case, "media-heavy")
-    status, raw = post(native_gw, path, native_key, body)
+    status, raw = call(native_gw, path, native_key, body)
     assert status == 400 and "max_input_tokens" in error_message(raw), raw
     assert len(native.requests) == before
 
@@ -309,7 +309,7 @@ def test_media_of_unknown_size_are_held_at_the_models_input_bound(native_gw: Gat
     """The probe: a video by URL was held at 0 tokens, and the upstream reported 1,000,000."""
     seen = len(native_gw.log_entries())
     path, body = unsized(case, "media-window")
-    status, raw = post(native_gw, path, native_key, body)
+    status, raw = call(native_gw, path, native_key, body)
     assert status == 200, raw
     line = newest_line(native_gw, body.get("model") or "media-window-gemini", seen)
     hold, row = books(native_gw, line["request_id"])
@@ -321,7 +321,7 @@ def test_media_past_the_input_bound_are_charged_the_hold_and_counted_as_an_overr
                                                                                   native_key: str) -> None:
     seen = len(native_gw.log_entries())
     path, body = UNSIZED["gemini fileData"]
-    status, _ = post(native_gw, path.replace("{model}-gemini", "media-half-window-gemini"), native_key, body)
+    status, _ = call(native_gw, path.replace("{model}-gemini", "media-half-window-gemini"), native_key, body)
     assert status == 200
     line = newest_line(native_gw, "media-half-window-gemini", seen)
     hold, row = books(native_gw, line["request_id"])
@@ -335,7 +335,7 @@ def test_a_small_wallet_cannot_start_a_request_for_media_of_unknown_size(native_
     key = cli(native_gw.config, "keys", "create", "--account", "small-wallet", env=native_gw.env)["key"]
     before = len(native.requests)
     path, body = unsized("gemini fileData", "media-window")
-    status, raw = post(native_gw, path, key, body)
+    status, raw = call(native_gw, path, key, body)
     assert status == 402 and "available" in error_message(raw), raw
     assert len(native.requests) == before
     assert wallet(native_gw, "small-wallet")["balance"] == 3_500_000
@@ -356,24 +356,24 @@ TEXT_CALLS = {
 
 
 @pytest.mark.parametrize("model, endpoint", [("pixels", "/v1/images"), ("clip", "/v1/videos")])
-@pytest.mark.parametrize("call", TEXT_CALLS)
+@pytest.mark.parametrize("text_call", TEXT_CALLS)
 def test_text_endpoints_refuse_models_priced_per_image_or_second(native_gw: GatewayProcess, native_key: str,
-                                                                 native: NativeUpstream, call: str, model: str,
+                                                                 native: NativeUpstream, text_call: str, model: str,
                                                                  endpoint: str) -> None:
     """The probe: demo-image answered chat, messages and generateContent, so the upstream's text work was free."""
-    path, body = TEXT_CALLS[call]
+    path, body = TEXT_CALLS[text_call]
     before = len(native.requests)
-    status, raw = post(native_gw, path.replace("{m}", model), native_key,
+    status, raw = call(native_gw, path.replace("{m}", model), native_key,
                        json.loads(json.dumps(body).replace("{m}", model)))
     assert status == 400 and endpoint in error_message(raw), raw
     assert len(native.requests) == before
 
 
 def test_image_and_video_endpoints_refuse_models_priced_per_token(native_gw: GatewayProcess, native_key: str) -> None:
-    status, raw = post(native_gw, "/v1/images/generations", native_key, {"model": "scripted-openai",
+    status, raw = call(native_gw, "/v1/images/generations", native_key, {"model": "scripted-openai",
                                                                           "prompt": "a cat"})
     assert status == 400 and "image prices" in error_message(raw)
-    status, raw = post(native_gw, "/v1/videos", native_key, {"model": "scripted-openai", "prompt": "a cat"})
+    status, raw = call(native_gw, "/v1/videos", native_key, {"model": "scripted-openai", "prompt": "a cat"})
     assert status == 400 and "not a video model" in error_message(raw)
 
 
@@ -400,7 +400,7 @@ def test_the_same_prompt_gets_the_same_hold_from_every_format_and_lane(native_gw
         for upstream in FORMATS:  # passthrough for one, translation for the two others
             model = f"engine-{upstream}"
             seen = len(native_gw.log_entries())
-            status, raw = post(native_gw, path.replace("{m}", model), native_key,
+            status, raw = call(native_gw, path.replace("{m}", model), native_key,
                                json.loads(json.dumps(body).replace("{m}", model)))
             assert status == 200, raw
             holds[(client, upstream)] = books(native_gw, newest_line(native_gw, model, seen)["request_id"])[0]

@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import threading
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from functools import partial
@@ -26,7 +25,7 @@ from billing.ledger import Ledger
 from billing.metering import NO_USAGE
 from billing.pricing import TokenPrices
 from core.metrics import Metrics
-from tests.conftest import GatewayProcess, base_config, cli, demo_provider, serve_gateway, wait_for
+from tests.conftest import GatewayProcess, base_config, call, cli, demo_provider, serve_gateway, wait_for
 from tests.native_upstream import NativeUpstream
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,17 +88,6 @@ def gw(native: NativeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iter
 @pytest.fixture(scope="module")
 def key(gw: GatewayProcess) -> str:
     return cli(gw.config, "keys", "create", "--account", "metrics", env=gw.env)["key"]
-
-
-def call(gw: GatewayProcess, path: str, key: str, body: dict | None = None) -> tuple[int, bytes]:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(gw.url + path, data, {"Authorization": f"Bearer {key}",
-                                                       "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=20) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
 
 
 def scrape(gw: GatewayProcess) -> str:
