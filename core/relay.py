@@ -385,7 +385,7 @@ class Relay:
         assert meter is not None
         endpoint, include_usage = x.endpoint, plan.include_usage
         stream = openai.PassthroughStream(endpoint, meter, plan.choices)
-        limit, cutoff = plan.max_output, output_cutoff(plan.max_output)
+        cutoff = output_cutoff(plan.max_output)  # OpenAI streams carry no running count of the upstream's own
         decoder = sse.SSEDecoder()
         complete = False
         sequence = 0
@@ -423,7 +423,7 @@ class Relay:
                             continue
                         data = openai.without_usage(data)
                     out.append(sse.encode(renamed(data, x.rename), ev.event))
-                    if not complete and meter.past_limit(limit, cutoff):
+                    if meter.output_observed >= cutoff and not complete:
                         x.cut = complete = True
                         out.append(stream.cut(meter.record().usage, include_usage))
                 await self._send_events(x, out, send)

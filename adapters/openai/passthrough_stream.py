@@ -65,7 +65,8 @@ class PassthroughStream:
             return NOT_JSON
         if obj.get("error"):
             return TERMINAL | UPSTREAM_ERROR
-        if self.endpoint == "responses":
+        endpoint = self.endpoint
+        if endpoint == "responses":
             return self._responses_event(obj)
         meter = self.meter
         if self.head is None:
@@ -78,12 +79,13 @@ class PassthroughStream:
         choices = obj.get("choices")
         if not choices or not isinstance(choices, list):
             return USAGE_ONLY if usage else 0
+        several = self.choices > 1  # one answer's end needs no tracking: once it ended, nothing more is counted
         for choice in choices:
             if not isinstance(choice, dict):
                 continue
-            if choice.get("finish_reason"):
+            if several and choice.get("finish_reason"):
                 self.ended.add(choice.get("index"))
-            if self.endpoint == "completions":
+            if endpoint == "completions":
                 meter.add_output(str_or_empty(choice.get("text")))
                 continue
             delta = choice.get("delta")
