@@ -26,7 +26,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import astuple, dataclass, field
+from dataclasses import astuple, dataclass, field, replace
 from decimal import Decimal
 from functools import partial
 from pathlib import Path
@@ -75,6 +75,12 @@ TARGET_STREAMS_PER_S = 250.0
 TARGET_RSS_GROWTH = 0.10
 TARGET_BILLING_RATIO = 0.85  # billing costs at most 15% of throughput: billing on / billing off >= 0.85
 TARGET_CHANGE_RATIO = 0.95  # the change since BASE_REF costs at most 5% of throughput: HEAD / base >= 0.95
+TARGET_INSTRUCTION_RATIO = 1.05  # ...and at most 5% more instructions per request: HEAD / base <= 1.05
+# The change cost in instructions: each gateway alone under callgrind (which counts instructions, not seconds: the
+# same for the same code and requests whatever the machine is doing), these many requests of each kind after a
+# warm-up, one at a time
+COUNTED_WARMUP = 20
+COUNTED_REQUESTS = 100
 
 # The last commit before streams were cut at the held limit and overruns accounted (issue 16): the change cost
 # compares the gateway under test with the gateway at this commit (--base REF for another, --base none for none)
@@ -266,12 +272,13 @@ def run_quiet(cmd: list[str]) -> bool:
 
 
 def ensure_tools() -> None:
-    """nginx, its echo module and wrk from Debian's packages, installed only if missing; apt-get update only
-    if the install fails."""
+    """nginx, its echo module, wrk and valgrind from Debian's packages, installed only if missing; apt-get update
+    only if the install fails."""
     needs: dict[str, Callable[[], bool]] = {
         "nginx": lambda: find_binary("nginx") is not None,
         "libnginx-mod-http-echo": ECHO_MODULE.exists,
         "wrk": lambda: find_binary("wrk") is not None,
+        "valgrind": lambda: find_binary("valgrind") is not None and find_binary("callgrind_control") is not None,
     }
     missing = [pkg for pkg, present in needs.items() if not present()]
     if not missing:
@@ -766,6 +773,7 @@ class Plan:
     conns: int
     ttfb_requests: int
     settle_s: float
+    counted_requests: int = COUNTED_REQUESTS  # of each kind, for the change cost in instructions
 
 
 @dataclass
@@ -815,11 +823,74 @@ class ChangeCost:
     streams: WrkResult
     base_streams: WrkResult
     rounds: list[tuple[float, float]]  # per round: HEAD / base for non-stream, then for streams
+    instructions: tuple[Instructions, Instructions] | None = None  # HEAD's, the base's (callgrind)
 
     @classmethod
     def of(cls, base: BaseCommit, reqs: Alternation, streams: Alternation) -> ChangeCost:
         (head_reqs, base_reqs, reqs_rounds), (head_streams, base_streams, streams_rounds) = reqs, streams
         return cls(base, head_reqs, base_reqs, head_streams, base_streams, list(zip(reqs_rounds, streams_rounds)))
+
+
+@dataclass(frozen=True)
+class Instructions:
+    """Instructions per request of one gateway, every thread, counted by callgrind."""
+
+    chat: float  # a non-stream request
+    stream: float  # a 50-chunk stream
+    requests: int  # counted of each kind
+
+
+def counted_setup(name: str, tree: Path) -> GatewaySetup:
+    """A gateway that serves only the counted requests, from `tree`, with a fresh database of its own."""
+    return GatewaySetup(True, OUT / f"gateway-{name}.toml", OUT / f"gateway-{name}.log", OUT / f"requests-{name}.jsonl",
+                        OUT / f"{name}.db", f"gateway-{name}", f"the {name} gateway", f"{name}, billing on", tree)
+
+
+def count_instructions(nginx: str, setup: GatewaySetup, requests: int) -> Instructions:
+    """The gateway of `setup` alone under callgrind: warmed up, then `requests` requests of each kind one at a
+    time, its counters zeroed before each kind and read after it (every thread: the database's too)."""
+    remove_database(setup.database)
+    write_gateway_config(nginx, setup)
+    key = create_account_key(setup)
+    out = OUT / f"callgrind-{setup.name}.out"
+    with ExitStack() as stack, open(setup.log, "wb") as log:
+        proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", venv_python(),
+                                 "gateway.py", "--config", str(setup.config), "--port", "0"], cwd=setup.tree,
+                                stdout=log, stderr=log)
+        stack.callback(stop_process, proc, signal.SIGTERM, 120)
+        wait_until(lambda: port_from_log(setup.log, "tokentoll") is not None, proc, setup.title, 600)
+        url = f"http://127.0.0.1:{port_from_log(setup.log, 'tokentoll')}{GATEWAY_PATH}"
+        headers = client_headers(key)
+
+        def send(route: Route, times: int) -> None:
+            body = request_body(route)
+            for _ in range(times):
+                with urllib.request.urlopen(urllib.request.Request(url, body, headers), timeout=300) as resp:
+                    resp.read()
+
+        per_request = []
+        for route in (CHAT, STREAM):
+            send(route, COUNTED_WARMUP)
+            callgrind_control("--zero", proc.pid)
+            send(route, requests)
+            per_request.append(callgrind_control("-e", proc.pid) / requests)
+    return Instructions(per_request[0], per_request[1], requests)
+
+
+def callgrind_control(action: str, pid: int) -> int:
+    """Zero a callgrind run's counters (returns 0), or read the instructions counted since (every thread's)."""
+    proc = subprocess.run(["callgrind_control", action, str(pid)], capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        raise BenchError(f"callgrind_control {action} {pid} failed: {proc.stdout}{proc.stderr}")
+    return sum(int(n.replace(",", "")) for n in re.findall(r"^\s*Th \d+\s+([\d,]+)", proc.stdout, re.M))
+
+
+def instruction_cost(nginx: str, base: BaseCommit, requests: int) -> tuple[Instructions, Instructions]:
+    """Instructions per request of the gateway under test and of the base commit's, each alone under callgrind."""
+    step(f"change cost in instructions: the gateway under test, then {base.short}'s, alone under callgrind, "
+         f"{COUNTED_WARMUP} + {requests} requests of each kind, one at a time")
+    return (count_instructions(nginx, counted_setup("counted", ROOT), requests),
+            count_instructions(nginx, counted_setup("counted-base", BASE_TREE), requests))
 
 
 @dataclass
@@ -916,6 +987,8 @@ def measure(plan: Plan, nginx: str, stack: ExitStack, base: BaseCommit | None) -
                  "their mean (so that a machine that speeds up or slows down during the run does not bias it)")
     change = ChangeCost.of(base, *change_runs) if base and change_runs else None
     if change:
+        counted = instruction_cost(nginx, change.base, plan.counted_requests)
+        change = replace(change, instructions=counted)
         notes.append(change_note(change))
     return Figures(c, direct, floor_side, gateway, billing_off, rss_cold, rss_idle, rss_peak, rss_after,
                    floor_rss_cold, floor_rss_idle, plan.settle_s, notes, translated, change)
@@ -937,7 +1010,10 @@ def change_note(change: ChangeCost) -> str:
             + ", ".join(f"{a:.3f}" for a, _ in change.rounds) + " (non-stream), "
             + ", ".join(f"{b:.3f}" for _, b in change.rounds) + " (streams); CPU per request HEAD / base: "
             f"{cpu_ms(change.reqs)} / {cpu_ms(change.base_reqs)} ms (non-stream), "
-            f"{cpu_ms(change.streams)} / {cpu_ms(change.base_streams)} ms (streams)")
+            f"{cpu_ms(change.streams)} / {cpu_ms(change.base_streams)} ms (streams)"
+            + (f"; instructions: each gateway alone under callgrind with a fresh database, {COUNTED_WARMUP} requests of "
+               f"each kind to warm up, then {change.instructions[0].requests} counted one at a time (every thread; "
+               f"bench/out/callgrind-*.out for callgrind_annotate)" if change.instructions else ""))
 
 
 # the billing cost: this many rounds of (billing on, billing off), each run 2/5 of a plan's seconds; and as many of
@@ -1311,6 +1387,14 @@ def change_rows(f: Figures) -> list[Row]:
         out.append(Row(f"change cost vs {change.base.short}: {kind} HEAD / base, c={c}",
                        gateway=f"{head_run.per_second:,.0f} / {base_run.per_second:,.0f} = {share:.3f}",
                        target=f">= {TARGET_CHANGE_RATIO:g}", result=verdict(share >= TARGET_CHANGE_RATIO)))
+    if change.instructions:
+        head, base = change.instructions
+        for kind, mine, theirs in (("non-stream request", head.chat, base.chat),
+                                   (f"stream ({CHUNKS} chunks)", head.stream, base.stream)):
+            share = mine / theirs
+            out.append(Row(f"change cost vs {change.base.short}: instructions per {kind} HEAD / base (callgrind)",
+                           gateway=f"{mine / 1e6:.3f}M / {theirs / 1e6:.3f}M = {share:.3f}",
+                           target=f"<= {TARGET_INSTRUCTION_RATIO:g}", result=verdict(share <= TARGET_INSTRUCTION_RATIO)))
     return out
 
 
@@ -1423,7 +1507,8 @@ def plan_from(args: argparse.Namespace) -> Plan:
     seconds = args.duration if args.duration else 3.0 if args.quick else 10.0
     if seconds <= 0 or args.connections < 1:
         raise SystemExit("bench/run.py: --duration and --connections must be positive")
-    return Plan(seconds, args.connections, 300 if args.quick else 2000, 2.0 if args.quick else 5.0)
+    return Plan(seconds, args.connections, 300 if args.quick else 2000, 2.0 if args.quick else 5.0,
+                20 if args.quick else COUNTED_REQUESTS)
 
 
 def on_sigterm(_signum: int, _frame: object) -> None:
