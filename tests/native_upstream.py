@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -492,7 +493,47 @@ class NativeUpstream(LoopbackServer):
         return resp
 
 
-if __name__ == "__main__":
+SERVE_CONFIG = """# A gateway config (beside [server] and [billing]) for the engine behaviours of {url}: each format's
+# upstream that ignores every limit, llama.cpp's Python server, and one that reports 1,000,000 input tokens
+{providers}
+[models.engine]
+provider = "engine-openai"
+upstream_model = "engine"
+price = {{ input = "1", output = "2" }}
+
+[models.media-window]
+provider = "engine-gemini"
+upstream_model = "media-heavy"
+max_input_tokens = 1048576
+price = {{ input = "1", output = "2" }}
+
+[models.media-heavy]
+provider = "engine-gemini"
+upstream_model = "media-heavy"
+price = {{ input = "1", output = "2" }}
+"""
+
+
+def serve() -> None:
+    """`python -m tests.native_upstream --serve`: the mock until Ctrl-C, and a config to try the engines by hand."""
+    import time
+
+    up = NativeUpstream().start()
+    version = {"openai": "v1", "anthropic": "v1", "gemini": "v1beta"}
+    providers = "".join(f'\n[providers.engine-{f}]\nformat = "{f}"\nbase_url = "{up.base_url}/{f}/{version[f]}"\n'
+                        f'\n[models.runaway-{f}]\nprovider = "engine-{f}"\nupstream_model = "runaway"\n'
+                        f'price = {{ input = "1", output = "2" }}\n' for f in ("openai", "anthropic", "gemini"))
+    print(SERVE_CONFIG.format(url=up.base_url, providers=providers), flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        up.stop()
+
+
+if __name__ == "__main__" and "--serve" in sys.argv:
+    serve()
+elif __name__ == "__main__":
     import urllib.error
     import urllib.request
 
