@@ -1,9 +1,10 @@
 """TokenToll benchmark (`make bench`): owns the mock upstream (nginx with canned OpenAI answers), the gateway under
 test (one process, billing on, with its own fresh SQLite database, account and key), the same gateway with billing
-off (a second process, for the cost of billing), the gateway at a base commit (a third process, billing on, its tree
-from `git archive` in bench/out/base, its own database, account and key) and a twin of the gateway under test (a fourth,
-serving what the base one serves: for the cost of the change since), the stack floor (bench/stack_floor.py, a featureless relay on the same stack) and the load (wrk, plus an aiohttp client
-for time to first byte); records results in RESULTS.md."""
+off (a second process, for the cost of billing), the gateway at a base commit and a twin of the gateway under test
+(two more, billing on, each with its own database, account and key, the base one's tree from `git archive`: for the
+cost of the change since, in requests per second and, under callgrind, in instructions), the stack floor
+(bench/stack_floor.py, a featureless relay on the same stack) and the load (wrk, plus an aiohttp client for time to
+first byte); records results in RESULTS.md."""
 
 from __future__ import annotations
 
@@ -975,7 +976,7 @@ def measure(plan: Plan, nginx: str, stack: ExitStack, base: BaseCommit | None) -
              f"NORMAL, hold_ttl {HOLD_TTL} s, no rate limits; one account, one key sent by every client); "
              "\"billing off\" rows are a second gateway process with the same config but `[billing] enabled = "
              f"false`; the billing cost compares {BILLING_ROUNDS} rounds of short runs of the two in turn (billing "
-             "on, then off), each side's runs together; per round, on / off: "
+             "on then off, off then on, and so on), each side's runs together; per round, on / off: "
              + ", ".join(f"{a:.3f}" for a, _ in billing_off.rounds) + " (non-stream), "
              + ", ".join(f"{b:.3f}" for _, b in billing_off.rounds) + " (streams)",
              connection_note(c, {"gateway": gateway, "stack floor": floor_side}, billing_off),
@@ -1005,20 +1006,20 @@ def change_note(change: ChangeCost) -> str:
             f"{BASE_TREE.relative_to(ROOT)}, on the same virtualenv), both billing on, each with its own fresh "
             f"database, account and key and the same config otherwise; the HEAD side is a twin of the gateway under "
             "test, a process that serves only what the base one serves (the same warm-ups and rounds), since a "
-            f"billing database slows as it grows; {BILLING_ROUNDS} rounds of short runs of the "
-            "two in turn (HEAD, then base), each side's runs together; per round, HEAD / base: "
+            f"billing database slows as it grows; {BILLING_ROUNDS} rounds of short runs of the two in turn (HEAD then "
+            "base, base then HEAD, and so on), each side's runs together; per round, HEAD / base: "
             + ", ".join(f"{a:.3f}" for a, _ in change.rounds) + " (non-stream), "
             + ", ".join(f"{b:.3f}" for _, b in change.rounds) + " (streams); CPU per request HEAD / base: "
             f"{cpu_ms(change.reqs)} / {cpu_ms(change.base_reqs)} ms (non-stream), "
             f"{cpu_ms(change.streams)} / {cpu_ms(change.base_streams)} ms (streams)"
-            + (f"; instructions: each gateway alone under callgrind with a fresh database, {COUNTED_WARMUP} requests of "
-               f"each kind to warm up, then {change.instructions[0].requests} counted one at a time (every thread; "
-               f"bench/out/callgrind-*.out for callgrind_annotate)" if change.instructions else ""))
+            + (f"; instructions: each gateway alone under callgrind with a fresh database, {COUNTED_WARMUP} requests "
+               f"of each kind to warm up, then {change.instructions[0].requests} counted one at a time (every "
+               "thread)" if change.instructions else ""))
 
 
 # the billing cost: this many rounds of (billing on, billing off), each run 2/5 of a plan's seconds; and as many of
 # (HEAD, base) for the change cost
-BILLING_ROUNDS = 5
+BILLING_ROUNDS = 6  # even: half the rounds in each order
 
 
 def joined_all(runs: list[WrkResult]) -> WrkResult:
@@ -1033,12 +1034,18 @@ def alternate(first: Target, second: Target, what: str, cost: str, route: Route,
               seconds: float) -> Alternation:
     """The gateway under test and another (billing off, or the base commit's) in turn, BILLING_ROUNDS short runs
     each: a machine that speeds up or slows down during the comparison (this one swings by a fifth from one 10 s
-    run to the next) moves both sides alike. `cost` names the comparison in wrk's output files. Returns each side's
+    run to the next) moves both sides alike. The rounds go first-second, then second-first (ABBA), so that a drift
+    within a round favours neither side. `cost` names the comparison in wrk's output files. Returns each side's
     runs together, and each round's first / second."""
     first_runs, second_runs = [], []
     for i in range(BILLING_ROUNDS):
-        first_runs.append(run_on(first, f"{what}-{cost}-round{i}", route, conns, seconds))
-        second_runs.append(run_on(second, f"{what}-{cost}-round{i}", route, conns, seconds))
+        label = f"{what}-{cost}-round{i}"
+        if i % 2:
+            second_runs.append(run_on(second, label, route, conns, seconds))
+            first_runs.append(run_on(first, label, route, conns, seconds))
+        else:
+            first_runs.append(run_on(first, label, route, conns, seconds))
+            second_runs.append(run_on(second, label, route, conns, seconds))
     return (joined_all(first_runs), joined_all(second_runs),
             [a.per_second / b.per_second for a, b in zip(first_runs, second_runs)])
 
@@ -1394,7 +1401,8 @@ def change_rows(f: Figures) -> list[Row]:
             share = mine / theirs
             out.append(Row(f"change cost vs {change.base.short}: instructions per {kind} HEAD / base (callgrind)",
                            gateway=f"{mine / 1e6:.3f}M / {theirs / 1e6:.3f}M = {share:.3f}",
-                           target=f"<= {TARGET_INSTRUCTION_RATIO:g}", result=verdict(share <= TARGET_INSTRUCTION_RATIO)))
+                           target=f"<= {TARGET_INSTRUCTION_RATIO:g}",
+                           result=verdict(share <= TARGET_INSTRUCTION_RATIO)))
     return out
 
 
