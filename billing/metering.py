@@ -31,6 +31,13 @@ _encoding: tiktoken.Encoding | None = None
 SHORT_TEXT_CHARS = 24
 SHORT_CACHE_SIZE = 65536
 _short_counts: dict[str, int] = {}
+# Prompts repeat: the same system prompt with every request, a conversation's earlier turns with each new one. Their
+# texts' counts are memoized too (exact), up to this many characters in all: cleared when full, so a caller cannot
+# grow it past about 16 MB. Looking one up (a hash of the text) costs a fraction of tokenizing it.
+MEMO_TEXT_CHARS = 8192
+MEMO_CHARS = 4 * 1024 * 1024
+_memo_counts: dict[str, int] = {}
+_memo_chars = 0
 
 
 def encoding() -> tiktoken.Encoding:
@@ -52,9 +59,23 @@ def count_text(text: str) -> int:
                 _short_counts.clear()
             cached = _short_counts[text] = len(encoding().encode_ordinary(text))
         return cached
+    if n <= MEMO_TEXT_CHARS:
+        return _memoized(text, n)
     if n > TOKENIZE_LIMIT_CHARS:
         return -(-n // CHARS_PER_TOKEN)
     return len(encoding().encode_ordinary(text))
+
+
+def _memoized(text: str, n: int) -> int:
+    global _memo_chars
+    cached = _memo_counts.get(text)
+    if cached is None:
+        if _memo_chars + n > MEMO_CHARS:
+            _memo_counts.clear()
+            _memo_chars = 0
+        cached = _memo_counts[text] = len(encoding().encode_ordinary(text))
+        _memo_chars += n
+    return cached
 
 
 TOKENIZE_BUDGET_CHARS = 262_144  # per request: text past this is estimated, not tokenized

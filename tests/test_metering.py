@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from billing import metering
 from billing.metering import CHARS_PER_TOKEN, TOKENIZE_LIMIT_CHARS, Meter, Usage, count_text, encoding
 
 
@@ -24,3 +27,18 @@ def test_record_sources() -> None:
     assert m.record().source == "observed" and m.record().usage == Usage(12, count_text("two words"))
     m.set_upstream(Usage(0, 0))  # an explicit zero from the upstream is the truth
     assert m.record().source == "upstream" and m.record().usage == Usage(0, 0)
+
+
+def test_prompt_texts_are_counted_exactly_from_a_memo_that_cannot_grow_without_bound(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(metering, "MEMO_CHARS", 1000)
+    monkeypatch.setattr(metering, "_memo_counts", {})
+    monkeypatch.setattr(metering, "_memo_chars", 0)
+    system = "You are a concise assistant who answers in one sentence."
+    exact = len(metering.encoding().encode_ordinary(system))
+    assert metering.count_text(system) == metering.count_text(system) == exact
+    assert metering._memo_counts == {system: exact}
+    for i in range(100):  # 100 texts of 50 characters: 5,000 characters through a memo of 1,000
+        text = f"turn {i:03d} " + "x" * 41
+        assert metering.count_text(text) == len(metering.encoding().encode_ordinary(text))
+        assert metering._memo_chars <= 1000 and sum(map(len, metering._memo_counts)) == metering._memo_chars
