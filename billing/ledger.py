@@ -82,20 +82,17 @@ class Ledger:
                      duration_ms: float | None, held: tuple[int, int], full_prices: TokenPrices | None = None,
                      busy: bool = False) -> store.Settled | None:
         """Charge what the usage record says (nothing for source "none"), never more than the hold, and release
-        the rest. `held` is what the hold was sized for (prompt tokens, most output tokens): a usage past it that
-        costs more than the hold is charged the hold, and the rest is recorded as an overrun with the tokens past
-        it. The saving recorded is the usage at `full_prices` (the model's, where `prices` are a cache hit's) less
-        the cost. `busy` (other requests are in flight, the answer has gone): it may wait a few ms to commit with
-        theirs."""
+        the rest. `held` is what the hold was sized for (prompt tokens, most output tokens): a usage that costs
+        more than the hold is charged the hold, and the store records the rest as an overrun, with the tokens past
+        `held`. The saving recorded is the usage at `full_prices` (the model's, where `prices` are a cache hit's)
+        less the cost. `busy` (other requests are in flight, the answer has gone): it may wait a few ms to commit
+        with theirs."""
         if record.source == "none":
             return await self._settle(request_id, 0, record, status, duration_ms, deferred=busy)
         cost = pricing.token_cost(prices, record.usage)
-        over = 0
-        if cost > pricing.hold_amount(prices, *held):
-            over = pricing.overrun_tokens(record.usage, *held)
         savings = pricing.full_price_cost(full_prices or prices, record.usage) - cost
         return await self._settle(request_id, cost, record, status, duration_ms, savings=max(savings, 0),
-                                  deferred=busy, overrun_tokens=over)
+                                  deferred=busy, overrun_tokens=pricing.overrun_tokens(record.usage, *held))
 
     async def settle_amount(self, request_id: str, cost: int, record: UsageRecord, status: int,
                             duration_ms: float | None, units: int = 0, by: str = "request") -> store.Settled | None:

@@ -193,14 +193,14 @@ class Settlement:
     by: str = "request"  # or "safety_net", or "task"
     savings: int = 0  # the full price less the cost (cache reads)
     units: int = 0  # images returned, or seconds of video
-    overrun_tokens: int = 0  # tokens past what the hold was sized for (see pricing.overrun_tokens)
+    overrun_tokens: int = 0  # tokens past what the hold was sized for (pricing.overrun_tokens): kept if cost > hold
 
 
 @dataclass(slots=True)
 class Settled:
     charged: int
     released: int
-    unbilled: int  # capped cost the wallet could not cover (only an operator's change during the request does this)
+    unbilled: int  # capped cost the wallet could not cover: only a request settled late, after the safety net
     already: bool = False
     overrun: int = 0  # cost above the hold, never charged
     overrun_tokens: int = 0

@@ -252,7 +252,8 @@ def routes(web: ConsoleWeb) -> list[Route]:
         parts, why_not = breakdown(row, web.settings.models)
         return web.show(request, v, "usage_detail.html", r=row, parts=parts, why_not=why_not,
                         priced=sum(p.cost for p in parts) if parts is not None else None,
-                        billed=row["cost"] + row["unbilled"] + row["overrun"], meaning=SOURCE_MEANING.get(row["source"], ""))
+                        billed=row["cost"] + row["unbilled"] + row["overrun"],
+                        meaning=SOURCE_MEANING.get(row["source"], ""))
 
     async def usage_csv(request: Request, v: Visitor) -> Response:
         keys = await ops.list_keys(str(v.account_id))
