@@ -3,7 +3,6 @@ every lane uses: read as the translation reads it, and what it cannot translate 
 
 from __future__ import annotations
 
-import mimetypes
 from typing import Any
 
 import orjson
@@ -12,7 +11,9 @@ from adapters.internal import (Chat, InvalidRequest, Media, Message, OutputForma
                                ToolCall, ToolResult, media_from_url)
 from adapters.internal import estimate_prompt as internal_estimate
 from adapters.openai import chat_client, responses_request
+from adapters.openai.common import str_or_empty
 from adapters.openai.passthrough import text_prompt_tokens
+from adapters.openai.responses_request import file_type
 
 # Responses fields that continue a conversation stored at OpenAI: what they add to the prompt is not in the request
 STORED_STATE = ("previous_response_id", "conversation", "prompt")
@@ -54,8 +55,8 @@ def _chat(body: dict[str, Any]) -> Chat:
         elif role == "assistant":
             turns.append(Message("assistant", [*_reasoning(m), *parts, *_calls(m)]))
         elif role in ("tool", "function"):
-            result = ToolResult(_str(m.get("tool_call_id")), [p for p in parts if isinstance(p, (Text, Media))],
-                                name=_str(m.get("name")) or None)
+            result = ToolResult(str_or_empty(m.get("tool_call_id")), [p for p in parts if isinstance(p, (Text, Media))],
+                                name=str_or_empty(m.get("name")) or None)
             if previous in ("tool", "function") and turns:
                 turns[-1].parts.append(result)
             else:
@@ -92,12 +93,12 @@ def _responses(body: dict[str, Any]) -> Chat:
             else:
                 _append(turns, "assistant" if role == "assistant" else "user", parts)
         elif kind == "function_call":
-            _append(turns, "assistant", [ToolCall(_str(item.get("call_id")), _str(item.get("name")),
-                                                  _str(item.get("arguments")))])
+            _append(turns, "assistant", [ToolCall(str_or_empty(item.get("call_id")), str_or_empty(item.get("name")),
+                                                  str_or_empty(item.get("arguments")))])
         elif kind == "function_call_output":
             output = item.get("output")
             content = [Text(output)] if isinstance(output, str) else _parts(output)
-            _append(turns, "user", [ToolResult(_str(item.get("call_id")),
+            _append(turns, "user", [ToolResult(str_or_empty(item.get("call_id")),
                                                [p for p in content if isinstance(p, (Text, Media))])])
         elif kind == "reasoning":
             texts = [s.get("text") for s in _list(item.get("summary")) if isinstance(s, dict)]
@@ -150,16 +151,17 @@ def _parts(content: Any) -> list[Part]:
             if isinstance(url, str) and url:
                 parts.append(media_from_url(url, detail))
             else:  # an uploaded image (file_id): still an image, of bounded size
-                parts.append(Media(mime="", url=f"file:{_str(part.get('file_id'))}", detail=detail))
+                parts.append(Media(mime="", url=f"file:{str_or_empty(part.get('file_id'))}", detail=detail))
         elif kind in ("file", "input_file"):
             parts.append(_file(_dict(part.get("file")) or part))
         elif kind == "input_audio":
             audio = _dict(part.get("input_audio"))
-            parts.append(Media(mime=f"audio/{_str(audio.get('format')) or 'wav'}", data=_str(audio.get("data"))))
+            audio_type = str_or_empty(audio.get("format")) or "wav"
+            parts.append(Media(mime=f"audio/{audio_type}", data=str_or_empty(audio.get("data"))))
         elif kind in ("video_url", "audio_url"):  # vLLM's: media its server fetches, of any length
             ref = part.get(kind)
             url = ref.get("url") if isinstance(ref, dict) else ref
-            parts.append(Media(mime=f"{kind[:5]}/*", url=_str(url) or kind))
+            parts.append(Media(mime=f"{kind[:5]}/*", url=str_or_empty(url) or kind))
         else:
             parts.append(Text(_dump(part)))
     return parts
@@ -168,19 +170,15 @@ def _parts(content: Any) -> list[Part]:
 def _file(file: dict[str, Any]) -> Media:
     """A file inline (file_data), by URL (file_url) or uploaded (file_id): the last two of a size only the
     upstream learns, unless they are images."""
-    name = _str(file.get("filename")) or None
-    data = _str(file.get("file_data"))
+    name = str_or_empty(file.get("filename")) or None
+    data = str_or_empty(file.get("file_data"))
     if data:
         media = media_from_url(data, name=name) if data.startswith("data:") else None
         return media if media is not None and media.data is not None else \
-            Media(mime=_type_of(name) or "application/octet-stream", data=data, name=name)
-    reference = _str(file.get("file_url")) or f"file:{_str(file.get('file_id'))}"
-    return Media(mime=_type_of(name or reference.split("?", 1)[0]) or "application/octet-stream", url=reference,
+            Media(mime=file_type(name) or "application/octet-stream", data=data, name=name)
+    reference = str_or_empty(file.get("file_url")) or f"file:{str_or_empty(file.get('file_id'))}"
+    return Media(mime=file_type(name or reference.split("?", 1)[0]) or "application/octet-stream", url=reference,
                  name=name)
-
-
-def _type_of(name: str | None) -> str:
-    return (mimetypes.guess_type(name)[0] or "") if name else ""
 
 
 def _reasoning(m: dict[str, Any]) -> list[Part]:
@@ -195,9 +193,10 @@ def _calls(m: dict[str, Any]) -> list[Part]:
     calls: list[Part] = []
     for call in [*_list(m.get("tool_calls")), *([m["function_call"]] if isinstance(m.get("function_call"), dict)
                                                else [])]:
-        fn = _dict(call.get("function")) if isinstance(call, dict) and "function" in call else _dict(call)
+        call = _dict(call)
+        fn = _dict(call["function"]) if "function" in call else call
         arguments = fn.get("arguments")
-        calls.append(ToolCall(_str(call.get("id")) if isinstance(call, dict) else "", _str(fn.get("name")),
+        calls.append(ToolCall(str_or_empty(call.get("id")), str_or_empty(fn.get("name")),
                               arguments if isinstance(arguments, str) else _dump(arguments)))
     return calls
 
@@ -211,7 +210,7 @@ def _tools(raw: list[Any]) -> list[Tool]:
         fn = _dict(tool.get("function")) if tool.get("type") == "function" and "function" in tool else tool
         if isinstance(fn.get("name"), str) and isinstance(fn.get("parameters", {}), dict) and \
                 tool.get("type") in (None, "function"):
-            tools.append(Tool(fn["name"], _str(fn.get("description")), fn.get("parameters") or {}))
+            tools.append(Tool(fn["name"], str_or_empty(fn.get("description")), fn.get("parameters") or {}))
         else:
             tools.append(Tool("", "", tool))
     return tools
@@ -228,10 +227,6 @@ def _dump(value: Any) -> str:
         return orjson.dumps(value).decode()
     except TypeError:  # integers past 64 bits and the like: the upstream will judge them
         return ""
-
-
-def _str(value: Any) -> str:
-    return value if isinstance(value, str) else ""
 
 
 def _list(value: Any) -> list[Any]:

@@ -231,14 +231,15 @@ def _file(part: dict[str, Any], where: str) -> Media:
                 raise InvalidRequest(f"'{where}.file_data' must be base64 (data:<type>;base64,...)",
                                      f"{where}.file_data")
             return media
-        return Media(mime=_guess_type(name) or "application/octet-stream", data=data, name=name)
+        return Media(mime=file_type(name) or "application/octet-stream", data=data, name=name)
     url = part.get("file_url")
     if isinstance(url, str) and url:
-        return Media(mime=_guess_type(url.split("?", 1)[0]) or "application/octet-stream", url=url, name=name)
+        return Media(mime=file_type(url.split("?", 1)[0]) or "application/octet-stream", url=url, name=name)
     raise InvalidRequest(f"'{where}' needs 'file_data' (a data: URL) or 'file_url'", where)
 
 
-def _guess_type(name: str | None) -> str:
+def file_type(name: str | None) -> str:
+    """A file's type by its name's extension, among those the providers take; "" when unknown."""
     ext = name.rsplit(".", 1)[-1].lower() if name and "." in name else ""
     return _FILE_TYPES.get(ext, "")
 
