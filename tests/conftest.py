@@ -94,6 +94,19 @@ class GatewayProcess:
             self.proc.wait(5)
 
 
+def wallet(gw: GatewayProcess, account: str) -> dict[str, Any]:
+    """An account's wallet (balance, held, available), as the operator CLI shows it."""
+    return cli(gw.config, "wallet", "show", account, env=gw.env)
+
+
+def newest_entry(gw: GatewayProcess, model: str, seen: int) -> dict[str, Any]:
+    """The request-log line of the newest request for the model, after `seen` lines (waited for)."""
+    def probe() -> dict[str, Any] | None:
+        entries = [e for e in gw.log_entries()[seen:] if e.get("model") == model]
+        return entries[-1] if entries else None
+    return wait_for(probe, 15, f"the log line of a {model} request")
+
+
 def wait_for(probe: Callable[[], Any], timeout: float, what: str) -> Any:
     """Wait until probe() returns something truthy (a condition, bounded in time)."""
     deadline = time.monotonic() + timeout

@@ -13,7 +13,7 @@ import pytest
 
 from billing.metering import count_text
 from billing.pricing import TOKENS_PER_PRICE, ceil_div
-from tests.conftest import GatewayProcess, cli, fresh_minute, wait_for
+from tests.conftest import GatewayProcess, cli, fresh_minute, wait_for, wallet
 from tests.mock_upstream import MockUpstream
 
 MSG = [{"role": "user", "content": "The quick brown fox jumps over the lazy dog"}]
@@ -28,10 +28,6 @@ def new_account(gateway: GatewayProcess, name: str, credit: str, **key_flags: st
     flags = [x for k, v in key_flags.items() for x in (f"--{k.replace('_', '-')}", v)]
     key = cli(gateway.config, "keys", "create", "--account", name, *flags, env=gateway.env)
     return account["id"], key["key"], key["id"]
-
-
-def wallet(gateway: GatewayProcess, name: str) -> dict[str, Any]:
-    return cli(gateway.config, "wallet", "show", name, env=gateway.env)
 
 
 def books_add_up(gateway: GatewayProcess) -> None:

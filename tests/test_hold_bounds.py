@@ -18,7 +18,7 @@ from google import genai
 from google.genai import types as gt
 
 from billing.metering import output_cutoff
-from tests.conftest import FORMATS, GatewayProcess, call, cli, wait_for
+from tests.conftest import FORMATS, GatewayProcess, call, cli, newest_entry, wait_for, wallet
 from tests.native_upstream import RUNAWAY_WORDS, NativeUpstream
 
 LIMIT = 20  # the output limit every request here asks for
@@ -99,17 +99,6 @@ def books(gw: GatewayProcess, request_id: str) -> tuple[int, dict[str, Any]]:
     return held, row
 
 
-def wallet(gw: GatewayProcess, account: str) -> dict[str, Any]:
-    return cli(gw.config, "wallet", "show", account, env=gw.env)
-
-
-def newest_line(gw: GatewayProcess, model: str, seen: int) -> dict[str, Any]:
-    def probe() -> dict[str, Any] | None:
-        entries = [e for e in gw.log_entries()[seen:] if e.get("model") == model]
-        return entries[-1] if entries else None
-    return wait_for(probe, 15, f"the log line of a {model} request")
-
-
 def words(text: str) -> int:
     return text.count("word")
 
@@ -135,7 +124,7 @@ def test_an_upstream_that_ignores_the_limit_costs_at_most_the_hold(native_gw: Ga
     seen_lines, seen_streams = len(gw.log_entries()), len(native.paced)
     counted = overrun_counted(gw, f"up-{upstream}", model)
     answer = ask(gw, native_key, client, model, stream)
-    line = newest_line(gw, model, seen_lines)
+    line = newest_entry(gw, model, seen_lines)
     hold, row = books(gw, line["request_id"])
     assert line["status"] == 200 and row["unbilled"] == 0
     assert line["cost_nanousd"] == row["cost"] == hold  # every runaway costs more than its hold: charged the hold
@@ -160,13 +149,13 @@ def test_a_wallet_that_covers_only_the_hold_ends_at_exactly_zero(native_gw: Gate
     gw, model = native_gw, f"runaway-{upstream}"
     seen = len(gw.log_entries())
     ask(gw, native_key, client, model, True)  # learn the hold of this very request
-    hold, _ = books(gw, newest_line(gw, model, seen)["request_id"])
+    hold, _ = books(gw, newest_entry(gw, model, seen)["request_id"])
     account = f"one-hold-{client}-{upstream}"
     cli(gw.config, "accounts", "create", account, "--credit", str(Decimal(hold) / 10**9), env=gw.env)
     key = cli(gw.config, "keys", "create", "--account", account, env=gw.env)["key"]
     seen = len(gw.log_entries())
     assert ask(gw, key, client, model, True).finish == AT_LIMIT[client]
-    _, row = books(gw, newest_line(gw, model, seen)["request_id"])
+    _, row = books(gw, newest_entry(gw, model, seen)["request_id"])
     assert (row["cost"], row["unbilled"]) == (hold, 0) and row["overrun"] > 0
     shown = wallet(gw, account)
     assert (shown["balance"], shown["held"]) == (0, 0)
@@ -192,7 +181,7 @@ def test_an_engine_that_reads_only_max_tokens_is_bounded_from_every_client(nativ
     limits = {k: v for k, v in sent.items() if k in ("max_tokens", "max_completion_tokens", "max_output_tokens")}
     assert limits == ({"max_output_tokens": 30} if client == "responses" else {"max_tokens": 30})
     assert words(answer.text) == 30
-    line = newest_line(gw, "engine-openai", seen)
+    line = newest_entry(gw, "engine-openai", seen)
     hold, row = books(gw, line["request_id"])
     assert row["cost"] <= hold and not line["cut_at_limit"]
     assert row["output_tokens"] == 30 and line["usage_source"] == ("observed" if stream and client != "responses"
@@ -311,7 +300,7 @@ def test_media_of_unknown_size_are_held_at_the_models_input_bound(native_gw: Gat
     path, body = unsized(case, "media-window")
     status, raw = call(native_gw, path, native_key, body)
     assert status == 200, raw
-    line = newest_line(native_gw, body.get("model") or "media-window-gemini", seen)
+    line = newest_entry(native_gw, body.get("model") or "media-window-gemini", seen)
     hold, row = books(native_gw, line["request_id"])
     assert hold >= 1048576 * 1000  # the context window at the input price (plus the most output)
     assert row["input_tokens"] == 1_000_000 and row["cost"] <= hold and row["overrun"] == 0
@@ -323,7 +312,7 @@ def test_media_past_the_input_bound_are_charged_the_hold_and_counted_as_an_overr
     path, body = UNSIZED["gemini fileData"]
     status, _ = call(native_gw, path.replace("{model}-gemini", "media-half-window-gemini"), native_key, body)
     assert status == 200
-    line = newest_line(native_gw, "media-half-window-gemini", seen)
+    line = newest_entry(native_gw, "media-half-window-gemini", seen)
     hold, row = books(native_gw, line["request_id"])
     assert row["cost"] == hold and row["overrun_tokens"] == 500_000 and row["unbilled"] == 0
 
@@ -403,5 +392,5 @@ def test_the_same_prompt_gets_the_same_hold_from_every_format_and_lane(native_gw
             status, raw = call(native_gw, path.replace("{m}", model), native_key,
                                json.loads(json.dumps(body).replace("{m}", model)))
             assert status == 200, raw
-            holds[(client, upstream)] = books(native_gw, newest_line(native_gw, model, seen)["request_id"])[0]
+            holds[(client, upstream)] = books(native_gw, newest_entry(native_gw, model, seen)["request_id"])[0]
     assert len(set(holds.values())) == 1, holds

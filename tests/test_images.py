@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 from tests.conftest import ROOT, GatewayProcess, base_config, cli, demo_provider, fresh_minute, serve_gateway
+from tests.conftest import wallet as shown_wallet
 from tests.images_upstream import ImagesUpstream, image_bytes
 
 KEY_ENV = "TT_IMAGES_UPSTREAM_KEY"
@@ -101,7 +102,7 @@ def client(gw: GatewayProcess, key: str) -> openai.OpenAI:
 
 
 def wallet(gw: GatewayProcess, account: str = "imager") -> dict[str, Any]:
-    return cli(gw.config, "wallet", "show", account, env=gw.env)
+    return shown_wallet(gw, account)
 
 
 def usage_row(gw: GatewayProcess, request_id: str) -> dict[str, Any] | None:

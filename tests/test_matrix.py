@@ -13,7 +13,7 @@ import pytest
 from google import genai
 from google.genai import types as gt
 
-from tests.conftest import FORMATS, GatewayProcess, wait_for
+from tests.conftest import FORMATS, GatewayProcess, newest_entry
 from tests.native_upstream import NativeUpstream
 
 CLIENTS = ("chat", "responses", "anthropic", "gemini")
@@ -168,14 +168,6 @@ class GeminiClient:
 DRIVERS = {"chat": ChatClient, "responses": ResponsesClient, "anthropic": AnthropicClient, "gemini": GeminiClient}
 
 
-def last_charge(gw: GatewayProcess, model: str, seen: int) -> dict[str, Any]:
-    """The request-log line of the newest relay request for the model, after `seen` lines."""
-    def probe() -> dict[str, Any] | None:
-        entries = [e for e in gw.log_entries()[seen:] if e.get("model") == model]
-        return entries[-1] if entries else None
-    return wait_for(probe, 15, f"the log line of a {model} request")
-
-
 @pytest.mark.parametrize("kind", ["text", "tool"])
 @pytest.mark.parametrize("stream", [False, True], ids=["body", "stream"])
 @pytest.mark.parametrize("upstream", FORMATS)
@@ -187,7 +179,7 @@ def test_matrix(native_gw: GatewayProcess, native_key: str, native: NativeUpstre
     model = f"scripted-{upstream}"
     seen = len(gw.log_entries())
     first = driver.ask(model, stream, kind == "tool")
-    charge = last_charge(gw, model, seen)
+    charge = newest_entry(gw, model, seen)
     assert (charge["status"], charge["input_tokens"], charge["output_tokens"], charge["usage_source"],
             charge["cost_nanousd"]) == (200, 20, 9, "upstream", CHARGE)
     assert first.usage == (20, 9)
@@ -199,4 +191,4 @@ def test_matrix(native_gw: GatewayProcess, native_key: str, native: NativeUpstre
     seen = len(gw.log_entries())
     second = driver.round_trip(model, stream, first)
     assert second.text == "The tool said: sunny" and second.tool is None and second.finish == "stop"
-    assert last_charge(gw, model, seen)["cost_nanousd"] == CHARGE
+    assert newest_entry(gw, model, seen)["cost_nanousd"] == CHARGE
