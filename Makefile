@@ -32,6 +32,7 @@ test: $(VENV)/.test-installed
 
 bench: $(VENV)/.test-installed
 	$(PY) bench/run.py $(BENCH_ARGS)
+	$(PY) bench/metrics_scrape.py
 
 # One self-contained executable, dist/tokentoll (PyInstaller onefile, packaging/tokentoll.spec): serves like
 # gateway.py, with --config, --check and every operator command. Rebuilt only when gateway.py, core/, billing/,

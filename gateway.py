@@ -49,11 +49,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tokentoll: cannot listen on {host}:{port}: {exc.strerror} (choose another port with --port N, "
               f"or `make run ARGS=\"--port N\"`)", file=sys.stderr)
         return 1
+    admin_sock = None
+    if settings.server.admin_listen:
+        admin_host, _, admin_port = settings.server.admin_listen.rpartition(":")
+        try:
+            admin_sock = socket.create_server((admin_host.strip("[]"), int(admin_port)), backlog=128)
+        except OSError as exc:
+            print(f"tokentoll: cannot listen on server.admin_listen {settings.server.admin_listen}: {exc.strerror}",
+                  file=sys.stderr)
+            return 1
     bound = sock.getsockname()
     print(f"tokentoll: serving http://{host}:{bound[1]} ({len(settings.models)} models from {path}, "
           f"{settings.server.workers} worker{'s' if settings.server.workers > 1 else ''})",
           file=sys.stderr, flush=True)
-    return server.run(settings, sock)
+    if admin_sock is not None:
+        admin_bound = admin_sock.getsockname()
+        print(f"tokentoll: serving /admin on http://{settings.server.admin_listen.rpartition(':')[0]}:"
+              f"{admin_bound[1]} only (server.admin_listen)", file=sys.stderr, flush=True)
+    return server.run(settings, sock, admin_sock)
 
 
 if __name__ == "__main__":

@@ -48,30 +48,37 @@ def digest(plaintext: str) -> bytes:
     return hashlib.sha256(plaintext.encode()).digest()
 
 
-def credentials(headers: list[tuple[bytes, bytes]], query_string: bytes) -> str | None:
-    """The key from `Authorization: Bearer`, `x-api-key`, `x-goog-api-key` or `?key=`, as sent."""
+def credentials(headers: list[tuple[bytes, bytes]], query_string: bytes, query_allowed: bool = False) -> str | None:
+    """The key from `Authorization: Bearer`, `x-api-key`, `x-goog-api-key`, or `?key=` where `query_allowed`
+    (Gemini's REST routes, whose documented clients send it there). Elsewhere a `key` in the URL is refused:
+    URLs are written to access logs and echoed in redirects."""
     found: str | None = None
     for name, value in headers:
         if name == b"authorization":
             text = value.decode("latin-1")
             scheme, _, rest = text.partition(" ")
             if scheme.lower() == "bearer":
-                return rest
+                found = rest
+                break
             found = found or text
         elif name in (b"x-api-key", b"x-goog-api-key"):
             found = found or value.decode("latin-1")
-    if found is None and query_string and b"key=" in query_string:
-        for name, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
-            if name == "key":
-                return value
-    return found
+    if not query_string or b"key=" not in query_string:
+        return found
+    in_url = next((value for name, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
+                   if name == "key"), None)
+    if in_url is not None and not query_allowed:
+        raise KeyRejected("api_key_in_url", "API keys are not accepted in the URL on this route (URLs end up in "
+                                            "logs): send it as 'Authorization: Bearer sk-tt-...' or x-api-key, "
+                                            "and rotate a key that was sent in a URL")
+    return found if found is not None else in_url
 
 
 def check_presented(raw: str | None) -> Presented:
     """Shape checks, each with its own message; the database decides unknown/rotated/disabled/expired."""
     if raw is None or raw == "":
         raise KeyRejected("missing_api_key", "no API key: send it as 'Authorization: Bearer sk-tt-...' "
-                                             "(or x-api-key, x-goog-api-key, ?key=)")
+                                             "(or x-api-key, or x-goog-api-key)")
     if raw != raw.strip() or any(c in raw for c in "\r\n\t"):
         raise KeyRejected("api_key_whitespace", "the API key has leading or trailing whitespace or a line break "
                                                 "in it: copy the key again without spaces or newlines")

@@ -14,6 +14,8 @@ from billing.pricing import TokenPrices
 
 
 _month_cache: tuple[float, float, str] = (0.0, 0.0, "")
+KNOWN_KEY_SECONDS = 10.0  # a key found valid is not looked up again before costly work for this long
+KNOWN_KEYS_MAX = 65536  # keys remembered as valid; only valid keys enter, and the memo is cleared when full
 
 
 def month_of(ts: float) -> str:
@@ -37,6 +39,7 @@ class Ledger:
         self.default_tpm = default_tpm
         self.owner = owner  # this process, on every hold it places (see billing/safetynet.py)
         self.on_failure = on_failure  # called when a hold or settle transaction raises (a metric, an alert)
+        self._known_keys: dict[bytes, tuple[float, store.Admission]] = {}  # key hash -> (valid until, who)
 
     def _failed(self) -> None:
         if self.on_failure is not None:
@@ -74,7 +77,23 @@ class Ledger:
             self._failed()
             raise
 
-    async def check_key(self, key: Presented, model: str) -> store.Admission:
+    async def authenticate(self, key: Presented, now: float | None = None) -> store.Admission:
+        """Whether the key exists, is enabled and has not expired: asked before any costly work is done for its
+        request (reading and parsing the body, counting tokens, fetching media). A key found valid in the last
+        KNOWN_KEY_SECONDS is not looked up again; the hold that follows checks it in full, so a key disabled or
+        rotated in that time still gets no work from the upstream."""
+        now = time.monotonic() if now is None else now
+        known = self._known_keys.get(key.hash)
+        if known is not None and known[0] > now:
+            return known[1]
+        found = await self.check_key(key, None)
+        if not found.error:
+            if len(self._known_keys) >= KNOWN_KEYS_MAX:
+                self._known_keys.clear()
+            self._known_keys[key.hash] = (now + KNOWN_KEY_SECONDS, found)
+        return found
+
+    async def check_key(self, key: Presented, model: str | None) -> store.Admission:
         """Whether the key may use the model, without holding anything (unbilled calls)."""
         return await self.db.run_hot(store.tx_check_key, key.hash, model, time.time())
 

@@ -38,6 +38,7 @@ from core.console import Console
 from core.health import FLUSH_SECONDS as HEALTH_FLUSH_SECONDS
 from core.config import Settings
 from core.dialects import relay_call, wants_anthropic, wants_gemini
+from core.edge import BodyDeadline, BodyTimeout, conflicting_framing, wrong_listener
 from core.images import ImageRelay
 from core.media import MediaFetcher
 from core.metrics import Metrics
@@ -65,15 +66,18 @@ def new_request_id() -> str:
 class Gateway:
     """The whole HTTP surface of one worker."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, admin_address: tuple[str, int] | None = None) -> None:
         self.settings = settings
+        self.admin_address = admin_address  # the bound server.admin_listen socket: /admin is served there alone
         self.metrics = Metrics()
         self.log = RequestLog(settings.server.request_log)
         self.upstreams = Upstreams(settings, self.metrics.health)
         self.store = Store(settings.billing.database, settings.billing.synchronous)
         self.ledger = Ledger(self.store, settings.billing.default_rpm, settings.billing.default_tpm, owner_id(),
                              on_failure=self.metrics.ledger_write_failures.inc)
-        self.media = MediaFetcher(settings.server.media_fetch_bytes, settings.server.media_fetch_private)
+        srv = settings.server
+        self.media = MediaFetcher(srv.media_fetch_bytes, srv.media_fetch_private, srv.media_fetch_count,
+                                  srv.media_fetch_total_bytes)
         self.response_cache = ResponseCache(settings.cache, self.store)
         self.relay = Relay(settings, self.upstreams, self.metrics, self.log, self.ledger, self.media,
                            self.response_cache)
@@ -111,7 +115,8 @@ class Gateway:
                 *RechargeAPI(self.recharge_desk, self.store).routes(),
                 *self.console.routes(),
             ],
-            exception_handlers={HTTPException: self.http_error, Exception: self.internal_error},
+            exception_handlers={HTTPException: self.http_error, BodyTimeout: self.body_timeout,
+                                Exception: self.internal_error},
             lifespan=self.lifespan,
         )
 
@@ -164,6 +169,11 @@ class Gateway:
             await self.router(scope, receive, send)
             return
         request_id = new_request_id()
+        if conflicting_framing(scope["headers"]) or wrong_listener(scope["path"], scope.get("server"),
+                                                                   self.admin_address):
+            await self.refuse_at_edge(scope, send, request_id)
+            return
+        receive = BodyDeadline(receive, self.settings.server.body_timeout)
         call = relay_call(scope["method"], scope["path"], scope.get("query_string", b""))
         if call is not None:
             await self.relay(call, scope, receive, send, request_id)
@@ -196,6 +206,24 @@ class Gateway:
                 self.log.write({"request_id": request_id, "route": route, "method": scope["method"],
                                 "status": status, "duration_ms": round((perf_counter() - started) * 1000, 3),
                                 "client_ip": from_scope(scope, self.settings.server.trusted_proxies)})
+
+    async def refuse_at_edge(self, scope: Scope, send: Send, request_id: str) -> None:
+        """Conflicting framing: a 400, and the connection closed (RFC 9112 section 6.1). /admin on the public
+        listener, or anything but /admin on the admin listener: a 404, as for a route that does not exist."""
+        if conflicting_framing(scope["headers"]):
+            status, message, code = 400, ("the request has both Content-Length and Transfer-Encoding: send one "
+                                          "of them"), "conflicting_framing"
+        else:
+            status, message, code = 404, f"unknown URL {scope['path'][:200]}", "unknown_url"
+        rid = request_id.encode()
+        await send({"type": "http.response.start", "status": status, "headers": [
+            (b"content-type", b"application/json"), (b"connection", b"close"), (b"x-tt-request-id", rid),
+            (b"x-request-id", rid)]})
+        await send({"type": "http.response.body", "body": openai.error_body(status, message, code, None, request_id)})
+        route = route_label(scope["path"])
+        self.metrics.child(self.metrics.requests, route, "-", str(status)).inc()
+        self.log.write({"request_id": request_id, "route": route, "method": scope["method"][:16], "status": status,
+                        "error": code, "client_ip": from_scope(scope, self.settings.server.trusted_proxies)})
 
     # -- routes ---------------------------------------------------------------------------
 
@@ -252,7 +280,8 @@ class Gateway:
                 self.metrics.set_recharge(self.recharge.lags(), await self.store.run(tx_deposit_counts))
             except Exception:  # noqa: BLE001 - as above
                 log.warning("could not read the recharge figures for /metrics", exc_info=True)
-        return Response(self.metrics.render(), media_type=self.metrics.content_type)
+        # rendered off the event loop: a large scrape must not hold up the requests in flight
+        return Response(await asyncio.to_thread(self.metrics.render), media_type=self.metrics.content_type)
 
     async def healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -292,6 +321,10 @@ class Gateway:
             body = gemini_client.error_body(404, not_found_hint(request, "gemini", root), "unknown_url", None, rid)
             return Response(body, status_code=404, media_type="application/json")
         return self.error(request, 404, not_found_hint(request, "openai", root), "unknown_url")
+
+    async def body_timeout(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, BodyTimeout)
+        return self.error(request, 408, exc.message, exc.code, headers={"connection": "close"})
 
     async def internal_error(self, request: Request, exc: Exception) -> Response:
         return self.error(request, 500, "internal error in the gateway; the request id identifies it in the log",

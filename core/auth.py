@@ -15,9 +15,10 @@ from core.errors import AuthenticationFailed, GatewayError, PaymentRequired, Per
 NO_RETRY = {"x-should-retry": "false"}  # the SDKs must not retry what retrying cannot fix
 
 
-def presented_key(scope: dict[str, Any]) -> Presented:
+def presented_key(scope: dict[str, Any], query_allowed: bool = False) -> Presented:
+    """The caller's key, shape-checked; `query_allowed`: `?key=` is read too (Gemini's routes only)."""
     try:
-        return check_presented(credentials(scope["headers"], scope.get("query_string", b"")))
+        return check_presented(credentials(scope["headers"], scope.get("query_string", b""), query_allowed))
     except KeyRejected as exc:
         raise AuthenticationFailed(exc.message, code=exc.code, headers=NO_RETRY) from None
 

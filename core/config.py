@@ -98,7 +98,12 @@ class Server:
     shutdown_grace: float = 10.0  # seconds open requests may run on after SIGTERM
     media_fetch_bytes: int = 20 * 1024 * 1024  # largest image or document fetched from a URL for Gemini
     media_fetch_private: bool = False  # let media URLs point at private addresses (tests, trusted networks)
+    media_fetch_count: int = 16  # most media URLs fetched for one request
+    media_fetch_total_bytes: int = 64 * 1024 * 1024  # most bytes fetched for one request's media, in all
     trusted_proxies: tuple[Network, ...] = ()  # proxies whose X-Forwarded-For / X-Real-IP are believed
+    body_timeout: float = 60.0  # seconds a request body may take to arrive, from its headers; then 408 and closed
+    idle_timeout: float = 75.0  # seconds a connection may wait for a request's headers (or the next one); then closed
+    admin_listen: str = ""  # host:port: /admin is served there alone and is a 404 on the public listener
 
 
 @dataclass(frozen=True)
@@ -370,7 +375,9 @@ def _billing(t: dict[str, Any]) -> Billing:
 
 def _server(t: dict[str, Any]) -> Server:
     _only_keys(t, "server", {"host", "port", "max_body_bytes", "request_log", "upstream_pool_size", "workers",
-                                 "shutdown_grace", "media_fetch_bytes", "media_fetch_private", "trusted_proxies"})
+                                 "shutdown_grace", "media_fetch_bytes", "media_fetch_private", "media_fetch_count",
+                                 "media_fetch_total_bytes", "trusted_proxies", "body_timeout", "idle_timeout",
+                                 "admin_listen"})
     d = Server()
     return Server(
         host=_str(t, "host", "server", d.host),
@@ -382,8 +389,24 @@ def _server(t: dict[str, Any]) -> Server:
         shutdown_grace=_seconds(t, "shutdown_grace", "server", d.shutdown_grace),
         media_fetch_bytes=_int(t, "media_fetch_bytes", "server", d.media_fetch_bytes, lo=1024),
         media_fetch_private=_bool(t, "media_fetch_private", "server", d.media_fetch_private),
+        media_fetch_count=_int(t, "media_fetch_count", "server", d.media_fetch_count, lo=0, hi=1000),
+        media_fetch_total_bytes=_int(t, "media_fetch_total_bytes", "server", d.media_fetch_total_bytes, lo=1024),
         trusted_proxies=_networks(t, "trusted_proxies", "server"),
+        body_timeout=_seconds(t, "body_timeout", "server", d.body_timeout, positive=True),
+        idle_timeout=_seconds(t, "idle_timeout", "server", d.idle_timeout, positive=True),
+        admin_listen=_listen_address(t, "admin_listen", "server"),
     )
+
+
+def _listen_address(t: dict[str, Any], key: str, at: str) -> str:
+    """"" (not set) or host:port, with the host an IP address or a name and [brackets] around IPv6."""
+    v = _str(t, key, at, "", allow_empty=True)
+    if not v:
+        return ""
+    host, colon, port = v.rpartition(":")
+    if not colon or not host or not port.isascii() or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{at}.{key}: {v!r} is not host:port, like \"127.0.0.1:9090\"")
+    return v
 
 
 def _networks(t: dict[str, Any], key: str, at: str) -> tuple[Network, ...]:

@@ -15,7 +15,7 @@ from billing.metering import NO_USAGE, Meter, UsageRecord
 from billing.pricing import TokenPrices
 from core.config import Model
 from core.auth import NO_RETRY
-from core.dialects import Call, Dialect, error_body, id_headers
+from core.dialects import GEMINI_METHODS, Call, Dialect, error_body, id_headers
 from core.errors import (BadRequest, BodyTooLarge, GatewayError, UpstreamBadStatus, UpstreamClientError,
                          UpstreamOverloaded)
 from core.translate import Plan
@@ -199,11 +199,13 @@ def failure_body(dialect: Dialect, err: GatewayError, request_id: str) -> bytes:
 
 
 def route_label(path: str, call: Call) -> str:
-    """A bounded label for metrics and the log: Gemini paths carry the model, so they are named by method."""
+    """A bounded label for metrics and the log: Gemini paths carry the model, so they are named by method, and a
+    method this gateway does not serve is named `unknown` (a caller must not add label values)."""
     if call.dialect != "gemini":
         return path
     base = "/v1beta/models" if path.startswith("/v1beta/") else "/v1/models"
-    return f"{base}/{{model}}:{path.rpartition(':')[2]}"
+    method = path.rpartition(':')[2]
+    return f"{base}/{{model}}:{method if method in GEMINI_METHODS else 'unknown'}"
 
 
 def model_rename(upstream_model: str, public: str) -> tuple[bytes, bytes] | None:

@@ -50,12 +50,32 @@ class PublicResolver(aiohttp.abc.AbstractResolver):
         await self._inner.close()
 
 
-class MediaFetcher:
-    """One session for media downloads, separate from the upstream pool (its own resolver and limits)."""
+class MediaBudget:
+    """What one request's media downloads may still take, shared by its parallel fetches."""
 
-    def __init__(self, limit_bytes: int, allow_private: bool = False) -> None:
+    __slots__ = ("bytes_left", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.bytes_left = limit
+
+    def take(self, size: int) -> None:
+        self.bytes_left -= size
+        if self.bytes_left < 0:
+            raise MediaRefused(f"the media given by URL in this request add up to more than {self.limit} bytes "
+                               "(server.media_fetch_total_bytes): send fewer or smaller ones")
+
+
+class MediaFetcher:
+    """One session for media downloads, separate from the upstream pool (its own resolver and limits). Per request
+    at most `max_count` URLs and `max_total` bytes in all; each one at most `limit` bytes."""
+
+    def __init__(self, limit_bytes: int, allow_private: bool = False, max_count: int = 16,
+                 max_total: int = 64 * 1024 * 1024) -> None:
         self.limit = limit_bytes
         self.allow_private = allow_private
+        self.max_count = max_count
+        self.max_total = max_total
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -67,20 +87,38 @@ class MediaFetcher:
             await self._session.close()
             self._session = None
 
-    async def inline(self, media: list[Media]) -> None:
-        """Download each URL and put its bytes (base64) and type in place; all or a 400 naming the URL."""
-        if media:
-            await asyncio.gather(*(self._inline_one(m) for m in media))
+    def check_count(self, media: list[Media]) -> None:
+        """Refuse, before anything is fetched or held, a request giving more URLs than one may."""
+        if len(media) > self.max_count:
+            raise MediaRefused(f"this request gives {len(media)} media by URL and at most {self.max_count} are "
+                               "fetched for one request (server.media_fetch_count): send fewer, or send them inline")
 
-    async def _inline_one(self, media: Media) -> None:
+    async def inline(self, media: list[Media]) -> None:
+        """Download each URL and put its bytes (base64) and type in place; all or a 400 naming the URL (the first
+        refusal stops the other downloads)."""
+        if not media:
+            return
+        self.check_count(media)
+        budget = MediaBudget(self.max_total)
+        fetches = [asyncio.ensure_future(self._inline_one(m, budget)) for m in media]
+        try:
+            await asyncio.gather(*fetches)
+        finally:
+            for fetch in fetches:
+                fetch.cancel()
+
+    async def _inline_one(self, media: Media, budget: MediaBudget) -> None:
         assert media.url is not None
-        mime, data = await self.fetch(media.url)
+        mime, data = await self.fetch(media.url, budget)
         media.mime = media.mime or mime
         media.data = base64.b64encode(data).decode()
         media.url = None
 
-    async def fetch(self, url: str) -> tuple[str, bytes]:
+    async def fetch(self, url: str, budget: MediaBudget | None = None) -> tuple[str, bytes]:
+        """The type and bytes at a public URL. A failure names the URL (never its query) and says nothing of
+        what the network answered: no DNS or connect detail reaches the caller."""
         assert self._session is not None, "MediaFetcher.start() was not awaited"
+        budget = budget or MediaBudget(self.max_total)
         target = yarl.URL(url)
         for _ in range(MAX_REDIRECTS + 1):
             self._check(target, url)
@@ -102,11 +140,11 @@ class MediaFetcher:
                         body += chunk
                         if len(body) > self.limit:
                             raise MediaRefused(f"the media at {_short(url)} is larger than {self.limit} bytes")
+                        budget.take(len(chunk))
                     return mime, bytes(body)
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                raise MediaRefused(f"the media URL {_short(url)} could not be fetched: "
-                                   f"{type(exc).__name__}{': ' + str(exc) if isinstance(exc, OSError) else ''}") \
-                    from None
+            except (aiohttp.ClientError, OSError, TimeoutError):
+                raise MediaRefused(f"the media URL {_short(url)} could not be fetched: it must be a public http(s) "
+                                   f"URL that answers within {FETCH_SECONDS:g} s") from None
         raise MediaRefused(f"the media URL {_short(url)} redirects more than {MAX_REDIRECTS} times")
 
     def _check(self, target: yarl.URL, url: str) -> None:

@@ -113,8 +113,15 @@ class Relay:
                 if scope["method"] != "POST":
                     raise MethodNotAllowed(f"{scope['method']} is not allowed here; use POST",
                                            headers={"allow": "POST"})
-                if self.billing:
-                    x.key = presented_key(scope)
+                if call.endpoint == UNKNOWN_METHOD:  # a routing answer: no key needed to learn the URL is wrong
+                    raise UnknownMethod(f"unknown method {scope['path'].rpartition(':')[2][:64]!r}: this gateway "
+                                        f"serves generateContent, streamGenerateContent, countTokens, embedContent "
+                                        f"and batchEmbedContents")
+                if self.billing:  # the key is known good before the body is read, parsed or counted
+                    x.key = presented_key(scope, call.dialect == "gemini")
+                    known = await self.ledger.authenticate(x.key)
+                    if known.error:
+                        raise admission_error(known, call.model or "")
                 body = await read_body(scope, receive, self.settings.server.max_body_bytes)
                 watch = asyncio.ensure_future(receive())
                 watch.add_done_callback(on_disconnect)
@@ -144,9 +151,6 @@ class Relay:
     # -- the exchange ---------------------------------------------------------------------
 
     async def _exchange(self, x: Exchange, raw: bytes, send: Send) -> None:
-        if x.endpoint == UNKNOWN_METHOD:
-            raise UnknownMethod(f"unknown method {x.route.rpartition(':')[2]!r}: this gateway serves generateContent, "
-                                f"streamGenerateContent, countTokens, embedContent and batchEmbedContents")
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -173,13 +177,18 @@ class Relay:
         x.stream = plan.stream
         if x.cache_state and await self._from_cache(x, plan, body, send):
             return
-        await self._finish_plan(x, plan)
+        media = self._media_to_fetch(x, plan)
+        if not media:
+            self._translate(x, plan)
         if x.key is not None:
             x.held = True  # before the await: a request cancelled while its hold commits still settles it
             x.held_tokens = (plan.prompt_estimate, plan.max_output)
             admission = await self.ledger.admit(x.request_id, x.key, model.name, model.prices, *x.held_tokens)
             if admission.error:
                 raise admission_error(admission, model.name)
+        if media:  # fetched only for a request whose hold is placed
+            await self.media.inline(media)
+            self._translate(x, plan)
         x.meter = Meter(plan.prompt_estimate)
         x.sent = True  # from here on the upstream may be doing work for us
         resp = await self._open(x, body, channels)
@@ -200,11 +209,26 @@ class Relay:
     async def _finish_plan(self, x: Exchange, plan: Plan) -> None:
         """A translated request's upstream body, once its media are inline for a Gemini upstream (which
         cannot fetch URLs itself)."""
+        media = self._media_to_fetch(x, plan)
+        if media:
+            await self.media.inline(media)
+        self._translate(x, plan)
+
+    def _media_to_fetch(self, x: Exchange, plan: Plan) -> list[internal.Media]:
+        """The media given by URL that the gateway must fetch (a Gemini upstream takes bytes only); a request
+        giving more than one may is refused here, before anything is held or fetched."""
+        assert x.model is not None
+        if plan.chat is None or x.model.provider.format != "gemini":
+            return []
+        media = gemini_upstream.remote_media(plan.chat)
+        self.media.check_count(media)
+        return media
+
+    @staticmethod
+    def _translate(x: Exchange, plan: Plan) -> None:
         if plan.chat is None:
             return
         assert x.model is not None
-        if x.model.provider.format == "gemini":
-            await self.media.inline(gemini_upstream.remote_media(plan.chat))
         try:
             finish_translate(plan, x.model)
         except internal.InvalidRequest as exc:

@@ -26,31 +26,39 @@ RESTART_DELAY = 1.0  # seconds before replacing a worker that died
 PR_SET_PDEATHSIG = 1
 
 
-def run(settings: Settings, sock: socket.socket) -> int:
+def run(settings: Settings, sock: socket.socket, admin_sock: socket.socket | None = None) -> int:
+    """Serve on `sock`, and /admin on `admin_sock` alone when server.admin_listen is set."""
     if settings.server.workers == 1:
-        uvloop.run(serve_worker(settings, sock))
+        uvloop.run(serve_worker(settings, sock, admin_sock))
         return 0
-    return supervise(settings, sock, settings.server.workers)
+    return supervise(settings, sock, settings.server.workers, admin_sock)
 
 
-def hypercorn_config(sock: socket.socket, grace: float = 10.0) -> HypercornConfig:
+def hypercorn_config(socks: list[socket.socket], grace: float = 10.0, idle: float = 75.0) -> HypercornConfig:
     hc = HypercornConfig()
-    hc.bind = [f"fd://{sock.fileno()}"]
+    hc.bind = [f"fd://{sock.fileno()}" for sock in socks]
     hc.accesslog = None  # the gateway writes its own request log
     hc.errorlog = logging.getLogger("hypercorn.error")  # through our handler: one line per message
     hc.include_server_header = False
-    hc.keep_alive_timeout = 75
+    # A connection that has not sent a request's headers (or the next request) within `idle` seconds is closed:
+    # the timer runs from the connection's first byte, so headers sent a byte at a time cannot hold it open.
+    # Bodies have their own deadline (server.body_timeout, core/edge.py); hypercorn's read_timeout stays unset,
+    # since a long streamed answer reads nothing from its client for minutes.
+    hc.keep_alive_timeout = idle
     hc.graceful_timeout = grace  # on SIGTERM: how long open requests may still run
     return hc
 
 
-async def serve_worker(settings: Settings, sock: socket.socket) -> None:
+async def serve_worker(settings: Settings, sock: socket.socket, admin_sock: socket.socket | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.set_exception_handler(_quiet_cancellations)
-    await serve(Gateway(settings), hypercorn_config(sock, settings.server.shutdown_grace), shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+    socks = [sock] if admin_sock is None else [sock, admin_sock]
+    admin_address = None if admin_sock is None else admin_sock.getsockname()[:2]
+    config = hypercorn_config(socks, settings.server.shutdown_grace, settings.server.idle_timeout)
+    await serve(Gateway(settings, admin_address), config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
 
 
 def _quiet_cancellations(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
@@ -72,7 +80,7 @@ def _die_with_parent() -> None:
         pass  # not Linux: the worker stays until stopped by hand
 
 
-def supervise(settings: Settings, sock: socket.socket, workers: int) -> int:
+def supervise(settings: Settings, sock: socket.socket, workers: int, admin_sock: socket.socket | None = None) -> int:
     children: set[int] = set()
     stopping = False
 
@@ -84,7 +92,7 @@ def supervise(settings: Settings, sock: socket.socket, workers: int) -> int:
             _die_with_parent()
             code = 0
             try:
-                uvloop.run(serve_worker(settings, sock))
+                uvloop.run(serve_worker(settings, sock, admin_sock))
             except BaseException:  # noqa: BLE001 - a worker reports and exits; the parent replaces it
                 traceback.print_exc()
                 code = 1

@@ -260,6 +260,7 @@ def _error(fmt: str, status: int, message: str) -> web.Response:
 COUNTED = 42  # what the providers' own token counting answers
 PNG_DOT = bytes.fromhex("89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c4890000000d49444154789c6360"
                         "f8cfc0f01f0005000201ab0b1d2b0000000049454e44ae426082")  # a 1x1 PNG
+BIG_PNG_BYTES = 256 * 1024
 
 
 class NativeUpstream(LoopbackServer):
@@ -269,6 +270,7 @@ class NativeUpstream(LoopbackServer):
         super().__init__()
         self.requests: list[Recorded] = []
         self.paced: list[tuple[int, int]] = []  # long streams: (frames written, frames in all), as each ended
+        self.media_fetches: list[str] = []  # the media files asked for, by name, in order
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/openai/v1/chat/completions", self._chat)
@@ -329,8 +331,12 @@ class NativeUpstream(LoopbackServer):
         return _json({"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": 5, "total_tokens": 5}})
 
     async def _media(self, request: web.Request) -> web.StreamResponse:
-        """Files for media URLs: a tiny PNG, a redirect to it, and a page that is not media."""
+        """Files for media URLs: a tiny PNG, a redirect to it, a large PNG (BIG_PNG_BYTES, any name starting
+        big-), and a page that is not media."""
         name = request.match_info["name"]
+        self.media_fetches.append(name)
+        if name.startswith("big-"):
+            return web.Response(body=PNG_DOT + bytes(BIG_PNG_BYTES - len(PNG_DOT)), content_type="image/png")
         if name == "dot.png":
             return web.Response(body=PNG_DOT, content_type="image/png")
         if name == "hop.png":
