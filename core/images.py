@@ -131,8 +131,11 @@ class ImageRelay:
         if endpoint is None:
             raise NotFound(f"{scope['path']} is not served here; the image endpoints are "
                                      f"/v1/images/generations and /v1/images/edits")
-        if self.billing:
+        if self.billing:  # the key is known good before the body (an upload, perhaps) is read or parsed
             x.key = presented_key(scope)
+            known = await self.ledger.authenticate(x.key)
+            if known.error:
+                raise admission_error(known, "")
         raw = await read_body(scope, receive, self.settings.server.max_body_bytes)
         ctype = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"content-type"), "")
         try:

@@ -185,6 +185,14 @@ def test_a_bad_key_is_refused_before_the_body_is_read_or_parsed(edge_gw: Gateway
     assert closed and answer.startswith(b"HTTP/1.1 401"), answer[:200]
 
 
+@pytest.mark.parametrize("path", ["/v1/images/edits", "/v1/images/generations"])
+def test_a_bad_key_on_images_is_refused_before_the_upload_is_parsed(edge_gw: GatewayProcess, path: str) -> None:
+    status, _, answer = request(edge_gw.url + path, "POST", b"--x\r\nnot a form",
+                                {"Authorization": f"Bearer {UNKNOWN_KEY}",
+                                 "Content-Type": "multipart/form-data; boundary=x"})
+    assert status == 401 and orjson.loads(answer)["error"]["code"] == "invalid_api_key", answer
+
+
 def test_more_media_urls_than_allowed_are_refused_before_anything_is_held(
         edge_gw: GatewayProcess, edge_key: str, native: NativeUpstream) -> None:
     before, fetched = wallet(edge_gw, "edge"), len(native.media_fetches)
