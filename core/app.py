@@ -87,7 +87,7 @@ class Gateway:
         self.recharge_desk = RechargeDesk(settings.chains, settings.recharge, self.store)
         self.recharge = RechargeService(settings.chains, settings.recharge, self.ledger, self.store, self.ledger.owner,
                                         lambda chain: self.metrics.recharge_rpc_errors.labels(chain).inc())
-        self.admin = AdminAPI(self.operations, self.store)
+        self.admin = AdminAPI(self.operations, self.store, self.metrics, settings.server.trusted_proxies)
         self.console = Console(settings, self.operations, self.store, self.recharge_desk)
         self.ready = False
         self._models = [openai.model_object(m.name, m.created, m.owned_by) for m in settings.models.values()]

@@ -113,3 +113,18 @@ def public_base_url(scope: dict[str, Any], trusted: Sequence[Network], configure
         server = scope.get("server")
         host = f"{server[0]}:{server[1]}" if server else "localhost"
     return f"{scheme}://{host}"
+
+
+def client_bucket(address: str) -> str:
+    """The client a throttle counts (console log-ins and sign-ups, failed admin tokens): an IPv4 address as it is
+    (also when an IPv6 socket shows it as ::ffff:a.b.c.d), an IPv6 address by its /64 (one subscriber's network:
+    whoever has one has 2^64 addresses to rotate through)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address[:64]
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)

@@ -71,6 +71,9 @@ class Metrics:
         self.recharge_rpc_errors = Counter(
             "tokentoll_recharge_rpc_errors", "Watcher passes that failed on the chain's RPC (retried, nothing "
             "skipped).", ["chain"], registry=r)
+        self.admin_auth_failures = Counter(
+            "tokentoll_admin_auth_failures", "Admin API (/admin) requests with a missing or wrong admin token: "
+            "answered 401, or 429 once their address is throttled (core/admin.py).", registry=r)
 
     def child(self, metric: Any, *labels: str) -> Any:
         """metric.labels(*labels), memoized: the hot path skips prometheus_client's lock and checks."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sqlite3
 import time
 from datetime import datetime, timezone
@@ -35,16 +36,38 @@ HASH_QUEUE = 16  # ...and how many more may wait for a slot before the rest are 
 
 MAX_USD = Decimal(10**9)  # no single amount may pass one billion USD
 MAX_RATE = 10**12  # the largest RPM or TPM a key may be given
+MAX_ID = 2**63 - 1  # SQLite's largest integer: no id or block number is larger (a larger one would overflow)
+MAX_ROWS = 1000  # the most rows one listing returns
+# the dates an operator may give (key expiries, usage months): far enough, and every later read of them works
+EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
+LATEST = datetime(3000, 1, 1, tzinfo=timezone.utc)
+_USD_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,3})?")
+_MONTH_TEXT = re.compile(r"([0-9]{4})-([0-9]{2})")
+
+
+def whole_number(value: Any, low: int, high: int) -> int | None:
+    """An int (never a bool or float) or a string of ASCII digits, from `low` to `high`; None for anything else
+    (Python's int() also takes other scripts' digits, underscores and thousands of digits)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if not (0 < len(text) <= 20 and text.isascii() and text.isdigit()):
+            return None
+        value = int(text)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        return None
+    return value
 
 
 def parse_usd(text: str, what: str) -> int:
     try:
-        usd = Decimal(text)
+        if not isinstance(text, str) or not _USD_TEXT.fullmatch(text.strip()):
+            raise InvalidOperation
+        usd = Decimal(text.strip())
         if not usd.is_finite() or abs(usd) > MAX_USD:
             raise InvalidOperation
         return usd_to_units(usd)
     except (InvalidOperation, PriceError, ValueError):
-        raise OperationError(f"{what}: {text!r} is not a USD amount with at most 9 decimals "
+        raise OperationError(f"{what}: {_shown(text)} is not a USD amount with at most 9 decimals "
                              f"(and at most {MAX_USD} in size)") from None
 
 
@@ -98,6 +121,8 @@ class Operations:
         return bool(await self._scrypt(security.check_password, password, stored))
 
     async def _account(self, ref: str) -> dict[str, Any]:
+        if ref.isdigit() and whole_number(ref, 1, MAX_ID) is None:  # "²", or past any id: no account has it
+            raise NotFoundError(f"no account {_shown(ref)}")
         try:
             return await self.db.run(store.tx_find_account, ref)
         except LookupError as exc:
@@ -134,6 +159,7 @@ class Operations:
 
     async def rotate_key(self, key_id: int, owner: int | None = None) -> dict[str, Any]:
         """A new secret; the old one fails on the next request. With `owner`, only a key of that account."""
+        _key_id(key_id)
         key = new_key()
         try:
             row = await self.db.run(store.tx_rotate_key, key_id, key.display, key.hash, time.time(), owner)
@@ -143,6 +169,7 @@ class Operations:
 
     async def set_key(self, key_id: int, owner: int | None = None, **limits: Any) -> dict[str, Any]:
         """Change a key's status or limits. With `owner`, only a key of that account."""
+        _key_id(key_id)
         try:
             return public_key(await self.db.run(store.tx_set_key, key_id, self._limits(limits), owner))
         except LookupError as exc:
@@ -176,15 +203,14 @@ class Operations:
                 out[name] = json.dumps(wanted)
             elif name in ("rpm", "tpm"):
                 what = "requests per minute (rpm)" if name == "rpm" else "tokens per minute (tpm)"
-                try:
-                    count = int(value) if not isinstance(value, bool) else -1
-                except (TypeError, ValueError):
-                    count = -1
-                if not 0 <= count <= MAX_RATE or isinstance(value, float):
+                count = whole_number(value, 0, MAX_RATE)
+                if count is None:
                     raise OperationError(f"{what}: a whole number from 0 to {MAX_RATE:,} (0 = no limit)")
                 out[name] = count
             elif name == "expires_at":
-                out[name] = _timestamp(str(value), "expiry")
+                if not isinstance(value, str):
+                    raise OperationError("expiry: give a date (YYYY-MM-DD) or an ISO date-time as a string")
+                out[name] = _timestamp(value, "expiry")
             elif name == "status":
                 out[name] = value
             elif name == "name":
@@ -222,10 +248,13 @@ class Operations:
 
     async def history(self, account: str, limit: int = 50) -> list[dict[str, Any]]:
         acct = await self._account(account)
-        return [_money(e, "balance_delta", "held_delta") for e in await self.db.run(store.tx_history, acct["id"], limit)]
+        rows = await self.db.run(store.tx_history, acct["id"], max(1, min(limit, MAX_ROWS)))
+        return [_money(e, "balance_delta", "held_delta") for e in rows]
 
     async def usage(self, account: str | None, key_id: int | None, month: str | None) -> list[dict[str, Any]]:
         since, until = _month_range(month)
+        if key_id is not None:
+            _key_id(key_id)
         account_id = (await self._account(account))["id"] if account else None
         if key_id is not None and account_id is None:  # a key's usage is read through its account's index
             try:
@@ -266,7 +295,8 @@ class Operations:
     def _chain(self, name: str) -> Any:
         chain = self.chains.get(name)
         if chain is None:
-            raise OperationError(f"no chain {name!r} is configured (configured: {', '.join(sorted(self.chains)) or 'none'})")
+            raise OperationError(f"no chain {_shown(name)} is configured (configured: "
+                                 f"{', '.join(sorted(self.chains)) or 'none'})")
         return chain
 
     async def recharge_address(self, account: str, chain_name: str) -> dict[str, Any]:
@@ -320,7 +350,9 @@ class Operations:
         """An operator's credit of a deposit the watcher does not credit (below the minimum), with the reason."""
         if not note.strip():
             raise OperationError("a manual credit needs a reason")
-        credited = await self.ledger.credit_deposit(deposit_id, note.strip())
+        credited = None
+        if whole_number(deposit_id, 1, MAX_ID) is not None:  # past any id: it does not exist
+            credited = await self.ledger.credit_deposit(deposit_id, note.strip())
         if credited is None:
             raise OperationError(f"deposit {deposit_id} cannot be credited: it does not exist, or it is already "
                                  "credited, dropped, or still waiting for its confirmations")
@@ -329,8 +361,8 @@ class Operations:
     async def rescan(self, chain_name: str, from_block: int) -> dict[str, Any]:
         """Move a chain's scan cursor back, so the watcher reads those blocks again (nothing is credited twice)."""
         chain = self._chain(chain_name)
-        if from_block < 0:
-            raise OperationError("a block number is never negative")
+        if whole_number(from_block, 0, MAX_ID) is None:
+            raise OperationError(f"a block number is a whole number from 0 to {MAX_ID}")
         cursor = await self.db.run(store.tx_rewind_cursor, chain.name, from_block, time.time())
         return {"chain": chain.name, "next_block": cursor}
 
@@ -339,23 +371,31 @@ class Operations:
     async def create_user(self, email: str, password: str, account: str | None = None,
                           role: str = "user") -> dict[str, Any]:
         """A console log-in for an account (by id or name), or with account None a new empty account named after
-        the address (what sign-up does)."""
-        from core.console import security
-
-        address = security.normal_email(email)
-        if address is None:
-            raise OperationError(f"{email.strip()!r} is not an e-mail address")
-        problem = security.password_problem(password)
-        if problem:
-            raise OperationError(problem)
+        the address. The operator's command: says so when the address is taken (sign-up never does: sign_up)."""
+        address = _new_login(email, password)
         if role not in ("user", "operator"):
             raise OperationError("a role is user or operator")
         account_id = (await self._account(account))["id"] if account else None
+        made = await self._insert_user(address, password, account_id, role)
+        if made is None:
+            raise OperationError(f"{address} is already registered (or an account has that name)")
+        return made
+
+    async def sign_up(self, email: str, password: str) -> dict[str, Any] | None:
+        """Sign-up: a log-in with a new empty account named after the address; None, with nothing made or changed,
+        when the address is registered already (or an account has that name). The caller answers both alike, and
+        both cost the same: the password is hashed before the insert is tried, and nothing is looked up first."""
+        return await self._insert_user(_new_login(email, password), password, None, "user")
+
+    async def _insert_user(self, address: str, password: str, account_id: int | None,
+                           role: str) -> dict[str, Any] | None:
+        from core.console import security
+
         hashed = await self._scrypt(security.hash_password, password)
         try:
             return await self.db.run(store.tx_create_user, address, hashed, account_id, role, time.time())
         except sqlite3.IntegrityError:
-            raise OperationError(f"{address} is already registered (or an account has that name)") from None
+            return None
 
     async def list_users(self, account: str | None = None) -> list[dict[str, Any]]:
         account_id = (await self._account(account))["id"] if account else None
@@ -405,22 +445,59 @@ class Operations:
         return key.plaintext if await self.ledger.open_demo_account(key, balance) else None
 
 
+def _new_login(email: str, password: str) -> str:
+    """The address of a new log-in as stored, its password checked; OperationError says what is wrong (the same
+    for every address, registered or not)."""
+    from core.console import security
+
+    address = security.normal_email(email)
+    if address is None:
+        raise OperationError(f"{email.strip()[:security.EMAIL_MAX]!r} is not an e-mail address")
+    problem = security.password_problem(password)
+    if problem:
+        raise OperationError(problem)
+    return address
+
+
+def _shown(value: Any) -> str:
+    """Operator input quoted in a refusal, cut short."""
+    text = value if isinstance(value, str) else str(value)
+    return repr(text if len(text) <= 80 else text[:80] + "...")
+
+
+def _key_id(key_id: int) -> None:
+    if whole_number(key_id, 1, MAX_ID) is None:  # past any id: no key has it (and SQLite could not compare it)
+        raise NotFoundError(f"no key {key_id}")
+
+
 def _timestamp(text: str, what: str = "date") -> int:
+    """An ISO date or date-time (UTC unless it says otherwise) from 1970 to 2999, as seconds since 1970: a moment
+    every later read of it (pages, dates in refusals) can show."""
     try:
+        if not text.isascii():
+            raise ValueError
         dt = datetime.fromisoformat(text)
     except ValueError:
-        raise OperationError(f"{what}: {text!r} is not a date (YYYY-MM-DD) or an ISO date-time") from None
+        raise OperationError(f"{what}: {_shown(text)} is not a date (YYYY-MM-DD) or an ISO date-time") from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
+    try:
+        inside = EARLIEST <= dt < LATEST  # an offset can carry year 1 or 9999 past the calendar's ends
+    except OverflowError:
+        inside = False
+    if not inside:
+        raise OperationError(f"{what}: {_shown(text)} is out of range: give a moment from 1970-01-01 to 2999-12-31")
     return int(dt.timestamp())
 
 
 def _month_range(month: str | None) -> tuple[float, float]:
     now = datetime.now(timezone.utc)
-    try:
-        start = datetime.strptime(month, "%Y-%m").replace(tzinfo=timezone.utc) if month else \
-            now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    except ValueError:
-        raise OperationError(f"{month!r} is not a month like 2026-11") from None
+    if month:
+        found = _MONTH_TEXT.fullmatch(month)
+        if not found or not 1 <= int(found[2]) <= 12 or not EARLIEST.year <= int(found[1]) < LATEST.year:
+            raise OperationError(f"{_shown(month)} is not a month like 2026-11 (from 1970-01 to 2999-12)")
+        start = datetime(int(found[1]), int(found[2]), 1, tzinfo=timezone.utc)
+    else:
+        start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     end = start.replace(year=start.year + (start.month == 12), month=start.month % 12 + 1)
     return start.timestamp(), end.timestamp()
