@@ -94,8 +94,10 @@ class TaskBook:
     async def get(self, task_id: str, account_id: int | None) -> dict[str, Any] | None:
         return await self.db.run(task_store.tx_task, task_id, account_id)
 
-    async def list(self, account_id: int, after: str | None, limit: int, order: str) -> list[dict[str, Any]] | None:
-        return await self.db.run(task_store.tx_list_tasks, account_id, after, limit, order)
+    async def list(self, account_id: int, after: str | None, limit: int, order: str,
+                   models: list[str] | None = None) -> list[dict[str, Any]] | None:
+        """A page of the account's tasks (only those of `models`, when given: a model-restricted key's)."""
+        return await self.db.run(task_store.tx_list_tasks, account_id, after, limit, order, models)
 
     async def observe(self, row: dict[str, Any], status: str, obj: dict[str, Any]) -> dict[str, Any]:
         """An open task seen still open; returns its row as it now is."""

@@ -1,5 +1,5 @@
 """The user's side of USDT recharge, under /v1/recharge (the console's Recharge and Recharge Records pages): create
-an order (address, amount, payment URI, time left), follow it (pending, confirming k of N, credited, expired), list deposits."""
+an order (address, amount, payment URI, time left), follow it, list deposits; with a key not restricted to models."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from starlette.routing import Route
 from adapters import openai
 from billing import store
 from billing.recharge.orders import OrderError, RechargeDesk
-from core.auth import admission_error, presented_key
-from core.errors import BadRequest, GatewayError, NotFound
+from core.auth import NO_RETRY, admission_error, presented_key
+from core.errors import BadRequest, GatewayError, NotFound, PermissionDenied
 
 
 class RechargeAPI:
@@ -49,10 +49,16 @@ class RechargeAPI:
         return endpoint
 
     async def _account(self, request: Request) -> int:
+        """The key's account. A key restricted to some models is refused (403) on every verb: orders and deposits
+        are bound to no model, and they move money for the whole account."""
         key = presented_key(request.scope)
-        admission = await self.db.run(store.tx_check_key, key.hash, None, time.time())
+        admission, models = await self.db.run(store.tx_key_scope, key.hash, time.time())
         if admission.error:
             raise admission_error(admission, "-")
+        if models is not None:
+            raise PermissionDenied("this API key is restricted to some models, and recharge orders and deposits "
+                                   "belong to the whole account: use an API key with no model restriction, or the "
+                                   "console's Recharge pages", code="api_key_restricted", headers=NO_RETRY)
         return admission.account_id
 
     async def create_order(self, request: Request, account_id: int) -> tuple[int, dict[str, Any]]:

@@ -6,7 +6,10 @@ one the upstream has completed is settled as completed and charged (a cancel of 
 `video_already_completed`; a DELETE deletes it, charged, as any ended task); only a task the upstream still
 reports open is cancelled and its hold released. An upstream that cannot be asked refuses the cancel (502) and
 nothing is released: the work may be done and billed to the operator. A submission interrupted while its task
-was being recorded looks the task up by id before releasing: a recorded task keeps its hold for its lifecycle."""
+was being recorded looks the task up by id before releasing: a recorded task keeps its hold for its lifecycle.
+
+A key sees its account's tasks, and a key restricted to some models only the tasks of those models (whichever key
+made them): another task is a 404, exactly as one that does not exist, and the list leaves it out."""
 
 from __future__ import annotations
 
@@ -127,13 +130,13 @@ class TaskRelay:
                 if action == "create":
                     await self._create(c, scope, receive, send, key)
                     return
-                account = await self._account(key)
+                account, models = await self._scope(key)
                 if action == "list":
-                    await self._list(c, scope, send, account)
+                    await self._list(c, scope, send, account, models)
                     return
                 c.task_id = vid
                 row = await self.book.get(vid, account)
-                if row is None:
+                if row is None or (models is not None and row["model"] not in models):  # the same 404 for both
                     raise NotFound(f"no video found with id {vid!r}", param="video_id")
                 c.model = row["model"]
                 found = self.settings.models.get(row["model"])
@@ -152,15 +155,19 @@ class TaskRelay:
         finally:
             self._finish(c)
 
-    async def _account(self, key: Presented) -> int:
-        admission = await self.db.run(store.tx_check_key, key.hash, None, time.time())
+    async def _scope(self, key: Presented) -> tuple[int, list[str] | None]:
+        """The key's account, and the models whose tasks it may see and act on (None: all)."""
+        admission, models = await self.db.run(store.tx_key_scope, key.hash, time.time())
         if admission.error:
             raise admission_error(admission, "-")
-        return admission.account_id
+        return admission.account_id, models
 
     # -- the actions --------------------------------------------------------------------------------
 
     async def _create(self, c: Call, scope: dict[str, Any], receive: Any, send: Any, key: Presented) -> None:
+        known = await self.ledger.authenticate(key)  # before the body (an upload, perhaps) is read or parsed
+        if known.error:
+            raise admission_error(known, "")
         body = await read_body(scope, receive, self.settings.server.max_body_bytes)
         content_type = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"content-type"), "")
         try:
@@ -224,12 +231,12 @@ class TaskRelay:
                              "no /videos API", param="model")
         return model
 
-    async def _list(self, c: Call, scope: dict[str, Any], send: Any, account: int) -> None:
+    async def _list(self, c: Call, scope: dict[str, Any], send: Any, account: int, models: list[str] | None) -> None:
         try:
             after, limit, order = videos.list_query(scope.get("query_string", b""))
         except InvalidRequest as exc:
             raise BadRequest(str(exc), param=exc.param) from None
-        rows = await self.book.list(account, after, limit, order)
+        rows = await self.book.list(account, after, limit, order, models)
         if rows is None:
             raise BadRequest(f"'after' is {after!r}, which is not one of your videos", param="after")
         page = [videos.rendered(orjson.loads(r["object"]), r["status"]) for r in rows[:limit]]

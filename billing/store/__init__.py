@@ -5,7 +5,7 @@ from billing.store.engine import (  # noqa: F401
     SCHEMA_VERSION, PAGE_SIZE, WAL_CHECKPOINT_PAGES, SCHEMA, StoreClosed, Store, connect, migrate,
 )
 from billing.store.money import (  # noqa: F401
-    MAX_BALANCE, Admission, HoldRequest, tx_admit, tx_admit_all, tx_check_key, Settlement, Settled, tx_settle,
+    MAX_BALANCE, Admission, HoldRequest, tx_admit, tx_admit_all, tx_check_key, tx_key_scope, Settlement, Settled, tx_settle,
     tx_settle_all, tx_stale_holds, tx_credit,
     tx_bootstrap_demo, tx_create_account, tx_credit_deposit,
 )

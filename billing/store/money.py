@@ -177,6 +177,17 @@ def tx_check_key(conn: sqlite3.Connection, key_hash: bytes, model: str | None, n
     return refusal if refusal is not None else Admission("", None, key["id"], key["account_id"])
 
 
+def tx_key_scope(conn: sqlite3.Connection, key_hash: bytes, now: float) -> tuple[Admission, list[str] | None]:
+    """Who a key belongs to (tx_check_key's checks, for no model in particular) and the models it is restricted to
+    (None: all of them). A restricted key sees only its account's tasks of those models, and no recharge."""
+    key = conn.execute("SELECT * FROM api_keys WHERE hash = ?", (key_hash,)).fetchone()
+    refusal = key_refusal(key, None, now)
+    if refusal is not None:
+        return refusal, None
+    return (Admission("", None, key["id"], key["account_id"]),
+            json.loads(key["models"]) if key["models"] is not None else None)
+
+
 @dataclass(slots=True)
 class Settlement:
     request_id: str

@@ -1,9 +1,10 @@
-"""The async tasks' transactions: recording a task beside its hold, compare-and-set state changes, and the
-poller's reads (tasks due a look, ended tasks whose hold is still open, task holds without a task)."""
+"""The async tasks' transactions: recording a task beside its hold, compare-and-set state changes, what a key may
+see of them, and the poller's reads (tasks due a look, ended tasks whose hold is still open, task holds without a task)."""
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,14 +53,18 @@ def tx_task(conn: sqlite3.Connection, task_id: str, account_id: int | None) -> d
 
 
 def tx_list_tasks(conn: sqlite3.Connection, account_id: int, after: str | None, limit: int,
-                  order: str) -> list[dict[str, Any]] | None:
-    """An account's tasks by creation time, `limit` + 1 of them (the extra one says there are more), from
-    just past `after` (one of its own task ids). None: `after` is not one of them."""
+                  order: str, models: Sequence[str] | None = None) -> list[dict[str, Any]] | None:
+    """An account's tasks by creation time (only those of `models`, when given), `limit` + 1 of them (the extra one
+    says there are more), from just past `after` (one of those task ids). None: `after` is not one of them."""
     desc = order == "desc"
-    clauses, args = ["account_id = ?"], [account_id]
+    clauses: list[str] = ["account_id = ?"]
+    args: list[Any] = [account_id]
+    if models is not None:
+        clauses.append(f"model IN ({', '.join('?' * len(models))})")
+        args.extend(models)
     if after is not None:
-        mark = conn.execute("SELECT created_at, id FROM tasks WHERE id = ? AND account_id = ?",
-                            (after, account_id)).fetchone()
+        mark = conn.execute(f"SELECT created_at, id FROM tasks WHERE id = ? AND {' AND '.join(clauses)}",
+                            (after, *args)).fetchone()
         if mark is None:
             return None
         clauses.append("(created_at, id) < (?, ?)" if desc else "(created_at, id) > (?, ?)")

@@ -185,8 +185,8 @@ def test_a_bad_key_is_refused_before_the_body_is_read_or_parsed(edge_gw: Gateway
     assert closed and answer.startswith(b"HTTP/1.1 401"), answer[:200]
 
 
-@pytest.mark.parametrize("path", ["/v1/images/edits", "/v1/images/generations"])
-def test_a_bad_key_on_images_is_refused_before_the_upload_is_parsed(edge_gw: GatewayProcess, path: str) -> None:
+@pytest.mark.parametrize("path", ["/v1/images/edits", "/v1/images/generations", "/v1/videos"])
+def test_a_bad_key_on_uploads_is_refused_before_the_upload_is_parsed(edge_gw: GatewayProcess, path: str) -> None:
     status, _, answer = request(edge_gw.url + path, "POST", b"--x\r\nnot a form",
                                 {"Authorization": f"Bearer {UNKNOWN_KEY}",
                                  "Content-Type": "multipart/form-data; boundary=x"})
