@@ -181,8 +181,8 @@ class Console:
     signup: bool = True  # false: only an operator creates log-ins (gateway.py users create)
     base_url: str = ""  # the public URL shown in Client Integration; "" = taken from each request
     session_ttl: float = 7 * 86400.0  # seconds a log-in lasts
-    login_attempts: int = 5  # failed log-ins allowed per e-mail address per login_window...
-    login_window: float = 900.0  # ...seconds (and 4x as many per client address)
+    login_attempts: int = 5  # failed log-ins per (e-mail address, client address) per login_window...
+    login_window: float = 900.0  # ...seconds, and 4x as many per client address across e-mail addresses
     signups_per_hour: int = 10  # sign-ups allowed per client address per hour
 
 

@@ -116,11 +116,15 @@ def test_sign_up_log_out_log_in_and_wrong_passwords(gateway: GatewayProcess) -> 
     users = cli(gateway.config, "users", "list", env=gateway.env)
     assert any(u["email"] == address and u["account_name"] == address and u["role"] == "user" for u in users)
     assert "password" not in users[0]
-    # a second sign-up with the same address is refused and makes nothing
+    # a second sign-up with the same address makes nothing, changes nothing, and starts no session
     other = ConsoleClient(gateway.url)
+    r = other.sign_up_only(address, "another password")
+    assert r.status_code == 303 and r.headers["location"] == "/console/login" and "tt_session" not in r.headers.get(
+        "set-cookie", "")
+    assert other.get("/console/dashboard").status_code == 303
+    assert other.log_in(address, "another password").status_code == 401  # the owner's password stands
+    assert [u["email"] for u in cli(gateway.config, "users", "list", env=gateway.env)].count(address) == 1
     other.get("/console/signup")
-    r = other.post("/console/signup", {"email": address, "password": PASSWORD, "password2": PASSWORD})
-    assert r.status_code == 400 and "already registered" in alert(r.text)
     r = other.post("/console/signup", {"email": email(), "password": PASSWORD, "password2": PASSWORD + "x"})
     assert r.status_code == 400 and "differ" in alert(r.text)
     r = other.post("/console/signup", {"email": email(), "password": "short", "password2": "short"})
@@ -217,7 +221,8 @@ def closed_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway
 
 @pytest.fixture(scope="module")
 def strict_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    """Two failed log-ins allowed per address per window (eight per client), two sign-ups per client an hour."""
+    """Two failed log-ins allowed per e-mail address and client per window (eight per client across addresses), two
+    sign-ups per client an hour."""
     def config(log: Path) -> str:  # behind a "proxy" on loopback: X-Forwarded-Proto is believed
         return (base_config(log, trusted_proxies=["127.0.0.1"]) + demo_provider() + DEMO_ECHO
                 + "\n[console]\nlogin_attempts = 2\nlogin_window = 600\nsignups_per_hour = 2\n")
@@ -232,7 +237,8 @@ def test_sign_up_can_be_turned_off(closed_gateway: GatewayProcess) -> None:
     assert cli(closed_gateway.config, "users", "list", env=closed_gateway.env) == []
 
 
-def test_failed_log_ins_are_rate_limited_per_address_even_when_sent_at_once(strict_gateway: GatewayProcess) -> None:
+def test_failed_log_ins_are_limited_per_address_and_client_even_when_sent_at_once(
+        strict_gateway: GatewayProcess) -> None:
     env = {**strict_gateway.env, "TOKENTOLL_PASSWORD": PASSWORD}
     cli(strict_gateway.config, "users", "create", "limited@example.com", "--account", "strict", env=env)
     visitors = [ConsoleClient(strict_gateway.url) for _ in range(6)]
@@ -244,10 +250,14 @@ def test_failed_log_ins_are_rate_limited_per_address_even_when_sent_at_once(stri
                                    visitors))
     assert statuses == [401, 401, 429, 429, 429, 429]
     c = ConsoleClient(strict_gateway.url)
-    r = c.log_in("limited@example.com")  # the right password, but too late
+    r = c.log_in("limited@example.com")  # the right password, but too late from this client
     assert r.status_code == 429 and "Too many failed log-ins. Try again in" in alert(r.text)
     assert c.get("/console/dashboard").status_code == 303
-    # the limit counts per address: another user logs in from the same place
+    # the limit counts per address and client: the owner logs in from their own client (through the proxy)...
+    owner = ConsoleClient(strict_gateway.url)
+    owner.http.headers["X-Forwarded-For"] = "198.51.100.23"
+    assert owner.log_in("limited@example.com").status_code == 303
+    # ...and another user from the same place as the failures
     cli(strict_gateway.config, "users", "create", "fine@example.com", "--account", "strict", env=env)
     assert ConsoleClient(strict_gateway.url).log_in("fine@example.com").status_code == 303
 
@@ -264,10 +274,15 @@ def test_sign_ups_are_limited_per_client_address_and_cookies_are_secure_over_htt
     browser_cookie = form.raw.headers.getlist("set-cookie")[0]
     assert "secure" in browser_cookie.lower()  # so the jar (on http://) would not send it back: send it by hand
     host = strict_gateway.url.removeprefix("http://")
-    r = https.post("/console/signup", {"email": email(), "password": PASSWORD, "password2": PASSWORD},
-                   headers={"Origin": f"https://{host}", "Cookie": browser_cookie.split(";")[0]})
+    address = email()
+    headers = {"Origin": f"https://{host}", "Cookie": browser_cookie.split(";")[0]}
+    r = https.post("/console/signup", {"email": address, "password": PASSWORD, "password2": PASSWORD},
+                   headers=headers)
+    assert r.status_code == 303
+    r = https.post("/console/login", {"email": address, "password": PASSWORD}, headers=headers)
     assert r.status_code == 303
     cookies = [c.lower() for c in r.raw.headers.getlist("set-cookie")]
+    assert any(c.startswith("tt_session=") for c in cookies)
     assert cookies and all("secure" in c and "httponly" in c for c in cookies)
     late = ConsoleClient(strict_gateway.url)
     late.get("/console/signup")

@@ -58,6 +58,13 @@ def sign_up(page: Page, gw: GatewayProcess) -> str:
     page.get_by_label("Password again").fill(PASSWORD)
     screenshot(page, "sign-up")
     page.get_by_role("button", name="Create my account").click()
+    # a sign-up answers alike whether or not the address was registered: to the log-in page, with a note
+    expect(page).to_have_url(gw.url + "/console/login")
+    expect(page.locator(".flash")).to_contain_text("If that address was new here, its account is ready")
+    screenshot(page, "signed-up")
+    page.get_by_label("E-mail").fill(address)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
     expect(page).to_have_url(gw.url + "/console/dashboard")
     return address
 

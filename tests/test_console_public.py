@@ -337,6 +337,7 @@ def test_the_error_codes_listed_are_what_the_gateway_answers(gw: GatewayProcess,
                                                 headers={"authorization": f"Bearer {key}"}, timeout=20),
         (401, "missing_api_key"): chat(base + "/v1/chat/completions", None),
         (401, "api_key_whitespace"): chat(base + "/v1/chat/completions", " " + key),  # "Bearer  sk-tt-..."
+        (401, "api_key_in_url"): chat(base + "/v1/chat/completions", None, key=key),
         (401, "not_a_tokentoll_key"): chat(base + "/v1/chat/completions", "sk-proj-abcdef"),
         (401, "invalid_api_key"): chat(base + "/v1/chat/completions", "sk-tt-" + "Z" * 40),
         (402, "billing_shortfall"): chat(base + "/v1/chat/completions", poor_key),

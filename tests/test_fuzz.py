@@ -557,13 +557,14 @@ def test_admin_routes_refuse_a_wrong_token(gw: GatewayProcess, books: sqlite3.Co
 
 
 # -- the console: form bodies, paths and queries, with a real session and CSRF token ---------------
+# (each form from a valid filling, as the operator too, and the console's cookies: tests/security/test_console_inputs.py)
 
 CONSOLE_FIELDS = ["csrf_token", "email", "password", "password2", "current", "next", "name", "monthly_limit",
                   "models", "rpm", "tpm", "expires_at", "chain", "amount", "note", "request_id"]
 CONSOLE_POSTS = ["/console/login", "/console/signup", "/console/password", "/console/keys", "/console/keys/{k}",
                  "/console/keys/{k}/rotate", "/console/keys/{k}/disable", "/console/keys/{k}/enable",
-                 "/console/recharge/orders", "/console/admin/accounts/1/adjust", "/console/admin/deposits/1/credit",
-                 "/console/logout"]
+                 "/console/recharge/orders", "/console/admin/accounts/1/adjust", "/console/admin/accounts/1/credit",
+                 "/console/admin/deposits/1/credit", "/console/logout"]
 CONSOLE_GETS = ["/console/usage?{q}", "/console/usage.csv?{q}", "/console/usage/{x}", "/console/recharge/orders/{x}",
                 "/console/recharge/orders/{x}/status", "/console/keys?{q}", "/console/login?next={x}",
                 "/console/admin/accounts/{x}", "/console/{x}", "/console/static/{x}", "/console/dashboard?{q}"]

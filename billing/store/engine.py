@@ -235,7 +235,7 @@ CREATE TABLE console_sessions (
 );
 CREATE INDEX console_sessions_user ON console_sessions (user_id);
 CREATE TABLE login_failures (         -- console log-in and sign-up attempts, for their rate limits
-    subject TEXT NOT NULL,                -- 'email:<address>', 'ip:<client address>' or 'signup:<client address>'
+    subject TEXT NOT NULL,                -- login:<e-mail sha256>|<client>, login-client:<client>, signup:<client>
     at REAL NOT NULL
 );
 CREATE INDEX login_failures_subject ON login_failures (subject, at);

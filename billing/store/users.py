@@ -1,5 +1,5 @@
 """Console log-ins: users (an e-mail and a password hash, each tied to one account), their sessions, and the
-failed log-ins their rate limit counts. Each function runs on the database thread as one whole transaction."""
+attempts (log-ins, sign-ups) their rate limits count. Each function runs on the database thread as one transaction."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 from billing.store.money import tx_create_account
 
+MAX_USER_ID = 2**63 - 1  # SQLite's largest integer: a longer "id" is no user's
 USER_COLUMNS = ("users.id, users.email, users.account_id, users.role, users.created_at, users.password_changed_at, "
                 "accounts.name AS account_name")
 
@@ -45,9 +46,11 @@ def tx_login_user(conn: sqlite3.Connection, email: str) -> dict[str, Any] | None
 
 
 def tx_find_user(conn: sqlite3.Connection, ref: str) -> dict[str, Any]:
-    """A user by id (all digits) or by e-mail address."""
-    found = (_user(conn, "users.id = ?", (int(ref),)) if ref.isdigit()
-             else _user(conn, "users.email = ?", (ref.strip().lower(),)))
+    """A user by id (ASCII digits, within SQLite's integers) or by e-mail address."""
+    if ref.isascii() and ref.isdigit():
+        found = _user(conn, "users.id = ?", (int(ref),)) if len(ref) <= 19 and int(ref) <= MAX_USER_ID else None
+    else:
+        found = _user(conn, "users.email = ?", (ref.strip().lower(),))
     if found is None:
         raise LookupError(f"no user {ref!r}")
     return found
@@ -92,13 +95,14 @@ def tx_drop_session(conn: sqlite3.Connection, token_hash: bytes) -> None:
     conn.execute("DELETE FROM console_sessions WHERE token_hash = ?", (token_hash,))
 
 
-def tx_take_attempt(conn: sqlite3.Connection, limits: list[tuple[str, int]], since: float,
-                    now: float) -> tuple[list[int], float]:
-    """One more attempt (a log-in, a sign-up) for each subject ('email:...', 'ip:...'), counted before the slow
-    password work so that parallel attempts cannot all pass the check; an attempt that succeeds takes its rows
-    back. Returns the new rows' ids, or when a subject has used its `limit` since `since`, ([], seconds until its
-    oldest attempt leaves the window)."""
-    conn.execute("DELETE FROM login_failures WHERE at <= ?", (since,))
+def tx_take_attempt(conn: sqlite3.Connection, limits: list[tuple[str, int]], since: float, now: float,
+                    keep: float = 0.0) -> tuple[list[int], float]:
+    """One more attempt (a log-in, a sign-up) for each subject (core/console/web.py login_subjects, 'signup:...'),
+    counted before the slow password work so that parallel attempts cannot all pass the check; an attempt that
+    succeeds takes its rows back. Returns the new rows' ids, or when a subject has used its `limit` since `since`,
+    ([], seconds until its oldest attempt leaves the window). Rows older than `keep` seconds (the longest window
+    of any subject) or than this window go: a log-in's 15 minutes once cleared the sign-ups' hour."""
+    conn.execute("DELETE FROM login_failures WHERE at <= ?", (min(since, now - keep),))
     for subject, limit in limits:
         n, oldest = conn.execute("SELECT COUNT(*), MIN(at) FROM login_failures WHERE subject = ? AND at > ?",
                                  (subject, since)).fetchone()
@@ -109,7 +113,9 @@ def tx_take_attempt(conn: sqlite3.Connection, limits: list[tuple[str, int]], sin
 
 
 def tx_give_back_attempt(conn: sqlite3.Connection, rows: list[int], clear_subject: str | None = None) -> None:
-    """A successful attempt is not a failure: its rows go, and (a log-in) the address's earlier failures too."""
+    """A successful attempt is not a failure: its rows go, and (a log-in) the earlier failures of `clear_subject`
+    too (that e-mail from that client: never the client's count across accounts, which a log-in to one's own
+    account must not reset)."""
     conn.executemany("DELETE FROM login_failures WHERE rowid = ?", [(r,) for r in rows])
     if clear_subject is not None:
         conn.execute("DELETE FROM login_failures WHERE subject = ?", (clear_subject,))

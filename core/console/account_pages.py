@@ -1,8 +1,9 @@
-"""The account holder's pages: the dashboard (wallet, this month's spend per key, 30 days of spend, the last
-requests) and API keys (create and rotate with the secret shown once, disable, enable, limits). Each change calls Operations."""
+"""The account holder's pages: the dashboard (wallet, this month's spend per key, 30 days of spend, the last requests)
+and API keys (create, rotate with the secret shown once, disable, enable, limits read strictly), via Operations."""
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -14,19 +15,26 @@ from starlette.routing import Route
 
 from core.console.charts import daily_spend_svg
 from core.console.web import ConsoleWeb, FormError, NotFound, Visitor, sentence
-from core.operations import NotFoundError, OperationError
+from core.operations import MAX_RATE, MAX_USD, NotFoundError, OperationError, whole_number
 
 CHART_DAYS = 30
 LAST_REQUESTS = 10
 KEY_SETTINGS = ("name", "monthly_limit", "models", "rpm", "tpm", "expires_at")
+LAST_EXPIRY = datetime(3000, 1, 1, tzinfo=timezone.utc)  # an expiry is before this, in UTC (as Operations' LATEST)
+MAX_SHOWN = 60  # characters of a refused value quoted back
+USD = re.compile(r"[0-9]{1,10}(?:\.[0-9]{1,9})?")
+DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+DATE_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,6})?)?"
+                       r"(?:Z|[+-][0-9]{2}:[0-9]{2})?")
 
 
 def wants_json(request: Request) -> bool:
     return "application/json" in request.headers.get("accept", "")
 
 
-def key_settings(form: dict[str, str], creating: bool) -> dict[str, Any]:
-    """A key form's fields as Operations takes them: an empty field clears a limit (or, creating, sets none)."""
+def key_settings(form: dict[str, str], creating: bool, now: float | None = None) -> dict[str, Any]:
+    """A key form's fields as Operations takes them: an empty field clears a limit (or, creating, sets none). Each
+    is read strictly (ASCII digits, bounded sizes); FormError says which one cannot be taken and why."""
     out: dict[str, Any] = {}
     for name in KEY_SETTINGS:
         if name not in form:
@@ -41,22 +49,48 @@ def key_settings(form: dict[str, str], creating: bool) -> dict[str, Any]:
             out[name] = "none"
     if "models" in out and out["models"] != "none":
         out["models"] = [m.strip() for m in out["models"].replace("\n", ",").split(",") if m.strip()] or "none"
+    if out.get("monthly_limit") not in (None, "none") and not USD.fullmatch(out["monthly_limit"]):
+        raise FormError(f"Monthly limit: {out['monthly_limit'][:MAX_SHOWN]!r} is not a USD amount such as 25 or "
+                        f"25.50 (digits 0-9, at most 9 decimals, at most {MAX_USD} in size).")
+    for name, what in (("rpm", "requests per minute (rpm)"), ("tpm", "tokens per minute (tpm)")):
+        if out.get(name) not in (None, "none") and whole_number(out[name], 0, MAX_RATE) is None:
+            raise FormError(sentence(f"{what}: a whole number from 0 to {MAX_RATE:,} (0 = no limit), in digits 0-9."))
     if out.get("expires_at") not in (None, "none"):
-        out["expires_at"] = _end_of_day(out["expires_at"])
-        try:
-            moment = datetime.fromisoformat(out["expires_at"])
-        except ValueError:
-            return out  # Operations says what is wrong with it
-        if (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp() <= time.time():
-            raise FormError("Expires on: that day has passed (disable the key to stop it now).")
+        out["expires_at"] = expiry(out["expires_at"], time.time() if now is None else now)
     return out
 
 
-def _end_of_day(text: str) -> str:
-    """A bare date (what an <input type=date> sends) means the end of that day, UTC."""
-    if len(text) == 10 and text[4] == "-" and text[7] == "-":
-        return text + "T23:59:59+00:00"
-    return text
+def expiry(text: str, now: float) -> str:
+    """A key's expiry as the form sends it: a day (its end, UTC) or an ISO date-time (UTC unless it says), after
+    `now` and before LAST_EXPIRY (in UTC), as an ISO date-time in UTC. A later one would be stored, then break every
+    page that shows it: past the year 9999 in UTC, no calendar type can hold it."""
+    if DAY.fullmatch(text):
+        text += "T23:59:59+00:00"  # what an <input type=date> sends: the end of that day
+    elif not DATE_TIME.fullmatch(text):
+        raise FormError(f"Expires on: {text[:MAX_SHOWN]!r} is not a day; write it as YYYY-MM-DD (or an ISO "
+                        f"date-time such as 2030-01-31T12:00:00+00:00).")
+    try:
+        moment = datetime.fromisoformat(text)
+        moment = (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+    except (ValueError, OverflowError):  # no such day or offset, or in UTC past the year 9999
+        moment = None
+    if moment is None or moment >= LAST_EXPIRY:
+        raise FormError(f"Expires on: {text[:MAX_SHOWN]!r} is not a day before {LAST_EXPIRY.year} (UTC); leave the "
+                        f"field empty for a key that never expires.")
+    if moment.timestamp() <= now:
+        raise FormError("Expires on: that day has passed (disable the key to stop it now).")
+    return moment.isoformat()
+
+
+def expires_on(ts: float | None) -> str:
+    """A stored expiry as the keys page shows it (YYYY-MM-DD, UTC); "" (never) for none, and for one at or past
+    LAST_EXPIRY, which an older gateway (or the CLI) may have stored: shown, never an error."""
+    if not ts or ts >= LAST_EXPIRY.timestamp():
+        return ""
+    try:
+        return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d")
+    except (ValueError, OverflowError, OSError):
+        return ""
 
 
 def routes(web: ConsoleWeb) -> list[Route]:
@@ -89,8 +123,7 @@ def routes(web: ConsoleWeb) -> list[Route]:
                          problem: str | None = None, status: int = 200) -> Response:
         keys = await keys_with_spend(v.account_id)
         for key in keys:
-            key["expires_on"] = (datetime.fromtimestamp(key["expires_at"], timezone.utc).strftime("%Y-%m-%d")
-                                 if key.get("expires_at") else "")
+            key["expires_on"] = expires_on(key.get("expires_at"))
         models = sorted(web.settings.models)
         if revealed is None and problem is None:
             return web.show(request, v, "keys.html", keys=keys, revealed=None, problem=None, models=models,

@@ -1,5 +1,6 @@
-"""The console's log-in pages: sign-up (which an operator can turn off), log-in (rate-limited), log-out and
-change password. Sessions and CSRF are core/console/web.py's; the users themselves are Operations'."""
+"""The console's log-in pages: sign-up (which an operator can turn off, and which answers alike whether or not the
+address is registered), log-in (throttled), log-out and change password. Sessions, CSRF and the throttle are
+core/console/web.py's; the users themselves are Operations'."""
 
 from __future__ import annotations
 
@@ -8,8 +9,16 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from billing import store
-from core.console.web import SIGNUP_WINDOW, ConsoleWeb, FormError, NotFound, Visitor, sentence, safe_next
+from core.console.security import EMAIL_MAX
+from core.clientip import client_bucket
+from core.console.web import (SIGNUP_WINDOW, ConsoleWeb, FormError, NotFound, Visitor, safe_next,
+                              sentence)
 from core.operations import OperationError
+
+# What every sign-up that passes the form's checks is told, whether its address was new (an account is made) or
+# registered already (nothing is made or changed): the same redirect, the same note, no session either way.
+SIGNUP_DONE = ("Thank you. If that address was new here, its account is ready: log in with it and the password you "
+               "chose. If it was registered already, nothing changed: log in with its own password.")
 
 
 def routes(web: ConsoleWeb) -> list[Route]:
@@ -32,7 +41,7 @@ def routes(web: ConsoleWeb) -> list[Route]:
         outcome = await web.log_in(request, email, form.get("password", ""))
         if isinstance(outcome, str):
             status = 429 if outcome.startswith("Too many") else 401
-            return web.render(v, "login.html", status, email=email, problem=outcome, next=target)
+            return web.render(v, "login.html", status, email=email[:EMAIL_MAX], problem=outcome, next=target)
         return await web.start_session(v, outcome, target)
 
     async def signup_form(request: Request, v: Visitor) -> Response:
@@ -41,25 +50,27 @@ def routes(web: ConsoleWeb) -> list[Route]:
         return web.render(v, "signup.html", email="", problem=None)
 
     async def signup(request: Request, v: Visitor) -> Response:
+        """A new account, or (the address registered already) nothing: either way the same answer (SIGNUP_DONE, a
+        303 to the log-in page, no session) after the same work (the password is hashed in both cases)."""
         if not web.settings.console.signup:
             raise NotFound
         email = ""
         try:
             form = await web.form(request)
-            email = form.get("email", "")
+            email = form.get("email", "")[:EMAIL_MAX]
             if form.get("password", "") != form.get("password2", ""):
                 raise FormError("The two passwords differ.")
-            taken = await web.take_attempt([(f"signup:{web.client_address(request)}",
+            taken = await web.take_attempt([(f"signup:{client_bucket(web.client_address(request))}",
                                              web.settings.console.signups_per_hour)], SIGNUP_WINDOW,
                                            "Too many sign-ups from your address.")
             if isinstance(taken, str):
                 return web.render(v, "signup.html", 429, email=email, problem=taken)
-            user = await web.ops.create_user(email, form.get("password", ""))
+            await web.ops.sign_up(form.get("email", ""), form.get("password", ""))
         except FormError as exc:
             return web.render(v, "signup.html", 400, email=email, problem=str(exc))
         except OperationError as exc:
             return web.render(v, "signup.html", 400, email=email, problem=sentence(str(exc)))
-        return await web.start_session(v, int(user["id"]), "/console/dashboard")
+        return web.back("/console/login", SIGNUP_DONE, v)
 
     async def logout(request: Request, v: Visitor) -> Response:
         if v.session_hash is not None:
@@ -75,8 +86,8 @@ def routes(web: ConsoleWeb) -> list[Route]:
         assert v.user is not None
         try:
             form = await web.form(request)
-            subject = f"email:{v.user['email']}"  # guesses here count with the address's failed log-ins
-            taken = await web.take_attempt([(subject, web.settings.console.login_attempts)],
+            # guesses here count as failed log-ins of this user from this client
+            taken = await web.take_attempt(web.password_subjects(request, v.user["email"]),
                                            web.settings.console.login_window, "Too many wrong passwords.")
             if isinstance(taken, str):
                 return web.render(v, "password.html", 429, problem=taken)

@@ -21,8 +21,8 @@ from starlette.routing import Route
 from billing.metering import Usage
 from billing.pricing import TOKENS_PER_PRICE, TokenPrices, ceil_div, token_cost
 from core.config import Model
-from core.console.web import ConsoleWeb, FormError, NotFound, Visitor
-from core.operations import OperationError
+from core.console.web import MAX_ID, ConsoleWeb, FormError, NotFound, Visitor
+from core.operations import OperationError, whole_number
 from core.response_cache import hit_prices
 
 PAGE_ROWS = 100
@@ -41,7 +41,8 @@ SOURCE_MEANING = {
 CSV_COLUMNS = ("request_id", "time_utc", "key_id", "key_name", "model", "status", "source", "input_tokens",
                "output_tokens", "cache_read_tokens", "cache_write_tokens", "units", "cost_usd", "unbilled_usd",
                "savings_usd", "duration_ms", "overrun_tokens", "overrun_usd")
-DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")  # ASCII digits: \d also takes other scripts' digits
+STATUS = re.compile(r"[0-9]{3}")
 HEADER_NAME = re.compile(r"^\s*x-tt-request-id\s*:", re.IGNORECASE)
 SPREADSHEET_FORMULA = ("=", "+", "-", "@", "\t", "\r")
 
@@ -62,9 +63,10 @@ def read_filters(query: Mapping[str, str], key_ids: set[int]) -> Selection:
     entered = {name: query.get(name, "").strip() for name in FILTER_FIELDS}
     filters: dict[str, Any] = {}
     if entered["key"]:
-        if not entered["key"].isdigit() or int(entered["key"]) not in key_ids:
-            raise FormError(f"Key: there is no key {entered['key']!r} among yours.")
-        filters["key_id"] = int(entered["key"])
+        key_id = whole_number(entered["key"], 0, MAX_ID)
+        if key_id is None or key_id not in key_ids:
+            raise FormError(f"Key: there is no key {entered['key'][:MAX_TEXT]!r} among yours.")
+        filters["key_id"] = key_id
     if entered["model"]:
         if len(entered["model"]) > MAX_TEXT:
             raise FormError(f"Model: a model name has at most {MAX_TEXT} characters.")
@@ -73,7 +75,7 @@ def read_filters(query: Mapping[str, str], key_ids: set[int]) -> Selection:
         filters["status"] = _status(entered["status"])
     if entered["source"]:
         if entered["source"] not in SOURCE_MEANING:
-            raise FormError(f"Source: one of {', '.join(SOURCE_MEANING)}, not {entered['source']!r}.")
+            raise FormError(f"Source: one of {', '.join(SOURCE_MEANING)}, not {entered['source'][:MAX_TEXT]!r}.")
         filters["source"] = entered["source"]
     since = _day_start(entered["from"], "From") if entered["from"] else None
     until = _day_start(entered["to"], "To") + 86400 if entered["to"] else None
@@ -86,7 +88,7 @@ def _status(text: str) -> str | int:
     word = text.lower()
     if word in ("ok", "error"):
         return word
-    if word.isdigit() and len(word) == 3 and 100 <= int(word) <= 599:
+    if STATUS.fullmatch(word) and 100 <= int(word) <= 599:
         return int(word)
     raise FormError(f"Status: 'ok' (below 400), 'error' (400 and above) or one HTTP status such as 429, "
                     f"not {text[:MAX_TEXT]!r}.")
@@ -106,9 +108,10 @@ def _day_start(text: str, label: str) -> float:
 def read_offset(text: str) -> int:
     if not text:
         return 0
-    if not text.isdigit() or int(text) > MAX_OFFSET:
-        raise FormError(f"Offset: a whole number from 0 to {MAX_OFFSET}.")
-    return int(text)
+    offset = whole_number(text, 0, MAX_OFFSET)
+    if offset is None:
+        raise FormError(f"Offset: a whole number from 0 to {MAX_OFFSET}, in digits 0-9.")
+    return offset
 
 
 def searched_id(text: str) -> str:
@@ -222,6 +225,8 @@ def routes(web: ConsoleWeb) -> list[Route]:
         return page(request, v, keys, entered, wanted, found, offset, None, 200)
 
     async def owns(request_id: str, v: Visitor) -> bool:
+        if len(request_id) > MAX_TEXT:  # longer than any request id the gateway gives
+            return False
         try:
             await ops.request_usage(request_id, owner=v.account_id)
         except OperationError:

@@ -3,7 +3,9 @@ rendering the templates, and the log-in pages (sign-up, log-in, log-out, change 
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
@@ -17,10 +19,10 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from billing import store
 from billing.pricing import usd_text
-from core.clientip import from_scope, public_base_url, public_origin
+from core.clientip import client_bucket, from_scope, public_base_url, public_origin
 from core.config import Settings
 from core.console import security
-from core.operations import BusyError, Operations
+from core.operations import MAX_ID, BusyError, Operations
 
 log = logging.getLogger("tokentoll.console")
 
@@ -30,7 +32,9 @@ BROWSER_COOKIE = "tt_browser"
 FLASH_COOKIE = "tt_flash"
 MAX_FORM_BYTES = 64 * 1024
 SIGNUP_WINDOW = 3600.0  # seconds over which [console] signups_per_hour counts
-MAX_ID = 2**63 - 1  # an id in a path past SQLite's integers is no record's
+CLIENT_ATTEMPTS = 4  # failed log-ins per client address per window, across accounts: this many times login_attempts
+MAX_NEXT = 2048  # the longest page a log-in goes back to
+BROWSER_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 SECURITY_HEADERS = {
     "content-security-policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
                                "frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
@@ -75,6 +79,14 @@ def form_value(form: dict[str, str], name: str, default: str = "") -> str:
     return form.get(name, default)
 
 
+def login_subjects(email: str, client: str, attempts: int) -> list[tuple[str, int]]:
+    """What one log-in attempt counts against, with each one's limit per window: the (e-mail, client) pair, and the
+    client across every e-mail address. Nothing counts per account alone, so a stranger's failures never refuse the
+    owner at the owner's own address. The address typed is kept only as a digest (people type passwords there)."""
+    digest = hashlib.sha256(email.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return [(f"login:{digest}|{client}", attempts), (f"login-client:{client}", attempts * CLIENT_ATTEMPTS)]
+
+
 class ConsoleWeb:
     def __init__(self, settings: Settings, ops: Operations, db: store.Store) -> None:
         self.settings = settings
@@ -86,7 +98,8 @@ class ConsoleWeb:
                                             trim_blocks=True, lstrip_blocks=True)
         self.templates.filters["usd"] = lambda units: usd_text(units) if units is not None else ""
         self.templates.filters["when"] = _when
-        self.templates.filters["day"] = lambda ts: time.strftime("%Y-%m-%d", time.gmtime(ts)) if ts else ""
+        self.templates.filters["day"] = _day
+        self.clock: Callable[[], float] = time.time  # what the log-in throttle counts by (tests may set it)
 
     async def start(self) -> None:
         """The signing secret, shared by every worker through the database (made at the first start)."""
@@ -97,7 +110,7 @@ class ConsoleWeb:
     async def visitor(self, request: Request) -> Visitor:
         scheme, _host = public_origin(request.scope, self.settings.server.trusted_proxies)
         browser_id = request.cookies.get(BROWSER_COOKIE, "")
-        new_browser = not (8 <= len(browser_id) <= 64 and browser_id.replace("-", "").replace("_", "").isalnum())
+        new_browser = BROWSER_ID.fullmatch(browser_id) is None
         if new_browser:
             browser_id = security.new_browser_id()
         user = None
@@ -111,7 +124,8 @@ class ConsoleWeb:
         return Visitor(user, browser_id, security.csrf_token(self.secret, browser_id), session_hash,
                        scheme == "https", new_browser)
 
-    def page(self, handler: Handler, *, login: bool = True, operator: bool = False) -> Callable[[Request], Awaitable[Response]]:
+    def page(self, handler: Handler, *, login: bool = True,
+             operator: bool = False) -> Callable[[Request], Awaitable[Response]]:
         """A console endpoint: the visitor resolved, log-in and role enforced, CSRF checked on every change,
         errors turned into pages, and the security headers and cookies set."""
 
@@ -231,11 +245,10 @@ class ConsoleWeb:
 
     async def log_in(self, request: Request, email: str, password: str) -> int | str:
         """The user id of a right e-mail and password; else why not (wrong, or too many attempts). Each attempt is
-        counted per address and per client before the password is checked, across workers; one that succeeds
-        takes its count back (and the address's earlier failures)."""
-        c = self.settings.console
-        subjects = [(f"email:{email}", c.login_attempts), (f"ip:{self.client_address(request)}", c.login_attempts * 4)]
-        taken = await self.take_attempt(subjects, c.login_window, "Too many failed log-ins.")
+        counted (login_subjects) before the password is checked, across workers; one that succeeds takes its
+        count back, and the earlier failures of that e-mail from that client."""
+        subjects = self.password_subjects(request, email)
+        taken = await self.take_attempt(subjects, self.settings.console.login_window, "Too many failed log-ins.")
         if isinstance(taken, str):
             return taken
         user = await self.db.run(store.tx_login_user, email)
@@ -244,11 +257,18 @@ class ConsoleWeb:
         await self.db.run(store.tx_give_back_attempt, taken, subjects[0][0])
         return int(user["id"])
 
+    def password_subjects(self, request: Request, email: str) -> list[tuple[str, int]]:
+        """What a guess at `email`'s password from this request's client counts against (a log-in, or a logged-in
+        user's guess at the current password when changing it)."""
+        client = client_bucket(self.client_address(request))
+        return login_subjects(email, client, self.settings.console.login_attempts)
+
     async def take_attempt(self, subjects: list[tuple[str, int]], window: float, refusal: str) -> list[int] | str:
         """One more attempt for each (subject, limit) in the window: the rows that count it, or the refusal with
         how long to wait."""
-        now = time.time()
-        rows, wait = await self.db.run(store.tx_take_attempt, subjects, now - window, now)
+        now = self.clock()
+        keep = max(self.settings.console.login_window, SIGNUP_WINDOW)  # the longest window any subject counts
+        rows, wait = await self.db.run(store.tx_take_attempt, subjects, now - window, now, keep)
         if not rows:
             return f"{refusal} Try again in {_duration(max(1, int(wait) + 1))}."
         return rows
@@ -269,14 +289,29 @@ class ConsoleWeb:
 
 
 def safe_next(target: str | None) -> str:
-    """Where to go after logging in: only a console page of this site."""
-    if target and target.startswith("/console/") and not target.startswith("//") and "\\" not in target:
+    """Where to go after logging in: only a console page of this site (printable ASCII, of a sane length)."""
+    if (target and target.startswith("/console/") and not target.startswith("//") and "\\" not in target
+            and len(target) <= MAX_NEXT and target.isascii() and target.isprintable()):
         return target
     return "/console/dashboard"
 
 
+def _utc(ts: float | None, fmt: str) -> str:
+    """A moment for people, UTC; one no calendar can show (NaN, past the year 9999) as words, never an error."""
+    if not ts:
+        return ""
+    try:
+        return time.strftime(fmt, time.gmtime(ts))
+    except (OverflowError, OSError, ValueError):
+        return "far in the future" if ts > 0 else "unknown"
+
+
 def _when(ts: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts)) if ts else ""
+    return _utc(ts, "%Y-%m-%d %H:%M:%S UTC")
+
+
+def _day(ts: float | None) -> str:
+    return _utc(ts, "%Y-%m-%d")
 
 
 def _duration(seconds: int) -> str:
@@ -286,5 +321,5 @@ def _duration(seconds: int) -> str:
 
 
 def sentence(text: str) -> str:
-    """A message (Operations' are written lower-case, to go after a colon) as a sentence: its first letter upper-case."""
+    """A message (Operations' are written lower-case, to go after a colon) as a sentence: first letter upper-case."""
     return text[:1].upper() + text[1:]
