@@ -4,6 +4,7 @@ nano-dollars, at the configured rate and fee. Pure; the rounding goes the house'
 from __future__ import annotations
 
 import math
+import re
 from decimal import Decimal
 from fractions import Fraction
 
@@ -29,13 +30,16 @@ def tokens(raw: int, decimals: int) -> str:
     return f"{whole}.{digits}" if digits else str(whole)
 
 
+AMOUNT_TEXT = re.compile(r"[0-9]{1,40}(\.[0-9]{1,40})?")  # plain decimals: "1e999999999" would take minutes
+
+
 def raw_amount(text: str, decimals: int) -> int:
-    """A decimal token amount ("25", "25.5") in base units, exactly; refuses more decimals than the token has."""
-    try:
-        value = Decimal(text)
-    except ArithmeticError:
-        raise ValueError(f"not an amount: {text[:40]!r}") from None
-    if not value.is_finite() or value <= 0:
+    """A decimal token amount ("25", "25.5") in base units, exactly; refuses more decimals than the token has,
+    and any other notation (an exponent, other scripts' digits, underscores)."""
+    if not AMOUNT_TEXT.fullmatch(text):
+        raise ValueError(f"not an amount: {text[:40]!r} (write it as digits, such as 25 or 25.5)")
+    value = Decimal(text)
+    if value <= 0:
         raise ValueError("an amount must be a positive number")
     _, digits, exponent = value.as_tuple()  # exact, whatever the size: no context rounding
     coefficient = int("".join(map(str, digits)))
