@@ -30,7 +30,7 @@ def tokens(raw: int, decimals: int) -> str:
     return f"{whole}.{digits}" if digits else str(whole)
 
 
-AMOUNT_TEXT = re.compile(r"[0-9]{1,40}(\.[0-9]{1,40})?")  # plain decimals: "1e999999999" would take minutes
+AMOUNT_TEXT = re.compile(r"-?[0-9]{1,40}(\.[0-9]{1,40})?")  # plain decimals: "1e999999999" would take minutes
 
 
 def raw_amount(text: str, decimals: int) -> int:
