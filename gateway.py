@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import socket
 import sys
 
 from core import cli, server
@@ -44,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tokentoll: --port {port}: a port is between 0 and 65535", file=sys.stderr)
         return 2
     try:
-        sock = socket.create_server((host, port), backlog=4096)
+        sock = server.listen_socket(host, port, 4096)
     except OSError as exc:
         print(f"tokentoll: cannot listen on {host}:{port}: {exc.strerror} (choose another port with --port N, "
               f"or `make run ARGS=\"--port N\"`)", file=sys.stderr)
@@ -53,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     if settings.server.admin_listen:
         admin_host, _, admin_port = settings.server.admin_listen.rpartition(":")
         try:
-            admin_sock = socket.create_server((admin_host.strip("[]"), int(admin_port)), backlog=128)
+            admin_sock = server.listen_socket(admin_host, int(admin_port), 128)
         except OSError as exc:
             print(f"tokentoll: cannot listen on server.admin_listen {settings.server.admin_listen}: {exc.strerror}",
                   file=sys.stderr)

@@ -38,7 +38,7 @@ from core.console import Console
 from core.health import FLUSH_SECONDS as HEALTH_FLUSH_SECONDS
 from core.config import Settings
 from core.dialects import relay_call, wants_anthropic, wants_gemini
-from core.edge import BodyDeadline, BodyTimeout, conflicting_framing, wrong_listener
+from core.edge import BodyDeadline, BodyTimeout, conflicting_framing, method_label, wrong_listener
 from core.images import ImageRelay
 from core.media import MediaFetcher
 from core.metrics import Metrics
@@ -169,11 +169,12 @@ class Gateway:
             await self.router(scope, receive, send)
             return
         request_id = new_request_id()
+        deadline = BodyDeadline(receive, self.settings.server.body_timeout)
+        receive, send = deadline, deadline.answering(send)  # every answer goes after the body is read
         if conflicting_framing(scope["headers"]) or wrong_listener(scope["path"], scope.get("server"),
                                                                    self.admin_address):
             await self.refuse_at_edge(scope, send, request_id)
             return
-        receive = BodyDeadline(receive, self.settings.server.body_timeout)
         call = relay_call(scope["method"], scope["path"], scope.get("query_string", b""))
         if call is not None:
             await self.relay(call, scope, receive, send, request_id)
@@ -203,7 +204,7 @@ class Gateway:
             route = route_label(scope["path"])
             self.metrics.child(self.metrics.requests, route, "-", str(status)).inc()
             if route != "/metrics":  # scrapes every few seconds would drown the log
-                self.log.write({"request_id": request_id, "route": route, "method": scope["method"],
+                self.log.write({"request_id": request_id, "route": route, "method": method_label(scope["method"]),
                                 "status": status, "duration_ms": round((perf_counter() - started) * 1000, 3),
                                 "client_ip": from_scope(scope, self.settings.server.trusted_proxies)})
 
@@ -222,8 +223,9 @@ class Gateway:
         await send({"type": "http.response.body", "body": openai.error_body(status, message, code, None, request_id)})
         route = route_label(scope["path"])
         self.metrics.child(self.metrics.requests, route, "-", str(status)).inc()
-        self.log.write({"request_id": request_id, "route": route, "method": scope["method"][:16], "status": status,
-                        "error": code, "client_ip": from_scope(scope, self.settings.server.trusted_proxies)})
+        self.log.write({"request_id": request_id, "route": route, "method": method_label(scope["method"]),
+                        "status": status, "error": code,
+                        "client_ip": from_scope(scope, self.settings.server.trusted_proxies)})
 
     # -- routes ---------------------------------------------------------------------------
 

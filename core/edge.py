@@ -9,6 +9,7 @@ from typing import Any
 from core.errors import GatewayError
 
 ADMIN_PREFIX = "/admin"
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
 
 class BodyTimeout(GatewayError):
@@ -41,6 +42,25 @@ class BodyDeadline:
             self.complete = True
         return message
 
+    async def drain(self) -> None:
+        """Read and drop what is left of the body, until it ends, the client leaves or the deadline passes.
+        hypercorn queues at most 10 unread body messages and, when the request ends, queues one more
+        (http.disconnect) and waits for room: an answer sent over a body nobody reads (a 401 before the body)
+        would wait there for ever, holding its connection. So every answer is sent after the body is read."""
+        try:
+            while not self.complete:
+                await self()
+        except BodyTimeout:
+            pass
+
+    def answering(self, send: Any) -> Any:
+        """`send`, with the rest of the body drained before the answer starts (see drain)."""
+        async def send_after_body(message: dict[str, Any]) -> None:
+            if not self.complete and message["type"] == "http.response.start":
+                await self.drain()
+            await send(message)
+        return send_after_body
+
 
 def conflicting_framing(headers: list[tuple[bytes, bytes]]) -> bool:
     """Content-Length and Transfer-Encoding together: RFC 9112 section 6.1 says such a request may be an attempt
@@ -54,6 +74,14 @@ def conflicting_framing(headers: list[tuple[bytes, bytes]]) -> bool:
     return length and encoding
 
 
+KNOWN_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    """The HTTP method for the request log: a caller may send any token there, of any length."""
+    return method if method in KNOWN_METHODS else "other"
+
+
 def admin_path(path: str) -> bool:
     return path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/")
 
@@ -63,5 +91,10 @@ def wrong_listener(path: str, server: tuple[str, int] | None, admin: tuple[str, 
     admin socket serves nothing else; without it, /admin is served on the one listener."""
     if admin is None:
         return False
-    on_admin = server is not None and tuple(server[:2]) == admin
+    if server is None:
+        on_admin = False
+    elif admin[0] in WILDCARD_HOSTS:  # bound to every address: a connection shows the address it came in on
+        on_admin = server[1] == admin[1]
+    else:
+        on_admin = (server[0], server[1]) == admin
     return admin_path(path) != on_admin

@@ -34,6 +34,13 @@ def run(settings: Settings, sock: socket.socket, admin_sock: socket.socket | Non
     return supervise(settings, sock, settings.server.workers, admin_sock)
 
 
+def listen_socket(host: str, port: int, backlog: int) -> socket.socket:
+    """A listening TCP socket on host:port: IPv6 when the host is an IPv6 address ("::1", "[::]"), else IPv4."""
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family, backlog=backlog)
+
+
 def hypercorn_config(socks: list[socket.socket], grace: float = 10.0, idle: float = 75.0) -> HypercornConfig:
     hc = HypercornConfig()
     hc.bind = [f"fd://{sock.fileno()}" for sock in socks]
@@ -41,7 +48,7 @@ def hypercorn_config(socks: list[socket.socket], grace: float = 10.0, idle: floa
     hc.errorlog = logging.getLogger("hypercorn.error")  # through our handler: one line per message
     hc.include_server_header = False
     # A connection that has not sent a request's headers (or the next request) within `idle` seconds is closed:
-    # the timer runs from the connection's first byte, so headers sent a byte at a time cannot hold it open.
+    # the timer runs from the accept, so headers sent a byte at a time cannot hold it open.
     # Bodies have their own deadline (server.body_timeout, core/edge.py); hypercorn's read_timeout stays unset,
     # since a long streamed answer reads nothing from its client for minutes.
     hc.keep_alive_timeout = idle

@@ -46,6 +46,7 @@ from core.errors import (
     UpstreamError,
     VideoNotReady,
 )
+from core.edge import method_label
 from core.exchange import ClientGone, error_kind, failure_body, read_body, upstream_refusal
 from core.metrics import Metrics
 from core.requestlog import RequestLog
@@ -111,7 +112,7 @@ class TaskRelay:
     # -- the HTTP edge ------------------------------------------------------------------------------
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any, request_id: str) -> None:
-        c = Call(request_id, scope["method"], perf_counter())
+        c = Call(request_id, method_label(scope["method"]), perf_counter())
         try:
             try:
                 action, vid = videos.route(scope["method"], scope["path"])

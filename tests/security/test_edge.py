@@ -17,6 +17,8 @@ import orjson
 import pytest
 
 from core.admin import ADMIN_TOKEN_ENV
+from core.edge import wrong_listener
+from core.server import listen_socket
 from tests.conftest import NATIVE_KEY, GatewayProcess, base_config, cli, serve_gateway, wait_for, wallet
 from tests.native_upstream import BIG_PNG_BYTES, NativeUpstream
 
@@ -185,6 +187,31 @@ def test_a_bad_key_is_refused_before_the_body_is_read_or_parsed(edge_gw: Gateway
     assert closed and answer.startswith(b"HTTP/1.1 401"), answer[:200]
 
 
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/images/edits", "/v1/videos", "/v1/recharge/orders",
+                                  "/console/login", "/no/such/route"])
+def test_an_answer_before_a_large_body_still_reads_it_and_frees_the_connection(edge_gw: GatewayProcess,
+                                                                                path: str) -> None:
+    """hypercorn queues 10 unread body messages, and at the end of a request waits for room for one more: an
+    answer over a body nobody read used to hold its connection (and ~1 MB) for ever, past every timeout."""
+    body = b"x" * (8 * 1024 * 1024)
+    head = (f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {UNKNOWN_KEY}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    answer, closed = raw_exchange(edge_gw, head + body)  # sendall itself times out if the body is left unread
+    assert closed and answer.startswith(b"HTTP/1.1 4"), answer[:200]
+
+
+def test_the_log_holds_no_caller_made_method(edge_gw: GatewayProcess) -> None:
+    seen = len(edge_gw.log_entries())
+    method = "M" * 4000
+    for path in ("/healthz", "/v1/videos", "/console/login", "/nowhere", "/v1/chat/completions"):
+        request = f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        answer, _ = raw_exchange(edge_gw, request.encode())
+        assert answer.startswith(b"HTTP/1.1 4"), answer[:100]
+    lines = wait_for(lambda: (e := edge_gw.log_entries()[seen:]) and len(e) >= 5 and e, 15, "five log lines")
+    assert {line.get("method", "other") for line in lines} == {"other"}  # the relay's lines have no method
+    assert max(len(orjson.dumps(line)) for line in lines) < 1000
+
+
 @pytest.mark.parametrize("path", ["/v1/images/edits", "/v1/images/generations", "/v1/videos"])
 def test_a_bad_key_on_uploads_is_refused_before_the_upload_is_parsed(edge_gw: GatewayProcess, path: str) -> None:
     status, _, answer = request(edge_gw.url + path, "POST", b"--x\r\nnot a form",
@@ -314,3 +341,29 @@ def test_the_refusals_are_counted_under_fixed_labels(edge_gw: GatewayProcess) ->
     routes = set(re.findall(r'tokentoll_requests_total\{[^}]*route="([^"]*)"', metrics))
     assert routes and all(len(r) < 64 for r in routes), routes
     assert not any(":method" in r for r in routes)
+
+
+@pytest.mark.parametrize(("path", "server", "admin", "refused"), [
+    ("/admin/accounts", ("127.0.0.1", 8080), ("127.0.0.1", 9090), True),
+    ("/admin/accounts", ("127.0.0.1", 9090), ("127.0.0.1", 9090), False),
+    ("/v1/models", ("127.0.0.1", 9090), ("127.0.0.1", 9090), True),
+    ("/v1/models", ("127.0.0.1", 8080), None, False),
+    ("/admin/accounts", ("10.1.2.3", 9090), ("0.0.0.0", 9090), False),  # a wildcard bind: the port says it
+    ("/v1/models", ("10.1.2.3", 9090), ("0.0.0.0", 9090), True),
+    ("/admin/accounts", ("10.1.2.3", 8080), ("0.0.0.0", 9090), True),
+    ("/admin/accounts", ("::1", 9090), ("::1", 9090), False),
+    ("/admin/accounts", ("2001:db8::5", 9090), ("::", 9090), False),
+    ("/admin/accounts", None, ("127.0.0.1", 9090), True),  # no server address (a Unix socket): public
+])
+def test_which_listener_serves_admin(path: str, server: tuple[str, int] | None, admin: tuple[str, int] | None,
+                                     refused: bool) -> None:
+    assert wrong_listener(path, server, admin) is refused
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "[::1]", "::1"])
+def test_a_listener_binds_ipv4_and_ipv6_addresses(host: str) -> None:
+    if ":" in host and not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    with listen_socket(host, 0, 8) as sock:
+        assert sock.getsockname()[0] == host.strip("[]")
+
