@@ -26,5 +26,6 @@ from billing.store.recharge import (  # noqa: F401
 )
 from billing.store.users import (  # noqa: F401
     tx_create_user, tx_user, tx_login_user, tx_find_user, tx_list_users, tx_set_password, tx_set_role,
-    tx_create_session, tx_session_user, tx_drop_session, tx_take_attempt, tx_give_back_attempt,
+    tx_create_session, tx_session_user, tx_drop_session, tx_take_attempt, tx_give_back_attempt, tx_marked_since,
+    KNOWN_PREFIX,
 )

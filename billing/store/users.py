@@ -95,6 +95,9 @@ def tx_drop_session(conn: sqlite3.Connection, token_hash: bytes) -> None:
     conn.execute("DELETE FROM console_sessions WHERE token_hash = ?", (token_hash,))
 
 
+KNOWN_PREFIX, KNOWN_END = "known:", "known;"  # marks of clients that logged in to an account: kept past the windows
+
+
 def tx_take_attempt(conn: sqlite3.Connection, limits: list[tuple[str, int]], since: float, now: float,
                     keep: float = 0.0) -> tuple[list[int], float]:
     """One more attempt (a log-in, a sign-up) for each subject (core/console/web.py login_subjects, 'signup:...'),
@@ -102,7 +105,8 @@ def tx_take_attempt(conn: sqlite3.Connection, limits: list[tuple[str, int]], sin
     succeeds takes its rows back. Returns the new rows' ids, or when a subject has used its `limit` since `since`,
     ([], seconds until its oldest attempt leaves the window). Rows older than `keep` seconds (the longest window
     of any subject) or than this window go: a log-in's 15 minutes once cleared the sign-ups' hour."""
-    conn.execute("DELETE FROM login_failures WHERE at <= ?", (min(since, now - keep),))
+    conn.execute("DELETE FROM login_failures WHERE at <= ? AND NOT (subject >= ? AND subject < ?)",
+                 (min(since, now - keep), KNOWN_PREFIX, KNOWN_END))
     for subject, limit in limits:
         n, oldest = conn.execute("SELECT COUNT(*), MIN(at) FROM login_failures WHERE subject = ? AND at > ?",
                                  (subject, since)).fetchone()
@@ -112,10 +116,21 @@ def tx_take_attempt(conn: sqlite3.Connection, limits: list[tuple[str, int]], sin
             for subject, _ in limits], 0.0
 
 
-def tx_give_back_attempt(conn: sqlite3.Connection, rows: list[int], clear_subject: str | None = None) -> None:
+def tx_give_back_attempt(conn: sqlite3.Connection, rows: list[int], clear_subject: str | None = None,
+                         known: str | None = None, now: float = 0.0) -> None:
     """A successful attempt is not a failure: its rows go, and (a log-in) the earlier failures of `clear_subject`
     too (that e-mail from that client: never the client's count across accounts, which a log-in to one's own
-    account must not reset)."""
+    account must not reset). `known` (a log-in): the mark that this client has logged in to this account, kept
+    past every window (tx_marked_since), one row per account and client."""
     conn.executemany("DELETE FROM login_failures WHERE rowid = ?", [(r,) for r in rows])
     if clear_subject is not None:
         conn.execute("DELETE FROM login_failures WHERE subject = ?", (clear_subject,))
+    if known is not None:
+        conn.execute("DELETE FROM login_failures WHERE subject = ?", (known,))
+        conn.execute("INSERT INTO login_failures (subject, at) VALUES (?, ?)", (known, now))
+
+
+def tx_marked_since(conn: sqlite3.Connection, subject: str, since: float) -> bool:
+    """Whether `subject` (a known-client mark) was recorded after `since`."""
+    return conn.execute("SELECT 1 FROM login_failures WHERE subject = ? AND at > ?", (subject, since)).fetchone() \
+        is not None

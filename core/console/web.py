@@ -33,6 +33,8 @@ FLASH_COOKIE = "tt_flash"
 MAX_FORM_BYTES = 64 * 1024
 SIGNUP_WINDOW = 3600.0  # seconds over which [console] signups_per_hour counts
 CLIENT_ATTEMPTS = 4  # failed log-ins per client address per window, across accounts: this many times login_attempts
+ACCOUNT_ATTEMPTS = 4  # failed log-ins per account per window from clients it never logged in from: x login_attempts
+KNOWN_CLIENT_SECONDS = 90 * 86400  # a client that logged in to an account stays known to it this long
 MAX_NEXT = 2048  # the longest page a log-in goes back to
 BROWSER_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 SECURITY_HEADERS = {
@@ -79,12 +81,26 @@ def form_value(form: dict[str, str], name: str, default: str = "") -> str:
     return form.get(name, default)
 
 
-def login_subjects(email: str, client: str, attempts: int) -> list[tuple[str, int]]:
-    """What one log-in attempt counts against, with each one's limit per window: the (e-mail, client) pair, and the
-    client across every e-mail address. Nothing counts per account alone, so a stranger's failures never refuse the
-    owner at the owner's own address. The address typed is kept only as a digest (people type passwords there)."""
-    digest = hashlib.sha256(email.encode("utf-8", "surrogatepass")).hexdigest()[:32]
-    return [(f"login:{digest}|{client}", attempts), (f"login-client:{client}", attempts * CLIENT_ATTEMPTS)]
+def email_digest(email: str) -> str:
+    """How a typed e-mail address is kept in the throttle's counters (people type passwords there too)."""
+    return hashlib.sha256(email.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def login_subjects(email: str, client: str, attempts: int, known_client: bool = True) -> list[tuple[str, int]]:
+    """What one log-in attempt counts against, with each one's limit per window: the (e-mail, client) pair, the
+    client across every e-mail address, and, from a client that has not logged in to this account before
+    (`known_client` False), the account across every such client. A stranger's failures therefore slow strangers
+    and never refuse the owner at an address the owner has logged in from."""
+    digest = email_digest(email)
+    subjects = [(f"login:{digest}|{client}", attempts), (f"login-client:{client}", attempts * CLIENT_ATTEMPTS)]
+    if not known_client:
+        subjects.append((f"login-account:{digest}", attempts * ACCOUNT_ATTEMPTS))
+    return subjects
+
+
+def known_client_subject(email: str, client: str) -> str:
+    """The mark a successful log-in leaves: this client has logged in to this account (store.KNOWN_PREFIX)."""
+    return f"{store.KNOWN_PREFIX}{email_digest(email)}|{client}"
 
 
 class ConsoleWeb:
@@ -247,14 +263,18 @@ class ConsoleWeb:
         """The user id of a right e-mail and password; else why not (wrong, or too many attempts). Each attempt is
         counted (login_subjects) before the password is checked, across workers; one that succeeds takes its
         count back, and the earlier failures of that e-mail from that client."""
-        subjects = self.password_subjects(request, email)
+        client = client_bucket(self.client_address(request))
+        known = known_client_subject(email, client)
+        now = self.clock()
+        known_client = await self.db.run(store.tx_marked_since, known, now - KNOWN_CLIENT_SECONDS)
+        subjects = login_subjects(email, client, self.settings.console.login_attempts, known_client)
         taken = await self.take_attempt(subjects, self.settings.console.login_window, "Too many failed log-ins.")
         if isinstance(taken, str):
             return taken
         user = await self.db.run(store.tx_login_user, email)
         if not await self.check_password(password, user["password"] if user else None) or user is None:
             return "Wrong e-mail address or password."
-        await self.db.run(store.tx_give_back_attempt, taken, subjects[0][0])
+        await self.db.run(store.tx_give_back_attempt, taken, subjects[0][0], known, self.clock())
         return int(user["id"])
 
     def password_subjects(self, request: Request, email: str) -> list[tuple[str, int]]:

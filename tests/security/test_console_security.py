@@ -143,8 +143,10 @@ def test_a_far_future_expiry_is_refused_and_the_keys_page_still_loads(gw: Gatewa
 
 def test_wrong_passwords_from_strangers_do_not_lock_the_owner_out(gw: GatewayProcess) -> None:
     """Five wrong passwords from any addresses locked the account for 15 minutes, the right password refused too.
-    Now the failures count per (e-mail, client address) and per client address: they slow the stranger only."""
+    Now the failures count per (e-mail, client address), per client address, and per account only for clients
+    that never logged in to it: they slow strangers and never refuse the owner at the owner's own address."""
     cli(gw.config, "users", "create", OWNER, "--account", "house", env={**gw.env, "TOKENTOLL_PASSWORD": PASSWORD})
+    assert visitor(gw, "198.51.100.10").log_in(OWNER).status_code == 303  # the owner's own address, known now
     attacker = visitor(gw, "203.0.113.66")
     statuses = [attacker.log_in(OWNER, f"guess number {i}").status_code for i in range(ATTEMPTS + 2)]
     assert statuses == [401] * ATTEMPTS + [429, 429]
@@ -156,7 +158,9 @@ def test_wrong_passwords_from_strangers_do_not_lock_the_owner_out(gw: GatewayPro
         tried = list(pool.map(lambda s: [s.log_in(OWNER, "wrong again!").status_code for _ in range(ATTEMPTS + 1)],
                               strangers))
     assert all(t == [401] * ATTEMPTS + [429] for t in tried), tried
-    owner = visitor(gw, "198.51.100.10")
+    # 20 failures from clients the account never saw log in: the account refuses new clients for the window...
+    assert visitor(gw, "192.0.2.200").log_in(OWNER).status_code == 429
+    owner = visitor(gw, "198.51.100.10")  # ...never the owner's own address
     assert owner.log_in(OWNER).status_code == 303
     page = owner.get("/console/dashboard")
     assert page.status_code == 200 and OWNER in page.text
@@ -178,7 +182,7 @@ def test_the_throttle_rule_with_a_clock(tmp_path: Path) -> None:
     """The rule at the store, at chosen times: a pair stops at login_attempts, a client at 4x across addresses,
     both come back when the window passes; a success forgets that pair's failures but never the client's count; and
     a log-in no longer clears the sign-ups' longer window."""
-    from core.console.web import client_bucket, login_subjects  # (here: the module loads on the old code too)
+    from core.console.web import client_bucket, known_client_subject, login_subjects  # (loads on the old code too)
 
     conn = engine.connect(str(tmp_path / "books.db"))
     engine.migrate(conn)
@@ -204,6 +208,18 @@ def test_the_throttle_rule_with_a_clock(tmp_path: Path) -> None:
     assert conn.execute("SELECT COUNT(*) FROM login_failures WHERE subject = ?", (pair[0],)).fetchone()[0] == 0
     assert conn.execute("SELECT COUNT(*) FROM login_failures WHERE subject = ?",
                         (client[0],)).fetchone()[0] == before - 1
+    # the account across clients it never saw log in: 4x login_attempts, then refused for them, not for a known one
+    spread = [client_bucket(f"192.0.2.{i}") for i in range(4 * ATTEMPTS)]
+    for i, c in enumerate(spread):
+        assert take(login_subjects("target@example.com", c, ATTEMPTS, known_client=False), 3000.0 + i)
+    assert not take(login_subjects("target@example.com", client_bucket("192.0.2.250"), ATTEMPTS,
+                                   known_client=False), 3030.0)
+    assert take(login_subjects("target@example.com", owner, ATTEMPTS, known_client=True), 3030.0)
+    mark = known_client_subject("target@example.com", owner)
+    store.tx_give_back_attempt(conn, [], None, mark, 3031.0)
+    assert store.tx_marked_since(conn, mark, 3000.0) and not store.tx_marked_since(conn, mark, 3032.0)
+    take([("signup:192.0.2.9", 5)], 3031.0 + 7200.0)  # a later purge of the windows keeps the mark
+    assert store.tx_marked_since(conn, mark, 3000.0)
     # IPv6: one /64 is one client; IPv4-mapped addresses are their IPv4 address
     assert client_bucket("2001:db8:1:2:aaaa::1") == client_bucket("2001:db8:1:2:bbbb::9") == "2001:db8:1:2::/64"
     assert client_bucket("::ffff:203.0.113.5") == "203.0.113.5"
