@@ -1,6 +1,5 @@
-"""Bench: one /metrics scrape at the largest label set the configuration allows (every route label the gateway
-can write x every model x every status it answers with), timed, and what it costs requests in flight meanwhile:
-the longest the event loop goes without running, with the render on the loop and off it (as /metrics does)."""
+"""Bench: /metrics rendered at the largest label set a configuration allows (every route label x model x status),
+timed, and the longest the event loop then goes without running, with the render on the loop and off it."""
 
 from __future__ import annotations
 
@@ -27,7 +26,8 @@ KINDS = ("input", "output", "cache_read", "cache_write", "reasoning")
 
 
 def relay_routes() -> list[str]:
-    gemini = [f"{base}/{{model}}:{m}" for base in ("/v1beta/models", "/v1/models") for m in (*GEMINI_METHODS, "unknown")]
+    gemini = [f"{base}/{{model}}:{m}" for base in ("/v1beta/models", "/v1/models")
+              for m in (*GEMINI_METHODS, "unknown")]
     return [*OPENAI_ROUTES, *gemini]
 
 

@@ -38,7 +38,8 @@ from core.console import Console
 from core.health import FLUSH_SECONDS as HEALTH_FLUSH_SECONDS
 from core.config import Settings
 from core.dialects import relay_call, wants_anthropic, wants_gemini
-from core.edge import BodyDeadline, BodyTimeout, conflicting_framing, method_label, wrong_listener
+from core.edge import BodyDeadline, conflicting_framing, method_label, wrong_listener
+from core.errors import BodyTimeout
 from core.images import ImageRelay
 from core.media import MediaFetcher
 from core.metrics import Metrics
@@ -171,9 +172,9 @@ class Gateway:
         request_id = new_request_id()
         deadline = BodyDeadline(receive, self.settings.server.body_timeout)
         receive, send = deadline, deadline.answering(send)  # every answer goes after the body is read
-        if conflicting_framing(scope["headers"]) or wrong_listener(scope["path"], scope.get("server"),
-                                                                   self.admin_address):
-            await self.refuse_at_edge(scope, send, request_id)
+        framing = conflicting_framing(scope["headers"])
+        if framing or wrong_listener(scope["path"], scope.get("server"), self.admin_address):
+            await self.refuse_at_edge(scope, send, request_id, framing)
             return
         call = relay_call(scope["method"], scope["path"], scope.get("query_string", b""))
         if call is not None:
@@ -208,10 +209,10 @@ class Gateway:
                                 "status": status, "duration_ms": round((perf_counter() - started) * 1000, 3),
                                 "client_ip": from_scope(scope, self.settings.server.trusted_proxies)})
 
-    async def refuse_at_edge(self, scope: Scope, send: Send, request_id: str) -> None:
+    async def refuse_at_edge(self, scope: Scope, send: Send, request_id: str, framing: bool) -> None:
         """Conflicting framing: a 400, and the connection closed (RFC 9112 section 6.1). /admin on the public
         listener, or anything but /admin on the admin listener: a 404, as for a route that does not exist."""
-        if conflicting_framing(scope["headers"]):
+        if framing:
             status, message, code = 400, ("the request has both Content-Length and Transfer-Encoding: send one "
                                           "of them"), "conflicting_framing"
         else:

@@ -6,14 +6,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from core.errors import GatewayError
+from core.errors import BodyTimeout
 
 ADMIN_PREFIX = "/admin"
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
-
-
-class BodyTimeout(GatewayError):
-    status, code = 408, "request_timeout"
 
 
 class BodyDeadline:

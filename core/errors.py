@@ -18,6 +18,12 @@ class GatewayError(Exception):
             self.code = code
 
 
+class BodyTimeout(GatewayError):
+    """The request body did not arrive within server.body_timeout (core/edge.py BodyDeadline)."""
+
+    status, code = 408, "request_timeout"
+
+
 class BadRequest(GatewayError):
     status, code = 400, "invalid_request"
 

@@ -6,10 +6,7 @@ one the upstream has completed is settled as completed and charged (a cancel of 
 `video_already_completed`; a DELETE deletes it, charged, as any ended task); only a task the upstream still
 reports open is cancelled and its hold released. An upstream that cannot be asked refuses the cancel (502) and
 nothing is released: the work may be done and billed to the operator. A submission interrupted while its task
-was being recorded looks the task up by id before releasing: a recorded task keeps its hold for its lifecycle.
-
-A key sees its account's tasks, and a key restricted to some models only the tasks of those models (whichever key
-made them): another task is a 404, exactly as one that does not exist, and the list leaves it out."""
+was being recorded looks the task up by id before releasing: a recorded task keeps its hold for its lifecycle."""
 
 from __future__ import annotations
 
@@ -157,7 +154,9 @@ class TaskRelay:
             self._finish(c)
 
     async def _scope(self, key: Presented) -> tuple[int, list[str] | None]:
-        """The key's account, and the models whose tasks it may see and act on (None: all)."""
+        """The key's account, and the models whose tasks it may see and act on (None: all). A key restricted to
+        some models sees only the tasks of those models, whichever key made them: another task is a 404, exactly
+        as one that does not exist, and the list leaves it out."""
         admission, models = await self.db.run(store.tx_key_scope, key.hash, time.time())
         if admission.error:
             raise admission_error(admission, "-")

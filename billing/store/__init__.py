@@ -5,7 +5,8 @@ from billing.store.engine import (  # noqa: F401
     SCHEMA_VERSION, PAGE_SIZE, WAL_CHECKPOINT_PAGES, SCHEMA, StoreClosed, Store, connect, migrate,
 )
 from billing.store.money import (  # noqa: F401
-    MAX_BALANCE, Admission, HoldRequest, tx_admit, tx_admit_all, tx_check_key, tx_key_scope, Settlement, Settled, tx_settle,
+    MAX_BALANCE, Admission, HoldRequest, tx_admit, tx_admit_all, tx_check_key, Settlement, Settled, tx_settle,
+    tx_key_scope,
     tx_settle_all, tx_stale_holds, tx_credit,
     tx_bootstrap_demo, tx_create_account, tx_credit_deposit,
 )
@@ -26,6 +27,6 @@ from billing.store.recharge import (  # noqa: F401
 )
 from billing.store.users import (  # noqa: F401
     tx_create_user, tx_user, tx_login_user, tx_find_user, tx_list_users, tx_set_password, tx_set_role,
-    tx_create_session, tx_session_user, tx_drop_session, tx_take_attempt, tx_give_back_attempt, tx_marked_since,
-    KNOWN_PREFIX,
+    tx_create_session, tx_session_user, tx_drop_session, tx_take_attempt, tx_give_back_attempt,
+    tx_marked_since, KNOWN_PREFIX,
 )

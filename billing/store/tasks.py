@@ -1,5 +1,5 @@
-"""The async tasks' transactions: recording a task beside its hold, compare-and-set state changes, what a key may
-see of them, and the poller's reads (tasks due a look, ended tasks whose hold is still open, task holds without a task)."""
+"""The async tasks' transactions: recording a task beside its hold, compare-and-set state changes, a key's view
+of them, and the poller's reads (tasks due a look, ended tasks whose hold is still open, task holds without a task)."""
 
 from __future__ import annotations
 

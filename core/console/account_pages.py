@@ -15,14 +15,12 @@ from starlette.routing import Route
 
 from core.console.charts import daily_spend_svg
 from core.console.web import ConsoleWeb, FormError, NotFound, Visitor, sentence
-from core.operations import MAX_RATE, MAX_USD, NotFoundError, OperationError, whole_number
+from core.operations import LATEST, MAX_RATE, NotFoundError, OperationError, whole_number
 
 CHART_DAYS = 30
 LAST_REQUESTS = 10
 KEY_SETTINGS = ("name", "monthly_limit", "models", "rpm", "tpm", "expires_at")
-LAST_EXPIRY = datetime(3000, 1, 1, tzinfo=timezone.utc)  # an expiry is before this, in UTC (as Operations' LATEST)
 MAX_SHOWN = 60  # characters of a refused value quoted back
-USD = re.compile(r"[0-9]{1,10}(?:\.[0-9]{1,9})?")
 DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 DATE_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,6})?)?"
                        r"(?:Z|[+-][0-9]{2}:[0-9]{2})?")
@@ -49,9 +47,6 @@ def key_settings(form: dict[str, str], creating: bool, now: float | None = None)
             out[name] = "none"
     if "models" in out and out["models"] != "none":
         out["models"] = [m.strip() for m in out["models"].replace("\n", ",").split(",") if m.strip()] or "none"
-    if out.get("monthly_limit") not in (None, "none") and not USD.fullmatch(out["monthly_limit"]):
-        raise FormError(f"Monthly limit: {out['monthly_limit'][:MAX_SHOWN]!r} is not a USD amount such as 25 or "
-                        f"25.50 (digits 0-9, at most 9 decimals, at most {MAX_USD} in size).")
     for name, what in (("rpm", "requests per minute (rpm)"), ("tpm", "tokens per minute (tpm)")):
         if out.get(name) not in (None, "none") and whole_number(out[name], 0, MAX_RATE) is None:
             raise FormError(sentence(f"{what}: a whole number from 0 to {MAX_RATE:,} (0 = no limit), in digits 0-9."))
@@ -62,7 +57,7 @@ def key_settings(form: dict[str, str], creating: bool, now: float | None = None)
 
 def expiry(text: str, now: float) -> str:
     """A key's expiry as the form sends it: a day (its end, UTC) or an ISO date-time (UTC unless it says), after
-    `now` and before LAST_EXPIRY (in UTC), as an ISO date-time in UTC. A later one would be stored, then break every
+    `now` and before LATEST (in UTC), as an ISO date-time in UTC. A later one would be stored, then break every
     page that shows it: past the year 9999 in UTC, no calendar type can hold it."""
     if DAY.fullmatch(text):
         text += "T23:59:59+00:00"  # what an <input type=date> sends: the end of that day
@@ -74,8 +69,8 @@ def expiry(text: str, now: float) -> str:
         moment = (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
     except (ValueError, OverflowError):  # no such day or offset, or in UTC past the year 9999
         moment = None
-    if moment is None or moment >= LAST_EXPIRY:
-        raise FormError(f"Expires on: {text[:MAX_SHOWN]!r} is not a day before {LAST_EXPIRY.year} (UTC); leave the "
+    if moment is None or moment >= LATEST:
+        raise FormError(f"Expires on: {text[:MAX_SHOWN]!r} is not a day before {LATEST.year} (UTC); leave the "
                         f"field empty for a key that never expires.")
     if moment.timestamp() <= now:
         raise FormError("Expires on: that day has passed (disable the key to stop it now).")
@@ -84,8 +79,8 @@ def expiry(text: str, now: float) -> str:
 
 def expires_on(ts: float | None) -> str:
     """A stored expiry as the keys page shows it (YYYY-MM-DD, UTC); "" (never) for none, and for one at or past
-    LAST_EXPIRY, which an older gateway (or the CLI) may have stored: shown, never an error."""
-    if not ts or ts >= LAST_EXPIRY.timestamp():
+    LATEST, which an older gateway (or the CLI) may have stored: shown, never an error."""
+    if not ts or ts >= LATEST.timestamp():
         return ""
     try:
         return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d")

@@ -1,6 +1,5 @@
-"""The console's log-in pages: sign-up (which an operator can turn off, and which answers alike whether or not the
-address is registered), log-in (throttled), log-out and change password. Sessions, CSRF and the throttle are
-core/console/web.py's; the users themselves are Operations'."""
+"""The console's log-in pages: sign-up (answering alike whether or not the address is registered), log-in
+(throttled), log-out and change password. Sessions, CSRF and the throttle are web.py's; the users Operations'."""
 
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
-"""Fuzz: every admin route, the state-changing ones included, with the right admin token and hypothesis-made hostile
-paths, query parameters and JSON bodies (tests/test_fuzz.py's strategies and raw client). Whatever comes in: no 5xx,
-no Python error text, errors in the admin API's JSON shape, and whatever was stored (a key's expiry, above all) can
-be read back afterwards, by the admin API and by the console's pages."""
+"""Fuzz: every admin route, writes included, with the right token and hostile paths, queries and JSON bodies:
+no 5xx, no Python error text, the admin API's error shape, and whatever was stored reads back (API and console)."""
 
 from __future__ import annotations
 

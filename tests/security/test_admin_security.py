@@ -1,7 +1,5 @@
-"""The admin API under attack (issue 17, findings 5 and 9): inputs that were 500s or leaked Python's error text are
-400s (or 404s for ids that name nothing) in the admin API's JSON error shape, dates that would break a later read
-are refused, and failed admin-token attempts are throttled per client address (a 429 with Retry-After) and counted
-in tokentoll_admin_auth_failures_total. Against a real gateway on loopback, with a real chain RPC (the TRON stub)."""
+"""The admin API's findings of issue 17 (5 and 9), on a real gateway: hostile inputs are 4xx in its JSON shape, dates
+that would break a later read are refused, and failed tokens are throttled per address (429) and counted."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
-"""Security regressions at the edge (issue 17): no caller grows /metrics or the request log, nothing costly
-(body parsing, media downloads) happens before the key is known, keys stay out of URLs, slow and idle
-connections are closed, conflicting framing is refused, and /admin lives on its own listener."""
+"""The edge's findings of issue 17: no caller grows /metrics or the log, nothing costly before the key, keys out of
+URLs, slow and idle connections closed, conflicting framing refused, /admin on its own listener."""
 
 from __future__ import annotations
 

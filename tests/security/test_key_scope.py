@@ -1,7 +1,5 @@
-"""Key scope (issue 17, finding 8): a key restricted to some models sees and acts only on its account's video tasks
-of those models, whichever key made them (any other task is the same 404 as one that does not exist), and gets a
-403 on every recharge verb; an unrestricted key of the same account keeps full access. Real servers on loopback:
-the gateway, the mock /v1/videos upstream of tests/test_tasks.py, and the TRON JSON-RPC stub for the recharge chain."""
+"""Key scope (issue 17, finding 8): a model-restricted key sees and acts only on its account's videos of those models
+and gets a 403 on every recharge verb; an unrestricted key keeps full access. Real servers on loopback."""
 
 from __future__ import annotations
 
