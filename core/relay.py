@@ -72,6 +72,8 @@ STREAM_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 JSON_HEADERS = [(b"content-type", b"application/json")]
+# Gemini's streamGenerateContent without alt=sse: one JSON array written a chunk at a time, sent as Google does
+ARRAY_STREAM_HEADERS = [(b"content-type", b"application/json; charset=UTF-8"), *STREAM_HEADERS[1:]]
 log = logging.getLogger("tokentoll.relay")
 CLIENT_GONE_STATUS = 499  # nginx's convention, for the log and metrics only
 KIND_ENDPOINTS = {"image": "POST /v1/images/generations (or /v1/images/edits)", "video": "POST /v1/videos"}
@@ -619,8 +621,9 @@ class Relay:
         x.started = True
         x.status = 200
         x.t_first = perf_counter()
+        framing = ARRAY_STREAM_HEADERS if x.call.dialect == "gemini" and not x.call.sse else STREAM_HEADERS
         await send({"type": "http.response.start", "status": 200,
-                    "headers": [*STREAM_HEADERS, *x.id_headers, *self._cache_headers(x, x.cache_state == "hit")]})
+                    "headers": [*framing, *x.id_headers, *self._cache_headers(x, x.cache_state == "hit")]})
 
     # -- errors and the end of a request --------------------------------------------------
 

@@ -176,10 +176,19 @@ def test_gemini_streams_have_only_data_lines(native_gw: GatewayProcess, native_k
 
 
 def test_gemini_json_array_stream_without_alt_sse(native_gw: GatewayProcess, native_key: str) -> None:
-    for model in ("scripted-openai", "scripted-gemini"):
-        chunks = json.loads(post(f"{native_gw.url}/v1beta/models/{model}:streamGenerateContent?key={native_key}",
-                                 {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}, {}))
-        assert isinstance(chunks, list) and chunks[-1]["candidates"][0]["finishReason"] == "STOP"
+    """Without alt=sse the stream is one JSON array, sent as Google sends it: application/json (issue 18.6)."""
+    body = json.dumps({"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}).encode()
+    for model in ("scripted-openai", "scripted-gemini"):  # translated, and passed through from a Gemini upstream
+        for query, content_type in (("", "application/json"), ("&alt=sse", "text/event-stream")):
+            req = urllib.request.Request(
+                f"{native_gw.url}/v1beta/models/{model}:streamGenerateContent?key={native_key}{query}", body,
+                {"content-type": "application/json"})
+            with urllib.request.urlopen(req, timeout=20) as resp:
+                assert resp.headers["content-type"].startswith(content_type), (model, query)
+                raw = resp.read().decode()
+            if not query:
+                chunks = json.loads(raw)
+                assert isinstance(chunks, list) and chunks[-1]["candidates"][0]["finishReason"] == "STOP"
 
 
 def test_upstreams_get_their_own_credentials(native_gw: GatewayProcess, native_key: str,
