@@ -477,7 +477,8 @@ def test_in_band_errors_carry_a_fitting_type_and_end_the_stream(code: str, etype
     head = writer.write(TextDelta("partial"))
     tail = writer.error("the upstream failed", code)
     assert tail.startswith(b"event: error\n")
-    assert sse_events(tail)[0][1] == {"type": "error", "error": {"type": etype, "message": "the upstream failed"}}
+    assert sse_events(tail)[0][1] == {"type": "error", "error": {"type": etype, "message": "the upstream failed"},
+                                      "request_id": CTX.request_id}  # as on the passthrough lane (issue 18.7)
     with pytest.raises(StreamFailed, match=etype):
         accumulate(head + tail)
     assert writer.write(TextDelta("more")) == b"" and writer.close(Usage()) == b"" and writer.error("x", "y") == b""
@@ -490,7 +491,8 @@ def test_an_upstream_stream_error_event_is_rendered_as_the_error_event() -> None
     writer = client.StreamWriter(CTX)
     out = writer.write(StreamError("Overloaded", "overloaded"))
     assert sse_events(out) == [("error", {"type": "error", "error": {"type": "overloaded_error",
-                                                                     "message": "Overloaded"}})]
+                                                                     "message": "Overloaded"},
+                                          "request_id": CTX.request_id})]
 
 
 def _steps_to_events(steps: list[Any]) -> list[Any]:

@@ -501,7 +501,7 @@ class StreamWriter:
         if self.ended:
             return b""
         self.ended = True
-        return _sse("error", {"type": "error", "error": {"type": _error_type(code), "message": message}})
+        return stream_error_event(message, code, self.ctx.request_id)
 
     def _start(self) -> bytes:
         if self.started:
@@ -614,7 +614,8 @@ def cut_events(open_block: int | None, usage: Usage) -> bytes:
 
 
 def stream_error_event(message: str, code: str, request_id: str) -> bytes:
-    """The in-band error that makes the anthropic SDK raise (a passthrough stream, no writer)."""
+    """The in-band error that makes the anthropic SDK raise, with the request id as the API's own errors carry it
+    (a passed-through stream and a translated one alike)."""
     return _sse("error", {"type": "error", "error": {"type": _error_type(code), "message": message},
                           "request_id": request_id})
 
