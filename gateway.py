@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     path = config_path(args.config)
     try:
-        settings = load(path)
+        settings = load(path, provider_keys=not args.command)  # operator commands call no upstream
     except ConfigError as exc:
         print(f"tokentoll: config error: {exc}", file=sys.stderr)
         return 2

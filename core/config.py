@@ -206,7 +206,9 @@ def config_path(cli_value: str | None) -> Path:
     return Path(cli_value or os.environ.get(CONFIG_ENV) or "config.toml")
 
 
-def load(path: Path, environ: dict[str, str] | None = None) -> Settings:
+def load(path: Path, environ: dict[str, str] | None = None, provider_keys: bool = True) -> Settings:
+    """The settings in `path`. `provider_keys` False (the operator commands, which call no upstream): a provider
+    whose api_key_env is not set is read with no key instead of refused."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -215,21 +217,22 @@ def load(path: Path, environ: dict[str, str] | None = None) -> Settings:
         raw = tomllib.loads(text, parse_float=Decimal)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    settings = parse(raw, os.environ if environ is None else environ)
+    settings = parse(raw, os.environ if environ is None else environ, provider_keys)
     billing = settings.billing
     if not os.path.isabs(billing.database):  # relative to the config file, not to the working directory
         billing = Billing(**{**billing.__dict__, "database": str(path.parent / billing.database)})
     return replace(settings, billing=billing, source=str(path))
 
 
-def parse(raw: dict[str, Any], environ: dict[str, str] | os._Environ[str]) -> Settings:
+def parse(raw: dict[str, Any], environ: dict[str, str] | os._Environ[str], provider_keys: bool = True) -> Settings:
     _only_keys(raw, "", {"server", "providers", "models", "billing", "cache", "tasks", "routing", "chains",
                          "recharge", "console"})
     server = _server(_table(raw, "server", "server"))
     providers_raw = _table(raw, "providers", "providers")
     if not providers_raw:
         raise ConfigError("providers: at least one provider is required")
-    providers = {n: _provider(n, _table(providers_raw, n, f"providers.{_q(n)}"), environ) for n in providers_raw}
+    providers = {n: _provider(n, _table(providers_raw, n, f"providers.{_q(n)}"), environ, provider_keys)
+                 for n in providers_raw}
     models_raw = _table(raw, "models", "models")
     if not models_raw:
         raise ConfigError("models: at least one model is required")
@@ -438,7 +441,7 @@ def _log_target(target: str) -> str:
     return target
 
 
-def _provider(name: str, t: dict[str, Any], environ: Any) -> Provider:
+def _provider(name: str, t: dict[str, Any], environ: Any, need_key: bool = True) -> Provider:
     at = f"providers.{_q(name)}"
     _only_keys(t, at, {"format", "base_url", "api_key_env", "timeouts", "builtin", "demo_chunk_delay", "limit_field"})
     fmt = _str(t, "format", at, "openai")
@@ -469,7 +472,7 @@ def _provider(name: str, t: dict[str, Any], environ: Any) -> Provider:
     api_key = ""
     if key_env:
         api_key = environ.get(key_env, "")
-        if not api_key:
+        if not api_key and need_key:
             raise ConfigError(f"{at}.api_key_env: environment variable {key_env} is not set or empty")
     if limit_field == "auto":
         limit_field = default_limit_field(base_url)
