@@ -75,12 +75,13 @@ class Router:
 
     def failed(self, channel: Channel, now: float, retry_after: float | None = None) -> None:
         """A failure before the answer started. The channel rests for the upstream's Retry-After when it gave
-        one; after `breaker_failures` failures in a row (or a failed probe) it is out for `breaker_seconds`."""
+        one (it said when it will take requests again: no longer); otherwise after `breaker_failures` failures
+        in a row (or a failed probe) it is out for `breaker_seconds`."""
         state = self.states.setdefault(channel_key(channel), ChannelState())
         state.failures += 1
         rest = retry_after or 0.0
-        if state.failures >= self.settings.breaker_failures:
-            rest = max(rest, self.settings.breaker_seconds)
+        if not rest and state.failures >= self.settings.breaker_failures:
+            rest = self.settings.breaker_seconds
         state.closed_until = max(state.closed_until, now + rest) if rest else state.closed_until
         state.probe_started = 0.0
 

@@ -69,6 +69,20 @@ def test_retry_after_rests_a_channel_and_tells_when_the_first_is_back() -> None:
     assert router.order(m, 7.5)[0] is A
 
 
+def test_an_upstreams_retry_after_is_not_stretched_by_the_breaker() -> None:
+    """Issue 18.9: an upstream that said retry-after: 2 three times gave the third caller retry-after: 30 (the
+    breaker's rest); it says when it takes requests again, and the client is told that."""
+    router = Router(Routing(breaker_failures=3, breaker_seconds=30), random.Random(1))
+    m = model(A)
+    for now in (0.0, 0.1, 0.2):
+        router.failed(A, now=now, retry_after=2)
+    assert router.retry_after(m, 0.2) == pytest.approx(2.0)
+    assert router.order(m, 2.3)[0] is A and not router.is_out(A, 2.3)
+    for now in (3.0, 3.1, 3.2):  # failures with no Retry-After still open the breaker
+        router.failed(A, now=now)
+    assert router.retry_after(m, 3.2) == pytest.approx(30.0)
+
+
 # -- through the gateway --------------------------------------------------------------------------
 
 
