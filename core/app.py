@@ -55,6 +55,7 @@ log = logging.getLogger("tokentoll")
 KNOWN_ROUTES = ("/v1/models", "/v1beta/models", "/v1/pricing", "/metrics", "/healthz", "/readyz", "/admin/",
                 "/v1/recharge/", "/console")
 KNOWN_PATHS = frozenset({"/v1/models", "/v1beta/models", "/v1/pricing", "/metrics", "/healthz", "/readyz"})
+CLAUDE_TAILS = ("/messages/count_tokens", "/messages")  # a Claude-format call, whatever the prefix before it
 OPENAI_PATHS_WITHOUT_V1 = ("/chat/completions", "/completions", "/embeddings", "/responses", "/models")
 
 
@@ -358,6 +359,11 @@ def not_found_hint(request: Request, dialect: str, root: str) -> str:
     """Most 404s are a base URL one segment off: say exactly how to fix it (`root`: the gateway's public URL), for
     the SDK that asked."""
     path = request.url.path
+    claude_tail = next((tail for tail in CLAUDE_TAILS if path.endswith(tail)), None)
+    if claude_tail is not None:  # Anthropic's Messages API one segment off, from the SDK or from curl
+        return (f"unknown URL {request.method} {path}: Anthropic's API is at {root}/v1{claude_tail}. The Anthropic "
+                f"SDK adds /v1 itself: set base_url to {root} (Anthropic(base_url=\"{root}\")), with no path; "
+                f"with curl, POST {root}/v1{claude_tail}.")
     if dialect == "anthropic":
         return (f"unknown URL {request.method} {path}. The Anthropic SDK adds /v1 itself: set base_url to {root} "
                 f"(Anthropic(base_url=\"{root}\")), with no path.")

@@ -270,6 +270,14 @@ def test_a_base_url_one_segment_off_gets_advice_for_the_sdk_that_asked(native_gw
     with pytest.raises(anthropic.NotFoundError) as claude_404:
         wrong.messages.create(model="scripted-anthropic", max_tokens=10, messages=HELLO)
     assert f"set base_url to {native_gw.url} " in claude_404.value.message and claude_404.value.request_id
+    # curl (no anthropic-version) one segment off either way: the advice names the Messages URL, never a
+    # base URL ending in /v1 (issue 18.3)
+    for path in ("/v1/v1/messages", "/messages", "/v1/v1/messages/count_tokens", "/messages/count_tokens"):
+        status, body = post_status(native_gw.url + path, {"model": "scripted-anthropic"}, {"x-api-key": native_key})
+        message = body["error"]["message"]
+        tail = path.removeprefix("/v1/v1").removeprefix("/v1")
+        assert status == 404 and f"POST {native_gw.url}/v1{tail}" in message, message
+        assert f"set base_url to {native_gw.url} " in message and f"{native_gw.url}/v1 (" not in message
     for suffix in ("/v1", "/v1beta"):
         g = genai.Client(api_key=native_key, http_options=gt.HttpOptions(base_url=native_gw.url + suffix))
         with pytest.raises(gerrors.ClientError) as gemini_404:
