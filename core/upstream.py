@@ -157,8 +157,7 @@ class Upstreams:
         headers = {"User-Agent": USER_AGENT, "Accept": "*/*" if stream else "application/json"}
         if content_type:
             headers["Content-Type"] = content_type
-        if provider.api_key:
-            headers.update(UPSTREAM_ADAPTERS[provider.format].auth_headers(provider.api_key))
+        headers.update(UPSTREAM_ADAPTERS[provider.format].auth_headers(provider.api_key))  # "" adds no key
         if stream:
             timeout = aiohttp.ClientTimeout(total=None, connect=t.connect, sock_connect=t.connect)
         else:
@@ -190,8 +189,8 @@ class Upstreams:
             }
             if stream:  # a compressed event stream may be held back by the encoder: ask for none
                 headers["Accept-Encoding"] = "identity"
-            if provider.api_key:  # each format's own credential and version headers
-                headers.update(UPSTREAM_ADAPTERS[provider.format].auth_headers(provider.api_key))
+            # each format's own version headers, and its credential when the provider has a key
+            headers.update(UPSTREAM_ADAPTERS[provider.format].auth_headers(provider.api_key))
             if stream:
                 timeout = aiohttp.ClientTimeout(total=None, connect=t.connect, sock_connect=t.connect)
             else:

@@ -409,6 +409,11 @@ def matrix_config(native: str, log_path: Path) -> str:
                  'timeouts = { connect = 5, first_byte = 20, idle = 20, total = 60 }\n')
     parts.append('[models.scripted-reasoning]\nprovider = "up-openai-reasoning"\nupstream_model = "scripted"\n'
                  'max_output_tokens = 1000\nprice = { input = "1", output = "2" }\n')
+    # a self-hosted Anthropic-format server that takes no key: still sent the API version
+    parts.append(f'[providers.up-anthropic-open]\nformat = "anthropic"\nbase_url = "{native}/anthropic/v1"\n'
+                 'timeouts = { connect = 5, first_byte = 20, idle = 20, total = 60 }\n')
+    parts.append('[models.open-anthropic]\nprovider = "up-anthropic-open"\nupstream_model = "scripted"\n'
+                 'max_output_tokens = 1000\nprice = { input = "1", output = "2" }\n')
     parts.append('[models.embed-openai]\nprovider = "up-openai"\nupstream_model = "scripted"\nmax_output_tokens = 1\n'
                  'price = { input = "1", output = "0" }\n')
     parts.append('[models.embed-gemini]\nprovider = "up-gemini"\nupstream_model = "scripted"\nmax_output_tokens = 1\n'

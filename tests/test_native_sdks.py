@@ -285,6 +285,20 @@ def test_a_base_url_one_segment_off_gets_advice_for_the_sdk_that_asked(native_gw
         assert gemini_404.value.code == 404 and "with no path" in (gemini_404.value.message or "")
 
 
+def test_an_anthropic_upstream_without_a_key_still_gets_the_api_version(native_gw: GatewayProcess, native_key: str,
+                                                                          native: NativeUpstream) -> None:
+    """Issue 18.12: a provider with no api_key_env (a self-hosted server) was sent no anthropic-version header, which
+    the Messages API requires; the credential is the only header a key decides."""
+    for c in (claude(native_gw, native_key), openai.OpenAI(base_url=native_gw.base_url, api_key=native_key,
+                                                           max_retries=0)):
+        if isinstance(c, anthropic.Anthropic):
+            c.messages.create(model="open-anthropic", max_tokens=10, messages=HELLO)
+        else:
+            c.chat.completions.create(model="open-anthropic", messages=HELLO)  # translated to Messages
+        sent = native.requests[-1].headers
+        assert sent["anthropic-version"] == "2023-06-01" and "x-api-key" not in sent
+
+
 def test_native_passthrough_answers_carry_the_public_model_name(native_gw: GatewayProcess, native_key: str) -> None:
     c = claude(native_gw, native_key)
     assert c.messages.create(model="scripted-anthropic", max_tokens=10, messages=HELLO).model == "scripted-anthropic"

@@ -52,7 +52,8 @@ JSON_OBJECT_INSTRUCTION = "Answer with a single valid JSON object and nothing el
 
 
 def auth_headers(api_key: str) -> dict[str, str]:
-    return {"x-api-key": api_key, "anthropic-version": ANTHROPIC_VERSION}
+    """The API version always (every Messages request needs it), the key when the provider has one."""
+    return {"anthropic-version": ANTHROPIC_VERSION, **({"x-api-key": api_key} if api_key else {})}
 
 
 def build_request(chat: Chat, upstream_model: str, max_output: int) -> tuple[str, bytes]:

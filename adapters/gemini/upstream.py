@@ -34,7 +34,7 @@ MAX_EMBED_BATCH = 100  # batchEmbedContents refuses more requests than this
 
 
 def auth_headers(api_key: str) -> dict[str, str]:
-    return {"x-goog-api-key": api_key}
+    return {"x-goog-api-key": api_key} if api_key else {}
 
 
 def _all_media(chat: Chat) -> list[Media]:

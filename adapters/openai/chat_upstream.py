@@ -36,7 +36,7 @@ _FINISHES: dict[str, Finish] = {"stop": "stop", "length": "length", "tool_calls"
 
 
 def auth_headers(api_key: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {api_key}"}
+    return {"authorization": f"Bearer {api_key}"} if api_key else {}
 
 
 def passthrough_body(body: dict[str, Any], upstream_model: str, max_output: int,
