@@ -5,11 +5,13 @@ shapes, and the order refusals made before the store is asked anything."""
 from __future__ import annotations
 
 import asyncio
+from decimal import Decimal
 from typing import Any
 
 import pytest
 
 from billing.recharge.addresses import evm_key, tron_to_evm
+from billing.recharge import amounts
 from billing.recharge.orders import (
     OrderError, RechargeDesk, payment_uri, shape_deposit, shape_order, shown_address,
 )
@@ -105,6 +107,21 @@ def test_an_order_is_refused_with_the_field_at_fault(chain_name: Any, amount: An
     with pytest.raises(OrderError) as refused:
         asyncio.run(desk.create_order(1, chain_name, amount))
     assert refused.value.param == param and refused.value.message.startswith(message)
+
+
+@pytest.mark.parametrize("fee,amount,least", [("0", "0.5", "1 USDT"), ("0.01", "1.01", "1.010102 USDT"),
+                                               ("0.025", "1", "1.025642 USDT")])
+def test_the_smallest_order_says_how_much_to_send_fee_included(fee: str, amount: str, least: str) -> None:
+    """Issue 18.12: 1.01 USDT with a 1% fee was refused as 'the smallest recharge is 1.00 USD', which hid the fee."""
+    desk = RechargeDesk({"evm": chain("evm")}, Recharge(fee=Decimal(fee)), NoStore())  # type: ignore[arg-type]
+    with pytest.raises(OrderError) as refused:
+        asyncio.run(desk.create_order(1, "evm", amount))
+    message = refused.value.message
+    assert message.startswith("the smallest recharge is 1.00 USD credited") and message.endswith(least), message
+    assert ("fee" in message) == (fee != "0")
+    raw = amounts.raw_amount(least.split()[0], 6)  # the amount it names is enough, and one unit less is not
+    assert amounts.credit_for(raw, 6, Decimal(1), Decimal(fee)) >= 10**9 > amounts.credit_for(raw - 1, 6, Decimal(1),
+                                                                                            Decimal(fee))
 
 
 @pytest.mark.parametrize("raw_id", ["abc", "", "-1", "1.0", "²", str(2**63)])

@@ -23,6 +23,18 @@ def credit_for(raw: int, decimals: int, usd_per_token: Decimal = Decimal(1), fee
     return math.floor(exact)  # exact rational arithmetic: no precision runs out on an 18-decimal amount
 
 
+def smallest_raw(credit: int, decimals: int, usd_per_token: Decimal = Decimal(1), fee: Decimal = Decimal(0)) -> int:
+    """The fewest base units whose credit_for is at least `credit` nano-dollars (the fee and the rate included)."""
+    per_unit = Fraction(UNITS_PER_USD, 10**decimals) * Fraction(usd_per_token) * (1 - Fraction(fee))
+    return math.ceil(Fraction(credit) / per_unit)
+
+
+def decimal_text(value: Decimal) -> str:
+    """A configured rate or fee for people: exact, no exponent, no trailing zeros ("1", "0.5")."""
+    text = f"{value:f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
 def tokens(raw: int, decimals: int) -> str:
     """A token amount for people: the exact decimal, no trailing zeros past the point ("12.5", "0.000001")."""
     whole, frac = divmod(raw, 10**decimals)

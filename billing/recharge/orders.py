@@ -56,7 +56,10 @@ class RechargeDesk:
             raise OrderError(f"'amount': {exc}", "amount") from None
         r = self.recharge
         if amounts.credit_for(raw, c.decimals, r.usd_per_usdt, r.fee) < r.minimum:
-            raise OrderError(f"the smallest recharge is {usd_text(r.minimum)} USD", "amount")
+            least = amounts.tokens(amounts.smallest_raw(r.minimum, c.decimals, r.usd_per_usdt, r.fee), c.decimals)
+            kept = f", after the {amounts.decimal_text(r.fee * 100)}% fee" if r.fee else ""
+            raise OrderError(f"the smallest recharge is {usd_text(r.minimum)} USD credited{kept}: send at least "
+                             f"{least} USDT", "amount")
         if raw > MAX_ORDER_TOKENS * 10**c.decimals:
             raise OrderError(f"the largest recharge order is {MAX_ORDER_TOKENS:,} USDT", "amount")
         shown = addresses.deposit_address(c.xpub, c.kind, account_id)

@@ -42,16 +42,10 @@ def qr_svg(text: str) -> str:
                                                   title="QR code of the payment")
 
 
-def decimal_text(value: Decimal) -> str:
-    """A configured rate or fee for people: exact, no exponent, no trailing zeros ("1", "0.5")."""
-    text = f"{value:f}"
-    return text.rstrip("0").rstrip(".") if "." in text else text
-
-
 def terms(desk: RechargeDesk) -> dict[str, Any]:
     """What every recharge is subject to (core/config.py Recharge): the smallest credit, the rate and the fee."""
     r = desk.recharge
-    return {"minimum": r.minimum, "rate": decimal_text(r.usd_per_usdt), "fee_percent": decimal_text(r.fee * 100)}
+    return {"minimum": r.minimum, "rate": amounts.decimal_text(r.usd_per_usdt), "fee_percent": amounts.decimal_text(r.fee * 100)}
 
 
 def order_credit(desk: RechargeDesk, order: dict[str, Any]) -> int | None:
