@@ -442,3 +442,12 @@ def test_security_admin_is_not_forwarded(edge: Edge, gw: GatewayProcess) -> None
     gw.log_entry(headers["x-tt-request-id"])  # a later request's line is there, so any /admin one would be
     reached = [e for e in gw.log_entries()[before:] if e["request_id"] not in (console, headers["x-tt-request-id"])]
     assert not reached, f"requests nginx forwarded to the gateway: {reached}"
+
+
+def test_a_port_other_than_443_reaches_the_console_with_its_port(nginx: int) -> None:
+    """Issue 18.4: `proxy_set_header Host $host` dropped the port, so behind nginx on another port the console's
+    forms failed their Origin check and Client Integration showed a URL without the port."""
+    host = f"{HOST}:8443"
+    status, _, page = get(nginx, "/console/integration", {"Host": host})
+    assert status == 200 and f"http://{host}/v1".encode() in page, page[:300]
+
