@@ -17,7 +17,7 @@ import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from adapters import openai
@@ -105,6 +105,7 @@ class Gateway:
             for m in settings.models.values()]})
         self.router = Starlette(
             routes=[
+                Route("/", self.root, methods=["GET"]),
                 Route("/v1/models", self.list_models, methods=["GET"]),
                 Route("/v1/models/{model_id:path}", self.get_model, methods=["GET"]),
                 Route("/v1beta/models", self.list_gemini_models, methods=["GET"]),
@@ -269,6 +270,12 @@ class Gateway:
             return self.error(request, 404, f"the model {model_id!r} does not exist; GET /v1/models lists them",
                               "model_not_found", "model")
         return JSONResponse(openai.model_object(model.name, model.created, model.owned_by))
+
+    async def root(self, request: Request) -> Response:
+        """A browser is sent to the console; an API client gets the 404 that names the base URL to use."""
+        if self.settings.console.enabled and "text/html" in request.headers.get("accept", ""):
+            return RedirectResponse("/console/", status_code=302)
+        return self.not_found(request)
 
     async def pricing(self, request: Request) -> Response:
         """Public: every model's prices (USD per 1M tokens as exact decimal strings)."""

@@ -351,3 +351,14 @@ def test_the_error_codes_listed_are_what_the_gateway_answers(gw: GatewayProcess,
     for code in ("api_key_disabled", "api_key_expired", "api_key_quota_exceeded", "model_not_allowed",
                  "rate_limit_exceeded", "request_too_large_for_tpm"):
         assert code in listed, code
+
+
+def test_the_root_sends_browsers_to_the_console_and_api_clients_to_the_base_url(gw: GatewayProcess) -> None:
+    """Issue 18.12: GET / was a JSON 404 for everyone."""
+    browser = requests.get(gw.url + "/", headers={"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"},
+                           allow_redirects=False, timeout=20)
+    assert browser.status_code == 302 and browser.headers["location"] == "/console/"
+    assert "Sign" in requests.get(gw.url + "/", timeout=20, headers={"Accept": "text/html"}).text  # lands on a page
+    api = requests.get(gw.url + "/", headers={"Accept": "application/json"}, timeout=20)
+    assert api.status_code == 404 and error_code(api) == "unknown_url"
+    assert f"{gw.url}/v1/chat/completions" in api.json()["error"]["message"]
