@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from billing.keys import KeyRejected, Presented, check_presented, credentials
+from billing.ledger import Ledger
 from billing.pricing import units_to_usd
 from billing.store import Admission
 from core.errors import AuthenticationFailed, GatewayError, PaymentRequired, PermissionDenied, RateLimited
@@ -21,6 +22,14 @@ def presented_key(scope: dict[str, Any], query_allowed: bool = False) -> Present
         return check_presented(credentials(scope["headers"], scope.get("query_string", b""), query_allowed))
     except KeyRejected as exc:
         raise AuthenticationFailed(exc.message, code=exc.code, headers=NO_RETRY) from None
+
+
+async def refuse_unknown_key(ledger: Ledger, key: Presented) -> None:
+    """The 401 for a key that is unknown, disabled or expired, asked before any costly work for its request
+    (reading and parsing the body, counting tokens, fetching media)."""
+    known = await ledger.authenticate(key)
+    if known.error:
+        raise admission_error(known, "")
 
 
 def admission_error(adm: Admission, model: str, smaller: str = "lower max_tokens") -> GatewayError:

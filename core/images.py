@@ -25,7 +25,7 @@ from adapters.openai.images import ImageRequest, PriceChoice
 from billing.keys import Presented
 from billing.ledger import Ledger
 from billing.metering import Usage, UsageRecord
-from core.auth import admission_error, presented_key
+from core.auth import admission_error, presented_key, refuse_unknown_key
 from core.config import Model, Settings
 from core.dialects import id_headers
 from core.errors import (
@@ -133,9 +133,7 @@ class ImageRelay:
                                      f"/v1/images/generations and /v1/images/edits")
         if self.billing:  # the key is known good before the body (an upload, perhaps) is read or parsed
             x.key = presented_key(scope)
-            known = await self.ledger.authenticate(x.key)
-            if known.error:
-                raise admission_error(known, "")
+            await refuse_unknown_key(self.ledger, x.key)
         raw = await read_body(scope, receive, self.settings.server.max_body_bytes)
         ctype = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"content-type"), "")
         try:

@@ -21,7 +21,7 @@ from adapters.gemini import upstream as gemini_upstream
 from adapters.openai import chat_upstream as openai_upstream
 from billing.ledger import Ledger
 from billing.metering import Meter, Usage, UsageRecord, output_cutoff
-from core.auth import admission_error, presented_key
+from core.auth import admission_error, presented_key, refuse_unknown_key
 from core import sse
 from core.clientip import from_scope
 from core.config import Channel, Model, Settings
@@ -121,9 +121,7 @@ class Relay:
                                         f"and batchEmbedContents")
                 if self.billing:  # the key is known good before the body is read, parsed or counted
                     x.key = presented_key(scope, call.dialect == "gemini")
-                    known = await self.ledger.authenticate(x.key)
-                    if known.error:
-                        raise admission_error(known, call.model or "")
+                    await refuse_unknown_key(self.ledger, x.key)
                 body = await read_body(scope, receive, self.settings.server.max_body_bytes)
                 watch = asyncio.ensure_future(receive())
                 watch.add_done_callback(on_disconnect)

@@ -28,7 +28,7 @@ from billing.keys import Presented
 from billing.ledger import Ledger
 from billing.safetynet import owner_id
 from billing.tasks import OPEN, USAGE_STATUS, NewTask, TaskBook, TaskPoller, hold_amount, task_charge
-from core.auth import NO_RETRY, admission_error, presented_key
+from core.auth import NO_RETRY, admission_error, presented_key, refuse_unknown_key
 from core.config import Model, Provider, Settings
 from core.dialects import id_headers
 from core.errors import (
@@ -165,9 +165,7 @@ class TaskRelay:
     # -- the actions --------------------------------------------------------------------------------
 
     async def _create(self, c: Call, scope: dict[str, Any], receive: Any, send: Any, key: Presented) -> None:
-        known = await self.ledger.authenticate(key)  # before the body (an upload, perhaps) is read or parsed
-        if known.error:
-            raise admission_error(known, "")
+        await refuse_unknown_key(self.ledger, key)  # before the body (an upload, perhaps) is read or parsed
         body = await read_body(scope, receive, self.settings.server.max_body_bytes)
         content_type = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"content-type"), "")
         try:

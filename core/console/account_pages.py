@@ -14,7 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from core.console.charts import daily_spend_svg
-from core.console.web import ConsoleWeb, FormError, NotFound, Visitor, sentence
+from core.console.web import ConsoleWeb, FormError, NotFound, Visitor, day_text, sentence
 from core.operations import LATEST, MAX_RATE, NotFoundError, OperationError, whole_number
 
 CHART_DAYS = 30
@@ -80,12 +80,7 @@ def expiry(text: str, now: float) -> str:
 def expires_on(ts: float | None) -> str:
     """A stored expiry as the keys page shows it (YYYY-MM-DD, UTC); "" (never) for none, and for one at or past
     LATEST, which an older gateway (or the CLI) may have stored: shown, never an error."""
-    if not ts or ts >= LATEST.timestamp():
-        return ""
-    try:
-        return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d")
-    except (ValueError, OverflowError, OSError):
-        return ""
+    return "" if not ts or ts >= LATEST.timestamp() else day_text(ts)
 
 
 def routes(web: ConsoleWeb) -> list[Route]:

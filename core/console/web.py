@@ -114,7 +114,7 @@ class ConsoleWeb:
                                             trim_blocks=True, lstrip_blocks=True)
         self.templates.filters["usd"] = lambda units: usd_text(units) if units is not None else ""
         self.templates.filters["when"] = _when
-        self.templates.filters["day"] = _day
+        self.templates.filters["day"] = day_text
         self.clock: Callable[[], float] = time.time  # what the log-in throttle counts by (tests may set it)
 
     async def start(self) -> None:
@@ -330,7 +330,7 @@ def _when(ts: float | None) -> str:
     return _utc(ts, "%Y-%m-%d %H:%M:%S UTC")
 
 
-def _day(ts: float | None) -> str:
+def day_text(ts: float | None) -> str:
     return _utc(ts, "%Y-%m-%d")
 
 
