@@ -32,14 +32,16 @@ from core.operations import Operations
 from billing.safetynet import SafetyNet, owner_id
 from billing.recharge.orders import RechargeDesk
 from billing.recharge.service import RechargeService
-from billing.store import Store, tx_deposit_counts, tx_oldest_open_hold
+from billing.store import Store, tx_deposit_counts, tx_key_scope, tx_oldest_open_hold
 from core.clientip import from_scope, public_base_url
 from core.console import Console
 from core.health import FLUSH_SECONDS as HEALTH_FLUSH_SECONDS
-from core.config import Settings
-from core.dialects import relay_call, wants_anthropic, wants_gemini
+from core.auth import admission_error, presented_key
+from core.config import Model, Settings
+from core.dialects import Dialect, relay_call, wants_anthropic, wants_gemini
+from core.dialects import error_body as dialect_error_body
 from core.edge import BodyDeadline, conflicting_framing, method_label, wrong_listener
-from core.errors import BodyTimeout
+from core.errors import BodyTimeout, GatewayError
 from core.images import ImageRelay
 from core.media import MediaFetcher
 from core.metrics import Metrics
@@ -92,10 +94,6 @@ class Gateway:
         self.admin = AdminAPI(self.operations, self.store, self.metrics, settings.server.trusted_proxies)
         self.console = Console(settings, self.operations, self.store, self.recharge_desk)
         self.ready = False
-        self._models = [openai.model_object(m.name, m.created, m.owned_by) for m in settings.models.values()]
-        self._anthropic_models = anthropic_client.models_list(
-            [anthropic_client.model_object(m.name, m.name, m.created) for m in settings.models.values()])
-        self._gemini_models = {m.name: _gemini_model(m) for m in settings.models.values()}
         self._pricing = orjson.dumps({"object": "list", "currency": "USD", "unit": "per 1M tokens", "data": [
             {"model": m.name, "owned_by": m.owned_by, "max_output_tokens": m.max_output_tokens,
              **{kind: units_to_usd(getattr(m.prices, kind)) for kind in ("input", "output", "cache_read", "cache_write")},
@@ -232,44 +230,77 @@ class Gateway:
 
     # -- routes ---------------------------------------------------------------------------
 
+    async def key_models(self, request: Request, dialect: Dialect) -> list[Model] | Response:
+        """The models the caller's key may use, in the configured order (every model when billing is off), or the
+        refusal in the caller's dialect: 401 without a valid key. The lists answer no one without a key."""
+        models = list(self.settings.models.values())
+        if not self.settings.billing.enabled:
+            return models
+        try:
+            key = presented_key(request.scope, query_allowed=dialect == "gemini")
+            admission, allowed = await self.store.run(tx_key_scope, key.hash, time.time())
+            if admission.error:
+                raise admission_error(admission, "-")
+        except GatewayError as err:
+            rid = request.scope.get("tt_request_id", "")
+            headers = {**err.headers, **({"request-id": rid} if dialect == "anthropic" else {})}
+            return Response(dialect_error_body(dialect, err.status, err.message, err.code, err.param, rid),
+                            status_code=err.status, media_type="application/json", headers=headers)
+        if allowed is None:
+            return models
+        return [m for m in models if m.name in allowed]
+
     async def list_models(self, request: Request) -> Response:
-        """The OpenAI list; the Anthropic one for anthropic-version callers; Gemini's for google-genai (v1)."""
-        if wants_anthropic(request.scope["headers"]):
-            return Response(self._anthropic_models, media_type="application/json")
+        """The OpenAI list; the Anthropic one for anthropic-version callers; Gemini's for google-genai (v1): the
+        models of the caller's key."""
         if wants_gemini(request.scope["headers"], request.scope.get("query_string", b"")):
             return await self.list_gemini_models(request)
-        return Response(openai.models_list(self._models), media_type="application/json")
+        dialect: Dialect = "anthropic" if wants_anthropic(request.scope["headers"]) else "openai"
+        models = await self.key_models(request, dialect)
+        if isinstance(models, Response):
+            return models
+        if dialect == "anthropic":
+            return Response(anthropic_client.models_list([anthropic_client.model_object(m.name, m.name, m.created)
+                                                          for m in models]), media_type="application/json")
+        return Response(openai.models_list([openai.model_object(m.name, m.created, m.owned_by) for m in models]),
+                        media_type="application/json")
 
     async def list_gemini_models(self, request: Request) -> Response:
-        return Response(gemini_client.models_list(list(self._gemini_models.values())), media_type="application/json")
-
-    async def get_gemini_model(self, request: Request) -> Response:
-        model_id = request.path_params["model_id"].removeprefix("models/")
-        found = self._gemini_models.get(model_id)
-        if found is None:
-            body = gemini_client.error_body(404, f"the model {model_id!r} does not exist; GET /v1beta/models lists "
-                                                 "them", "model_not_found", None, request.scope["tt_request_id"])
-            return Response(body, status_code=404, media_type="application/json")
-        return JSONResponse(found)
+        models = await self.key_models(request, "gemini")
+        if isinstance(models, Response):
+            return models
+        return Response(gemini_client.models_list([_gemini_model(m) for m in models]), media_type="application/json")
 
     async def get_model(self, request: Request) -> Response:
-        if wants_gemini(request.scope["headers"], request.scope.get("query_string", b"")):
+        """One model of the caller's key; a model it may not use is answered as one that does not exist."""
+        headers = request.scope["headers"]
+        if wants_gemini(headers, request.scope.get("query_string", b"")):
             return await self.get_gemini_model(request)
-        if wants_anthropic(request.scope["headers"]):
-            m = self.settings.models.get(request.path_params["model_id"])
-            if m is None:
-                body = anthropic_client.error_body(404, f"the model {request.path_params['model_id']!r} does not "
-                                                        "exist; GET /v1/models lists them", "model_not_found", None,
-                                                   request.scope["tt_request_id"])
-                return Response(body, status_code=404, media_type="application/json",
-                                headers={"request-id": request.scope["tt_request_id"]})
-            return JSONResponse(anthropic_client.model_object(m.name, m.name, m.created))
+        dialect: Dialect = "anthropic" if wants_anthropic(headers) else "openai"
+        models = await self.key_models(request, dialect)
+        if isinstance(models, Response):
+            return models
         model_id = request.path_params["model_id"]
-        model = self.settings.models.get(model_id)
+        model = next((m for m in models if m.name == model_id), None)
         if model is None:
-            return self.error(request, 404, f"the model {model_id!r} does not exist; GET /v1/models lists them",
-                              "model_not_found", "model")
+            return self.dialect_error(request, dialect, 404, f"the model {model_id!r} does not exist or this API key "
+                                      "may not use it; GET /v1/models lists the models of this key",
+                                      "model_not_found", "model")
+        if dialect == "anthropic":
+            return JSONResponse(anthropic_client.model_object(model.name, model.name, model.created))
         return JSONResponse(openai.model_object(model.name, model.created, model.owned_by))
+
+    async def get_gemini_model(self, request: Request) -> Response:
+        models = await self.key_models(request, "gemini")
+        if isinstance(models, Response):
+            return models
+        model_id = request.path_params["model_id"].removeprefix("models/")
+        model = next((m for m in models if m.name == model_id), None)
+        if model is None:
+            return self.dialect_error(request, "gemini", 404, f"the model {model_id!r} does not exist or this API key "
+                                      "may not use it; GET /v1beta/models lists the models of this key",
+                                      "model_not_found", None)
+        return JSONResponse(_gemini_model(model))
 
     async def root(self, request: Request) -> Response:
         """A browser is sent to the console; an API client gets the 404 that names the base URL to use."""
@@ -308,6 +339,12 @@ class Gateway:
               headers: dict[str, str] | None = None) -> Response:
         body = openai.error_body(status, message, code, param, request.scope.get("tt_request_id", ""))
         return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+    def dialect_error(self, request: Request, dialect: Dialect, status: int, message: str, code: str | None,
+                      param: str | None) -> Response:
+        rid = request.scope.get("tt_request_id", "")
+        return Response(dialect_error_body(dialect, status, message, code, param, rid), status_code=status,
+                        media_type="application/json", headers={"request-id": rid} if dialect == "anthropic" else None)
 
     async def http_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)

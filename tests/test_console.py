@@ -381,6 +381,27 @@ def test_key_limits_status_and_another_accounts_keys(gateway: GatewayProcess) ->
     assert sdk(gateway, made["key"]).chat.completions.create(model="demo-echo", messages=MSG).choices
 
 
+def test_each_key_has_a_prices_page_of_the_models_it_may_use(gateway: GatewayProcess) -> None:
+    owner, stranger = ConsoleClient(gateway.url), ConsoleClient(gateway.url)
+    owner.sign_up(email())
+    stranger.sign_up(email())
+    narrow = create_key(owner, name="narrow", models="demo-echo")
+    wide = create_key(owner, name="wide")
+    keys_page = owner.get("/console/keys").text
+    assert f'href="/console/keys/{narrow["id"]}/prices"' in keys_page
+    shown = owner.get(f"/console/keys/{narrow['id']}/prices")
+    assert shown.status_code == 200 and "Prices for the key narrow" in shown.text
+    assert re.findall(r'<tr data-model="([^"]+)"', shown.text) == ["demo-echo"]
+    listed = [m.id for m in sdk(gateway, narrow["key"]).models.list()]
+    assert listed == ["demo-echo"]  # the page and the API agree
+    every = re.findall(r'<tr data-model="([^"]+)"', owner.get(f"/console/keys/{wide['id']}/prices").text)
+    assert every == [m.id for m in sdk(gateway, wide["key"]).models.list()] and len(every) > 1
+    public = re.findall(r'<tr data-model="([^"]+)"', owner.get("/console/prices").text)
+    assert public == every  # the public page is unchanged: every model
+    assert stranger.get(f"/console/keys/{narrow['id']}/prices").status_code == 404  # another account's key
+    assert ConsoleClient(gateway.url).get(f"/console/keys/{narrow['id']}/prices").status_code == 303  # log in first
+
+
 def test_the_dashboard_shows_the_wallet_spend_per_key_and_the_chart(gateway: GatewayProcess) -> None:
     c = ConsoleClient(gateway.url)
     address = email()

@@ -277,7 +277,8 @@ def test_request_id_and_the_real_client_address_come_through(gw: GatewayProcess,
 
     # the same lie told to the gateway directly: an untrusted peer's headers are ignored
     direct = int(gw.url.rsplit(":", 1)[1])
-    status, headers, _ = get(direct, "/v1/models", {"X-Forwarded-For": "198.51.100.66"})
+    status, headers, _ = get(direct, "/v1/models", {"X-Forwarded-For": "198.51.100.66",
+                                                    "Authorization": f"Bearer {key}"})
     assert status == 200 and gw.log_entry(headers["x-tt-request-id"])["client_ip"] == CLIENT
 
     body = json.dumps({"model": "demo-echo", "messages": [{"role": "user", "content": "hi"}]}).encode()

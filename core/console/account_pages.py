@@ -14,6 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from core.console.charts import daily_spend_svg
+from core.console.public_pages import price_rows
 from core.console.web import ConsoleWeb, FormError, NotFound, Visitor, day_text, sentence
 from core.operations import LATEST, MAX_RATE, NotFoundError, OperationError, whole_number
 
@@ -157,6 +158,16 @@ def routes(web: ConsoleWeb) -> list[Route]:
             return await _answer(request, v, action)
         return endpoint
 
+    async def key_prices(request: Request, v: Visitor) -> Response:
+        """The Model Prices table for one of the account's keys: only the models that key may use."""
+        key_id = request.path_params["key_id"]
+        key = next((k for k in await ops.list_keys(str(v.account_id)) if k["id"] == key_id), None)
+        if key is None:
+            raise NotFound
+        allowed = key.get("models")
+        models = {name: m for name, m in web.settings.models.items() if allowed is None or name in allowed}
+        return web.show(request, v, "prices.html", rows=price_rows(models), key=key)
+
     async def update_key(request: Request, v: Visitor) -> Response:
         async def action(form: dict[str, str]) -> dict[str, Any]:
             row = await ops.set_key(request.path_params["key_id"], owner=v.account_id, **key_settings(form, False))
@@ -171,4 +182,5 @@ def routes(web: ConsoleWeb) -> list[Route]:
         Route("/keys/{key_id:int}/disable", web.page(set_status("disabled", "disabled")), methods=["POST"]),
         Route("/keys/{key_id:int}/enable", web.page(set_status("active", "enabled")), methods=["POST"]),
         Route("/keys/{key_id:int}", web.page(update_key), methods=["POST"]),
+        Route("/keys/{key_id:int}/prices", web.page(key_prices), methods=["GET"]),
     ]

@@ -124,7 +124,7 @@ def routes(web: ConsoleWeb) -> list[Route]:
     model = chat_model(web.settings.models)
 
     async def prices(request: Request, v: Visitor) -> Response:
-        return web.show(request, v, "prices.html", rows=rows)
+        return web.show(request, v, "prices.html", rows=rows, key=None)
 
     async def integration(request: Request, v: Visitor) -> Response:
         base = web.base_url(request)
