@@ -390,6 +390,7 @@ class Relay:
         x.meter.mark_complete()
         if x.cache_state == "miss":
             x.answer = openai_upstream.parse_response(obj)
+            await self._cache_answer(x)
         raw = renamed(raw, x.rename)
         ctype = resp.headers.get("content-type", "application/json").encode()
         x.status = 200
@@ -450,14 +451,16 @@ class Relay:
                     if meter.output_observed >= cutoff and not complete:
                         x.cut = complete = True
                         out.append(stream.cut(meter.record().usage, include_usage))
+                if complete and x.collector is not None and not x.error_code and not x.cut:
+                    meter.mark_complete()
+                    x.answer = x.collector.reply()
+                    await self._cache_answer(x)  # before the client reads the end of the answer
                 await self._send_events(x, out, send)
                 if not chunk:
                     break
             if not complete:
                 raise UpstreamClosed("the upstream ended the stream before it was complete")
             meter.mark_complete()
-            if x.collector is not None and not x.error_code and not x.cut:
-                x.answer = x.collector.reply()
         except UpstreamError as err:
             if not x.started:
                 raise
@@ -491,6 +494,7 @@ class Relay:
             meter_reply(meter, reply)
             if x.cache_state == "miss":
                 x.answer = reply
+                await self._cache_answer(x)
             if plan.render is not None:  # translated: told the usage that is charged
                 reply.usage = meter.record().usage
                 raw = plan.render(reply)
@@ -551,6 +555,10 @@ class Relay:
                         x.cut = complete = True  # the upstream went on past the limit: it ends here
                         if translated:
                             out.append(x.writer.write(internal.End("length")))
+                if complete and x.collector is not None and not failed and not x.cut:
+                    meter.mark_complete()
+                    x.answer = x.collector.reply()
+                    await self._cache_answer(x)  # before the client reads the end of the answer
                 await self._send_events(x, out, send)
                 if not chunk:
                     break
@@ -561,8 +569,6 @@ class Relay:
                 raise UpstreamClosed("the upstream ended the stream before it was complete")
             else:
                 meter.mark_complete()
-                if x.collector is not None and not x.cut:
-                    x.answer = x.collector.reply()
                 usage = meter.record().usage
                 if translated:
                     tail = x.writer.close(usage)
@@ -650,13 +656,19 @@ class Relay:
         x.finished = True
         await send({"type": "http.response.body", "body": body})
 
-    async def _store_answer(self, x: Exchange, usage: Usage) -> None:
-        """A complete answer that missed the cache goes into it; a failure to store costs the request nothing."""
-        assert x.model is not None
+    async def _cache_answer(self, x: Exchange) -> None:
+        """A complete answer that missed the cache goes into it before its last bytes go to the client, so that
+        the same request sent as soon as this answer is read finds it. A failure to store costs the request
+        nothing."""
+        if x.answer is None or not x.answer.parts or x.model is None or x.meter is None:
+            return
+        record = x.meter.record()
+        if record.source not in ("upstream", "observed"):
+            return
         try:
-            await self.cache.put(x.cache_key, x.cache_scope, x.model.name, response_cache.encode_answer(x.answer, usage),
-                                 usage, time.time())
-        except Exception:  # noqa: BLE001 - the answer was delivered and charged; only the cache lost it
+            await self.cache.put(x.cache_key, x.cache_scope, x.model.name,
+                                 response_cache.encode_answer(x.answer, record.usage), record.usage, time.time())
+        except Exception:  # noqa: BLE001 - the answer is delivered and charged all the same; only the cache lost it
             log.exception("could not store the answer of %s in the response cache", x.request_id)
 
     def _count_upstream_error(self, x: Exchange, kind: str) -> None:
@@ -692,8 +704,6 @@ class Relay:
                 cost, overrun, over_tokens = settled.charged, settled.overrun, settled.overrun_tokens
                 if over_tokens and not settled.already:
                     m.child(m.overrun_tokens, x.model.provider.name, model).inc(over_tokens)
-        if x.answer is not None and x.answer.parts and x.model is not None and record.source in ("upstream", "observed"):
-            await self._store_answer(x, record.usage)
         self.log.write({
             "request_id": x.request_id,
             "route": x.route,

@@ -4,7 +4,9 @@ through the gateway: miss then hit in all three client formats, streamed and not
 from __future__ import annotations
 
 import asyncio
+import http.client
 import sqlite3
+import threading
 import time
 from decimal import Decimal
 from collections.abc import Iterator
@@ -14,6 +16,7 @@ from typing import Any
 
 import anthropic
 import httpx2
+import orjson
 import pytest
 from google import genai
 from google.genai import types as gtypes
@@ -30,7 +33,8 @@ from billing.metering import Usage
 from billing.pricing import TokenPrices
 from core import response_cache as rc
 from core.errors import BadRequest
-from tests.conftest import NATIVE_KEY, GatewayProcess, NativeUpstream, cli, matrix_config, serve_gateway, wait_for
+from tests.conftest import (NATIVE_KEY, GatewayProcess, NativeUpstream, cli, demo_provider, matrix_config, serve_gateway,
+                            wait_for)
 
 # -- the rule and the key --------------------------------------------------------------------------
 
@@ -154,11 +158,19 @@ def test_entries_expire_and_the_least_recently_used_go_when_the_cache_is_full(tm
 
 # -- through the gateway ----------------------------------------------------------------------------
 
+DEMO_SLOW = '''
+[models.demo-slow]
+provider = "demo"
+upstream_model = "echo"
+max_output_tokens = 64
+price = { input = "0.5", output = "1.5" }
+'''  # a stream that takes a while: other requests in flight
 CACHE_MODEL = "scripted-openai"  # 1 USD / 2 USD per 1M in / out, cache_read 0.1 (tests/conftest.py)
 
 
 def cache_config(native: str, log_path: Path) -> str:
-    return matrix_config(native, log_path) + "\n[cache]\nttl = 3600\nmax_bytes = 1048576\n"
+    return (matrix_config(native, log_path) + demo_provider(0.02) + DEMO_SLOW
+            + "\n[cache]\nttl = 3600\nmax_bytes = 1048576\n")
 
 
 @pytest.fixture(scope="module")
@@ -423,3 +435,56 @@ def test_scope_is_the_account_unless_the_cache_is_shared() -> None:
     chat = chat_client.parse_request(openai_body())
     keys = {rc.cache_key(rc.scope_of(a, shared=True), "m", 50, chat) for a in (1, 2)}
     assert len(keys) == 1  # shared: one answer serves every account
+
+
+# -- an answer is in the cache by the time its client has it (issue 18, item 10) ----------------------
+
+RACE_PAIRS = 12
+
+
+def raw_post(port: int, path: str, body: dict[str, Any], key: str) -> tuple[str, bytes]:
+    """One request on a fresh connection with http.client, read to its very end: its X-TT-Cache and body."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    try:
+        conn.request("POST", path, orjson.dumps(body), {"Authorization": f"Bearer {key}",
+                                                        "Content-Type": "application/json"})
+        resp = conn.getresponse()
+        data = resp.read()
+        assert resp.status == 200, data
+        return resp.getheader("x-tt-cache") or "", data
+    finally:
+        conn.close()
+
+
+def keep_busy(gw: GatewayProcess, key: str, stop: threading.Event) -> None:
+    """Slow streams, one after another, until `stop`: other requests in flight, as on a real gateway."""
+    client = OpenAI(base_url=gw.base_url, api_key=key, max_retries=0, timeout=20)
+    while not stop.is_set():
+        for _ in client.chat.completions.create(model="demo-slow", stream=True, max_tokens=64, messages=[
+                {"role": "user", "content": "one two three four five six seven eight nine ten " * 3}]):
+            if stop.is_set():
+                break
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["body", "stream"])
+@pytest.mark.parametrize("model", [CACHE_MODEL, "scripted-anthropic"], ids=["passthrough", "translated"])
+def test_the_same_request_sent_again_at_once_is_a_hit(cache_gw: GatewayProcess, cache_key: str, model: str,
+                                                      stream: bool) -> None:
+    """The answer was stored after its last bytes went out: a client that sent the same request as soon as it had
+    read the first answer could miss (about 1 pair in 20 with http.client). Now it is stored before."""
+    port = int(cache_gw.url.rsplit(":", 1)[1])
+    stop = threading.Event()
+    busy = threading.Thread(target=keep_busy, args=(cache_gw, cache_key, stop), daemon=True)
+    busy.start()
+    try:
+        for i in range(RACE_PAIRS):
+            body = {"model": model, "temperature": 0, "max_tokens": 20, "stream": stream,
+                    "messages": [{"role": "user", "content": f"back to back {model} {stream} {i} {time.time_ns()}"}]}
+            first, answer = raw_post(port, "/v1/chat/completions", body, cache_key)
+            second, again = raw_post(port, "/v1/chat/completions", body, cache_key)
+            assert (first, second) == ("miss", "hit"), f"pair {i}"
+            if not stream:
+                assert orjson.loads(again)["choices"][0]["message"] == orjson.loads(answer)["choices"][0]["message"]
+    finally:
+        stop.set()
+        busy.join(timeout=30)
