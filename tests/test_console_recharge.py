@@ -182,3 +182,23 @@ def test_without_a_chain_the_page_says_recharge_is_not_set_up(bare: GatewayProce
     assert "<select" not in page.text and "No recharge order yet." in page.text
     refused = visitor.post("/console/recharge/orders", {"chain": "local", "amount": "5"})
     assert refused.status_code == 400 and "none is configured" in by_id(refused.text, "recharge-problem")
+
+
+@pytest.fixture(scope="module")
+def with_fee(chain: Chain, token: Token, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    def config(log: Path) -> str:
+        text = recharge_config(chain.url, token, chain.block_number(), log)
+        return text.replace('[recharge]\n', '[recharge]\nfee = 0.01\nusd_per_usdt = 0.99\n', 1)
+
+    yield from serve_gateway(tmp_path_factory.mktemp("console-fee"), config, {}, "house", "0", ("Traceback",))
+
+
+def test_the_terms_read_as_sentences_with_a_rate_and_a_fee(with_fee: GatewayProcess) -> None:
+    visitor = ConsoleClient(with_fee.url)
+    visitor.sign_up("fee@example.com")
+    page = visitor.get("/console/recharge").text
+    terms = " ".join(page.split("The smallest recharge", 1)[1].split("</p>", 1)[0].split())
+    assert terms == ("credits $1.00. 1 USDT credits $0.99. A fee of 1% is kept from each deposit. The order gives you "
+                     "an address and the exact amount to send; your wallet is credited once the chain has confirmed "
+                     "the transfer."), terms
+    assert "deposit.The" not in page and "$0.99.A fee" not in page
