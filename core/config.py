@@ -45,6 +45,9 @@ class Provider:
     builtin: str = ""  # "demo": answered in-process, no network
     demo_chunk_delay: float = 0.0  # seconds between demo stream chunks
     limit_field: str = "max_tokens"  # OpenAI format: the Chat Completions field that carries the output limit
+    # OpenAI format: the upstream serves POST /v1/responses (passed through as is); false: Responses calls are
+    # translated to its Chat Completions. A parsed config always sets it (see default_responses_api).
+    responses_api: bool = True
 
 
 @dataclass(frozen=True)
@@ -443,10 +446,12 @@ def _log_target(target: str) -> str:
 
 def _provider(name: str, t: dict[str, Any], environ: Any, need_key: bool = True) -> Provider:
     at = f"providers.{_q(name)}"
-    _only_keys(t, at, {"format", "base_url", "api_key_env", "timeouts", "builtin", "demo_chunk_delay", "limit_field"})
+    _only_keys(t, at, {"format", "base_url", "api_key_env", "timeouts", "builtin", "demo_chunk_delay", "limit_field",
+                       "responses_api"})
     fmt = _str(t, "format", at, "openai")
     if fmt not in FORMATS:
         raise ConfigError(f"{at}.format: {fmt!r} is not one of {', '.join(FORMATS)}")
+    responses_api = _responses_api(t, at, fmt)
     limit_field = _str(t, "limit_field", at, "auto")
     if "limit_field" in t and fmt != "openai":
         raise ConfigError(f"{at}.limit_field: only OpenAI-format providers choose it ({fmt} has one limit field)")
@@ -464,7 +469,8 @@ def _provider(name: str, t: dict[str, Any], environ: Any, need_key: bool = True)
             if key in t:
                 raise ConfigError(f"{at}.{key}: a builtin provider has no {key}; remove it or remove 'builtin'")
         return Provider(name, fmt, "", "", timeouts, builtin, delay, default_limit_field("") if
-                        limit_field == "auto" else limit_field)
+                        limit_field == "auto" else limit_field, default_responses_api("") if
+                        responses_api is None else responses_api)
     base_url = _str(t, "base_url", at, None).rstrip("/")
     if not base_url.startswith(("http://", "https://")):
         raise ConfigError(f"{at}.base_url: must start with http:// or https://, got {base_url!r}")
@@ -476,7 +482,21 @@ def _provider(name: str, t: dict[str, Any], environ: Any, need_key: bool = True)
             raise ConfigError(f"{at}.api_key_env: environment variable {key_env} is not set or empty")
     if limit_field == "auto":
         limit_field = default_limit_field(base_url)
-    return Provider(name, fmt, base_url, api_key, timeouts, limit_field=limit_field)
+    return Provider(name, fmt, base_url, api_key, timeouts, limit_field=limit_field,
+                    responses_api=default_responses_api(base_url) if responses_api is None else responses_api)
+
+
+def _responses_api(t: dict[str, Any], at: str, fmt: str) -> bool | None:
+    """responses_api: true, false, or "auto" (the default, None here: decided by the host); OpenAI format only."""
+    value = t.get("responses_api", "auto")
+    if "responses_api" in t and fmt != "openai":
+        raise ConfigError(f"{at}.responses_api: only OpenAI-format providers choose it (a {fmt} upstream has no "
+                          "Responses API: Responses calls to its models are always translated)")
+    if value == "auto":
+        return None
+    if not isinstance(value, bool):
+        raise ConfigError(f"{at}.responses_api: must be \"auto\", true or false")
+    return value
 
 
 # Hosts whose Chat Completions need max_completion_tokens: OpenAI's reasoning models refuse max_tokens (so does
@@ -492,6 +512,22 @@ def default_limit_field(base_url: str) -> str:
     if host in COMPLETION_TOKENS_HOSTS or host.endswith(COMPLETION_TOKENS_DOMAINS):
         return "max_completion_tokens"
     return "max_tokens"
+
+
+# Hosts that serve POST /v1/responses in full (stored responses, built-in tools): OpenAI and Azure OpenAI (its v1
+# API). Most OpenAI-compatible servers serve only Chat Completions (llama.cpp, older vLLM, DeepSeek, ...), and a
+# wrong "true" makes every Responses call a 404, while a wrong "false" only loses what cannot be translated.
+RESPONSES_API_HOSTS = ("api.openai.com",)
+RESPONSES_API_DOMAINS = (".openai.azure.com",)
+
+
+def default_responses_api(base_url: str) -> bool:
+    """responses_api = "auto": whether the provider at this base URL is known to serve /v1/responses (README
+    "The Responses API"); the builtin demo provider (no base URL) serves it."""
+    if not base_url:
+        return True
+    host = (urlsplit(base_url).hostname or "").lower()
+    return host in RESPONSES_API_HOSTS or host.endswith(RESPONSES_API_DOMAINS)
 
 
 def _timeouts(t: dict[str, Any], at: str) -> Timeouts:

@@ -24,7 +24,7 @@ from adapters.openai import passthrough as openai_passthrough
 from adapters.openai import prompt as openai_prompt
 from adapters.openai import responses as openai_responses
 from billing.metering import Meter, TextCounter
-from core.config import Model
+from core.config import Model, Provider
 from core.dialects import Call
 from core.errors import BadRequest
 
@@ -58,14 +58,16 @@ class Plan:
     choices: int = 1  # OpenAI passthrough: the answers the upstream writes (n), which a cut stream finishes
 
 
-def lane_for(call: Call, upstream_format: str, model: str) -> Lane:
-    """Same format passes through; otherwise translate, or refuse what the upstream cannot do."""
-    e, fmt = call.endpoint, upstream_format
+def lane_for(call: Call, provider: Provider, model: str) -> Lane:
+    """Same format passes through; otherwise translate, or refuse what the upstream cannot do. The Responses
+    API is OpenAI's own format only where the provider serves it (responses_api); elsewhere it is translated,
+    to the Chat Completions of an OpenAI-format upstream as to any other format."""
+    e, fmt = call.endpoint, provider.format
     if e in ("count_tokens", "count"):
         return "count"
     if call.dialect == "openai":
         if fmt == "openai":
-            return "openai"
+            return "translate" if e == "responses" and not provider.responses_api else "openai"
         if e == "completions":
             raise BadRequest(f"the model {model!r} is served by an {FORMAT_NAMES[fmt]} upstream, which has no legacy "
                              "Completions API: use POST /v1/chat/completions", param="model")
@@ -90,7 +92,7 @@ def plan_request(call: Call, body: dict[str, Any], model: Model, request_id: str
     """Validate the client's body and build the upstream request (pure: no I/O). `headers` are the
     client's: an Anthropic client's betas go on to an Anthropic upstream."""
     fmt = model.provider.format
-    lane = lane_for(call, fmt, model.name)
+    lane = lane_for(call, model.provider, model.name)
     _check_depth(body)
     try:
         if call.dialect == "gemini":  # a field spelled two ways must not mean one thing here and another upstream

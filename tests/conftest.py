@@ -202,18 +202,21 @@ def gateway_config(upstream_url: str, log_path: Path, extra: str = "") -> str:
 [providers.mock]
 format = "openai"
 base_url = "{upstream_url}"
+responses_api = true  # the mock serves /v1/responses: passed through
 api_key_env = "TT_TEST_UPSTREAM_KEY"
 timeouts = {{ connect = 2, first_byte = 5, idle = 5, total = 60 }}
 
 [providers.mock-short]
 format = "openai"
 base_url = "{upstream_url}"
+responses_api = true  # the mock serves /v1/responses: passed through
 api_key_env = "TT_TEST_UPSTREAM_KEY"
 timeouts = {{ connect = 1, first_byte = 0.5, idle = 0.5, total = 10 }}
 
 [providers.mock-total]
 format = "openai"
 base_url = "{upstream_url}"
+responses_api = true  # the mock serves /v1/responses: passed through
 api_key_env = "TT_TEST_UPSTREAM_KEY"
 timeouts = {{ connect = 1, first_byte = 5, idle = 5, total = 0.6 }}
 
@@ -388,7 +391,8 @@ def matrix_config(native: str, log_path: Path) -> str:
     version = {"openai": "v1", "anthropic": "v1", "gemini": "v1beta"}
     for fmt in FORMATS:
         parts.append(f'[providers.up-{fmt}]\nformat = "{fmt}"\nbase_url = "{native}/{fmt}/{version[fmt]}"\n'
-                     f'api_key_env = "TT_NATIVE_KEY"\ntimeouts = {{ connect = 5, first_byte = 20, idle = 20, total = 60 }}\n')
+                     f'api_key_env = "TT_NATIVE_KEY"\ntimeouts = {{ connect = 5, first_byte = 20, idle = 20, total = 60 }}\n'
+                     + ('responses_api = true\n' if fmt == "openai" else ''))  # it serves /v1/responses
         for name in ("scripted", "cached", "die", "stream-error", "status-429", "status-529", "status-400", "runaway",
                      "engine", "media-heavy"):
             parts.append(f'[models.{name}-{fmt}]\nprovider = "up-{fmt}"\nupstream_model = "{name}"\n'
@@ -405,7 +409,7 @@ def matrix_config(native: str, log_path: Path) -> str:
     parts.append('[models.clip]\nprovider = "up-openai"\nupstream_model = "scripted"\nprice = { second = "0.1" }\n')
     # OpenAI's own reasoning models refuse max_tokens: a provider told to send max_completion_tokens
     parts.append(f'[providers.up-openai-reasoning]\nformat = "openai"\nbase_url = "{native}/openai/v1"\n'
-                 'api_key_env = "TT_NATIVE_KEY"\nlimit_field = "max_completion_tokens"\n'
+                 'api_key_env = "TT_NATIVE_KEY"\nlimit_field = "max_completion_tokens"\nresponses_api = true\n'
                  'timeouts = { connect = 5, first_byte = 20, idle = 20, total = 60 }\n')
     parts.append('[models.scripted-reasoning]\nprovider = "up-openai-reasoning"\nupstream_model = "scripted"\n'
                  'max_output_tokens = 1000\nprice = { input = "1", output = "2" }\n')

@@ -1,15 +1,20 @@
-"""A scripted OpenAI-format upstream: a real aiohttp server on loopback, run in a thread.
-The upstream model name in each request picks a behaviour (normal answers come from the demo provider)."""
+"""Scripted OpenAI-format upstreams: real aiohttp servers on loopback, run in a thread. MockUpstream's upstream
+model name picks a behaviour (normal answers come from the demo provider); ChatOnlyUpstream is a llama.cpp-shaped
+engine that serves Chat Completions only."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import re
 import threading
+import time
 from typing import Any
 
 import orjson
 from aiohttp import web
 
+from billing.metering import count_text
 from core import demo
 from core.config import Provider, Timeouts
 from tests.loopback import LoopbackServer
@@ -163,3 +168,106 @@ class MockUpstream(LoopbackServer):
         finally:
             self.stream_closed.set()
         return resp
+
+
+class ChatOnlyUpstream(LoopbackServer):
+    """An OpenAI-compatible engine shaped like llama.cpp's Python server (../shared/PROTOCOLS.md §6): it serves
+    POST /v1/chat/completions and nothing else (/v1/responses is FastAPI's 404), reads the output limit from
+    max_tokens only (max_completion_tokens is ignored: the answer runs to the context), reports usage in
+    non-stream answers, and sends no usage in streams even when asked, with CRLF line ends (sse-starlette).
+    The model "vllm" sends the usage chunk when stream_options.include_usage asks, as vLLM does.
+    What it answers: offered tools and no tool result yet, it calls the first tool with {"city": "Paris"};
+    after a tool result, "The tool said: <result>"; otherwise it echoes the last user text, word by word."""
+
+    name = "chat-only upstream"
+    CONTEXT = 2000  # the tokens an answer may run to when the request sets no max_tokens
+    ARGUMENTS = ('{"city": ', '"Paris"}')  # the tool call's arguments, in the two fragments a stream sends
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[dict[str, Any]] = []  # path, body (None off the chat route), usage it reported
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_route("*", "/{tail:.*}", self.not_found)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def since(self, seen: int) -> list[dict[str, Any]]:
+        return self.requests[seen:]
+
+    async def not_found(self, request: web.Request) -> web.Response:
+        await request.read()
+        self.requests.append({"path": request.path, "body": None, "usage": None})
+        return web.json_response({"detail": "Not Found"}, status=404)
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        body = orjson.loads(await request.read())
+        messages = body.get("messages") or []
+        limit = body["max_tokens"] if isinstance(body.get("max_tokens"), int) else self.CONTEXT
+        text, call = self._answer(messages, body.get("tools") or [])
+        pieces, finished = self._pieces(text, limit)
+        prompt = sum(count_text(m.get("content") or "") + 4 for m in messages if isinstance(m.get("content"), str))
+        usage = {"prompt_tokens": prompt, "completion_tokens": sum(map(count_text, pieces)) + (9 if call else 0)}
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        self.requests.append({"path": request.path, "body": body, "usage": usage})
+        finish = "tool_calls" if call else "stop" if finished else "length"
+        head = {"id": "chatcmpl-" + hashlib.sha256(orjson.dumps(body)).hexdigest()[:20],
+                "created": int(time.time()), "model": body.get("model")}
+        if not body.get("stream"):
+            message: dict[str, Any] = {"role": "assistant", "content": "".join(pieces) or None}
+            if call:
+                message["tool_calls"] = [{**call, "function": {**call["function"],
+                                                              "arguments": "".join(self.ARGUMENTS)}}]
+            choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+            return web.json_response({**head, "object": "chat.completion", "choices": [choice], "usage": usage})
+        deltas: list[dict[str, Any]] = [{"role": "assistant"}]
+        deltas += [{"content": p} for p in pieces]
+        if call:
+            deltas.append({"tool_calls": [{"index": 0, **call}]})
+            deltas += [{"tool_calls": [{"index": 0, "function": {"arguments": a}}]} for a in self.ARGUMENTS]
+        chunks = [{"index": 0, "delta": d, "logprobs": None, "finish_reason": None} for d in deltas]
+        chunks.append({"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish})
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for choice in chunks:
+            await resp.write(self._event({**head, "object": "chat.completion.chunk", "choices": [choice]}))
+        options = body.get("stream_options") or {}
+        if body.get("model") == "vllm" and options.get("include_usage"):
+            await resp.write(self._event({**head, "object": "chat.completion.chunk", "choices": [], "usage": usage}))
+        await resp.write(b"data: [DONE]\r\n\r\n")
+        await resp.write_eof()
+        return resp
+
+    @staticmethod
+    def _pieces(text: str, limit: int) -> tuple[list[str], bool]:
+        """The text one word per chunk, cut at `limit` tokens; whether it all fitted."""
+        pieces, used = [], 0
+        for word in re.findall(r"\s*\S+", text):
+            used += count_text(word)
+            if used > limit:
+                return pieces, False
+            pieces.append(word)
+        return pieces, True
+
+    @staticmethod
+    def _event(data: dict[str, Any]) -> bytes:
+        return b"data: " + orjson.dumps(data) + b"\r\n\r\n"
+
+    @staticmethod
+    def _answer(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> tuple[str, dict[str, Any] | None]:
+        """The answer's text, or the tool call it makes (id, type and name; the arguments are ARGUMENTS)."""
+        last = messages[-1] if messages else {}
+        if last.get("role") == "tool":
+            return f"The tool said: {last.get('content')}", None
+        if tools and not any(m.get("role") == "tool" for m in messages):
+            digest = hashlib.sha256(orjson.dumps(messages)).hexdigest()[:12]
+            return "", {"id": f"call_{digest}", "type": "function",
+                        "function": {"name": tools[0]["function"]["name"], "arguments": ""}}
+        users = [m.get("content") for m in messages if m.get("role") == "user"]
+        text = users[-1] if users else ""
+        if isinstance(text, list):
+            text = " ".join(p.get("text", "") for p in text if isinstance(p, dict))
+        return text or "", None

@@ -1,5 +1,5 @@
-"""OpenAI Responses API (POST /v1/responses), client side, requests: the body parsed into the internal Chat
-for a model served by another provider, and the encrypted_content carrier our reasoning items hand back."""
+"""OpenAI Responses API (POST /v1/responses), client side, requests: the body parsed into the internal Chat for
+a model whose upstream has no Responses API, and the encrypted_content carrier our reasoning items hand back."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ _SUMMARIES = ("auto", "concise", "detailed")
 _FILE_TYPES = {"pdf": "application/pdf", "txt": "text/plain", "md": "text/markdown", "csv": "text/csv",
                "html": "text/html", "json": "application/json", "xml": "application/xml", "png": "image/png",
                "jpg": "image/jpeg", "jpeg": "image/jpeg", "gif": "image/gif", "webp": "image/webp"}
-_OPENAI_ONLY = "is served by OpenAI's Responses API itself and needs an OpenAI model; this model is served by " \
-               "another provider"
+_NO_RESPONSES_API = "this model's upstream has no Responses API (the gateway translates the request for it)"
+_OPENAI_ONLY = f"is served by OpenAI's Responses API itself and needs an OpenAI model behind it; {_NO_RESPONSES_API}"
 
 # -- requests ------------------------------------------------------------------------------
 
@@ -62,26 +62,26 @@ def parse_request(body: dict[str, Any]) -> Chat:
 
 
 def _refuse_openai_only_fields(body: dict[str, Any]) -> None:
-    stored = "lives only at OpenAI, and this model is served by another provider (the gateway stores no " \
-             "responses): send the whole conversation in 'input' instead"
+    stored = "lives only at OpenAI (the gateway stores no responses), and this model's upstream has no Responses " \
+             "API: send the whole conversation in 'input' instead"
     if body.get("previous_response_id"):
         raise InvalidRequest(f"'previous_response_id' names a stored response, which {stored}", "previous_response_id")
     if body.get("conversation"):
         raise InvalidRequest(f"'conversation' names a stored conversation, which {stored}", "conversation")
     if body.get("prompt"):
-        raise InvalidRequest("'prompt' names a prompt template stored at OpenAI, which this model (served by "
-                             "another provider) cannot use: send 'instructions' and 'input' instead", "prompt")
+        raise InvalidRequest("'prompt' names a prompt template stored at OpenAI, which this model cannot use (its "
+                             "upstream has no Responses API): send 'instructions' and 'input' instead", "prompt")
     if body.get("background") is True:
-        raise InvalidRequest("background responses are stored and polled at OpenAI; this model is served by "
-                             "another provider: make a normal request (or stream it) instead", "background")
+        raise InvalidRequest(f"background responses are stored and polled at OpenAI; {_NO_RESPONSES_API}: make "
+                             "a normal request (or stream it) instead", "background")
     top = body.get("top_logprobs")
     include = body.get("include")
     if include is not None and (not isinstance(include, list) or not all(isinstance(x, str) for x in include)):
         raise InvalidRequest("'include' must be an array of strings", "include")
     if (isinstance(top, int) and not isinstance(top, bool) and top > 0) or \
             "message.output_text.logprobs" in (include or ()):
-        raise InvalidRequest("log probabilities are available only from OpenAI models; this model is served by "
-                             "another provider", "top_logprobs" if top else "include")
+        raise InvalidRequest(f"log probabilities are available only from OpenAI models; {_NO_RESPONSES_API}",
+                             "top_logprobs" if top else "include")
     if body.get("truncation") not in (None, "auto", "disabled"):
         raise InvalidRequest("'truncation' must be 'auto' or 'disabled'", "truncation")
     metadata = body.get("metadata")
@@ -138,8 +138,7 @@ def _parse_input(value: Any, system: list[Text]) -> list[Message]:
 
 def _unsupported_item(kind: Any, param: str) -> str:
     if kind == "item_reference":
-        return f"'{param}' refers to an item stored at OpenAI; this model is served by another provider: " \
-               "send the item itself"
+        return f"'{param}' refers to an item stored at OpenAI; {_NO_RESPONSES_API}: send the item itself"
     if isinstance(kind, str) and _NAME.fullmatch(kind):
         return f"'{param}' is a '{kind}' item, which {_OPENAI_ONLY}; send message, function_call, " \
                "function_call_output or reasoning items"
@@ -207,8 +206,8 @@ def _content(content: Any, path: str, role: str) -> list[Part]:
 
 def _image(part: dict[str, Any], where: str) -> Media:
     if part.get("file_id"):
-        raise InvalidRequest(f"'{where}.file_id' names a file uploaded to OpenAI, which this model (served by "
-                             "another provider) cannot read: send the image as 'image_url' (a data: URL or an "
+        raise InvalidRequest(f"'{where}.file_id' names a file uploaded to OpenAI, which this model cannot read (its "
+                             "upstream has no Responses API): send the image as 'image_url' (a data: URL or an "
                              "https URL)", f"{where}.file_id")
     url = part.get("image_url")
     if not isinstance(url, str) or not url:
@@ -220,8 +219,8 @@ def _image(part: dict[str, Any], where: str) -> Media:
 def _file(part: dict[str, Any], where: str) -> Media:
     name = part.get("filename") if isinstance(part.get("filename"), str) else None
     if part.get("file_id"):
-        raise InvalidRequest(f"'{where}.file_id' names a file uploaded to OpenAI, which this model (served by "
-                             "another provider) cannot read: send the file as 'file_data' (a data: URL) or "
+        raise InvalidRequest(f"'{where}.file_id' names a file uploaded to OpenAI, which this model cannot read (its "
+                             "upstream has no Responses API): send the file as 'file_data' (a data: URL) or "
                              "'file_url'", f"{where}.file_id")
     data = part.get("file_data")
     if isinstance(data, str) and data:
