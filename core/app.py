@@ -37,6 +37,7 @@ from core.clientip import from_scope, public_base_url
 from core.console import Console
 from core.health import FLUSH_SECONDS as HEALTH_FLUSH_SECONDS
 from core.auth import admission_error, presented_key
+from core.balance_api import DASHBOARD_PATHS, BalanceAPI
 from core.config import Model, Settings
 from core.dialects import Dialect, relay_call, wants_anthropic, wants_gemini
 from core.dialects import error_body as dialect_error_body
@@ -45,6 +46,7 @@ from core.errors import BodyTimeout, GatewayError
 from core.images import ImageRelay
 from core.media import MediaFetcher
 from core.metrics import Metrics
+from core import openapi
 from core.relay import Receive, Relay, Scope, Send
 from core.recharge_api import RechargeAPI
 from core.requestlog import RequestLog
@@ -55,8 +57,9 @@ from core.upstream import Upstreams
 log = logging.getLogger("tokentoll")
 
 KNOWN_ROUTES = ("/v1/models", "/v1beta/models", "/v1/pricing", "/metrics", "/healthz", "/readyz", "/admin/",
-                "/v1/recharge/", "/console")
-KNOWN_PATHS = frozenset({"/v1/models", "/v1beta/models", "/v1/pricing", "/metrics", "/healthz", "/readyz"})
+                "/v1/recharge/", "/console", "/openapi.json", "/v1/balance", "/v1/dashboard/", "/dashboard/")
+KNOWN_PATHS = frozenset({"/v1/models", "/v1beta/models", "/v1/pricing", "/metrics", "/healthz", "/readyz",
+                         "/openapi.json", "/v1/balance"})
 CLAUDE_TAILS = ("/messages/count_tokens", "/messages")  # a Claude-format call, whatever the prefix before it
 OPENAI_PATHS_WITHOUT_V1 = ("/chat/completions", "/completions", "/embeddings", "/responses", "/models")
 
@@ -112,8 +115,10 @@ class Gateway:
                 Route("/metrics", self.render_metrics, methods=["GET"]),
                 Route("/healthz", self.healthz, methods=["GET"]),
                 Route("/readyz", self.readyz, methods=["GET"]),
+                Route("/openapi.json", self.openapi_document, methods=["GET"]),
                 *self.admin.routes(),
                 *RechargeAPI(self.recharge_desk, self.store).routes(),
+                *BalanceAPI(self.store, settings.billing.enabled).routes(),
                 *self.console.routes(),
             ],
             exception_handlers={HTTPException: self.http_error, BodyTimeout: self.body_timeout,
@@ -325,6 +330,10 @@ class Gateway:
         # rendered off the event loop: a large scrape must not hold up the requests in flight
         return Response(await asyncio.to_thread(self.metrics.render), media_type=self.metrics.content_type)
 
+    async def openapi_document(self, request: Request) -> Response:
+        """Public: the OpenAPI 3.1 description of this API (core/openapi.py), built at start-up."""
+        return Response(openapi.DOCUMENT, media_type="application/json")
+
     async def healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -394,6 +403,8 @@ def route_label(path: str) -> str:
         return "/console"
     if path.startswith("/v1/recharge/"):
         return "/v1/recharge/orders" if path.startswith("/v1/recharge/orders") else "/v1/recharge/deposits"
+    if path in DASHBOARD_PATHS:
+        return "/v1/dashboard/billing"
     if path.startswith("/v1beta/models/"):
         return "/v1beta/models/{id}"
     return "/v1/models/{id}" if path.startswith("/v1/models/") else "other"

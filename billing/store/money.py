@@ -188,6 +188,26 @@ def tx_key_scope(conn: sqlite3.Connection, key_hash: bytes, now: float) -> tuple
             json.loads(key["models"]) if key["models"] is not None else None)
 
 
+def tx_key_balance(conn: sqlite3.Connection, key_hash: bytes, now: float,
+                   month: str) -> tuple[Admission, dict[str, Any] | None]:
+    """What a key may read of the books (tx_check_key's checks, for no model in particular): its account's balance
+    and held money, and the key's own monthly limit, spend in `month` (YYYY-MM, UTC) and open holds, the figures
+    admission checks its monthly limit against. Read in one transaction, so they agree with each other."""
+    key = conn.execute("SELECT * FROM api_keys WHERE hash = ?", (key_hash,)).fetchone()
+    refusal = key_refusal(key, None, now)
+    if refusal is not None:
+        return refusal, None
+    row = conn.execute(
+        "SELECT balance, held, "
+        "COALESCE((SELECT spent FROM key_spend WHERE key_id = ? AND month = ?), 0) AS month_spent, "
+        "COALESCE((SELECT SUM(amount) FROM holds WHERE key_id = ? AND status = 'open'), 0) AS key_held "
+        "FROM accounts WHERE id = ?", (key["id"], month, key["id"], key["account_id"])).fetchone()
+    return (Admission("", None, key["id"], key["account_id"]),
+            {"balance": int(row["balance"]), "held": int(row["held"]), "month_spent": int(row["month_spent"]),
+             "key_held": int(row["key_held"]), "monthly_limit": key["monthly_limit"],
+             "expires_at": key["expires_at"]})
+
+
 @dataclass(slots=True)
 class Settlement:
     request_id: str
