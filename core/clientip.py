@@ -87,6 +87,20 @@ def _is_trusted(addr: Address, trusted: Sequence[Network]) -> bool:
     return any(addr.version == net.version and addr in net for net in trusted)
 
 
+FORWARDED_HEADERS = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-real-ip",
+                               b"forwarded"})
+
+
+def untrusted_proxy(scope: dict[str, Any], trusted: Sequence[Network]) -> str:
+    """The peer's address when it sent forwarded headers but is not in `trusted` (a proxy the operator has not
+    listed in server.trusted_proxies, whose headers are therefore ignored); "" otherwise."""
+    if not any(name in FORWARDED_HEADERS for name, _ in scope["headers"]):
+        return ""
+    peer = peer_of(scope)
+    addr = _address(peer)
+    return peer if addr is not None and not _is_trusted(addr, trusted) else ""
+
+
 def public_origin(scope: dict[str, Any], trusted: Sequence[Network]) -> tuple[str, str]:
     """The scheme and host the caller used: the socket's, or X-Forwarded-Proto / X-Forwarded-Host when the
     peer is a trusted proxy (nginx in front of the gateway terminating TLS)."""

@@ -16,7 +16,7 @@ from core.console import security
 from core.console.charts import daily_spend_svg, nice_ceiling
 from billing.pricing import usd_text
 from tests.conftest import (DEMO_ECHO, GatewayProcess, base_config, cli, demo_provider, on_one_utc_day,
-                            serve_gateway)
+                            serve_gateway, wait_for)
 from tests.console_client import PASSWORD, ConsoleClient
 
 MSG = [{"role": "user", "content": "hello console"}]
@@ -235,6 +235,25 @@ def test_sign_up_can_be_turned_off(closed_gateway: GatewayProcess) -> None:
     assert c.post("/console/signup", {"email": email(), "password": PASSWORD, "password2": PASSWORD}).status_code == 404
     assert 'href="/console/signup"' not in c.get("/console/login").text
     assert cli(closed_gateway.config, "users", "list", env=closed_gateway.env) == []
+
+
+def test_an_untrusted_tls_proxy_is_named_on_the_page_and_in_the_log_once(closed_gateway: GatewayProcess) -> None:
+    """nginx ends TLS and forwards X-Forwarded-Proto/-Host, but trusted_proxies is empty (the default): every form
+    fails its origin check. The page names the setting, and the log says why, once."""
+    behind_nginx = {"Origin": "https://gw.example", "X-Forwarded-Proto": "https", "X-Forwarded-Host": "gw.example",
+                    "X-Forwarded-For": "198.51.100.7"}
+    for _ in range(3):
+        r = ConsoleClient(closed_gateway.url).post("/console/login", {"email": "a@b.co", "password": PASSWORD},
+                                                   headers=behind_nginx)
+        assert r.status_code == 403 and "did not come from this console" in r.text
+        assert "[server] trusted_proxies" in r.text
+    warned = wait_for(lambda: [line for line in closed_gateway.stderr_lines if "trusted_proxies" in line] or None,
+                      10, "the trusted_proxies warning")
+    assert len(warned) == 1 and "127.0.0.1" in warned[0] and "X-Forwarded" in warned[0]
+    # a form from another site, with no proxy in the way, is refused without the hint: it is not a setting's fault
+    r = ConsoleClient(closed_gateway.url).post("/console/login", {"email": "a@b.co", "password": PASSWORD},
+                                               headers={"Origin": "https://evil.example"})
+    assert r.status_code == 403 and "trusted_proxies" not in r.text
 
 
 def test_failed_log_ins_are_limited_per_address_and_client_even_when_sent_at_once(

@@ -19,7 +19,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from billing import store
 from billing.pricing import usd_text
-from core.clientip import client_bucket, from_scope, public_base_url, public_origin
+from core.clientip import client_bucket, from_scope, public_base_url, public_origin, untrusted_proxy
 from core.config import Settings
 from core.console import security
 from core.operations import MAX_ID, BusyError, Operations
@@ -37,6 +37,10 @@ ACCOUNT_ATTEMPTS = 4  # failed log-ins per account per window from clients it ne
 KNOWN_CLIENT_SECONDS = 90 * 86400  # a client that logged in to an account stays known to it this long
 MAX_NEXT = 2048  # the longest page a log-in goes back to
 BROWSER_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
+FORM_EXPIRED = "This form has expired or did not come from this console. Reload the page and try again."
+PROXY_HINT = ("If this console is reached through a proxy that ends TLS (nginx), its operator must list that proxy "
+              "in [server] trusted_proxies.")
+PROXY_WARNING_SECONDS = 600.0  # the log says why forms are refused at most this often
 SECURITY_HEADERS = {
     "content-security-policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
                                "frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
@@ -116,6 +120,7 @@ class ConsoleWeb:
         self.templates.filters["when"] = _when
         self.templates.filters["day"] = day_text
         self.clock: Callable[[], float] = time.time  # what the log-in throttle counts by (tests may set it)
+        self._proxy_warned_at = -PROXY_WARNING_SECONDS  # when the log last said forms fail for want of a proxy
 
     async def start(self) -> None:
         """The signing secret, shared by every worker through the database (made at the first start)."""
@@ -159,9 +164,8 @@ class ConsoleWeb:
                     raise NotFound
                 elif any(isinstance(p, int) and p > MAX_ID for p in request.path_params.values()):
                     raise NotFound
-                elif request.method != "GET" and not await self._csrf_passes(request, v):
-                    response = self.error(v, 403, "This form has expired or did not come from this console. "
-                                                   "Reload the page and try again.")
+                elif request.method != "GET" and (refusal := await self._csrf_refusal(request, v)):
+                    response = self.error(v, 403, refusal)
                 else:
                     response = await handler(request, v)
             except NotFound:
@@ -175,19 +179,34 @@ class ConsoleWeb:
 
         return endpoint
 
-    async def _csrf_passes(self, request: Request, v: Visitor) -> bool:
+    async def _csrf_refusal(self, request: Request, v: Visitor) -> str:
+        """"" when a form comes from this console with its token; else what its 403 says."""
         origin = request.headers.get("origin")
         if origin and origin != "null":
             scheme, host = public_origin(request.scope, self.settings.server.trusted_proxies)
             if origin != f"{scheme}://{host}":
-                if origin == f"https://{host}" and scheme == "http":
-                    log.warning("a console form came over HTTPS but the gateway saw http: when a proxy ends TLS, "
-                                "list it in [server] trusted_proxies so its X-Forwarded-Proto is believed")
-                return False
+                return self._origin_refusal(request, origin, scheme, host)
         presented = request.headers.get("x-csrf-token")
         if presented is None:
             presented = (await self.form(request)).get("csrf_token")
-        return security.csrf_ok(self.secret, request.cookies.get(BROWSER_COOKIE), presented)
+        return "" if security.csrf_ok(self.secret, request.cookies.get(BROWSER_COOKIE), presented) else FORM_EXPIRED
+
+    def _origin_refusal(self, request: Request, origin: str, scheme: str, host: str) -> str:
+        """A form from another origin. When a proxy the gateway does not trust sent forwarded headers, or the browser
+        used HTTPS while the gateway saw HTTP, the likely cause is [server] trusted_proxies: the operator is told in
+        the log (at most once in PROXY_WARNING_SECONDS), and the page names the setting."""
+        proxy = untrusted_proxy(request.scope, self.settings.server.trusted_proxies)
+        if not proxy and not (origin == f"https://{host}" and scheme == "http"):
+            return FORM_EXPIRED
+        now = self.clock()
+        if now - self._proxy_warned_at >= PROXY_WARNING_SECONDS:
+            self._proxy_warned_at = now
+            seen = f"the proxy at {proxy} sent X-Forwarded-* headers" if proxy else \
+                "a console form came over HTTPS but the gateway saw HTTP"
+            log.warning("console forms are refused (403) because %s and it is not in [server] trusted_proxies, so "
+                        "its headers are ignored and the form's origin does not match: add the proxy's address to "
+                        "trusted_proxies (for nginx on this host, trusted_proxies = [\"127.0.0.1\"])", seen)
+        return FORM_EXPIRED + " " + PROXY_HINT
 
     async def form(self, request: Request) -> dict[str, str]:
         """An application/x-www-form-urlencoded body (the console's forms), read once; the last value of a name wins."""
