@@ -39,6 +39,7 @@ from core.health import FLUSH_SECONDS as HEALTH_FLUSH_SECONDS
 from core.auth import admission_error, presented_key
 from core.balance_api import DASHBOARD_PATHS, BalanceAPI
 from core.config import Model, Settings
+from core.cors import Cors
 from core.dialects import Dialect, relay_call, wants_anthropic, wants_gemini
 from core.dialects import error_body as dialect_error_body
 from core.edge import BodyDeadline, conflicting_framing, method_label, wrong_listener
@@ -76,6 +77,7 @@ class Gateway:
     def __init__(self, settings: Settings, admin_address: tuple[str, int] | None = None) -> None:
         self.settings = settings
         self.admin_address = admin_address  # the bound server.admin_listen socket: /admin is served there alone
+        self.cors = Cors(settings.server.cors_origins) if settings.server.cors_origins else None
         self.metrics = Metrics()
         self.log = RequestLog(settings.server.request_log)
         self.upstreams = Upstreams(settings, self.metrics.health)
@@ -181,6 +183,14 @@ class Gateway:
         if framing or wrong_listener(scope["path"], scope.get("server"), self.admin_address):
             await self.refuse_at_edge(scope, send, request_id, framing)
             return
+        if self.cors is not None:  # server.cors_origins: a web page's call to /v1 or /v1beta
+            allow = self.cors.allowed_origin(scope)
+            if allow is not None:
+                preflight = self.cors.preflight(scope, allow)
+                if preflight is not None:
+                    await self.answer_preflight(scope, send, request_id, preflight)
+                    return
+                send = self.cors.exposing(send, allow)
         call = relay_call(scope["method"], scope["path"], scope.get("query_string", b""))
         if call is not None:
             await self.relay(call, scope, receive, send, request_id)
@@ -231,6 +241,17 @@ class Gateway:
         self.metrics.child(self.metrics.requests, route, "-", str(status)).inc()
         self.log.write({"request_id": request_id, "route": route, "method": method_label(scope["method"]),
                         "status": status, "error": code,
+                        "client_ip": from_scope(scope, self.settings.server.trusted_proxies)})
+
+    async def answer_preflight(self, scope: Scope, send: Send, request_id: str,
+                               headers: list[tuple[bytes, bytes]]) -> None:
+        """A browser asks whether its page may call an API route: yes (core/cors.py), before any key is needed."""
+        rid = request_id.encode()
+        await send({"type": "http.response.start", "status": 204,
+                    "headers": [*headers, (b"x-tt-request-id", rid), (b"x-request-id", rid)]})
+        await send({"type": "http.response.body", "body": b""})
+        self.metrics.child(self.metrics.requests, "preflight", "-", "204").inc()
+        self.log.write({"request_id": request_id, "route": "preflight", "method": "OPTIONS", "status": 204,
                         "client_ip": from_scope(scope, self.settings.server.trusted_proxies)})
 
     # -- routes ---------------------------------------------------------------------------

@@ -107,6 +107,7 @@ class Server:
     body_timeout: float = 60.0  # seconds a request body may take to arrive, from its headers; then 408 and closed
     idle_timeout: float = 75.0  # seconds a connection may wait for a request's headers (or the next one); then closed
     admin_listen: str = ""  # host:port: /admin is served there alone and is a 404 on the public listener
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call /v1 and /v1beta ("*": any); () none
 
 
 @dataclass(frozen=True)
@@ -383,7 +384,7 @@ def _server(t: dict[str, Any]) -> Server:
     _only_keys(t, "server", {"host", "port", "max_body_bytes", "request_log", "upstream_pool_size", "workers",
                                  "shutdown_grace", "media_fetch_bytes", "media_fetch_private", "media_fetch_count",
                                  "media_fetch_total_bytes", "trusted_proxies", "body_timeout", "idle_timeout",
-                                 "admin_listen"})
+                                 "admin_listen", "cors_origins"})
     d = Server()
     return Server(
         host=_str(t, "host", "server", d.host),
@@ -401,7 +402,23 @@ def _server(t: dict[str, Any]) -> Server:
         body_timeout=_seconds(t, "body_timeout", "server", d.body_timeout, positive=True),
         idle_timeout=_seconds(t, "idle_timeout", "server", d.idle_timeout, positive=True),
         admin_listen=_listen_address(t, "admin_listen", "server"),
+        cors_origins=_origins(t, "cors_origins", "server"),
     )
+
+
+ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?")
+
+
+def _origins(t: dict[str, Any], key: str, at: str) -> tuple[str, ...]:
+    """Browser origins as a browser sends them in Origin (scheme://host[:port], no path or trailing slash), or "*"."""
+    v = t.get(key, [])
+    if not isinstance(v, list) or not all(isinstance(e, str) for e in v):
+        raise ConfigError(f"{at}.{key}: must be a list of origins, like [\"https://chat.example.com\"], or [\"*\"]")
+    for origin in v:
+        if origin != "*" and not ORIGIN.fullmatch(origin):
+            raise ConfigError(f"{at}.{key}: {origin[:100]!r} is not an origin: write scheme://host[:port], like "
+                              f"\"https://chat.example.com\", with no path and no trailing slash (or \"*\" for any)")
+    return tuple(o.lower() for o in v)
 
 
 def _listen_address(t: dict[str, Any], key: str, at: str) -> str:
