@@ -69,16 +69,21 @@ def legacy_used_cents(b: KeyBalance) -> int:
     return -(-b.month_spent // UNITS_PER_CENT)
 
 
-def legacy_limit_usd(b: KeyBalance) -> float:
-    """hard_limit_usd: the used cents plus what the key can still spend, rounded down to a cent, so that a client's
-    hard_limit_usd - total_usage / 100 is never more than the key can spend. A whole number of cents, which a
-    client's own rounding to cents leaves as it is."""
-    return (legacy_used_cents(b) + b.spendable // UNITS_PER_CENT) / 100
+def legacy_limit_cents(b: KeyBalance) -> int:
+    """hard_limit_usd in cents: the used cents plus what the key can still spend, rounded down to a cent, so that a
+    client's hard_limit_usd - total_usage / 100 is never more than the key can spend. A whole number of cents,
+    which a client's own rounding to cents leaves as it is."""
+    return legacy_used_cents(b) + b.spendable // UNITS_PER_CENT
+
+
+def dollars_number(cents: int) -> orjson.Fragment:
+    """Cents as the exact JSON number of dollars these clients parse (1234 -> 12.34), written from integers."""
+    return orjson.Fragment(f"{cents // 100}.{cents % 100:02d}".encode())
 
 
 def subscription_body(b: KeyBalance) -> dict[str, Any]:
     """The legacy OpenAI subscription object, as new-api serves it (the three limits alike)."""
-    limit = legacy_limit_usd(b)
+    limit = dollars_number(legacy_limit_cents(b))
     return {"object": "billing_subscription", "has_payment_method": True, "soft_limit_usd": limit,
             "hard_limit_usd": limit, "system_hard_limit_usd": limit, "access_until": b.expires_at or 0}
 

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core.balance_api import KeyBalance, legacy_limit_usd, legacy_used_cents, subscription_body, usage_body
+from core.balance_api import KeyBalance, legacy_limit_cents, legacy_used_cents, subscription_body, usage_body
 from tests.conftest import (
     DEMO_ECHO, GatewayProcess, base_config, cli, demo_provider, on_one_utc_day, serve_gateway, wallet,
 )
@@ -179,9 +179,9 @@ def figures(available: int, spent: int, key_held: int = 0, limit: int | None = N
 
 def test_a_fraction_of_a_cent_spent_shows_as_a_cent_and_one_left_shows_as_none() -> None:
     b = figures(available=CENT - 1, spent=1)
-    assert (legacy_used_cents(b), legacy_limit_usd(b)) == (1, 0.01)  # 0.01 - 0.01: nothing shown as spendable
+    assert (legacy_used_cents(b), legacy_limit_cents(b)) == (1, 1)  # 0.01 - 0.01: nothing shown as spendable
     assert usage_body(b) == {"object": "list", "total_usage": 1}
-    assert subscription_body(figures(available=12_345 * CENT, spent=0))["hard_limit_usd"] == 123.45
+    assert orjson.dumps(subscription_body(figures(available=12_345 * CENT, spent=0))["hard_limit_usd"]) == b"123.45"
 
 
 def test_the_monthly_limit_counts_open_holds_and_never_goes_below_zero() -> None:
@@ -196,6 +196,6 @@ def test_nextchats_remaining_is_never_more_than_spendable_nor_a_cent_less(availa
                                                                           limit: int | None) -> None:
     b = figures(available, spent, key_held, limit)
     used = math.floor(usage_body(b)["total_usage"] + 0.5)  # cents, as NextChat rounds them
-    total = math.floor(subscription_body(b)["hard_limit_usd"] * 100 + 0.5)
+    total = math.floor(orjson.loads(orjson.dumps(subscription_body(b)))["hard_limit_usd"] * 100 + 0.5)
     assert b.spendable - CENT < (total - used) * CENT <= b.spendable
     assert used * CENT >= spent
