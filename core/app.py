@@ -40,7 +40,7 @@ from core.auth import admission_error, presented_key
 from core.balance_api import DASHBOARD_PATHS, BalanceAPI
 from core.config import Model, Settings
 from core.cors import Cors
-from core.dialects import Dialect, relay_call, wants_anthropic, wants_gemini
+from core.dialects import Dialect, relay_call, repeats_api_version, wants_anthropic, wants_gemini
 from core.dialects import error_body as dialect_error_body
 from core.edge import BodyDeadline, conflicting_framing, method_label, wrong_listener
 from core.errors import BodyTimeout, GatewayError
@@ -62,7 +62,7 @@ KNOWN_ROUTES = ("/v1/models", "/v1beta/models", "/v1/pricing", "/metrics", "/hea
 KNOWN_PATHS = frozenset({"/v1/models", "/v1beta/models", "/v1/pricing", "/metrics", "/healthz", "/readyz",
                          "/openapi.json", "/v1/balance"})
 CLAUDE_TAILS = ("/messages/count_tokens", "/messages")  # a Claude-format call, whatever the prefix before it
-OPENAI_PATHS_WITHOUT_V1 = ("/chat/completions", "/completions", "/embeddings", "/responses", "/models")
+OPENAI_TAILS = ("/chat/completions", "/completions", "/embeddings", "/responses")  # an OpenAI call, likewise
 
 
 def new_request_id() -> str:
@@ -317,6 +317,8 @@ class Gateway:
         return JSONResponse(openai.model_object(model.name, model.created, model.owned_by))
 
     async def get_gemini_model(self, request: Request) -> Response:
+        if repeats_api_version(request.url.path):  # base_url .../v1beta/models: the URL is wrong, whatever the key
+            return self.not_found(request)
         models = await self.key_models(request, "gemini")
         if isinstance(models, Response):
             return models
@@ -378,7 +380,9 @@ class Gateway:
 
     async def http_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        if exc.status_code == 404 or (exc.status_code == 405 and not request.url.path.startswith(KNOWN_ROUTES)):
+        path = request.url.path  # a POST under /v1beta/models/{id} that repeats the API version: a wrong base URL
+        if exc.status_code == 404 or (exc.status_code == 405 and (not path.startswith(KNOWN_ROUTES)
+                                                                  or repeats_api_version(path))):
             return self.not_found(request)
         if exc.status_code == 405:
             allow = (exc.headers or {}).get("Allow", "GET")
@@ -432,26 +436,48 @@ def route_label(path: str) -> str:
 
 
 def not_found_hint(request: Request, dialect: str, root: str) -> str:
-    """Most 404s are a base URL one segment off: say exactly how to fix it (`root`: the gateway's public URL), for
-    the SDK that asked."""
-    path = request.url.path
+    """Most 404s are a base URL one segment off: say how to fix it, for the SDK and for curl (`root`: the gateway's
+    public URL). The endpoint at the path's end names the API; the caller's headers decide only for model URLs."""
+    path, method = request.url.path, request.method
+    unknown = f"unknown URL {method} {path}"
     claude_tail = next((tail for tail in CLAUDE_TAILS if path.endswith(tail)), None)
     if claude_tail is not None:  # Anthropic's Messages API one segment off, from the SDK or from curl
-        return (f"unknown URL {request.method} {path}: Anthropic's API is at {root}/v1{claude_tail}. The Anthropic "
-                f"SDK adds /v1 itself: set base_url to {root} (Anthropic(base_url=\"{root}\")), with no path; "
-                f"with curl, POST {root}/v1{claude_tail}.")
+        return claude_hint(unknown, root, f"POST {root}/v1{claude_tail}")
+    openai_tail = next((tail for tail in OPENAI_TAILS if path.endswith(tail)), None)
+    if openai_tail is not None:
+        return openai_hint(unknown, path.removesuffix(openai_tail), root, f"POST {root}/v1{openai_tail}")
+    head, models, rest = path.rpartition("/models")
+    if models and (not rest or rest.startswith("/")):  # a list, a model or a Gemini call, under a wrong prefix
+        gemini_call = method == "POST" and ":" in rest  # models/{model}:generateContent
+        if gemini_call or dialect == "gemini" or "v1beta" in head:
+            return gemini_hint(unknown, root, f"{'POST' if gemini_call else 'GET'} {root}/v1beta/models{rest}")
+        if dialect == "anthropic":
+            return claude_hint(unknown, root, f"GET {root}/v1/models{rest}")
+        return openai_hint(unknown, head, root, f"GET {root}/v1/models{rest}")
     if dialect == "anthropic":
-        return (f"unknown URL {request.method} {path}. The Anthropic SDK adds /v1 itself: set base_url to {root} "
-                f"(Anthropic(base_url=\"{root}\")), with no path.")
+        return claude_hint(unknown, root, None)
     if dialect == "gemini":
-        return (f"unknown URL {request.method} {path}. google-genai adds the API version itself: set base_url to "
-                f"{root} (http_options={{\"base_url\": \"{root}\"}}), with no path.")
+        return gemini_hint(unknown, root, None)
     if path.startswith("/v1/v1/"):
-        return (f"unknown URL {path}: the base URL ends in /v1 twice. "
-                f"Set base_url to {root}/v1 (the SDK adds the rest).")
-    if path in OPENAI_PATHS_WITHOUT_V1 or path.startswith("/models/"):
-        return (f"unknown URL {path}: the base URL lacks /v1. "
-                f"Set base_url to {root}/v1 (for example OpenAI(base_url=\"{root}/v1\")).")
-    return (f"unknown URL {request.method} {path}. TokenToll serves the OpenAI API under /v1 (for example POST "
+        return openai_hint(unknown, "/v1/v1", root, None)
+    return (f"{unknown}. TokenToll serves the OpenAI API under /v1 (for example POST "
             f"{root}/v1/chat/completions), Anthropic's at {root}/v1/messages and Gemini's at "
             f"{root}/v1beta/models/{{model}}:generateContent.")
+
+
+def openai_hint(unknown: str, prefix: str, root: str, curl: str | None) -> str:
+    """The OpenAI SDK's base URL is <root>/v1; `prefix` is the path the caller's base URL had instead."""
+    wrong = ("the base URL lacks /v1" if not prefix else "the base URL ends in /v1 twice" if prefix == "/v1/v1"
+             else f"the base URL's path is {prefix}, not /v1")
+    return (f"{unknown}: {wrong}. Set base_url to {root}/v1 (for example OpenAI(base_url=\"{root}/v1\")), the SDK "
+            f"adds the rest" + (f"; with curl, {curl}." if curl else "."))
+
+
+def claude_hint(unknown: str, root: str, curl: str | None) -> str:
+    return (f"{unknown}. The Anthropic SDK adds /v1 itself: set base_url to {root} (Anthropic(base_url=\"{root}\")), "
+            f"with no path" + (f"; with curl, {curl}." if curl else "."))
+
+
+def gemini_hint(unknown: str, root: str, curl: str | None) -> str:
+    return (f"{unknown}. google-genai adds the API version itself: set base_url to {root} "
+            f"(http_options={{\"base_url\": \"{root}\"}}), with no path" + (f"; with curl, {curl}." if curl else "."))

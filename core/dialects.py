@@ -41,6 +41,7 @@ GEMINI_METHODS = {
     "batchEmbedContents": "batch_embed",
 }
 GEMINI_PREFIXES = ("/v1beta/models/", "/v1/models/")
+API_VERSIONS = ("v1/", "v1beta/", "v1alpha/")
 UNKNOWN_METHOD = "unknown_method"
 
 
@@ -49,7 +50,7 @@ def relay_call(method: str, path: str, query_string: bytes) -> Call | None:
     call = OPENAI_ROUTES.get(path)
     if call is not None:
         return call
-    if method != "POST" or not path.startswith(GEMINI_PREFIXES):
+    if method != "POST" or not path.startswith(GEMINI_PREFIXES) or repeats_api_version(path):
         return None
     rest = path[len("/v1beta/models/"):] if path.startswith("/v1beta/") else path[len("/v1/models/"):]
     model, colon, verb = rest.rpartition(":")  # model names may hold '/' and even ':'; the method is last
@@ -59,6 +60,13 @@ def relay_call(method: str, path: str, query_string: bytes) -> Call | None:
     stream = verb == "streamGenerateContent"
     sse = b"alt=sse" in query_string
     return Call("gemini", endpoint, model.removeprefix("models/"), stream, sse)
+
+
+def repeats_api_version(path: str) -> bool:
+    """/v1beta/models/v1/models/m:generateContent: google-genai given base_url .../v1beta/models adds its own
+    version and models/ again. A wrong URL (a 404 that says how to fix it), not a model named 'v1/models/m'."""
+    prefix = next((p for p in GEMINI_PREFIXES if path.startswith(p)), None)
+    return prefix is not None and path[len(prefix):].removeprefix("models/").startswith(API_VERSIONS)
 
 
 def wants_gemini(headers: list[tuple[bytes, bytes]], query_string: bytes) -> bool:
