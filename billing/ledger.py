@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from billing import pricing, store
@@ -16,6 +17,19 @@ from billing.pricing import TokenPrices
 _month_cache: tuple[float, float, str] = (0.0, 0.0, "")
 KNOWN_KEY_SECONDS = 10.0  # a key found valid is not looked up again before costly work for this long
 KNOWN_KEYS_MAX = 65536  # keys remembered as valid; only valid keys enter, and the memo is cleared when full
+# The HTTP-like status on the usage row of a hold the safety net closes (the request's own settlement, if it comes,
+# writes its real one): the process serving it stopped (the gateway failed it), or it outlived billing.hold_ttl.
+STOPPED_STATUS = 500
+OUTLIVED_STATUS = 504
+
+
+@dataclass(slots=True)
+class ClosedHold:
+    """A hold the safety net closed: how old it was then, and why (its process stopped, or it outlived the TTL)."""
+
+    request_id: str
+    age: float
+    stopped: bool
 
 
 def month_of(ts: float) -> str:
@@ -33,12 +47,14 @@ def month_of(ts: float) -> str:
 
 class Ledger:
     def __init__(self, db: store.Store, default_rpm: int, default_tpm: int, owner: str = "",
-                 on_failure: Callable[[], None] | None = None) -> None:
+                 on_failure: Callable[[], None] | None = None,
+                 on_settled: Callable[[store.Settled], None] | None = None) -> None:
         self.db = db
         self.default_rpm = default_rpm
         self.default_tpm = default_tpm
         self.owner = owner  # this process, on every hold it places (see billing/safetynet.py)
         self.on_failure = on_failure  # called when a hold or settle transaction raises (a metric, an alert)
+        self.on_settled = on_settled  # called with each committed settlement that changed the books (not a replay)
         self._known_keys: dict[bytes, tuple[float, store.Admission]] = {}  # key hash -> (valid until, who)
 
     def _failed(self) -> None:
@@ -57,7 +73,8 @@ class Ledger:
             return await self.db.run_hot_each(store.tx_admit_all, store.HoldRequest(
                 request_id=request_id, owner=self.owner, key_hash=key.hash, model=model, amount=amount,
                 estimate=estimate, tokens=prompt_estimate + max_output, now=now, month=month_of(now),
-                window=int(now // 60), default_rpm=self.default_rpm, default_tpm=self.default_tpm), abandonable=True)
+                window=int(now // 60), default_rpm=self.default_rpm, default_tpm=self.default_tpm,
+                prompt_tokens=prompt_estimate), abandonable=True)
         except Exception:
             self._failed()
             raise
@@ -124,7 +141,7 @@ class Ledger:
         now = time.time()
         u = record.usage
         try:
-            return await self.db.run_hot_each(store.tx_settle_all, store.Settlement(
+            settled = await self.db.run_hot_each(store.tx_settle_all, store.Settlement(
                 request_id=request_id, cost=cost, input_tokens=u.in_total, output_tokens=u.out_total,
                 cache_read_tokens=u.cache_read, cache_write_tokens=u.cache_write, source=record.source,
                 status=status, duration_ms=duration_ms, now=now, month=month_of(now), by=by, savings=savings,
@@ -132,19 +149,26 @@ class Ledger:
         except Exception:
             self._failed()
             raise
+        if settled is not None and not settled.already and self.on_settled is not None:
+            self.on_settled(settled)
+        return settled
 
-    async def settle_stale(self, older_than: float, batch: int = 500) -> int:
+    async def settle_stale(self, older_than: float, batch: int = 500) -> list[ClosedHold]:
         """The safety net's pass: every hold open for longer than `older_than` seconds, or placed by a
-        process whose heartbeat has lapsed, is settled at its prompt estimate (source "estimate"). If
-        its request does end later, its own settle charges or returns the difference."""
-        closed = 0
+        process whose heartbeat has lapsed, is settled at its prompt estimate (source "estimate", the prompt
+        tokens it was sized for as input, status STOPPED_STATUS or OUTLIVED_STATUS). If its request does end
+        later, its own settle charges or returns the difference. Returns the holds it closed."""
+        closed: list[ClosedHold] = []
         while True:
             now = time.time()
             stale = await self.db.run(store.tx_stale_holds, now - older_than, now, batch)
             for hold in stale:
-                record = UsageRecord(Usage(), "estimate")
-                if await self._settle(hold["request_id"], hold["estimate"], record, 0, None, by="safety_net"):
-                    closed += 1
+                record = UsageRecord(Usage(hold["prompt_tokens"], 0), "estimate")
+                status = STOPPED_STATUS if hold["stopped"] else OUTLIVED_STATUS
+                settled = await self._settle(hold["request_id"], hold["estimate"], record, status, None,
+                                             by="safety_net")
+                if settled is not None and not settled.already:
+                    closed.append(ClosedHold(hold["request_id"], now - hold["created_at"], hold["stopped"]))
             if len(stale) < batch:
                 return closed
 

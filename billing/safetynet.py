@@ -53,9 +53,15 @@ class SafetyNet:
         if not await self.db.run(store.tx_take_lease, LEASE, self.holder, time.time(), self.interval * 3):
             return 0
         closed = await self.ledger.settle_stale(self.hold_ttl)
-        if closed:
-            log.warning("safety net closed %d hold(s) open for more than %gs", closed, self.hold_ttl)
-        return closed
+        stopped = [hold.age for hold in closed if hold.stopped]
+        outlived = [hold.age for hold in closed if not hold.stopped]
+        if stopped:
+            log.warning("safety net closed %d hold(s) of a process that stopped (oldest %.0f s)", len(stopped),
+                        max(stopped))
+        if outlived:
+            log.warning("safety net closed %d hold(s) open for more than billing.hold_ttl = %g s (oldest %.0f s)",
+                        len(outlived), self.hold_ttl, max(outlived))
+        return len(closed)
 
     async def _pass(self) -> None:
         await self.heartbeat()

@@ -78,12 +78,13 @@ class Gateway:
         self.settings = settings
         self.admin_address = admin_address  # the bound server.admin_listen socket: /admin is served there alone
         self.cors = Cors(settings.server.cors_origins) if settings.server.cors_origins else None
-        self.metrics = Metrics()
+        self.metrics = Metrics(settings.models)
         self.log = RequestLog(settings.server.request_log)
         self.upstreams = Upstreams(settings, self.metrics.health)
         self.store = Store(settings.billing.database, settings.billing.synchronous)
         self.ledger = Ledger(self.store, settings.billing.default_rpm, settings.billing.default_tpm, owner_id(),
-                             on_failure=self.metrics.ledger_write_failures.inc)
+                             on_failure=self.metrics.ledger_write_failures.inc,
+                             on_settled=self.metrics.count_settlement)
         srv = settings.server
         self.media = MediaFetcher(srv.media_fetch_bytes, srv.media_fetch_private, srv.media_fetch_count,
                                   srv.media_fetch_total_bytes)

@@ -1,28 +1,33 @@
 """Prometheus metrics for /metrics: requests, durations, time to first byte, gateway overhead, tokens, open
-streams, upstream errors and overruns, the age of the oldest open hold and failed ledger writes.
+streams, upstream errors and overruns, money spent and unbilled, the oldest open hold's age, failed ledger writes.
 One registry per app, so tests can run several. Names follow Prometheus conventions (base units,
 counters exposed with _total) and pass `promtool check metrics` (tests/test_metrics_lint.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from billing.store import Settled
 from core.health import UpstreamHealth
 
 disable_created_metrics()  # no *_created series: Prometheus does not need them
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+OTHER_MODEL = "-"  # the money metrics' model label for a hold whose model is no longer configured
+UNBILLED_REASONS = ("overrun", "shortfall")
 
 
 class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self) -> None:
+    def __init__(self, models: Iterable[str] = ()) -> None:
         self.health = UpstreamHealth()  # the same failures, tallied per minute for the console (core/health.py)
+        self.models = frozenset(models)  # the configured models: the money metrics' model labels, with OTHER_MODEL
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
@@ -59,6 +64,23 @@ class Metrics:
             "hold was sized for, by provider and model: they were not charged (a request costs at most its hold). "
             "A provider that keeps adding here ignores the output limit it is sent.", ["provider", "model"],
             registry=r)
+        self.spend = Counter(
+            "tokentoll_spend_nanousd", "Money taken from wallets by settlements (requests, images, tasks, the "
+            "safety net's prompt estimates), in nano-USD, by model ('-': a model no longer configured). What "
+            "wallets paid is this less tokentoll_refunded_nanousd_total.", ["model"], registry=r)
+        self.refunded = Counter(
+            "tokentoll_refunded_nanousd", "Money given back to wallets, in nano-USD, by model: a request that ended "
+            "after the safety net had charged its prompt estimate, and cost less.", ["model"], registry=r)
+        self.unbilled = Counter(
+            "tokentoll_unbilled_nanousd", "Money of work nobody was charged for, in nano-USD, by model and reason: "
+            "overrun (a cost above the request's hold: an upstream past its limits), shortfall (a request that "
+            "ended after the safety net closed its hold, in a wallet spent meanwhile).", ["model", "reason"],
+            registry=r)
+        for model in (*sorted(self.models), OTHER_MODEL):  # every series from 0, so increase() sees the first
+            self.spend.labels(model)
+            self.refunded.labels(model)
+            for reason in UNBILLED_REASONS:
+                self.unbilled.labels(model, reason)
         self.ledger_write_failures = Counter(
             "tokentoll_ledger_write_failures", "Hold or settle transactions that raised (money may be held "
             "until the safety net settles it).", registry=r)
@@ -99,6 +121,19 @@ class Metrics:
             self.child(self.ttfb, route).observe(ttfb)
         if client_gone:
             self.child(self.client_disconnects, route).inc()
+
+    def count_settlement(self, settled: Settled) -> None:
+        """A settlement that changed the books (the ledger never passes a replay): the money it took from the
+        wallet or gave back, and what it could not charge."""
+        model = settled.model if settled.model in self.models else OTHER_MODEL
+        if settled.taken > 0:
+            self.child(self.spend, model).inc(settled.taken)
+        elif settled.taken < 0:
+            self.child(self.refunded, model).inc(-settled.taken)
+        if settled.overrun:
+            self.child(self.unbilled, model, "overrun").inc(settled.overrun)
+        if settled.unbilled:
+            self.child(self.unbilled, model, "shortfall").inc(settled.unbilled)
 
     def set_oldest_open_hold(self, ages: dict[str, float]) -> None:
         for kind, age in ages.items():

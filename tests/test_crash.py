@@ -1,18 +1,22 @@
 """kill -9 with streams in flight, then a restart: the safety net closes every hold, each request is
-charged exactly once, and the books still add up."""
+charged exactly once, the books still add up, and the net says why it closed them."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import sqlite3
 import threading
+import time
+import urllib.request
 from pathlib import Path
 
 import openai
 import pytest
 
+from billing.ledger import STOPPED_STATUS
 from tests.conftest import UPSTREAM_KEY, GatewayProcess, cli, wait_for
 from tests.mock_upstream import MockUpstream
 
@@ -64,6 +68,7 @@ def test_kill_9_mid_stream_then_restart(upstream: MockUpstream, tmp_path: Path) 
             pass  # the gateway died under it: expected
 
     threads = [threading.Thread(target=stream) for _ in range(STREAMS)]
+    began = time.monotonic()  # every hold is younger than this
     for t in threads:
         t.start()
     started.wait()
@@ -76,12 +81,29 @@ def test_kill_9_mid_stream_then_restart(upstream: MockUpstream, tmp_path: Path) 
     second = GatewayProcess(config, tmp_path / "requests.log", env)
     try:
         wait_for(lambda: cli(config, "holds", env=env) == [], 15, "the safety net to close every hold")
+        with urllib.request.urlopen(second.url + "/metrics", timeout=10) as resp:
+            spend = re.findall(r'^tokentoll_spend_nanousd_total\{model="([^"]*)"\} (\S+)$', resp.read().decode(), re.M)
     finally:
         second.stop()
+    second._drain.join(5)  # everything it wrote has been read
+    # it says why it closed them and how old the oldest was: placed since `began`, not hold_ttl (600 s) ago
+    nets = [line for line in second.stderr_lines if "safety net closed" in line]
+    said = [re.search(rf"closed {STREAMS} hold\(s\) of a process that stopped \(oldest (\d+) s\)", line)
+            for line in nets]
+    assert len(nets) == 1 and said[0] is not None, nets
+    assert int(said[0].group(1)) <= time.monotonic() - began, nets
     db = sqlite3.connect(tmp_path / "tokentoll.db")
     holds = db.execute("SELECT request_id, status, charged, estimate FROM holds").fetchall()
     assert len(holds) == STREAMS and all(status != "open" for _, status, _, _ in holds)
     assert all(charged == estimate for _, _, charged, estimate in holds)  # nothing else was known
+    assert {model: float(value) for model, value in spend} == {"slow": sum(charged for _, _, charged, _ in holds),
+                                                               "-": 0}  # in /metrics, by model
+    # each usage row: the prompt tokens the estimate is the price of (input is 1 USD per 1M tokens), and a status
+    # that says the process serving it stopped
+    rows = db.execute("SELECT u.input_tokens, u.output_tokens, u.status, u.cost, h.prompt_tokens FROM usage u "
+                      "JOIN holds h USING (request_id)").fetchall()
+    assert len(rows) == STREAMS and all(tokens > 0 and tokens * 1000 == cost and (tokens, output, status) ==
+                                        (prompt, 0, STOPPED_STATUS) for tokens, output, status, cost, prompt in rows)
     per_request = db.execute("SELECT request_id, COUNT(*) FROM ledger WHERE kind = 'settle' GROUP BY request_id")
     assert all(n == 1 for _, n in per_request)
     assert db.execute("SELECT COUNT(*) FROM usage WHERE source = 'estimate'").fetchone()[0] == STREAMS

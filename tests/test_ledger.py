@@ -182,7 +182,7 @@ def test_a_request_that_outlives_its_hold_is_charged_its_real_cost_once(tmp_path
         db, ledger, plaintext, account_id = await open_books(tmp_path / "db", balance=100_000)
         key = check_presented(plaintext)
         assert not (await ledger.admit("slow", key, "m", PRICES, 1000, 1000)).error  # hold 3000, estimate 1000
-        assert await ledger.settle_stale(older_than=-1) == 1  # the net gives up on it: charged 1000
+        assert len(await ledger.settle_stale(older_than=-1)) == 1  # the net gives up on it: charged 1000
         late = await ledger.settle("slow", PRICES, UsageRecord(Usage(1000, 500), "upstream"), 200, 9.0, (1000, 1000))
         assert late is not None and late.charged == 2000  # 1000 + 500 x 2, in all
         again = await ledger.settle("slow", PRICES, UsageRecord(Usage(1000, 500), "upstream"), 200, 9.0, (1000, 1000))
@@ -203,7 +203,7 @@ def test_priced_amounts_are_held_and_charged_and_task_holds_are_left_to_the_task
         assert not (await ledger.admit_amount("task", key, "m", 5000, kind="task")).error
         short = await ledger.admit_amount("more", key, "m", 2001)
         assert short.error == "billing_shortfall" and short.detail == {"needed": 2001, "available": 2000}
-        assert await ledger.settle_stale(older_than=-1) == 1  # the image hold; the task's stays open
+        assert len(await ledger.settle_stale(older_than=-1)) == 1  # the image hold; the task's stays open
         assert [h["request_id"] for h in await db.run(store.tx_open_holds)] == ["task"]
         done = await ledger.settle_amount("task", 4000, UsageRecord(Usage(), "upstream"), 200, None, units=8,
                                           by="task")

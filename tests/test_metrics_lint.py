@@ -128,11 +128,16 @@ def test_scrape_after_traffic_passes_promtool(gw: GatewayProcess, key: str) -> N
     for family in ("tokentoll_requests_total", "tokentoll_tokens_total", "tokentoll_upstream_errors_total",
                    "tokentoll_time_to_first_byte_seconds_bucket", "tokentoll_gateway_overhead_seconds_bucket",
                    "tokentoll_oldest_open_hold_age_seconds", "tokentoll_ledger_write_failures_total",
-                   "tokentoll_upstream_overrun_tokens_total"):
+                   "tokentoll_upstream_overrun_tokens_total", "tokentoll_spend_nanousd_total",
+                   "tokentoll_refunded_nanousd_total", "tokentoll_unbilled_nanousd_total"):
         assert f"\n{family}" in text, f"{family} missing from the scrape"
     # 400 tokens written where 10 were allowed (and held): 390 past the hold, and a little input past the estimate
     overrun = sample(text, "tokentoll_upstream_overrun_tokens_total", provider="engine", model="runaway")
     assert overrun is not None and overrun >= 390
+    # the money of those tokens (at 2 USD per 1M output tokens), unbilled; what was charged, spent
+    unbilled = sample(text, "tokentoll_unbilled_nanousd_total", model="runaway", reason="overrun")
+    assert unbilled is not None and unbilled >= 390 * 2000
+    assert (sample(text, "tokentoll_spend_nanousd_total", model="demo-echo") or 0) > 0
     run = promtool("check", "metrics", stdin=text.encode())
     assert run.returncode == 0 and not run.stdout.strip() and not run.stderr.strip(), \
         (run.stdout + run.stderr).decode()

@@ -180,9 +180,9 @@ def test_turns_reach_every_path(tmp_path: Path) -> None:
     answers = run(conn, [settle(1, 9_000), settle(1, 1), settle(9, 1), settle(4, 100, "safety_net"),
                          settle(4, 3_000), settle(7, 0)])
     assert [a[1] for a in answers] == [
-        store.Settled(7_000, 0, 0, overrun=2_000),  # never more than the hold: the rest is an overrun
-        store.Settled(7_000, 0, 0, already=True), None, store.Settled(100, 3_900, 0),
-        store.Settled(3_000, 0, 0), store.Settled(0, 1, 0)]
+        store.Settled(7_000, 0, 0, overrun=2_000, model="m", taken=7_000),  # at most the hold: the rest, an overrun
+        store.Settled(7_000, 0, 0, already=True, model="m"), None, store.Settled(100, 3_900, 0, model="m", taken=100),
+        store.Settled(3_000, 0, 0, model="m", taken=2_900), store.Settled(0, 1, 0, model="m")]  # late: takes 2,900 more
     entries = conn.execute("SELECT kind, note IS NOT NULL FROM ledger WHERE request_id = 'r4' ORDER BY id")
     assert [tuple(r) for r in entries] == [
         ("hold", 0), ("settle", 0), ("settle", 1)]  # the late one says why

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 PAGE_SIZE = 1024
 WAL_CHECKPOINT_PAGES = 4000  # 4 MiB of WAL between checkpoints
 CHECKPOINT_EVERY_COMMITS = 500  # the event loop's commits between two checkpoints on the thread
@@ -88,7 +88,7 @@ CREATE TABLE holds (
     charged INTEGER,
     created_at REAL NOT NULL,
     closed_at REAL
-);
+, prompt_tokens INTEGER NOT NULL DEFAULT 0);  -- the prompt tokens the estimate is for (as ALTER TABLE writes it)
 CREATE INDEX holds_open ON holds (created_at) WHERE status = 'open';   -- only open holds: stays small
 CREATE INDEX holds_key ON holds (key_id) WHERE status = 'open';
 CREATE TABLE ledger (
@@ -618,6 +618,10 @@ def _set_wal(conn: sqlite3.Connection, timeout: float) -> None:
         pause = min(pause * 2, 0.05)
 
 
+# The holds table as versions 4 to 6 made it: version 7's column comes from its own upgrade, and SCHEMA spells
+# that column as ALTER TABLE writes it, so an upgraded database's holds read exactly as a new one's.
+HOLDS_V6 = SCHEMA[SCHEMA.index("CREATE TABLE holds"):SCHEMA.index(", prompt_tokens")] + ");\n"
+
 # From each older version to the next; a new database gets SCHEMA whole.
 UPGRADES = {
     1: """
@@ -635,7 +639,7 @@ DROP INDEX holds_key;
 DROP INDEX ledger_account;
 ALTER TABLE holds RENAME TO holds_v4;
 ALTER TABLE ledger RENAME TO ledger_v4;
-""" + SCHEMA[SCHEMA.index("CREATE TABLE holds"):SCHEMA.index("CREATE TABLE usage")] + """
+""" + HOLDS_V6 + SCHEMA[SCHEMA.index("CREATE INDEX holds_open"):SCHEMA.index("CREATE TABLE usage")] + """
 INSERT INTO holds (request_id, account_id, key_id, model, amount, estimate, tokens, window, status, owner, kind,
                    closed_by, charged, created_at, closed_at)
 SELECT request_id, account_id, key_id, model, amount, estimate, tokens, window, status, owner, kind, closed_by,
@@ -648,6 +652,9 @@ DROP TABLE ledger_v4;
     5: """
 ALTER TABLE usage ADD COLUMN overrun INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE usage ADD COLUMN overrun_tokens INTEGER NOT NULL DEFAULT 0;
+""",
+    6: """
+ALTER TABLE holds ADD COLUMN prompt_tokens INTEGER NOT NULL DEFAULT 0;
 """,
 }
 

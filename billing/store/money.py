@@ -39,6 +39,7 @@ class HoldRequest:
     default_rpm: int
     default_tpm: int
     kind: str = "request"  # or "task": closed by the task poller, never by the safety net
+    prompt_tokens: int = 0  # the prompt tokens `estimate` is the price of (0 for a priced amount)
 
 
 def tx_admit(conn: sqlite3.Connection, r: HoldRequest) -> Admission:
@@ -110,7 +111,7 @@ class _Admissions:
         self.placed[key_id] = self.placed.get(key_id, 0) + r.amount
         window = r.window if limited else 0  # 0: not counted against any rate window
         self.holds.append((r.request_id, account_id, key_id, r.model, r.amount, r.estimate, r.tokens, window, r.owner,
-                           r.kind, r.now))
+                           r.kind, r.now, r.prompt_tokens))
         self.entries.append((account_id, r.amount, r.request_id, key_id, r.now))
         if limited:
             for tally in (self.windows[(key_id, r.window)], self.counted.setdefault((key_id, r.window), [0, 0])):
@@ -146,7 +147,7 @@ class _Admissions:
         if self.holds:
             self.conn.executemany(
                 "INSERT INTO holds (request_id, account_id, key_id, model, amount, estimate, tokens, window, owner, "
-                "kind, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", self.holds)
+                "kind, created_at, prompt_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", self.holds)
             self.conn.executemany(
                 "INSERT INTO ledger (account_id, kind, balance_delta, held_delta, request_id, key_id, created_at) "
                 "VALUES (?, 'hold', 0, ?, ?, ?, ?)", self.entries)
@@ -235,6 +236,8 @@ class Settled:
     already: bool = False
     overrun: int = 0  # cost above the hold, never charged
     overrun_tokens: int = 0
+    model: str = ""  # the hold's model
+    taken: int = 0  # what this settlement itself took from the balance (< 0: a late one gave some back)
 
 
 def tx_settle(conn: sqlite3.Connection, s: Settlement) -> Settled | None:
@@ -283,7 +286,7 @@ class _Settlements:
         if hold["status"] != "open":
             if hold["closed_by"] == "safety_net" and s.by == "request":
                 return self._late(hold, s)
-            return Settled(hold["charged"] or 0, 0, 0, already=True)
+            return Settled(hold["charged"] or 0, 0, 0, already=True, model=hold["model"])
         account_id, key_id, amount = hold["account_id"], hold["key_id"], hold["amount"]
         capped = min(s.cost, amount)  # no request costs more than its hold
         charged = min(capped, self._available(account_id) + amount)
@@ -306,7 +309,8 @@ class _Settlements:
         self.usage_rows.append((s.request_id, account_id, key_id, hold["model"], s.input_tokens, s.output_tokens,
                                 s.cache_read_tokens, s.cache_write_tokens, charged, capped - charged, s.source,
                                 s.status, s.duration_ms, s.now, s.savings, s.units, overrun, over_tokens))
-        return Settled(charged, released, capped - charged, overrun=overrun, overrun_tokens=over_tokens)
+        return Settled(charged, released, capped - charged, overrun=overrun, overrun_tokens=over_tokens,
+                       model=hold["model"], taken=charged)
 
     def _late(self, hold: dict[str, Any], s: Settlement) -> Settled:
         """The request outlived its hold: the safety net charged the prompt estimate, and now the real
@@ -329,7 +333,8 @@ class _Settlements:
         self.usage_updates.append((s.input_tokens, s.output_tokens, s.cache_read_tokens, s.cache_write_tokens, charged,
                                    capped - charged, s.source, s.status, s.duration_ms, s.savings, s.units, overrun,
                                    over_tokens, s.request_id))
-        return Settled(charged, 0, capped - charged, overrun=overrun, overrun_tokens=over_tokens)
+        return Settled(charged, 0, capped - charged, overrun=overrun, overrun_tokens=over_tokens, model=hold["model"],
+                       taken=extra)
 
     def _available(self, account_id: int) -> int:
         return wallet_available(self.conn, self.available, account_id)
@@ -397,13 +402,15 @@ def same_sign_sums(changes: list[int]) -> list[int]:
 
 
 def tx_stale_holds(conn: sqlite3.Connection, before: float, now: float, limit: int) -> list[dict[str, Any]]:
-    """Open holds older than `before`, or whose owner's heartbeat has lapsed (a process that died)."""
+    """Open request holds older than `before`, or whose owner's heartbeat has lapsed (`stopped`: the process that
+    placed it died), oldest first, with what the safety net settles them at (model, estimate, prompt_tokens)."""
     conn.execute("DELETE FROM rate_windows WHERE window < ?", (int(now // 60) - 2,))  # housekeeping
     rows = conn.execute(
-        "SELECT request_id, estimate, created_at FROM holds WHERE status = 'open' AND kind = 'request' AND "
-        "(created_at < ? OR NOT EXISTS (SELECT 1 FROM leases WHERE name = 'worker:' || holds.owner AND "
-        "expires_at >= ?)) ORDER BY created_at LIMIT ?", (before, now, limit)).fetchall()
-    return [dict(r) for r in rows]
+        "SELECT * FROM (SELECT request_id, model, estimate, prompt_tokens, created_at, NOT EXISTS (SELECT 1 FROM "
+        "leases WHERE name = 'worker:' || holds.owner AND expires_at >= ?) AS stopped FROM holds WHERE status = "
+        "'open' AND kind = 'request') WHERE created_at < ? OR stopped ORDER BY created_at LIMIT ?",
+        (now, before, limit)).fetchall()
+    return [{**dict(r), "stopped": bool(r["stopped"])} for r in rows]
 
 
 def tx_credit(conn: sqlite3.Connection, account_id: int, amount: int, kind: str, note: str, now: float) -> int:
