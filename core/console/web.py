@@ -201,11 +201,14 @@ class ConsoleWeb:
         now = self.clock()
         if now - self._proxy_warned_at >= PROXY_WARNING_SECONDS:
             self._proxy_warned_at = now
-            seen = f"the proxy at {proxy} sent X-Forwarded-* headers" if proxy else \
-                "a console form came over HTTPS but the gateway saw HTTP"
-            log.warning("console forms are refused (403) because %s and it is not in [server] trusted_proxies, so "
-                        "its headers are ignored and the form's origin does not match: add the proxy's address to "
-                        "trusted_proxies (for nginx on this host, trusted_proxies = [\"127.0.0.1\"])", seen)
+            if proxy:
+                log.warning("console forms are refused (403): the proxy at %s sent X-Forwarded-* headers but is not "
+                            "in [server] trusted_proxies, so they are ignored and a form's origin does not match; "
+                            "add its address to trusted_proxies", proxy)
+            else:
+                log.warning("console forms are refused (403): the browser used HTTPS but the gateway saw HTTP; when "
+                            "a proxy ends TLS, it must send X-Forwarded-Proto and be listed in [server] "
+                            "trusted_proxies")
         return FORM_EXPIRED + " " + PROXY_HINT
 
     async def form(self, request: Request) -> dict[str, str]:
