@@ -4,6 +4,7 @@ billing routes (/dashboard/billing/subscription and /usage, with or without /v1)
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,7 +51,7 @@ class KeyBalance:
     def spendable(self) -> int:
         """What this key can still spend: the wallet's available money, capped by what its limit leaves."""
         left = self.limit_left
-        return self.available if left is None else min(self.available, left)
+        return max(self.available if left is None else min(self.available, left), 0)
 
 
 def balance_body(b: KeyBalance) -> dict[str, Any]:
@@ -77,7 +78,9 @@ def legacy_limit_cents(b: KeyBalance) -> int:
 
 
 def dollars_number(cents: int) -> orjson.Fragment:
-    """Cents as the exact JSON number of dollars these clients parse (1234 -> 12.34), written from integers."""
+    """Cents (never negative) as the exact JSON number of dollars these clients parse (1234 -> 12.34), written
+    from integers."""
+    assert cents >= 0
     return orjson.Fragment(f"{cents // 100}.{cents % 100:02d}".encode())
 
 
@@ -108,7 +111,7 @@ class BalanceAPI:
             *(Route(path, self._guarded(usage_body), methods=["GET"]) for path in USAGE_PATHS),
         ]
 
-    def _guarded(self, shape: Any) -> Any:
+    def _guarded(self, shape: Callable[[KeyBalance], dict[str, Any]]) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             rid = request.scope.get("tt_request_id", "")
             try:
