@@ -105,6 +105,11 @@ def test_a_page_on_an_allowed_origin_calls_the_api_and_reads_the_tt_headers(
         "x-goog-api-key": key, "content-type": "application/json"},
         body='{"contents": [{"parts": [{"text": "hi"}]}]}')
     assert gemini.get("status") == 200 and "candidates" in gemini["body"], gemini
+    # what NextChat reads for the balance, under the path it calls (no /v1), and the API's description
+    subscription = fetch(page, gw.url + "/dashboard/billing/subscription", headers={"Authorization": f"Bearer {key}"})
+    assert subscription.get("status") == 200 and "hard_limit_usd" in subscription["body"], subscription
+    described = fetch(page, gw.url + "/openapi.json")
+    assert described.get("status") == 200 and '"openapi"' in described["body"]
     refused = fetch(page, gw.url + "/v1/chat/completions", "POST", **chat("sk-tt-" + "0" * 40))
     assert refused.get("status") == 401 and refused["request_id"]  # a page can read the error and its id
 
@@ -138,7 +143,8 @@ def test_preflight_answers(gw: GatewayProcess, pages: tuple[PageServer, PageServ
     ok = raw(gw, "OPTIONS", "/v1/chat/completions", asked)
     assert ok.status == 204 and ok.getheader("access-control-allow-origin") == origin
     assert ok.getheader("access-control-allow-headers") == "authorization, content-type, x-stainless-os"
-    assert "POST" in ok.getheader("access-control-allow-methods") and ok.getheader("vary") == "Origin"
+    assert "POST" in ok.getheader("access-control-allow-methods")
+    assert ok.getheader("vary") == "Origin, Access-Control-Request-Headers"  # the answer echoes both
     odd = raw(gw, "OPTIONS", "/v1beta/models/demo-echo:streamGenerateContent",
               {**asked, "Access-Control-Request-Headers": "bad header\u00e9".encode().decode("latin-1")})
     assert odd.status == 204 and "x-goog-api-key" in odd.getheader("access-control-allow-headers")
@@ -147,8 +153,10 @@ def test_preflight_answers(gw: GatewayProcess, pages: tuple[PageServer, PageServ
         assert r.getheader("access-control-allow-origin") is None and r.status != 204, path
     stranger = raw(gw, "OPTIONS", "/v1/chat/completions", {**asked, "Origin": pages[1].origin})
     assert stranger.getheader("access-control-allow-origin") is None and stranger.status != 204
-    plain = raw(gw, "GET", "/v1/pricing", {})  # no Origin: no CORS headers at all
+    plain = raw(gw, "GET", "/v1/pricing", {})  # no Origin: no CORS headers, but a cache must key on Origin
     assert plain.status == 200 and plain.getheader("access-control-allow-origin") is None
+    assert plain.getheader("vary") == "Origin"
+    assert raw(gw, "GET", "/healthz", {}).getheader("vary") is None  # not an API route
     exposed = raw(gw, "GET", "/v1/pricing", {"Origin": origin})
     assert exposed.getheader("access-control-allow-origin") == origin
     assert "x-tt-request-id" in exposed.getheader("access-control-expose-headers")
