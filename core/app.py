@@ -143,6 +143,11 @@ class Gateway:
                   f"and its first API key (shown once, store it now):\n\n    {demo_key}\n", file=sys.stderr, flush=True)
         if not self.settings.billing.enabled:
             log.warning("billing is disabled: relay routes take no key and charge nothing (billing.enabled = false)")
+        for p in self.settings.providers.values():
+            if p.format == "openai" and not p.builtin and not p.responses_api:
+                log.info("providers.%s: Responses API calls are translated to its Chat Completions (responses_api: "
+                         "false, or \"auto\" for this host); set responses_api = true if it serves /v1/responses",
+                         p.name)
         await self.upstreams.start()
         await self.media.start()
         encoding()  # load the tokenizer now, not on the first request
@@ -184,7 +189,7 @@ class Gateway:
         if framing or wrong_listener(scope["path"], scope.get("server"), self.admin_address):
             await self.refuse_at_edge(scope, send, request_id, framing)
             return
-        if self.cors is not None:  # server.cors_origins: a web page's call to /v1 or /v1beta
+        if self.cors is not None:  # server.cors_origins: a web page's call to the API
             allow = self.cors.allowed_origin(scope)
             if allow is not None:
                 preflight = self.cors.preflight(scope, allow)
@@ -269,13 +274,22 @@ class Gateway:
             if admission.error:
                 raise admission_error(admission, "-")
         except GatewayError as err:
-            rid = request.scope.get("tt_request_id", "")
-            headers = {**err.headers, **({"request-id": rid} if dialect == "anthropic" else {})}
-            return Response(dialect_error_body(dialect, err.status, err.message, err.code, err.param, rid),
-                            status_code=err.status, media_type="application/json", headers=headers)
+            return self.dialect_error(request, dialect, err.status, err.message, err.code, err.param, err.headers)
         if allowed is None:
             return models
         return [m for m in models if m.name in allowed]
+
+    async def key_model(self, request: Request, dialect: Dialect, model_id: str, listed_at: str) -> Model | Response:
+        """One model of the caller's key; a model it may not use is answered as one that does not exist."""
+        models = await self.key_models(request, dialect)
+        if isinstance(models, Response):
+            return models
+        found = next((m for m in models if m.name == model_id), None)
+        if found is None:
+            return self.dialect_error(request, dialect, 404, f"the model {model_id!r} does not exist or this API key "
+                                      f"may not use it; GET {listed_at} lists the models of this key",
+                                      "model_not_found", "model" if dialect == "openai" else None)
+        return found
 
     async def list_models(self, request: Request) -> Response:
         """The OpenAI list; the Anthropic one for anthropic-version callers; Gemini's for google-genai (v1): the
@@ -299,20 +313,13 @@ class Gateway:
         return Response(gemini_client.models_list([_gemini_model(m) for m in models]), media_type="application/json")
 
     async def get_model(self, request: Request) -> Response:
-        """One model of the caller's key; a model it may not use is answered as one that does not exist."""
         headers = request.scope["headers"]
         if wants_gemini(headers, request.scope.get("query_string", b"")):
             return await self.get_gemini_model(request)
         dialect: Dialect = "anthropic" if wants_anthropic(headers) else "openai"
-        models = await self.key_models(request, dialect)
-        if isinstance(models, Response):
-            return models
-        model_id = request.path_params["model_id"]
-        model = next((m for m in models if m.name == model_id), None)
-        if model is None:
-            return self.dialect_error(request, dialect, 404, f"the model {model_id!r} does not exist or this API key "
-                                      "may not use it; GET /v1/models lists the models of this key",
-                                      "model_not_found", "model")
+        model = await self.key_model(request, dialect, request.path_params["model_id"], "/v1/models")
+        if isinstance(model, Response):
+            return model
         if dialect == "anthropic":
             return JSONResponse(anthropic_client.model_object(model.name, model.name, model.created))
         return JSONResponse(openai.model_object(model.name, model.created, model.owned_by))
@@ -320,15 +327,10 @@ class Gateway:
     async def get_gemini_model(self, request: Request) -> Response:
         if repeats_api_version(request.url.path):  # base_url .../v1beta/models: the URL is wrong, whatever the key
             return self.not_found(request)
-        models = await self.key_models(request, "gemini")
-        if isinstance(models, Response):
-            return models
-        model_id = request.path_params["model_id"].removeprefix("models/")
-        model = next((m for m in models if m.name == model_id), None)
-        if model is None:
-            return self.dialect_error(request, "gemini", 404, f"the model {model_id!r} does not exist or this API key "
-                                      "may not use it; GET /v1beta/models lists the models of this key",
-                                      "model_not_found", None)
+        model = await self.key_model(request, "gemini", request.path_params["model_id"].removeprefix("models/"),
+                                     "/v1beta/models")
+        if isinstance(model, Response):
+            return model
         return JSONResponse(_gemini_model(model))
 
     async def root(self, request: Request) -> Response:
@@ -374,10 +376,12 @@ class Gateway:
         return Response(body, status_code=status, media_type="application/json", headers=headers)
 
     def dialect_error(self, request: Request, dialect: Dialect, status: int, message: str, code: str | None,
-                      param: str | None) -> Response:
+                      param: str | None, headers: dict[str, str] | None = None) -> Response:
+        """An error in the caller's dialect (Anthropic's with its request-id header)."""
         rid = request.scope.get("tt_request_id", "")
+        headers = {**(headers or {}), **({"request-id": rid} if dialect == "anthropic" else {})}
         return Response(dialect_error_body(dialect, status, message, code, param, rid), status_code=status,
-                        media_type="application/json", headers={"request-id": rid} if dialect == "anthropic" else None)
+                        media_type="application/json", headers=headers)
 
     async def http_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)

@@ -532,8 +532,9 @@ def default_limit_field(base_url: str) -> str:
 
 
 # Hosts that serve POST /v1/responses in full (stored responses, built-in tools): OpenAI and Azure OpenAI (its v1
-# API). Most OpenAI-compatible servers serve only Chat Completions (llama.cpp, older vLLM, DeepSeek, ...), and a
-# wrong "true" makes every Responses call a 404, while a wrong "false" only loses what cannot be translated.
+# API, base URL .../openai/v1). Most OpenAI-compatible servers serve only Chat Completions (llama.cpp, older vLLM,
+# DeepSeek, ...), and a wrong "true" makes every Responses call a 404, while a wrong "false" only loses what cannot
+# be translated.
 RESPONSES_API_HOSTS = ("api.openai.com",)
 RESPONSES_API_DOMAINS = (".openai.azure.com",)
 
@@ -543,8 +544,11 @@ def default_responses_api(base_url: str) -> bool:
     "The Responses API"); the builtin demo provider (no base URL) serves it."""
     if not base_url:
         return True
-    host = (urlsplit(base_url).hostname or "").lower()
-    return host in RESPONSES_API_HOSTS or host.endswith(RESPONSES_API_DOMAINS)
+    url = urlsplit(base_url)
+    host = (url.hostname or "").lower()
+    if host.endswith(RESPONSES_API_DOMAINS):  # Azure's v1 API (/openai/v1); not a deployment's own URL
+        return url.path.rstrip("/").endswith("/openai/v1")
+    return host in RESPONSES_API_HOSTS
 
 
 def _timeouts(t: dict[str, Any], at: str) -> Timeouts:

@@ -264,7 +264,8 @@ def test_refusals_name_the_param_and_say_why(body: dict[str, Any], param: str, w
 def test_stored_state_refusal_tells_the_user_what_to_do() -> None:
     with pytest.raises(InvalidRequest) as err:
         responses.parse_request({"input": "x", "previous_response_id": "resp_1"})
-    assert "only at OpenAI" in str(err.value) and "whole conversation in 'input'" in str(err.value)
+    assert "stores no responses" in str(err.value) and "whole conversation in 'input'" in str(err.value)
+    assert "only at OpenAI" not in str(err.value)  # the id may be one a Responses-serving upstream gave, not OpenAI
     # true of a Claude or Gemini model and of an OpenAI-format engine that serves only Chat Completions alike
     assert "this model's upstream has no Responses API" in str(err.value) and "another provider" not in str(err.value)
 

@@ -231,11 +231,15 @@ def test_a_built_in_tool_is_a_clear_400_and_the_engine_gets_nothing(client: open
 # -- the setting --------------------------------------------------------------------------------------------
 
 
-def test_by_default_a_local_server_is_translated(client: openai.OpenAI, engine: ChatOnlyUpstream) -> None:
+def test_by_default_a_local_server_is_translated(gw: GatewayProcess, client: openai.OpenAI,
+                                                 engine: ChatOnlyUpstream) -> None:
     """The issue: a llama.cpp server configured as usual (no setting) answered responses.create with a 404."""
     seen = len(engine.requests)
     assert client.responses.create(model="local-auto", input=QUESTION).output_text == QUESTION
     only_chat(engine, seen)
+    # the start-up log says which providers translate, so an operator upgrading from passthrough sees it
+    told = [line for line in gw.stderr_lines if "Responses API calls are translated" in line]
+    assert sorted(line.split("providers.")[1].split(":")[0] for line in told) == ["llama", "llama-auto"]
 
 
 def test_with_the_setting_on_responses_pass_through_unchanged(client: openai.OpenAI, engine: ChatOnlyUpstream,
@@ -263,6 +267,8 @@ def provider_config(**provider: Any) -> dict[str, Any]:
     ("https://openrouter.ai/api/v1", False),
     ("https://api.openai.com/v1", True),
     ("https://my-team.openai.azure.com/openai/v1", True),
+    ("https://my-team.openai.azure.com/openai/v1/", True),
+    ("https://my-team.openai.azure.com/openai/deployments/gpt-4o", False),  # a deployment's URL has no /responses
 ])
 def test_auto_passes_through_only_to_hosts_known_to_serve_the_responses_api(base_url: str, serves: bool) -> None:
     assert parse(provider_config(base_url=base_url), {}).providers["up"].responses_api is serves

@@ -62,8 +62,8 @@ def parse_request(body: dict[str, Any]) -> Chat:
 
 
 def _refuse_openai_only_fields(body: dict[str, Any]) -> None:
-    stored = "lives only at OpenAI (the gateway stores no responses), and this model's upstream has no Responses " \
-             "API: send the whole conversation in 'input' instead"
+    stored = "only an upstream's Responses API keeps, and this model's upstream has no Responses API (the gateway " \
+             "stores no responses): send the whole conversation in 'input' instead"
     if body.get("previous_response_id"):
         raise InvalidRequest(f"'previous_response_id' names a stored response, which {stored}", "previous_response_id")
     if body.get("conversation"):
