@@ -390,9 +390,10 @@ def matrix_config(native: str, log_path: Path) -> str:
     parts = [base_config(log_path, media_fetch_private=True)]  # the media URLs of the tests are on loopback
     version = {"openai": "v1", "anthropic": "v1", "gemini": "v1beta"}
     for fmt in FORMATS:
+        serves_responses = 'responses_api = true\n' if fmt == "openai" else ''  # it serves /v1/responses
         parts.append(f'[providers.up-{fmt}]\nformat = "{fmt}"\nbase_url = "{native}/{fmt}/{version[fmt]}"\n'
-                     f'api_key_env = "TT_NATIVE_KEY"\ntimeouts = {{ connect = 5, first_byte = 20, idle = 20, total = 60 }}\n'
-                     + ('responses_api = true\n' if fmt == "openai" else ''))  # it serves /v1/responses
+                     f'api_key_env = "TT_NATIVE_KEY"\n{serves_responses}'
+                     'timeouts = { connect = 5, first_byte = 20, idle = 20, total = 60 }\n')
         for name in ("scripted", "cached", "die", "stream-error", "status-429", "status-529", "status-400", "runaway",
                      "engine", "media-heavy"):
             parts.append(f'[models.{name}-{fmt}]\nprovider = "up-{fmt}"\nupstream_model = "{name}"\n'

@@ -1,6 +1,5 @@
-"""A key's balance (core/balance_api.py): GET /v1/balance against the operator's own figures, and the legacy OpenAI
-billing routes read the way NextChat reads them (hard_limit_usd - total_usage / 100 never shows more than the key
-can spend), the refusals, a gateway with billing off, and the pure rounding."""
+"""A key's balance (core/balance_api.py): /v1/balance against the operator's figures, the legacy billing routes read
+as NextChat reads them (never more left than the key can spend), refusals, billing off, and the rounding."""
 
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
-"""The OpenAPI document (core/openapi.py, GET /openapi.json): valid OpenAPI 3.1 by openapi-spec-validator, served as
-built, listing every route the gateway serves (the Starlette routes, the relay's, images', videos') and nothing it
-does not, /admin behind the admin token, the relay pointing at the providers' references, and error schemas that the
-gateway's real error bodies match. The console under /console is left out on purpose: a browser UI, not an API."""
+"""GET /openapi.json (core/openapi.py): valid OpenAPI 3.1, every route served and nothing else (the /console pages
+are a browser UI, left out on purpose), /admin behind its token, and schemas the real error bodies match."""
 
 from __future__ import annotations
 

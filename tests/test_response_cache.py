@@ -33,8 +33,8 @@ from billing.metering import Usage
 from billing.pricing import TokenPrices
 from core import response_cache as rc
 from core.errors import BadRequest
-from tests.conftest import (NATIVE_KEY, GatewayProcess, NativeUpstream, cli, demo_provider, matrix_config, serve_gateway,
-                            wait_for)
+from tests.conftest import (NATIVE_KEY, GatewayProcess, NativeUpstream, cli, demo_provider, matrix_config,
+                            serve_gateway, wait_for)
 
 # -- the rule and the key --------------------------------------------------------------------------
 
@@ -439,7 +439,7 @@ def test_scope_is_the_account_unless_the_cache_is_shared() -> None:
 
 # -- an answer is in the cache by the time its client has it (issue 18, item 10) ----------------------
 
-RACE_PAIRS = 12
+RACE_PAIRS = 25
 
 
 def raw_post(port: int, path: str, body: dict[str, Any], key: str) -> tuple[str, bytes]:
