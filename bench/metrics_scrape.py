@@ -20,7 +20,8 @@ STATUSES = ("200", "400", "401", "402", "403", "404", "405", "408", "413", "429"
 OTHER_ROUTES = ("/v1/images/generations", "/v1/images/edits", "/v1/images/{other}", "/v1/videos", "/v1/videos/{id}",
                 "/v1/videos/{id}/content", "/v1/videos/{id}/cancel", "/v1/models", "/v1beta/models", "/v1/pricing",
                 "/metrics", "/healthz", "/readyz", "/admin", "/console", "/v1/recharge/orders",
-                "/v1/recharge/deposits", "/v1/models/{id}", "/v1beta/models/{id}", "other")
+                "/v1/recharge/deposits", "/v1/models/{id}", "/v1beta/models/{id}", "/openapi.json", "/v1/balance",
+                "/v1/dashboard/billing", "preflight", "other")
 SOURCES = ("upstream", "observed", "estimate", "cache")
 KINDS = ("input", "output", "cache_read", "cache_write", "reasoning")
 
@@ -33,8 +34,8 @@ def relay_routes() -> list[str]:
 
 def fill(models: int, providers: int) -> Metrics:
     """Every series the gateway can write for `models` models on `providers` providers."""
-    m = Metrics()
     names = [f"model-{i:04d}" for i in range(models)]
+    m = Metrics(names)  # the money series: spend, refunded and unbilled per model
     for route in [*relay_routes(), *OTHER_ROUTES]:
         for name in (names if route in relay_routes() or route.startswith("/v1/images") else ["-"]):
             for status in STATUSES:
