@@ -33,6 +33,7 @@ from billing.safetynet import SafetyNet, owner_id
 from billing.recharge.orders import RechargeDesk
 from billing.recharge.service import RechargeService
 from billing.store import Store, tx_deposit_counts, tx_key_scope, tx_oldest_open_hold
+from core import demo
 from core.clientip import from_scope, public_base_url
 from core.console import Console
 from core.health import FLUSH_SECONDS as HEALTH_FLUSH_SECONDS
@@ -80,7 +81,7 @@ class Gateway:
         self.cors = Cors(settings.server.cors_origins) if settings.server.cors_origins else None
         self.metrics = Metrics(settings.models)
         self.log = RequestLog(settings.server.request_log)
-        self.upstreams = Upstreams(settings, self.metrics.health)
+        self.upstreams = Upstreams(settings, self.metrics.health, builtin=demo)
         self.store = Store(settings.billing.database, settings.billing.synchronous)
         self.ledger = Ledger(self.store, settings.billing.default_rpm, settings.billing.default_tpm, owner_id(),
                              on_failure=self.metrics.ledger_write_failures.inc,

@@ -3,7 +3,6 @@ shipped config works offline. It produces the same bytes a real upstream would, 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import re
@@ -17,36 +16,12 @@ from adapters import openai
 from adapters.internal import InvalidRequest
 from billing.metering import count_text
 from core import demo_images, demo_videos
+from core.demo_response import DemoResponse
 from core.config import Provider
 
 GREETING = "Hello! I am the TokenToll demo model. Send me a message and I will echo it back."
 EMBEDDING_DIMENSIONS = 256
 _WORDS = re.compile(r"\s*\S+")
-
-
-class DemoResponse:
-    def __init__(self, status: int, payload: bytes, events: list[bytes], delay: float) -> None:
-        self.status = status
-        self.headers = {"content-type": "text/event-stream" if events else "application/json"}
-        self._payload = payload
-        self._events = events
-        self._delay = delay
-
-    async def read(self) -> bytes:
-        return self._payload
-
-    async def read_chunk(self) -> bytes:
-        if not self._events:
-            return b""
-        if self._delay:
-            await asyncio.sleep(self._delay)
-        return self._events.pop(0)
-
-    async def drain(self, seconds: float) -> None:
-        self._events = []
-
-    def close(self) -> None:
-        self._events = []
 
 
 async def answer(provider: Provider, path: str, body: bytes, stream: bool) -> DemoResponse:

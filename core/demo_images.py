@@ -13,12 +13,12 @@ import orjson
 
 from adapters.internal import InvalidRequest
 from adapters.openai import images as openai_images
-from core import demo  # not `from core.demo import ...`: core.demo imports this module first
+from core.demo_response import DemoResponse
 
 SIDE = 8  # pixels: the demo's images are 8x8
 
 
-async def answer(method: str, path: str, body: bytes | None, content_type: str | None) -> demo.DemoResponse:
+async def answer(method: str, path: str, body: bytes | None, content_type: str | None) -> DemoResponse:
     if method != "POST" or path not in ("/images/generations", "/images/edits"):
         return _error(404, f"the demo provider has no {method} {path}", "not_found", None)
     try:
@@ -37,7 +37,7 @@ async def answer(method: str, path: str, body: bytes | None, content_type: str |
     data = [{"b64_json": base64.b64encode(png(_colours(seed.digest(), i))).decode("ascii"),
              "revised_prompt": req.prompt} for i in range(req.n)]
     payload = {"created": int(time.time()), "data": data, "output_format": "png", "size": f"{SIDE}x{SIDE}"}
-    return demo.DemoResponse(200, orjson.dumps(payload), [], 0)
+    return DemoResponse(200, orjson.dumps(payload), [], 0)
 
 
 def _colours(seed: bytes, index: int) -> list[tuple[int, int, int]]:
@@ -61,6 +61,6 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def _error(status: int, message: str, code: str, param: str | None) -> demo.DemoResponse:
+def _error(status: int, message: str, code: str, param: str | None) -> DemoResponse:
     body = {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}}
-    return demo.DemoResponse(status, orjson.dumps(body), [], 0)
+    return DemoResponse(status, orjson.dumps(body), [], 0)

@@ -13,7 +13,7 @@ import orjson
 
 from adapters.internal import InvalidRequest
 from adapters.openai import videos
-from core import demo  # at call time: core.demo imports this module first
+from core.demo_response import DemoResponse
 
 RENDER_SECONDS = 2.0  # from submission to completed
 ASSET_SECONDS = 24 * 3600  # how long the demo says its assets can be downloaded
@@ -38,8 +38,8 @@ def _png() -> bytes:
         chunk(b"IEND", b"")
 
 
-def _error(status: int, message: str, code: str) -> demo.DemoResponse:
-    return demo.DemoResponse(status, orjson.dumps({"error": {"message": message, "type": "invalid_request_error",
+def _error(status: int, message: str, code: str) -> DemoResponse:
+    return DemoResponse(status, orjson.dumps({"error": {"message": message, "type": "invalid_request_error",
                                                         "param": None, "code": code}}), [], 0)
 
 
@@ -62,7 +62,7 @@ def _object(vid: str, model: str, now: float) -> dict[str, Any] | None:
     }
 
 
-async def answer(provider: Any, method: str, path: str, body: bytes | None, content_type: str | None) -> demo.DemoResponse:
+async def answer(provider: Any, method: str, path: str, body: bytes | None, content_type: str | None) -> DemoResponse:
     now = time.time()
     route, _, query = path.partition("?")
     parts = route.strip("/").split("/")  # ["videos", id?, "content"?]
@@ -76,24 +76,24 @@ async def answer(provider: Any, method: str, path: str, body: bytes | None, cont
         obj = _object(vid, req.model, now)
         assert obj is not None
         obj["prompt"] = req.prompt
-        return demo.DemoResponse(200, orjson.dumps(obj), [], 0)
+        return DemoResponse(200, orjson.dumps(obj), [], 0)
     if len(parts) < 2 or parts[0] != "videos":
         return _error(404, f"the demo provider has no {method} {route}", "not_found")
     obj = _object(parts[1], "sora-2", now)
     if obj is None:
         return _error(404, f"no video {parts[1]!r}", "not_found")
     if len(parts) == 2 and method == "GET":
-        return demo.DemoResponse(200, orjson.dumps(obj), [], 0)
+        return DemoResponse(200, orjson.dumps(obj), [], 0)
     if len(parts) == 2 and method == "DELETE":
-        return demo.DemoResponse(200, videos.deleted(parts[1]), [], 0)
+        return DemoResponse(200, videos.deleted(parts[1]), [], 0)
     if len(parts) == 3 and parts[2] == "content" and method == "GET":
         if obj["status"] != "completed":
             return _error(404, "the video is not ready", "video_not_ready")
         if "variant=thumbnail" in query or "variant=spritesheet" in query:
-            resp = demo.DemoResponse(200, b"", [_png()], 0)
+            resp = DemoResponse(200, b"", [_png()], 0)
             resp.headers["content-type"] = "image/png"
         else:
-            resp = demo.DemoResponse(200, b"", _mp4(int(obj["seconds"])), 0)
+            resp = DemoResponse(200, b"", _mp4(int(obj["seconds"])), 0)
             resp.headers["content-type"] = "video/mp4"
         return resp
     return _error(404, f"the demo provider has no {method} {route}", "not_found")

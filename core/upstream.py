@@ -14,7 +14,6 @@ import yarl
 from adapters.anthropic import upstream as anthropic_upstream
 from adapters.gemini import upstream as gemini_upstream
 from adapters.openai import chat_upstream as openai_upstream
-from core import demo
 from core.config import Provider, Settings, Timeouts
 from core.health import UpstreamHealth
 from core.errors import UpstreamClosed, UpstreamConnectError, UpstreamTimeout
@@ -89,14 +88,29 @@ class HttpResponse:
         self._resp.close()
 
 
-class Upstreams:
-    """Opens requests to providers; built-in providers are answered in-process."""
+class BuiltinProvider(Protocol):
+    """A provider answered in-process (`builtin = "demo"`: core/demo.py), handed in by the composition root."""
 
-    def __init__(self, settings: Settings, health: UpstreamHealth | None = None) -> None:
+    async def answer(self, provider: Provider, path: str, body: bytes, stream: bool) -> UpstreamResponse: ...
+
+    async def request(self, provider: Provider, method: str, path: str, body: bytes | None,
+                      content_type: str | None) -> UpstreamResponse: ...
+
+
+class Upstreams:
+    """Opens requests to providers; built-in providers are answered in-process by `builtin`."""
+
+    def __init__(self, settings: Settings, health: UpstreamHealth | None = None,
+                 builtin: BuiltinProvider | None = None) -> None:
         self._settings = settings
         self._health = health  # every request opened is an attempt in the upstream health tally
+        self._builtin = builtin
         self._session: aiohttp.ClientSession | None = None
         self._plans: dict[tuple[str, str, bool], RequestPlan] = {}
+
+    def _builtin_provider(self) -> BuiltinProvider:
+        assert self._builtin is not None, "a builtin provider is configured but none was handed to Upstreams"
+        return self._builtin
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -120,7 +134,7 @@ class Upstreams:
         if self._health is not None:
             self._health.attempt(provider.name)
         if provider.builtin:
-            return await demo.answer(provider, path, body, stream)
+            return await self._builtin_provider().answer(provider, path, body, stream)
         assert self._session is not None, "Upstreams.start() was not awaited"
         t = provider.timeouts
         loop = asyncio.get_running_loop()
@@ -149,7 +163,7 @@ class Upstreams:
         edits), and with `stream` a body to read chunk by chunk (a video download). Built-in
         providers answer in-process."""
         if provider.builtin:
-            return await demo.request(provider, method, path, body, content_type)
+            return await self._builtin_provider().request(provider, method, path, body, content_type)
         assert self._session is not None, "Upstreams.start() was not awaited"
         t = provider.timeouts
         loop = asyncio.get_running_loop()

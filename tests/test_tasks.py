@@ -503,6 +503,7 @@ def test_a_submission_cancelled_while_its_task_commits_keeps_its_hold(tmp_path: 
     from core.metrics import Metrics
     from core.requestlog import RequestLog
     from core.tasks import TaskRelay
+    from core import demo
     from core.upstream import Upstreams
 
     async def scenario() -> None:
@@ -525,7 +526,7 @@ price = {{ input = "0", output = "0", second = "100" }}
         key = new_key()
         await db.run(store.tx_create_key, acct["id"], "k", key.display, key.hash, 0.0, {})
         ledger = Ledger(db, 0, 0, "owner-x")
-        relay = TaskRelay(settings, Upstreams(settings), Metrics(), RequestLog(""), ledger, db)
+        relay = TaskRelay(settings, Upstreams(settings, builtin=demo), Metrics(), RequestLog(""), ledger, db)
         recorded = relay.book.record
 
         async def record_then_cancelled(task: task_store.NewTask) -> bool:
