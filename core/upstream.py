@@ -23,8 +23,11 @@ UPSTREAM_ADAPTERS = {"openai": openai_upstream, "anthropic": anthropic_upstream,
 
 
 class UpstreamResponse(Protocol):
-    status: int
-    headers: Mapping[str, str]  # looked up by lower-case names
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...  # looked up by lower-case names
 
     async def read(self) -> bytes: ...
 
