@@ -339,7 +339,7 @@ def unpack_call_id(call_id: str) -> tuple[str, str | None]:
         return call_id, None
 
 
-# -- prompt estimation (the same rules for every format; README "Token counting") -----------
+# -- prompt estimation (the same rules for every format; docs/billing.md "Token counting") -----------
 
 
 def estimate_prompt(chat: Chat) -> int:

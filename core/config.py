@@ -524,7 +524,8 @@ COMPLETION_TOKENS_DOMAINS = (".openai.azure.com",)
 
 
 def default_limit_field(base_url: str) -> str:
-    """limit_field = "auto": the field the provider at this base URL obeys (README "What a request can cost")."""
+    """limit_field = "auto": the field the provider at this base URL obeys (docs/billing.md "What a request can
+    cost")."""
     host = (urlsplit(base_url).hostname or "").lower()
     if host in COMPLETION_TOKENS_HOSTS or host.endswith(COMPLETION_TOKENS_DOMAINS):
         return "max_completion_tokens"
@@ -540,8 +541,8 @@ RESPONSES_API_DOMAINS = (".openai.azure.com",)
 
 
 def default_responses_api(base_url: str) -> bool:
-    """responses_api = "auto": whether the provider at this base URL is known to serve /v1/responses (README
-    "The Responses API"); the builtin demo provider (no base URL) serves it."""
+    """responses_api = "auto": whether the provider at this base URL is known to serve /v1/responses
+    (docs/formats.md "The Responses API"); the builtin demo provider (no base URL) serves it."""
     if not base_url:
         return True
     url = urlsplit(base_url)

@@ -76,7 +76,8 @@ def prepare(endpoint: str, body: dict[str, Any], upstream_model: str, model_cap:
 
 
 _LIMIT_FIELD = {"completions": "max_tokens", "responses": "max_output_tokens"}
-CHAT_LIMIT_FIELDS = ("max_tokens", "max_completion_tokens")  # a provider's choice (README "What a request can cost")
+# a provider's choice (docs/billing.md "What a request can cost")
+CHAT_LIMIT_FIELDS = ("max_tokens", "max_completion_tokens")
 # Every spelling of the output limit an OpenAI-compatible server may read: OpenAI's max_completion_tokens and
 # max_tokens (and max_output_tokens in Responses); llama.cpp's server reads n_predict before either; TGI and SGLang
 # take max_new_tokens natively. A client may use any of them (several only with one value); the upstream gets
@@ -130,7 +131,7 @@ def max_output_tokens(endpoint: str, body: dict[str, Any], cap: int) -> int:
     return cap
 
 
-# -- prompt estimation (documented in README "Token counting") ------------------------------
+# -- prompt estimation (documented in docs/billing.md "Token counting") ------------------------------
 
 
 def text_prompt_tokens(endpoint: str, body: dict[str, Any]) -> int:

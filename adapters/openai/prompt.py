@@ -21,7 +21,7 @@ STORED_STATE = ("previous_response_id", "conversation", "prompt")
 
 def estimate_prompt(endpoint: str, body: dict[str, Any]) -> int:
     """The prompt's tokens, estimated before sending: Chat Completions and Responses by the internal shape's one
-    rule (README "Token counting"), Completions and Embeddings by the tokens of their text."""
+    rule (docs/billing.md "Token counting"), Completions and Embeddings by the tokens of their text."""
     if endpoint in ("chat", "responses"):
         return internal_estimate(prompt_of(endpoint, body))
     return text_prompt_tokens(endpoint, body)
