@@ -6,7 +6,7 @@ CONFIG ?=
 # --config only when CONFIG is given: otherwise $$TOKENTOLL_CONFIG, else ./config.toml
 CONFIG_ARG := $(if $(CONFIG),--config $(CONFIG))
 
-.PHONY: run test bench lock check clean binary
+.PHONY: run test test-fast bench lock check clean binary
 
 $(VENV)/.python-ok:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "TokenToll needs Python 3.11 or newer (set PYTHON=python3.11)")'
@@ -29,6 +29,11 @@ check: $(VENV)/.runtime-installed
 
 test: $(VENV)/.test-installed
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The suite without the tests marked slow (the binary, nginx, a browser, the ganache chain, kill -9, several
+# workers: see the marker in pyproject.toml); `make test` runs those too.
+test-fast: $(VENV)/.test-installed
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: $(VENV)/.test-installed
 	$(PY) bench/run.py $(BENCH_ARGS)

@@ -28,7 +28,8 @@ from openai import OpenAI
 from billing.metering import count_text
 from tests.conftest import ROOT, wait_for
 
-pytestmark = pytest.mark.timeout(600)  # the build, on a fresh checkout, is part of the first test
+pytestmark = [pytest.mark.slow,
+              pytest.mark.timeout(600)]  # the build, on a fresh checkout, is part of the first test
 
 BUILD_TIMEOUT = 540
 DEMO_KEY = re.compile(r"^\s+(sk-tt-\S+)$")

@@ -13,6 +13,7 @@ from tests.chain.ganache import (TRANSFER_TOPIC, Chain, RpcError, Token, address
                                  deploy_token, encode_call, port_is_free)
 
 pytest_plugins = ["tests.chain.fixtures"]
+pytestmark = pytest.mark.slow
 
 
 def new_address() -> str:

@@ -25,6 +25,8 @@ import pytest
 from tests.chaos_upstream import ChaosUpstream
 from tests.conftest import GatewayProcess, cli, wait_for
 
+pytestmark = pytest.mark.slow
+
 REQUESTS = 200
 LONG_STREAMS = 6  # still streaming when the gateway is killed
 FORMATS = ("openai", "anthropic", "gemini")

@@ -18,6 +18,7 @@ from tests.conftest import DEMO_ECHO, GatewayProcess, base_config, cli, demo_pro
 from tests.console_client import PASSWORD
 
 pytest_plugins = ["tests.chain.fixtures"]
+pytestmark = pytest.mark.slow
 
 MSG = [{"role": "user", "content": "hello from the browser test"}]
 MODELS = DEMO_ECHO + """

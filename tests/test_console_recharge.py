@@ -17,6 +17,7 @@ from tests.console_client import ConsoleClient
 from tests.chain.gateway_config import CONFIRMATIONS, USDT, recharge_config
 
 pytest_plugins = ["tests.chain.fixtures"]
+pytestmark = pytest.mark.slow
 
 ORDER_PATH = re.compile(r"/console/recharge/orders/(\d+)")
 

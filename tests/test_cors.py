@@ -17,6 +17,8 @@ from tests.browser import browser, page  # noqa: F401
 from tests.conftest import DEMO_ECHO, GatewayProcess, base_config, cli, demo_provider, serve_gateway
 from tests.loopback import LoopbackServer
 
+pytestmark = pytest.mark.slow
+
 PAGE = b"<!doctype html><title>a chat front-end</title><p>served from another origin"
 
 

@@ -20,6 +20,8 @@ from billing.ledger import STOPPED_STATUS
 from tests.conftest import UPSTREAM_KEY, GatewayProcess, cli, wait_for
 from tests.mock_upstream import MockUpstream
 
+pytestmark = pytest.mark.slow
+
 STREAMS = 8
 
 

@@ -41,8 +41,9 @@ CLIENT = "127.0.0.2"  # the test's client address: loopback, but not the trusted
 ADMIN_TOKEN = "tt-admin-nginx-test-" + "A" * 24  # the gateway's admin token ($TOKENTOLL_ADMIN_TOKEN)
 HOST = "llm.example.com"  # the shipped server_name
 
-pytestmark = pytest.mark.skipif(NGINX is None and not os.environ.get("CI"),
-                                reason="nginx is not installed (Debian package nginx); CI installs it")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(NGINX is None and not os.environ.get("CI"),
+                                 reason="nginx is not installed (Debian package nginx); CI installs it")]
 
 
 def transform(text: str, listen: str, plain_listen: str, upstream: str, logs: Path) -> str:

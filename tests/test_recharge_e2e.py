@@ -17,6 +17,7 @@ from tests.chain.gateway_config import CONFIRMATIONS, USDT, recharge_config
 from tests.conftest import GatewayProcess, base_config, cli, demo_provider, serve_gateway, wait_for
 
 pytest_plugins = ["tests.chain.fixtures"]
+pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def setup(chain: Chain, token: Token, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:

@@ -211,6 +211,7 @@ def keyed(transfers: list[Transfer]) -> list[tuple[str, str, int]]:
     return [(t.tx_hash, t.recipient, t.amount_raw) for t in transfers]
 
 
+@pytest.mark.slow  # ganache
 def test_transfers_to_two_deposits_in_one_block_and_another_tokens_ignored(chain: Chain, token: Token,
                                                                             proxy: RpcProxy) -> None:
     fake = deploy_token(chain, name="Tether USD", symbol="USDT")
@@ -240,6 +241,7 @@ def test_transfers_to_two_deposits_in_one_block_and_another_tokens_ignored(chain
     assert proxy.answers("eth_getLogs") == ["ok"]  # both recipients in one call
 
 
+@pytest.mark.slow  # ganache
 def test_recipients_are_chunked_across_calls(chain: Chain, token: Token, proxy: RpcProxy) -> None:
     payer, deposits = chain.accounts[6], [new_address() for _ in range(5)]
     token.mint(payer, 10**6)
@@ -251,6 +253,7 @@ def test_recipients_are_chunked_across_calls(chain: Chain, token: Token, proxy: 
     assert proxy.answers("eth_getLogs") == ["ok"] * 3
 
 
+@pytest.mark.slow  # ganache
 def test_block_numbers_hashes_and_chain_id(chain: Chain, proxy: RpcProxy) -> None:
     head = chain.mine(2)
 
@@ -265,6 +268,7 @@ def test_block_numbers_hashes_and_chain_id(chain: Chain, proxy: RpcProxy) -> Non
     assert missing is None  # no such block yet
 
 
+@pytest.mark.slow  # ganache
 def test_429s_and_500s_are_retried_and_every_log_still_comes_back(chain: Chain, token: Token,
                                                                   proxy: RpcProxy) -> None:
     payer, deposit = chain.accounts[7], new_address()
@@ -285,6 +289,7 @@ def test_429s_and_500s_are_retried_and_every_log_still_comes_back(chain: Chain, 
     assert time.monotonic() - began >= 1.0  # the Retry-After was waited out
 
 
+@pytest.mark.slow  # ganache
 def test_a_range_too_wide_is_halved_down_and_every_transfer_comes_once(chain: Chain, token: Token,
                                                                        proxy: RpcProxy) -> None:
     payer, deposit = chain.accounts[8], new_address()
@@ -316,6 +321,7 @@ def test_a_range_too_wide_is_halved_down_and_every_transfer_comes_once(chain: Ch
     assert second_pass and all(answer == "ok" for _, _, answer in second_pass)  # the width was learned
 
 
+@pytest.mark.slow  # ganache
 @pytest.mark.parametrize("fault,kind", [("500", "unavailable"), ("429", "rate_limited"), ("rpc_error", "rpc_error"),
                                         ("hang", "timeout"), ("garbage", "bad_response")])
 def test_attempts_run_out_into_an_rpc_error_of_its_kind(proxy: RpcProxy, fault: str, kind: str,
@@ -332,6 +338,7 @@ def test_attempts_run_out_into_an_rpc_error_of_its_kind(proxy: RpcProxy, fault: 
     assert raised.value.__cause__ is None and SECRET not in repr(raised.value.__context__)
 
 
+@pytest.mark.slow  # ganache
 def test_a_retry_after_longer_than_we_wait_is_handed_to_the_caller(proxy: RpcProxy) -> None:
     proxy.fail_next(1, "429", retry_after="120")
     with pytest.raises(RpcError) as raised:
@@ -348,6 +355,7 @@ def test_no_server_at_all_is_unavailable(caplog: pytest.LogCaptureFixture) -> No
     assert SECRET not in str(raised.value) and SECRET not in client_log(caplog) and "127.0.0.1" not in str(raised.value)
 
 
+@pytest.mark.slow  # ganache
 def test_a_reorg_drops_the_transfer_and_changes_the_block_hash(chain: Chain, token: Token, proxy: RpcProxy) -> None:
     payer, deposit = chain.accounts[9], new_address()
     token.mint(payer, 10 * 10**6)
@@ -368,6 +376,7 @@ def test_a_reorg_drops_the_transfer_and_changes_the_block_hash(chain: Chain, tok
     assert new_hash is not None and new_hash != seen_hash
 
 
+@pytest.mark.slow  # ganache
 def test_bad_arguments_are_refused_before_any_call(proxy: RpcProxy) -> None:
     with pytest.raises(ValueError):
         read(proxy.url(), lambda c: c.transfer_logs(USDT, [DEPOSIT], 10, 9))

@@ -152,6 +152,7 @@ sweep_interval = 0.2
 {demo_provider(0.1)}{models_config()}"""
 
 
+@pytest.mark.slow  # a 6 s stream, paced, outlives a 1 s hold
 def test_a_request_that_outlives_its_hold_into_a_spent_wallet_is_unbilled_and_logged_as_such(
         tmp_path: Path) -> None:
     config = tmp_path / "config.toml"

@@ -7,9 +7,12 @@ import os
 from pathlib import Path
 
 import httpx2 as httpx
+import pytest
 
 from tests.conftest import UPSTREAM_KEY, GatewayProcess, cli, fresh_minute
 from tests.mock_upstream import MockUpstream
+
+pytestmark = pytest.mark.slow
 
 BODY = {"model": "ok", "messages": [{"role": "user", "content": "hello"}]}
 
