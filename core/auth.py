@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from billing.keys import KeyRejected, Presented, check_presented, credentials
@@ -16,7 +17,7 @@ from core.errors import AuthenticationFailed, GatewayError, PaymentRequired, Per
 NO_RETRY = {"x-should-retry": "false"}  # the SDKs must not retry what retrying cannot fix
 
 
-def presented_key(scope: dict[str, Any], query_allowed: bool = False) -> Presented:
+def presented_key(scope: Mapping[str, Any], query_allowed: bool = False) -> Presented:
     """The caller's key, shape-checked; `query_allowed`: `?key=` is read too (Gemini's routes only)."""
     try:
         return check_presented(credentials(scope["headers"], scope.get("query_string", b""), query_allowed))

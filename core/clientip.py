@@ -4,7 +4,7 @@ they come from a configured proxy (`server.trusted_proxies`): anyone else could 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -57,13 +57,13 @@ def client_ip(peer: str, headers: Iterable[tuple[bytes, bytes]], trusted: Sequen
     return found
 
 
-def peer_of(scope: dict[str, Any]) -> str:
+def peer_of(scope: Mapping[str, Any]) -> str:
     """The socket's remote address from an ASGI scope ("" for a Unix socket)."""
     client = scope.get("client")
     return str(client[0]) if client else ""
 
 
-def from_scope(scope: dict[str, Any], trusted: Sequence[Network]) -> str:
+def from_scope(scope: Mapping[str, Any], trusted: Sequence[Network]) -> str:
     return client_ip(peer_of(scope), scope["headers"], trusted)
 
 
@@ -91,7 +91,7 @@ FORWARDED_HEADERS = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-for
                                b"forwarded"})
 
 
-def untrusted_proxy(scope: dict[str, Any], trusted: Sequence[Network]) -> str:
+def untrusted_proxy(scope: Mapping[str, Any], trusted: Sequence[Network]) -> str:
     """The peer's address when it sent forwarded headers but is not in `trusted` (a proxy the operator has not
     listed in server.trusted_proxies, whose headers are therefore ignored); "" otherwise."""
     if not any(name in FORWARDED_HEADERS for name, _ in scope["headers"]):
@@ -101,7 +101,7 @@ def untrusted_proxy(scope: dict[str, Any], trusted: Sequence[Network]) -> str:
     return peer if addr is not None and not _is_trusted(addr, trusted) else ""
 
 
-def public_origin(scope: dict[str, Any], trusted: Sequence[Network]) -> tuple[str, str]:
+def public_origin(scope: Mapping[str, Any], trusted: Sequence[Network]) -> tuple[str, str]:
     """The scheme and host the caller used: the socket's, or X-Forwarded-Proto / X-Forwarded-Host when the
     peer is a trusted proxy (nginx in front of the gateway terminating TLS)."""
     headers = dict(scope["headers"])
@@ -117,7 +117,7 @@ def public_origin(scope: dict[str, Any], trusted: Sequence[Network]) -> tuple[st
     return scheme, host
 
 
-def public_base_url(scope: dict[str, Any], trusted: Sequence[Network], configured: str = "") -> str:
+def public_base_url(scope: Mapping[str, Any], trusted: Sequence[Network], configured: str = "") -> str:
     """The gateway's URL as its callers should write it: the configured one ([console] base_url), else the scheme
     and host this request came in on (the socket's own address when the request named no host)."""
     if configured:
