@@ -36,7 +36,7 @@ class Exchange:
     __slots__ = ("request_id", "id_headers", "route", "call", "endpoint", "model", "status", "started", "stream",
                  "t0", "t_first", "upstream_wait", "client_gone", "meter", "sent", "error_code",
                  "upstream_error_kind", "finished", "key", "held", "plan", "writer", "headers", "rename",
-                 "cache_state", "cache_key", "cache_scope", "collector", "reader", "answer", "prices", "attempts",
+                 "cache_state", "cache_key", "cache_scope", "collector", "reader", "prices", "attempts",
                  "held_tokens", "cut")
 
     def __init__(self, request_id: str, route: str, call: Call, t0: float) -> None:
@@ -70,7 +70,6 @@ class Exchange:
         self.cache_scope = ""
         self.collector: Any = None  # a missed stream's AnswerCollector
         self.reader: Any = None  # a missed OpenAI passthrough stream's reader, for the collector
-        self.answer: Any = None  # the complete answer (internal Reply) to store after a miss
         self.prices: TokenPrices | None = None  # what the request is charged at, when not the model's prices
         self.attempts = 0  # channels that failed before one answered (failover)
         self.held_tokens = (0, 0)  # what the hold was sized for: prompt tokens, most output tokens

@@ -389,8 +389,7 @@ class Relay:
         openai.meter_response(x.endpoint, obj, x.meter)
         x.meter.mark_complete()
         if x.cache_state == "miss":
-            x.answer = openai_upstream.parse_response(obj)
-            await self._cache_answer(x)
+            await self._cache_answer(x, openai_upstream.parse_response(obj))
         raw = renamed(raw, x.rename)
         ctype = resp.headers.get("content-type", "application/json").encode()
         x.status = 200
@@ -452,9 +451,7 @@ class Relay:
                         x.cut = complete = True
                         out.append(stream.cut(meter.record().usage, include_usage))
                 if complete and x.collector is not None and not x.error_code and not x.cut:
-                    meter.mark_complete()
-                    x.answer = x.collector.reply()
-                    await self._cache_answer(x)  # before the client reads the end of the answer
+                    await self._cache_collected(x)
                 await self._send_events(x, out, send)
                 if not chunk:
                     break
@@ -493,8 +490,7 @@ class Relay:
             reply = plan.upstream.parse_response(obj)
             meter_reply(meter, reply)
             if x.cache_state == "miss":
-                x.answer = reply
-                await self._cache_answer(x)
+                await self._cache_answer(x, reply)
             if plan.render is not None:  # translated: told the usage that is charged
                 reply.usage = meter.record().usage
                 raw = plan.render(reply)
@@ -556,9 +552,7 @@ class Relay:
                         if translated:
                             out.append(x.writer.write(internal.End("length")))
                 if complete and x.collector is not None and not failed and not x.cut:
-                    meter.mark_complete()
-                    x.answer = x.collector.reply()
-                    await self._cache_answer(x)  # before the client reads the end of the answer
+                    await self._cache_collected(x)
                 await self._send_events(x, out, send)
                 if not chunk:
                     break
@@ -656,18 +650,25 @@ class Relay:
         x.finished = True
         await send({"type": "http.response.body", "body": body})
 
-    async def _cache_answer(self, x: Exchange) -> None:
+    async def _cache_collected(self, x: Exchange) -> None:
+        """A stream whose end has come from the upstream: its whole answer, collected, goes into the cache before
+        the client reads that end."""
+        assert x.meter is not None and x.collector is not None
+        x.meter.mark_complete()
+        await self._cache_answer(x, x.collector.reply())
+
+    async def _cache_answer(self, x: Exchange, answer: internal.Reply | None) -> None:
         """A complete answer that missed the cache goes into it before its last bytes go to the client, so that
         the same request sent as soon as this answer is read finds it. A failure to store costs the request
         nothing."""
-        if x.answer is None or not x.answer.parts or x.model is None or x.meter is None:
+        if answer is None or not answer.parts or x.model is None or x.meter is None:
             return
         record = x.meter.record()
         if record.source not in ("upstream", "observed"):
             return
         try:
             await self.cache.put(x.cache_key, x.cache_scope, x.model.name,
-                                 response_cache.encode_answer(x.answer, record.usage), record.usage, time.time())
+                                 response_cache.encode_answer(answer, record.usage), record.usage, time.time())
         except Exception:  # noqa: BLE001 - the answer is delivered and charged all the same; only the cache lost it
             log.exception("could not store the answer of %s in the response cache", x.request_id)
 
