@@ -373,8 +373,7 @@ class Gateway:
 
     def error(self, request: Request, status: int, message: str, code: str | None, param: str | None = None,
               headers: dict[str, str] | None = None) -> Response:
-        body = openai.error_body(status, message, code, param, request.scope.get("tt_request_id", ""))
-        return Response(body, status_code=status, media_type="application/json", headers=headers)
+        return self.dialect_error(request, "openai", status, message, code, param, headers)
 
     def dialect_error(self, request: Request, dialect: Dialect, status: int, message: str, code: str | None,
                       param: str | None, headers: dict[str, str] | None = None) -> Response:
@@ -398,17 +397,11 @@ class Gateway:
 
     def not_found(self, request: Request) -> Response:
         """An unknown URL, answered in the dialect of the SDK that asked, with the base URL it should use."""
-        rid = request.scope.get("tt_request_id", "")
         headers = request.scope["headers"]
         root = public_base_url(request.scope, self.settings.server.trusted_proxies, self.settings.console.base_url)
-        if wants_anthropic(headers):
-            body = anthropic_client.error_body(404, not_found_hint(request, "anthropic", root), "unknown_url", None,
-                                               rid)
-            return Response(body, status_code=404, media_type="application/json", headers={"request-id": rid})
-        if wants_gemini(headers, request.scope.get("query_string", b"")):
-            body = gemini_client.error_body(404, not_found_hint(request, "gemini", root), "unknown_url", None, rid)
-            return Response(body, status_code=404, media_type="application/json")
-        return self.error(request, 404, not_found_hint(request, "openai", root), "unknown_url")
+        dialect: Dialect = ("anthropic" if wants_anthropic(headers) else
+                            "gemini" if wants_gemini(headers, request.scope.get("query_string", b"")) else "openai")
+        return self.dialect_error(request, dialect, 404, not_found_hint(request, dialect, root), "unknown_url", None)
 
     async def body_timeout(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, BodyTimeout)
