@@ -173,20 +173,26 @@ def key_refusal(key: sqlite3.Row | None, model: str | None, now: float) -> Admis
 def tx_check_key(conn: sqlite3.Connection, key_hash: bytes, model: str | None, now: float) -> Admission:
     """The key checks of admission alone (for unbilled calls such as token counting): no hold, no rate. With
     model None, without the model allow-list: who the key belongs to (reading one's own tasks and orders)."""
+    return usable_key(conn, key_hash, model, now)[0]
+
+
+def usable_key(conn: sqlite3.Connection, key_hash: bytes, model: str | None,
+               now: float) -> tuple[Admission, sqlite3.Row | None]:
+    """Who a key belongs to and its row, or why it may not be used for this model now (and no row)."""
     key = conn.execute("SELECT * FROM api_keys WHERE hash = ?", (key_hash,)).fetchone()
     refusal = key_refusal(key, model, now)
-    return refusal if refusal is not None else Admission("", None, key["id"], key["account_id"])
+    if refusal is not None:
+        return refusal, None
+    return Admission("", None, key["id"], key["account_id"]), key
 
 
 def tx_key_scope(conn: sqlite3.Connection, key_hash: bytes, now: float) -> tuple[Admission, list[str] | None]:
     """Who a key belongs to (tx_check_key's checks, for no model in particular) and the models it is restricted to
     (None: all of them). A restricted key sees only its account's tasks of those models, and no recharge."""
-    key = conn.execute("SELECT * FROM api_keys WHERE hash = ?", (key_hash,)).fetchone()
-    refusal = key_refusal(key, None, now)
-    if refusal is not None:
-        return refusal, None
-    return (Admission("", None, key["id"], key["account_id"]),
-            json.loads(key["models"]) if key["models"] is not None else None)
+    admission, key = usable_key(conn, key_hash, None, now)
+    if key is None:
+        return admission, None
+    return admission, json.loads(key["models"]) if key["models"] is not None else None
 
 
 def tx_key_balance(conn: sqlite3.Connection, key_hash: bytes, now: float,
@@ -194,16 +200,15 @@ def tx_key_balance(conn: sqlite3.Connection, key_hash: bytes, now: float,
     """What a key may read of the books (tx_check_key's checks, for no model in particular): its account's balance
     and held money, and the key's own monthly limit, spend in `month` (YYYY-MM, UTC) and open holds, the figures
     admission checks its monthly limit against. Read in one transaction, so they agree with each other."""
-    key = conn.execute("SELECT * FROM api_keys WHERE hash = ?", (key_hash,)).fetchone()
-    refusal = key_refusal(key, None, now)
-    if refusal is not None:
-        return refusal, None
+    admission, key = usable_key(conn, key_hash, None, now)
+    if key is None:
+        return admission, None
     row = conn.execute(
         "SELECT balance, held, "
         "COALESCE((SELECT spent FROM key_spend WHERE key_id = ? AND month = ?), 0) AS month_spent, "
         "COALESCE((SELECT SUM(amount) FROM holds WHERE key_id = ? AND status = 'open'), 0) AS key_held "
         "FROM accounts WHERE id = ?", (key["id"], month, key["id"], key["account_id"])).fetchone()
-    return (Admission("", None, key["id"], key["account_id"]),
+    return (admission,
             {"balance": int(row["balance"]), "held": int(row["held"]), "month_spent": int(row["month_spent"]),
              "key_held": int(row["key_held"]), "monthly_limit": key["monthly_limit"],
              "expires_at": key["expires_at"]})
