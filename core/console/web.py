@@ -300,8 +300,8 @@ class ConsoleWeb:
         return int(user["id"])
 
     def password_subjects(self, request: Request, email: str) -> list[tuple[str, int]]:
-        """What a guess at `email`'s password from this request's client counts against (a log-in, or a logged-in
-        user's guess at the current password when changing it)."""
+        """What a logged-in user's guess at the current password (changing it) counts against from this request's
+        client; a log-in counts against these and, from a client new to the account, the account too (check_login)."""
         client = client_bucket(self.client_address(request))
         return login_subjects(email, client, self.settings.console.login_attempts)
 
