@@ -42,7 +42,7 @@ from core.balance_api import DASHBOARD_PATHS, BalanceAPI
 from core.config import Model, Settings
 from core.cors import Cors
 from core.dialects import Dialect, relay_call, repeats_api_version, wants_anthropic, wants_gemini
-from core.dialects import error_body as dialect_error_body
+from core.dialects import error_response
 from core.edge import BodyDeadline, conflicting_framing, method_label, wrong_listener
 from core.errors import BodyTimeout, GatewayError
 from core.images import ImageRelay
@@ -378,10 +378,7 @@ class Gateway:
     def dialect_error(self, request: Request, dialect: Dialect, status: int, message: str, code: str | None,
                       param: str | None, headers: dict[str, str] | None = None) -> Response:
         """An error in the caller's dialect (Anthropic's with its request-id header)."""
-        rid = request.scope.get("tt_request_id", "")
-        headers = {**(headers or {}), **({"request-id": rid} if dialect == "anthropic" else {})}
-        return Response(dialect_error_body(dialect, status, message, code, param, rid), status_code=status,
-                        media_type="application/json", headers=headers)
+        return error_response(dialect, status, message, code, param, request.scope.get("tt_request_id", ""), headers)
 
     async def http_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)

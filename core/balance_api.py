@@ -13,12 +13,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from adapters import openai
 from billing import store
 from billing.ledger import month_of
 from billing.pricing import UNITS_PER_USD, units_to_usd
 from billing.store.money import tx_key_balance
 from core.auth import NO_RETRY, admission_error, presented_key
+from core.dialects import error_response
 from core.errors import GatewayError, NotFound
 
 UNITS_PER_CENT = UNITS_PER_USD // 100
@@ -117,9 +117,8 @@ class BalanceAPI:
             try:
                 body = shape(await self._balance(request))
             except GatewayError as err:
-                return Response(openai.error_body(err.status, err.message, err.code, err.param, rid),
-                                status_code=err.status, media_type="application/json",
-                                headers={**err.headers, "cache-control": "no-store"})
+                return error_response("openai", err.status, err.message, err.code, err.param, rid,
+                                      {**err.headers, "cache-control": "no-store"})
             return Response(orjson.dumps(body), media_type="application/json", headers={"cache-control": "no-store"})
 
         return endpoint

@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
+
+from starlette.responses import Response
 
 from adapters.anthropic import client as anthropic_client
 from adapters.gemini import client as gemini_client
@@ -87,6 +90,14 @@ def error_body(dialect: Dialect, status: int, message: str, code: str | None, pa
     if dialect == "gemini":
         return gemini_client.error_body(status, message, code, param, request_id)
     return openai_passthrough.error_body(status, message, code, param, request_id)
+
+
+def error_response(dialect: Dialect, status: int, message: str, code: str | None, param: str | None,
+                   request_id: str, headers: Mapping[str, str] | None = None) -> Response:
+    """A JSON error answer in the caller's dialect, with `headers` and, for Anthropic, its request-id header."""
+    out = {**(headers or {}), **({"request-id": request_id} if dialect == "anthropic" else {})}
+    return Response(error_body(dialect, status, message, code, param, request_id), status_code=status,
+                    media_type="application/json", headers=out)
 
 
 def id_headers(dialect: Dialect, request_id: str) -> list[tuple[bytes, bytes]]:

@@ -11,10 +11,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from adapters import openai
 from billing import store
 from billing.recharge.orders import OrderError, RechargeDesk
 from core.auth import NO_RETRY, admission_error, presented_key
+from core.dialects import error_response
 from core.errors import BadRequest, GatewayError, NotFound, PermissionDenied
 
 
@@ -40,9 +40,7 @@ class RechargeAPI:
                 account_id = await self._account(request)
                 status, body = await handler(request, account_id)
             except GatewayError as err:
-                headers = dict(err.headers)
-                return Response(openai.error_body(err.status, err.message, err.code, err.param, rid),
-                                status_code=err.status, media_type="application/json", headers=headers)
+                return error_response("openai", err.status, err.message, err.code, err.param, rid, err.headers)
             return Response(orjson.dumps(body), status_code=status, media_type="application/json",
                             headers={"cache-control": "no-store"})
 
