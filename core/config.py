@@ -107,7 +107,7 @@ class Server:
     body_timeout: float = 60.0  # seconds a request body may take to arrive, from its headers; then 408 and closed
     idle_timeout: float = 75.0  # seconds a connection may wait for a request's headers (or the next one); then closed
     admin_listen: str = ""  # host:port: /admin is served there alone and is a 404 on the public listener
-    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call /v1 and /v1beta ("*": any); () none
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API (core/cors.py; "*": any); () none
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,6 @@ DEPOSIT_ROWS = 1000  # the newest deposits looked through for those needing an o
 HEALTH_WINDOWS = (15, 60)  # minutes
 MAX_REASON = 500
 WARN_RATE, BAD_RATE = 5, 20  # percent of upstream attempts failed
-# USD as an operator types it, in ASCII digits (no exponent, underscore or other script's digits); the sign, the
-# decimals and the size are Operations' to refuse in words
 
 Change = Callable[[str, str, str], Awaitable[dict[str, Any]]]
 

@@ -18,8 +18,6 @@ from billing.recharge.orders import OrderError, RechargeDesk
 from core.console.web import ConsoleWeb, NotFound, Visitor, sentence
 
 POLL_MS = 3000  # how often an open order's page asks for its status
-# An amount as people write one, in ASCII digits: no exponent ("1e999999999" would have the desk build a number of
-# a billion digits), no underscores, no other script's digits; the sign is left for the desk to refuse in words.
 OPEN = ("pending", "confirming")
 
 
@@ -45,7 +43,8 @@ def qr_svg(text: str) -> str:
 def terms(desk: RechargeDesk) -> dict[str, Any]:
     """What every recharge is subject to (core/config.py Recharge): the smallest credit, the rate and the fee."""
     r = desk.recharge
-    return {"minimum": r.minimum, "rate": amounts.decimal_text(r.usd_per_usdt), "fee_percent": amounts.decimal_text(r.fee * 100)}
+    return {"minimum": r.minimum, "rate": amounts.decimal_text(r.usd_per_usdt),
+            "fee_percent": amounts.decimal_text(r.fee * 100)}
 
 
 def order_credit(desk: RechargeDesk, order: dict[str, Any]) -> int | None:
