@@ -16,7 +16,6 @@ from starlette.routing import Route
 from billing import store
 from billing.ledger import month_of
 from billing.pricing import UNITS_PER_USD, units_to_usd
-from billing.store.money import tx_key_balance
 from core.auth import NO_RETRY, admission_error, presented_key
 from core.dialects import error_response
 from core.errors import GatewayError, NotFound
@@ -130,7 +129,7 @@ class BalanceAPI:
         key = presented_key(request.scope)
         now = time.time()
         month = month_of(now)
-        admission, figures = await self.db.run(tx_key_balance, key.hash, now, month)
+        admission, figures = await self.db.run(store.tx_key_balance, key.hash, now, month)
         if admission.error or figures is None:
             raise admission_error(admission, "-")
         return KeyBalance(available=figures["balance"] - figures["held"], held=figures["held"], month=month,

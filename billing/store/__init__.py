@@ -6,7 +6,7 @@ from billing.store.engine import (  # noqa: F401
 )
 from billing.store.money import (  # noqa: F401
     MAX_BALANCE, Admission, HoldRequest, tx_admit, tx_admit_all, tx_check_key, Settlement, Settled, tx_settle,
-    tx_key_scope,
+    tx_key_scope, tx_key_balance,
     tx_settle_all, tx_stale_holds, tx_credit,
     tx_bootstrap_demo, tx_create_account, tx_credit_deposit,
 )
